@@ -1,0 +1,38 @@
+"""quadmix-stream: QuaDMix quality-diversity sampling on the fly in the PyTorch data loader."""
+
+from quadmix_stream.labels import LabelError, Manifest, ScorerInfo
+from quadmix_stream.params import ParamsError, SamplingParams
+from quadmix_stream.selection import RankConfig
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):  # keep `import quadmix_stream` light: torch loads on first use
+    if name in ("QuaDMixDataset", "collate_docs", "gather_state"):
+        from quadmix_stream import dataset
+
+        return getattr(dataset, name)
+    if name == "DatasetWriter":
+        from quadmix_stream.shards import DatasetWriter
+
+        return DatasetWriter
+    if name == "StateError":
+        from quadmix_stream.state import StateError
+
+        return StateError
+    raise AttributeError(f"module 'quadmix_stream' has no attribute {name!r}")
+
+
+__all__ = [
+    "DatasetWriter",
+    "LabelError",
+    "Manifest",
+    "ParamsError",
+    "QuaDMixDataset",
+    "RankConfig",
+    "SamplingParams",
+    "ScorerInfo",
+    "StateError",
+    "collate_docs",
+    "gather_state",
+]

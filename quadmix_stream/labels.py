@@ -1,0 +1,297 @@
+"""Label sidecars and the dataset manifest (DESIGN.md §4).
+
+A labelled dataset is a folder with shards, one columnar label sidecar per shard (row-aligned with
+it, readable without touching the payload) and ``quadmix.json``, the manifest. Everything is
+written atomically and validated on open; a problem is a :class:`LabelError` that names the shard
+and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from quadmix_stream.io import atomic_write_bytes, atomic_write_text, sha256_file
+from quadmix_stream.sampling import SigmaTable
+
+MANIFEST_NAME = "quadmix.json"
+MANIFEST_SCHEMA = "quadmix-stream/manifest"
+MANIFEST_VERSION = 1
+FORMATS = ("mds", "tar", "jsonl")
+
+
+class LabelError(ValueError):
+    """A sidecar or manifest that does not match its shard, named in the message."""
+
+
+@dataclass(frozen=True)
+class ScorerInfo:
+    """A quality scorer: its name, orientation and a fingerprint of the model that produced it."""
+
+    name: str
+    higher_is_better: bool = True
+    fingerprint: str = ""
+
+
+# ---------------------------------------------------------------- sidecars
+@dataclass
+class ShardLabels:
+    """The labels of one shard, row-aligned with it."""
+
+    key: np.ndarray  # uint64 document keys
+    domain: np.ndarray  # int32 domain ids (index into the manifest's domains)
+    tokens: np.ndarray  # int64 token counts
+    scores: np.ndarray  # float64 (rows, N) raw scores in manifest scorer order
+    offset: np.ndarray | None = None  # int64 tar byte offset of each sample (tar only)
+    length: np.ndarray | None = None  # int64 tar bytes of each sample (tar only)
+
+    @property
+    def rows(self) -> int:
+        return int(self.key.size)
+
+
+def write_sidecar(path: str | Path, labels: ShardLabels, scorers: Sequence[str]) -> str:
+    """Write a sidecar atomically; returns its sha256."""
+    cols = {
+        "key": np.asarray(labels.key, dtype=np.uint64),
+        "domain": np.asarray(labels.domain, dtype=np.int32),
+        "tokens": np.asarray(labels.tokens, dtype=np.int64),
+        "scores": np.asarray(labels.scores, dtype=np.float64).reshape(labels.rows, len(scorers)),
+        "scorers": np.frombuffer(json.dumps(list(scorers)).encode(), dtype=np.uint8),
+    }
+    if labels.offset is not None:
+        cols["offset"] = np.asarray(labels.offset, dtype=np.int64)
+        cols["length"] = np.asarray(labels.length, dtype=np.int64)
+    buf = io.BytesIO()
+    np.savez(buf, **cols)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_sidecar(path: str | Path, shard: str, scorers: Sequence[str]) -> ShardLabels:
+    """Read one sidecar (never unpickles) and check its columns; errors name shard and field."""
+    path = Path(path)
+    if not path.exists():
+        raise LabelError(f"shard {shard!r}: label sidecar {path.name} is missing")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            cols = {k: z[k] for k in z.files}
+    except Exception as e:  # zip/npy parse errors of a corrupted file
+        raise LabelError(
+            f"shard {shard!r}: label sidecar {path.name} is unreadable ({e})"
+        ) from None
+    for name in ("key", "domain", "tokens", "scores", "scorers"):
+        if name not in cols:
+            raise LabelError(f"shard {shard!r}: sidecar field {name!r} is missing")
+    names = json.loads(cols["scorers"].tobytes().decode())
+    if names != list(scorers):
+        raise LabelError(
+            f"shard {shard!r}: sidecar field 'scores' has scorers {names}, manifest has {list(scorers)}"
+        )
+    n = cols["key"].size
+    for name in ("domain", "tokens", "offset", "length"):
+        if name in cols and cols[name].shape != (n,):
+            raise LabelError(
+                f"shard {shard!r}: sidecar field {name!r} has {cols[name].shape[0]} rows, key has {n}"
+            )
+    if cols["scores"].shape != (n, len(scorers)):
+        raise LabelError(
+            f"shard {shard!r}: sidecar field 'scores' has shape {cols['scores'].shape}, expected ({n}, {len(scorers)})"
+        )
+    return ShardLabels(
+        key=cols["key"].astype(np.uint64),
+        domain=cols["domain"].astype(np.int32),
+        tokens=cols["tokens"].astype(np.int64),
+        scores=cols["scores"].astype(np.float64),
+        offset=cols.get("offset"),
+        length=cols.get("length"),
+    )
+
+
+# ---------------------------------------------------------------- manifest
+@dataclass(frozen=True)
+class ShardEntry:
+    name: str  # shard file, relative to the dataset root
+    sidecar: str  # sidecar file, relative to the dataset root
+    rows: int
+    shard_sha256: str
+    sidecar_sha256: str
+    shard_bytes: int
+
+
+@dataclass
+class Manifest:
+    """Dataset manifest: domains, scorers, shards with hashes, σ tables."""
+
+    format: str
+    domains: list[str]
+    scorers: list[ScorerInfo]
+    shards: list[ShardEntry]
+    sigma: dict[str, SigmaTable] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def scorer_names(self) -> list[str]:
+        return [s.name for s in self.scorers]
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    def fingerprint(self) -> str:
+        """Identity of the data: shard names, rows and content hashes, domains, scorers."""
+        ident = {
+            "format": self.format,
+            "domains": self.domains,
+            "scorers": [[s.name, s.fingerprint] for s in self.scorers],
+            "shards": [[s.name, s.rows, s.shard_sha256, s.sidecar_sha256] for s in self.shards],
+        }
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": MANIFEST_SCHEMA,
+            "version": MANIFEST_VERSION,
+            "format": self.format,
+            "domains": self.domains,
+            "scorers": [s.__dict__ for s in self.scorers],
+            "shards": [s.__dict__ for s in self.shards],
+            "sigma": {k: v.to_dict() for k, v in self.sigma.items()},
+            "extra": self.extra,
+        }
+
+    def save(self, root: str | Path) -> None:
+        atomic_write_text(Path(root) / MANIFEST_NAME, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, root: str | Path) -> Manifest:
+        path = Path(root) / MANIFEST_NAME
+        if not path.exists():
+            raise LabelError(
+                f"{root}: no {MANIFEST_NAME}; is this a labelled dataset? (see `quadmix-stream label`)"
+            )
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise LabelError(f"{path}: manifest is not valid JSON ({e})") from None
+        if d.get("schema") != MANIFEST_SCHEMA or d.get("version") != MANIFEST_VERSION:
+            raise LabelError(
+                f"{path}: unsupported manifest schema/version {d.get('schema')}/{d.get('version')}"
+            )
+        if d.get("format") not in FORMATS:
+            raise LabelError(
+                f"{path}: field 'format' must be one of {FORMATS}, got {d.get('format')!r}"
+            )
+        scorers = [ScorerInfo(**s) for s in d["scorers"]]
+        m = cls(
+            format=d["format"],
+            domains=list(d["domains"]),
+            scorers=scorers,
+            shards=[ShardEntry(**s) for s in d["shards"]],
+            sigma={k: SigmaTable.from_dict(v) for k, v in d.get("sigma", {}).items()},
+            extra=d.get("extra", {}),
+        )
+        missing = [s.name for s in scorers if s.name not in m.sigma]
+        if missing:
+            raise LabelError(f"{path}: field 'sigma' has no table for scorers {missing}")
+        return m
+
+
+# ---------------------------------------------------------------- all labels of a dataset
+@dataclass
+class DatasetLabels:
+    """Every document's labels, concatenated in shard order (global row = position here)."""
+
+    key: np.ndarray
+    domain: np.ndarray
+    tokens: np.ndarray
+    scores: np.ndarray
+    shard: np.ndarray  # int32 shard index of each row
+    row: np.ndarray  # int64 row within its shard
+    shard_start: np.ndarray  # int64 (n_shards + 1,) global row where each shard starts
+    offset: np.ndarray | None = None
+    length: np.ndarray | None = None
+
+    @property
+    def rows(self) -> int:
+        return int(self.key.size)
+
+
+def load_labels(root: str | Path, manifest: Manifest, verify_shards: bool = False) -> DatasetLabels:
+    """Read and validate every sidecar of a dataset.
+
+    Checks per shard: the sidecar exists and hashes to the manifest's value, its row count matches,
+    scores are finite, domain ids are known; the shard file exists with the recorded size (and, with
+    ``verify_shards``, the recorded sha256). Any failure names the shard and the field.
+    """
+    root = Path(root)
+    parts: list[ShardLabels] = []
+    names = manifest.scorer_names
+    m = len(manifest.domains)
+    for entry in manifest.shards:
+        shard_path = root / entry.name
+        if not shard_path.exists():
+            raise LabelError(f"shard {entry.name!r}: shard file is missing")
+        size = shard_path.stat().st_size
+        if size != entry.shard_bytes:
+            raise LabelError(
+                f"shard {entry.name!r}: field 'shard_bytes' is {entry.shard_bytes} in the manifest but the file has {size} bytes (shard changed after labelling?)"
+            )
+        if verify_shards and sha256_file(shard_path) != entry.shard_sha256:
+            raise LabelError(
+                f"shard {entry.name!r}: field 'shard_sha256' does not match the file (shard changed after labelling?)"
+            )
+        side = root / entry.sidecar
+        if side.exists() and sha256_file(side) != entry.sidecar_sha256:
+            raise LabelError(
+                f"shard {entry.name!r}: field 'sidecar_sha256' does not match {entry.sidecar} (sidecar corrupted or from another run)"
+            )
+        lab = read_sidecar(side, entry.name, names)
+        if lab.rows != entry.rows:
+            raise LabelError(
+                f"shard {entry.name!r}: field 'rows' is {entry.rows} in the manifest but the sidecar has {lab.rows}"
+            )
+        bad = ~np.isfinite(lab.scores)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise LabelError(
+                f"shard {entry.name!r}: field 'scores' has {lab.scores[r, c]} for scorer {names[c]!r} at row {r}"
+            )
+        if lab.rows and (lab.domain.min() < 0 or lab.domain.max() >= m):
+            r = int(np.flatnonzero((lab.domain < 0) | (lab.domain >= m))[0])
+            raise LabelError(
+                f"shard {entry.name!r}: field 'domain' has unknown domain id {lab.domain[r]} at row {r} (dataset has {m} domains)"
+            )
+        if lab.rows and lab.tokens.min() < 0:
+            raise LabelError(
+                f"shard {entry.name!r}: field 'tokens' is negative at row {int(np.argmin(lab.tokens))}"
+            )
+        if manifest.format == "tar" and lab.offset is None:
+            raise LabelError(
+                f"shard {entry.name!r}: field 'offset' is missing (tar sidecars need byte offsets)"
+            )
+        parts.append(lab)
+    counts = np.array([p.rows for p in parts], dtype=np.int64)
+    start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    cat = (lambda f: np.concatenate([getattr(p, f) for p in parts])) if parts else None
+    n_s = len(names)
+    if not parts:
+        raise LabelError(f"{root}: the manifest lists no shards")
+    return DatasetLabels(
+        key=cat("key"),
+        domain=cat("domain"),
+        tokens=cat("tokens"),
+        scores=cat("scores").reshape(-1, n_s),
+        shard=np.repeat(np.arange(len(parts), dtype=np.int32), counts),
+        row=np.arange(start[-1], dtype=np.int64) - np.repeat(start[:-1], counts),
+        shard_start=start,
+        offset=cat("offset") if manifest.format == "tar" else None,
+        length=cat("length") if manifest.format == "tar" else None,
+    )

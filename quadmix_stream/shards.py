@@ -1,0 +1,417 @@
+"""Shard writers and row-level readers for MDS, WebDataset tar and JSONL.zst.
+
+One writer interface (:class:`DatasetWriter`) produces shards, their label sidecars and the
+manifest in any of the three formats; :func:`open_shard` returns a reader that fetches single
+rows, so the loader can skip documents it does not keep without reading or decoding them
+(MDS: offsets table; tar: the sidecar's byte offsets; JSONL: only selected lines are parsed).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zstandard
+
+from quadmix_stream.hashing import doc_key
+from quadmix_stream.io import atomic_write_bytes, sha256_file
+from quadmix_stream.labels import (
+    FORMATS,
+    LabelError,
+    Manifest,
+    ScorerInfo,
+    ShardEntry,
+    ShardLabels,
+    write_sidecar,
+)
+from quadmix_stream.sampling import build_sigma_table
+
+MDS_COLUMNS = {"id": "str", "text": "str", "meta": "json"}
+
+
+def split_doc(doc: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """(id, text, meta) of a document dict; ``meta`` is everything else."""
+    if "id" not in doc or "text" not in doc:
+        raise ValueError(f"a document needs 'id' and 'text' fields, got keys {sorted(doc)}")
+    meta = {k: v for k, v in doc.items() if k not in ("id", "text")}
+    return str(doc["id"]), str(doc["text"]), meta
+
+
+def _sidecar_name(shard_name: str) -> str:
+    base = shard_name
+    for suffix in (".zstd", ".zst", ".mds", ".tar", ".jsonl"):
+        base = base.removesuffix(suffix)
+    return base + ".labels.npz"
+
+
+# ---------------------------------------------------------------- format backends
+class _Backend:
+    """Writes the payload of one format; returns per-row tar offsets where relevant."""
+
+    def add(self, doc_id: str, text: str, meta: dict) -> tuple[int, int] | None:
+        raise NotImplementedError
+
+    def end_shard(self) -> str:
+        """Close the current shard; return its file name relative to the root."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _JsonlBackend(_Backend):
+    def __init__(self, root: Path, level: int = 3) -> None:
+        self.root, self.level, self.index, self.lines = root, level, 0, []
+
+    def add(self, doc_id, text, meta):
+        self.lines.append(json.dumps({"id": doc_id, "text": text, **meta}, ensure_ascii=False))
+        return None
+
+    def end_shard(self):
+        name = f"shard.{self.index:05d}.jsonl.zst"
+        data = ("\n".join(self.lines) + "\n").encode("utf-8")
+        atomic_write_bytes(
+            self.root / name, zstandard.ZstdCompressor(level=self.level).compress(data)
+        )
+        self.index, self.lines = self.index + 1, []
+        return name
+
+
+class _TarBackend(_Backend):
+    def __init__(self, root: Path) -> None:
+        self.root, self.index, self.buf, self.tar, self.n = root, 0, None, None, 0
+
+    def add(self, doc_id, text, meta):
+        if self.tar is None:
+            self.buf = io.BytesIO()
+            self.tar = tarfile.open(fileobj=self.buf, mode="w", format=tarfile.USTAR_FORMAT)
+            self.n = 0
+        start = self.tar.offset
+        key = f"s{self.n:08d}"
+        for ext, payload in (
+            ("txt", text.encode("utf-8")),
+            ("json", json.dumps({"id": doc_id, **meta}, ensure_ascii=False).encode("utf-8")),
+        ):
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(payload)
+            info.mtime = 0
+            self.tar.addfile(info, io.BytesIO(payload))
+        self.n += 1
+        return start, self.tar.offset - start
+
+    def end_shard(self):
+        name = f"shard.{self.index:05d}.tar"
+        if self.tar is None:  # empty shard
+            self.buf = io.BytesIO()
+            self.tar = tarfile.open(fileobj=self.buf, mode="w", format=tarfile.USTAR_FORMAT)
+        self.tar.close()
+        atomic_write_bytes(self.root / name, self.buf.getvalue())
+        self.index, self.tar, self.buf = self.index + 1, None, None
+        return name
+
+
+class _MDSBackend(_Backend):
+    """A single standard MDS dataset (index.json + shard files); we cut shards by row count."""
+
+    def __init__(self, root: Path, compression: str | None) -> None:
+        from streaming import MDSWriter
+
+        self.root = root
+        self.writer = MDSWriter(
+            out=str(root), columns=MDS_COLUMNS, compression=compression, size_limit=1 << 31
+        )
+        self.index, self.compression = 0, compression
+
+    def add(self, doc_id, text, meta):
+        self.writer.write({"id": doc_id, "text": text, "meta": meta})
+        return None
+
+    def end_shard(self):
+        # MDSWriter cuts shards by size only; flushing + resetting its cache (what its own write()
+        # does at the size limit) cuts them at our row boundaries so each gets one sidecar.
+        self.writer.flush_shard()
+        self.writer._reset_cache()
+        name = f"shard.{self.index:05d}.mds" + (f".{self.compression}" if self.compression else "")
+        self.index += 1
+        return name
+
+    def close(self):
+        self.writer.finish()  # writes index.json (nothing is cached after our last cut)
+
+
+# ---------------------------------------------------------------- the writer
+class DatasetWriter:
+    """Write documents with their labels as shards + sidecars + manifest.
+
+    Example::
+
+        with DatasetWriter(out, "mds", domains=["web", "code"], scorers=[ScorerInfo("q")]) as w:
+            w.write({"id": "a", "text": "hello"}, domain="web", scores=[0.3], tokens=2)
+
+    Args:
+        root: output folder (created).
+        fmt: ``"mds"``, ``"tar"`` or ``"jsonl"``.
+        domains: domain names; labels may give a name or an id.
+        scorers: scorer descriptions, in score column order.
+        rows_per_shard: documents per shard.
+        compression: MDS shard compression (``None`` or ``"zstd"``).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        fmt: str,
+        domains: Sequence[str],
+        scorers: Sequence[ScorerInfo],
+        rows_per_shard: int = 4096,
+        compression: str | None = None,
+        extra: dict | None = None,
+    ) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if any(self.root.iterdir()):
+            raise FileExistsError(f"{self.root} is not empty; refusing to mix datasets")
+        self.fmt, self.domains, self.scorers = fmt, list(domains), list(scorers)
+        self.rows_per_shard, self.extra = rows_per_shard, extra or {}
+        self._dom = {d: i for i, d in enumerate(self.domains)}
+        if fmt == "mds":
+            self._backend: _Backend = _MDSBackend(self.root, compression)
+        elif fmt == "tar":
+            self._backend = _TarBackend(self.root)
+        else:
+            self._backend = _JsonlBackend(self.root)
+        self._cur: dict[str, list] = self._empty()
+        self._pending: list[tuple[str, ShardLabels]] = []
+        self._all_scores: list[np.ndarray] = []
+        self._all_tokens: list[np.ndarray] = []
+        self.manifest: Manifest | None = None
+
+    def _empty(self) -> dict[str, list]:
+        return {k: [] for k in ("key", "domain", "tokens", "scores", "offset", "length")}
+
+    def write(
+        self, doc: dict[str, Any], domain: str | int, scores: Sequence[float], tokens: int
+    ) -> None:
+        doc_id, text, meta = split_doc(doc)
+        d = self._dom.get(domain, domain) if isinstance(domain, str) else int(domain)
+        if isinstance(d, str) or not 0 <= d < len(self.domains):
+            raise LabelError(
+                f"document {doc_id!r}: unknown domain {domain!r}; known {self.domains}"
+            )
+        scores = [float(s) for s in scores]
+        if len(scores) != len(self.scorers) or not all(np.isfinite(scores)):
+            raise LabelError(
+                f"document {doc_id!r}: need {len(self.scorers)} finite scores, got {scores}"
+            )
+        off = self._backend.add(doc_id, text, meta)
+        c = self._cur
+        c["key"].append(doc_key(doc_id))
+        c["domain"].append(d)
+        c["tokens"].append(int(tokens))
+        c["scores"].append(scores)
+        if off is not None:
+            c["offset"].append(off[0])
+            c["length"].append(off[1])
+        if len(c["key"]) >= self.rows_per_shard:
+            self._end_shard()
+
+    def _end_shard(self) -> None:
+        c = self._cur
+        if not c["key"]:
+            return
+        name = self._backend.end_shard()
+        labels = ShardLabels(
+            key=np.array(c["key"], dtype=np.uint64),
+            domain=np.array(c["domain"], dtype=np.int32),
+            tokens=np.array(c["tokens"], dtype=np.int64),
+            scores=np.array(c["scores"], dtype=np.float64).reshape(-1, len(self.scorers)),
+            offset=np.array(c["offset"], dtype=np.int64) if c["offset"] else None,
+            length=np.array(c["length"], dtype=np.int64) if c["length"] else None,
+        )
+        self._pending.append((name, labels))
+        self._cur = self._empty()
+
+    def close(self) -> Manifest:
+        """Finish the last shard, write sidecars, σ tables and the manifest (atomically, last)."""
+        self._end_shard()
+        self._backend.close()
+        if self.fmt == "mds":  # take MDS's own shard names, and check its row counts against ours
+            shards = json.loads((self.root / "index.json").read_text())["shards"]
+            if [s["samples"] for s in shards] != [lab.rows for _, lab in self._pending]:
+                raise RuntimeError("MDSWriter cut shards differently from the label sidecars")
+            self._pending = [
+                ((s["zip_data"] or s["raw_data"])["basename"], lab)
+                for s, (_, lab) in zip(shards, self._pending, strict=True)
+            ]
+        names = [s.name for s in self.scorers]
+        entries = []
+        for name, labels in self._pending:
+            side = _sidecar_name(name)
+            side_hash = write_sidecar(self.root / side, labels, names)
+            path = self.root / name
+            entries.append(
+                ShardEntry(
+                    name, side, labels.rows, sha256_file(path), side_hash, path.stat().st_size
+                )
+            )
+        if not entries:
+            raise ValueError("no documents were written")
+        scores = np.concatenate([lab.scores for _, lab in self._pending])
+        tokens = np.concatenate([lab.tokens for _, lab in self._pending])
+        sigma = {
+            s.name: build_sigma_table(scores[:, j], tokens, s.higher_is_better)
+            for j, s in enumerate(self.scorers)
+        }
+        self.manifest = Manifest(self.fmt, self.domains, self.scorers, entries, sigma, self.extra)
+        self.manifest.save(self.root)  # last: a dataset without a manifest is unfinished
+        return self.manifest
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, exc_type, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+
+
+# ---------------------------------------------------------------- readers
+class ShardReader:
+    """Reads single rows of one shard; ``rows_read`` counts decoded rows (for tests/benchmarks)."""
+
+    def __init__(self) -> None:
+        self.rows_read = 0
+
+    def read(self, row: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class MDSShardReader(ShardReader):
+    """Random access into one MDS shard file via its offsets table (memory-mapped)."""
+
+    def __init__(self, root: Path, name: str, index_entry: dict) -> None:
+        super().__init__()
+        from streaming.base.format.mds.reader import MDSReader
+
+        self.decoder = MDSReader.from_json(str(root), None, index_entry)
+        path = root / name
+        if name.endswith(".zstd"):
+            data = zstandard.ZstdDecompressor().decompress(path.read_bytes())
+            self.buf: Any = memoryview(data)
+        else:
+            self.file = open(path, "rb")  # noqa: SIM115 (closed in close())
+            import mmap
+
+            self.buf = memoryview(mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ))
+        n = int(np.frombuffer(self.buf, np.uint32, count=1)[0])
+        self.offsets = np.frombuffer(self.buf, np.uint32, count=n + 1, offset=4).astype(np.int64)
+
+    def read(self, row: int) -> dict[str, Any]:
+        self.rows_read += 1
+        raw = bytes(self.buf[self.offsets[row] : self.offsets[row + 1]])
+        s = self.decoder.decode_sample(raw)
+        return {"id": s["id"], "text": s["text"], "meta": s["meta"]}
+
+
+class TarShardReader(ShardReader):
+    """Seeks to a sample through the sidecar's byte offsets; never scans the tar."""
+
+    def __init__(self, path: Path, offset: np.ndarray, length: np.ndarray) -> None:
+        super().__init__()
+        self.file = open(path, "rb")  # noqa: SIM115
+        self.offset, self.length = offset, length
+
+    def read(self, row: int) -> dict[str, Any]:
+        self.rows_read += 1
+        self.file.seek(int(self.offset[row]))
+        data = self.file.read(int(self.length[row]))
+        members: dict[str, bytes] = {}
+        pos = 0
+        while pos + 512 <= len(data):
+            hdr = data[pos : pos + 512]
+            name = hdr[:100].rstrip(b"\0").decode()
+            if not name:
+                break
+            size = int(hdr[124:136].strip(b"\0 ") or b"0", 8)
+            members[name.rsplit(".", 1)[-1]] = data[pos + 512 : pos + 512 + size]
+            pos += 512 + (size + 511) // 512 * 512
+        if "txt" not in members or "json" not in members:
+            raise LabelError(
+                f"{self.file.name}: sample at byte {self.offset[row]} (row {row}) is not a txt+json pair; tar and sidecar disagree"
+            )
+        meta = json.loads(members["json"])
+        doc_id = meta.pop("id")
+        return {"id": doc_id, "text": members["txt"].decode("utf-8"), "meta": meta}
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class JsonlShardReader(ShardReader):
+    """Decompresses the shard once and parses only the lines that are asked for."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        data = zstandard.ZstdDecompressor().stream_reader(open(path, "rb")).read()  # noqa: SIM115
+        self.lines = data.split(b"\n")
+        if self.lines and self.lines[-1] == b"":
+            self.lines.pop()
+        self.path = path
+
+    def read(self, row: int) -> dict[str, Any]:
+        self.rows_read += 1
+        try:
+            obj = json.loads(self.lines[row])
+        except json.JSONDecodeError as e:
+            raise LabelError(f"{self.path.name}: row {row} is not valid JSON ({e})") from None
+        doc_id, text, meta = split_doc(obj)
+        return {"id": doc_id, "text": text, "meta": meta}
+
+
+def mds_index(root: str | Path) -> dict[str, dict]:
+    """Map shard file name → its entry in the MDS ``index.json``."""
+    path = Path(root) / "index.json"
+    if not path.exists():
+        raise LabelError(f"{root}: MDS dataset has no index.json")
+    shards = json.loads(path.read_text())["shards"]
+    out = {}
+    for s in shards:
+        for key in ("zip_data", "raw_data"):
+            if s.get(key):
+                out[s[key]["basename"]] = s
+    return out
+
+
+def open_shard(
+    root: str | Path,
+    manifest: Manifest,
+    shard_index: int,
+    offset: np.ndarray | None = None,
+    length: np.ndarray | None = None,
+    _mds_index: dict[str, dict] | None = None,
+) -> ShardReader:
+    """A row reader for shard ``shard_index`` of a labelled dataset."""
+    root = Path(root)
+    name = manifest.shards[shard_index].name
+    path = root / name
+    if not path.exists():
+        raise LabelError(f"shard {name!r}: shard file is missing")
+    if manifest.format == "mds":
+        idx = _mds_index if _mds_index is not None else mds_index(root)
+        if name not in idx:
+            raise LabelError(f"shard {name!r}: not listed in {root}/index.json")
+        return MDSShardReader(root, name, idx[name])
+    if manifest.format == "tar":
+        if offset is None or length is None:
+            raise LabelError(f"shard {name!r}: tar reads need the sidecar's byte offsets")
+        return TarShardReader(path, offset, length)
+    return JsonlShardReader(path)

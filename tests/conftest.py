@@ -1,0 +1,51 @@
+"""Shared fixtures: small planted synthetic datasets in every shard format."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("synth")
+
+
+def _make(root: Path, fmt: str, docs: int = 240, rows: int = 100) -> Path:
+    from quadmix_stream.synth import synth
+
+    out = root / f"{fmt}-{docs}-{rows}"
+    if not out.exists():
+        synth(out, fmt, docs_per_domain=docs, seed=0, rows_per_shard=rows)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mds_ds(synth_root: Path) -> Path:
+    return _make(synth_root, "mds")
+
+
+@pytest.fixture(scope="session")
+def tar_ds(synth_root: Path) -> Path:
+    return _make(synth_root, "tar")
+
+
+@pytest.fixture(scope="session")
+def jsonl_ds(synth_root: Path) -> Path:
+    return _make(synth_root, "jsonl")
+
+
+@pytest.fixture(scope="session", params=["mds", "tar", "jsonl"])
+def any_ds(request: pytest.FixtureRequest, synth_root: Path) -> Path:
+    return _make(synth_root, request.param)
+
+
+def requires_shared_data() -> pytest.MarkDecorator:
+    return pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is absent")

@@ -189,7 +189,7 @@ class QuaDMixDataset(IterableDataset):
             return dict(self._resume)
         c, n = self._consumer()
         st = self._base_state(n)
-        st.update(epoch=self.epoch, segments={}, progress={}, consumer=c)
+        st.update(epoch=self.epoch, segments={}, progress={str(c): [self.epoch, 0]}, consumer=c)
         return st
 
     def _live_state(self) -> dict:
@@ -266,9 +266,9 @@ class QuaDMixDataset(IterableDataset):
     # ------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[dict[str, Any]]:
         consumer, consumers = self._consumer()
-        epoch, segments, progress = self._resolve_resume(consumer, consumers)
-        if not self.infinite:
-            epoch = max(epoch, self.epoch) if self._resume is None else epoch
+        first, segments, progress = self._resolve_resume(consumer, consumers)
+        # finite: the epoch is the user's (set_epoch); a state only applies to the epochs it names
+        epoch = first if self.infinite else self.epoch
         live = {
             "consumer": consumer,
             "consumers": consumers,

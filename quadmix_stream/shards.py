@@ -371,7 +371,7 @@ class JsonlShardReader(ShardReader):
         self.rows_read += 1
         try:
             obj = json.loads(self.lines[row])
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise LabelError(f"{self.path.name}: row {row} is not valid JSON ({e})") from None
         doc_id, text, meta = split_doc(obj)
         return {"id": doc_id, "text": text, "meta": meta}

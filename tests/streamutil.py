@@ -1,0 +1,68 @@
+"""Helpers for stream tests: expected multisets and walking datasets as (rank, worker) consumers."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from quadmix_stream.dataset import QuaDMixDataset, collate_docs
+from quadmix_stream.params import SamplingParams
+
+# Wide ranges so that documents get 0, 1 and 2+ copies.
+WIDE = {"omega": (0.3, 0.9), "eta": (0.3, 1.5), "lam": (1.0, 50.0), "eps": (0.0, 0.2)}
+
+
+def wide_params(ds_root, seed: int = 1) -> SamplingParams:
+    from quadmix_stream.labels import Manifest
+
+    m = Manifest.load(ds_root)
+    return SamplingParams.propose(1, m.domains, m.scorer_names, seed=seed, ranges=WIDE)[0]
+
+
+def expected_items(ds: QuaDMixDataset, epoch: int) -> Counter:
+    """(key, copy) multiset the epoch must emit over all consumers (balance=None)."""
+    counts = ds.selection().counts(epoch)
+    keys = ds.labels.key
+    return Counter(
+        {
+            (int(k), c): 1
+            for k, n in zip(keys.tolist(), counts.tolist(), strict=True)
+            for c in range(n)
+        }
+    )
+
+
+def ids(items: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    return [(it["key"], it["copy"]) for it in items]
+
+
+def walk_loader(
+    ds: QuaDMixDataset, workers: int, batch: int = 4, limit: int | None = None
+) -> list[tuple[int, int]]:
+    """Items of one rank through a real DataLoader with ``workers`` worker processes."""
+    loader = DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_docs)
+    out: list[tuple[int, int]] = []
+    for b in loader:
+        out += list(zip(b["key"], b["copy"], strict=True))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def as_counter(pairs) -> Counter:
+    return Counter(pairs)
+
+
+def mixture_of(ds: QuaDMixDataset, pairs) -> np.ndarray:
+    """Per-domain token shares of a list of (key, copy) pairs."""
+    lab = ds.labels
+    index = {k: i for i, k in enumerate(lab.key.tolist())}
+    m = len(ds.manifest.domains)
+    tok = np.zeros(m)
+    for k, _ in pairs:
+        i = index[k]
+        tok[lab.domain[i]] += lab.tokens[i]
+    return tok / max(tok.sum(), 1)

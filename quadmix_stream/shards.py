@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -295,23 +296,54 @@ class ShardReader:
         pass
 
 
-class MDSShardReader(ShardReader):
-    """Random access into one MDS shard file via its offsets table (memory-mapped)."""
+def default_cache_dir() -> Path:
+    """Where compressed shards are decompressed once: ``$QUADMIX_CACHE`` or ~/.cache/quadmix-stream."""
+    env = os.environ.get("QUADMIX_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "quadmix-stream"
 
-    def __init__(self, root: Path, name: str, index_entry: dict) -> None:
+
+def _decompressed(path: Path, sha256: str, cache_dir: Path) -> Path:
+    """A decompressed copy of a zstd shard in the cache, keyed by the shard's content hash.
+
+    Written to a temp file and renamed, so concurrent workers never read a half-written copy.
+    """
+    out = cache_dir / f"{sha256[:24]}-{path.name.removesuffix('.zstd')}"
+    if not out.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with open(path, "rb") as src:
+            data = zstandard.ZstdDecompressor().stream_reader(src).read()
+        atomic_write_bytes(out, data)
+    return out
+
+
+class MDSShardReader(ShardReader):
+    """Random access into one MDS shard file via its offsets table (memory-mapped).
+
+    zstd shards are decompressed once into a local cache (like mosaicml-streaming does), so
+    reading a few rows of a shard does not pay for decompressing all of it every epoch.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        index_entry: dict,
+        sha256: str = "",
+        cache_dir: Path | None = None,
+    ) -> None:
         super().__init__()
+        import mmap
+
         from streaming.base.format.mds.reader import MDSReader
 
         self.decoder = MDSReader.from_json(str(root), None, index_entry)
         path = root / name
         if name.endswith(".zstd"):
-            data = zstandard.ZstdDecompressor().decompress(path.read_bytes())
-            self.buf: Any = memoryview(data)
-        else:
-            self.file = open(path, "rb")  # noqa: SIM115 (closed in close())
-            import mmap
-
-            self.buf = memoryview(mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ))
+            path = _decompressed(
+                path, sha256 or sha256_file(path), cache_dir or default_cache_dir()
+            )
+        self.file = open(path, "rb")  # noqa: SIM115 (closed in close())
+        self.buf = memoryview(mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ))
         n = int(np.frombuffer(self.buf, np.uint32, count=1)[0])
         self.offsets = np.frombuffer(self.buf, np.uint32, count=n + 1, offset=4).astype(np.int64)
 
@@ -320,6 +352,11 @@ class MDSShardReader(ShardReader):
         raw = bytes(self.buf[self.offsets[row] : self.offsets[row + 1]])
         s = self.decoder.decode_sample(raw)
         return {"id": s["id"], "text": s["text"], "meta": s["meta"]}
+
+    def close(self) -> None:
+        self.offsets = None  # drop views of the map before closing it
+        self.buf.release()
+        self.file.close()
 
 
 class TarShardReader(ShardReader):
@@ -409,7 +446,7 @@ def open_shard(
         idx = _mds_index if _mds_index is not None else mds_index(root)
         if name not in idx:
             raise LabelError(f"shard {name!r}: not listed in {root}/index.json")
-        return MDSShardReader(root, name, idx[name])
+        return MDSShardReader(root, name, idx[name], manifest.shards[shard_index].shard_sha256)
     if manifest.format == "tar":
         if offset is None or length is None:
             raise LabelError(f"shard {name!r}: tar reads need the sidecar's byte offsets")

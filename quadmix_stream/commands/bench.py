@@ -24,6 +24,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--scorers", type=int, default=3)
     c.set_defaults(func=_bench_compile)
 
+    lo = bsub.add_parser(
+        "loader",
+        help="items/s of QuaDMixDataset vs raw MDS reads, StreamingDataset and WebDataset",
+        description=(
+            "Write the same documents as zstd MDS and as WebDataset tar (the real corpus with "
+            "--corpus, else the synthetic one), then measure in one run: (a) raw sequential "
+            "StreamingDataset.get_item, (b) StreamingDataset in a 2-worker DataLoader, (c) plain "
+            "WebDataset, (d) QuaDMixDataset keeping everything (2-worker DataLoader and in-process), "
+            "(e) QuaDMixDataset at ~10%% selection, (f) read everything then filter at 10%%."
+        ),
+    )
+    lo.add_argument("--corpus", help="folder of *.jsonl.gz documents, e.g. ../shared/data/corpus")
+    lo.add_argument("--work", help="folder for the written shards (reused when present)")
+    lo.add_argument("--docs-per-domain", type=int, default=4000, help="synthetic corpus size")
+    lo.add_argument("--repeat", type=int, default=2, help="best of N timings")
+    lo.set_defaults(func=_bench_loader)
+
+
+def _bench_loader(a: argparse.Namespace) -> int:
+    from quadmix_stream.benchmarks.loader import run
+
+    run(a.corpus, a.work, a.docs_per_domain, a.repeat)
+    return 0
+
 
 def _bench_compile(a: argparse.Namespace) -> int:
     from quadmix_stream.labels import ScorerInfo

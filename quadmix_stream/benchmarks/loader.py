@@ -1,0 +1,146 @@
+"""``quadmix-stream bench loader``: QuaDMixDataset against raw MDS, StreamingDataset and WebDataset.
+
+All rows are measured in one run on the same documents (MDS with zstd shards, and the same
+documents as WebDataset tar), so the printed ratios do not depend on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from quadmix_stream.benchmarks.corpus import iter_shared_corpus, write_corpus
+from quadmix_stream.labels import Manifest
+from quadmix_stream.params import SamplingParams
+
+
+def _rate(fn: Callable[[], Iterable], repeat: int = 1) -> tuple[float, int]:
+    best, n = float("inf"), 0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        n = sum(1 for _ in fn())
+        best = min(best, time.perf_counter() - t0)
+    return n / best, n
+
+
+def _fraction_params(m: Manifest, frac: float) -> SamplingParams:
+    p = SamplingParams.keep_all(m.domains, m.scorer_names)
+    from dataclasses import replace
+
+    return replace(
+        p, eta=np.full(len(m.domains), frac), provenance=f"bench: keep {frac:.0%} at random"
+    )
+
+
+def run(
+    corpus: str | None, work: str | None, docs_per_domain: int, repeat: int
+) -> list[tuple[str, float, int]]:
+    import torch
+    from streaming import StreamingDataset
+    from torch.utils.data import DataLoader
+
+    from quadmix_stream.dataset import QuaDMixDataset, collate_docs
+
+    torch.set_num_threads(1)
+    tmp = Path(work or tempfile.mkdtemp(prefix="qms-bench-"))
+    mds, tar = tmp / "mds", tmp / "tar"
+    if not (mds / "quadmix.json").exists():
+        shutil.rmtree(mds, ignore_errors=True)
+        shutil.rmtree(tar, ignore_errors=True)
+        if corpus:
+            docs = list(iter_shared_corpus(corpus))
+        else:
+            from quadmix_stream.synth import iter_docs
+
+            docs = [d for d, *_ in iter_docs(docs_per_domain, seed=0)]
+        print(f"writing {len(docs):,} documents as zstd MDS and as tar under {tmp} …", flush=True)
+        write_corpus(mds, "mds", iter(docs), compression="zstd")
+        write_corpus(tar, "tar", iter(docs))
+    m = Manifest.load(mds)
+    keep_all = SamplingParams.keep_all(m.domains, m.scorer_names)
+    tenth = _fraction_params(m, 0.1)
+    rows: list[tuple[str, float, int]] = []
+
+    def report(name: str, rate: float, n: int) -> None:
+        rows.append((name, rate, n))
+        print(f"  {name:<58} {rate:>10,.0f} items/s  ({n:,} items)", flush=True)
+
+    cache = tmp / "streaming-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    sd = StreamingDataset(local=str(mds), shuffle=False, batch_size=1)
+    for i in range(sd.num_samples):  # decompress shards into streaming's cache once, untimed
+        sd.get_item(i)
+    report(
+        "(a) raw sequential StreamingDataset.get_item, all",
+        *_rate(lambda: (sd.get_item(i) for i in range(sd.num_samples)), repeat),
+    )
+    report(
+        "(b) StreamingDataset in DataLoader(2 workers)",
+        *_rate(
+            lambda: (
+                x
+                for b in DataLoader(sd, batch_size=64, num_workers=2, collate_fn=lambda b: b)
+                for x in b
+            ),
+            repeat,
+        ),
+    )
+    import webdataset as wds
+
+    shards = sorted(str(p) for p in tar.glob("*.tar"))
+    report(
+        "(c) plain WebDataset over the tar shards",
+        *_rate(lambda: wds.WebDataset(shards, shardshuffle=False), repeat),
+    )
+
+    def qds(params: SamplingParams, root: Path = mds) -> QuaDMixDataset:
+        return QuaDMixDataset(root, params, seed=0, balance=None)
+
+    report(
+        "(d) QuaDMixDataset keep-all, in DataLoader(2 workers)",
+        *_rate(
+            lambda: (
+                x
+                for b in DataLoader(
+                    qds(keep_all), batch_size=64, num_workers=2, collate_fn=collate_docs
+                )
+                for x in b["key"]
+            ),
+            repeat,
+        ),
+    )
+    report("(d) QuaDMixDataset keep-all, in-process", *_rate(lambda: qds(keep_all), repeat))
+    report("(e) QuaDMixDataset ~10% selection, in-process", *_rate(lambda: qds(tenth), repeat))
+    report(
+        "(e') QuaDMixDataset ~10% selection, tar shards, in-process",
+        *_rate(lambda: qds(tenth, tar), repeat),
+    )
+    counts = qds(tenth).selection().counts(0)
+    report(
+        "(f) read everything then filter at the same ~10%",
+        *_rate(
+            lambda: (x for i in range(sd.num_samples) for x in [sd.get_item(i)] * int(counts[i])),
+            repeat,
+        ),
+    )
+    r = {name[:4].strip(): rate for name, rate, _ in rows}
+    d_loader = rows[3][1]
+    d_inproc = rows[4][1]
+    e = rows[5][1]
+    print("ratios (targets from DESIGN.md §8):")
+    print(
+        f"  (d) DataLoader / (b) StreamingDataset DataLoader = {d_loader / r['(b)']:.2f}  (target ≥ 1.0)"
+    )
+    print(
+        f"  (d) in-process / (a) raw read limit              = {d_inproc / r['(a)']:.2f}  (target ≥ 0.5)"
+    )
+    print(
+        f"  (e) 10% delivered / (a) raw read limit           = {e / r['(a)']:.2f}  (target ≥ 0.6)"
+    )
+    print(f"  (e) 10% delivered / (f) read-all-then-filter     = {e / r['(f)']:.2f}  (target ≥ 5)")
+    return rows

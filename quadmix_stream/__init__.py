@@ -8,10 +8,18 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):  # keep `import quadmix_stream` light: torch loads on first use
-    if name in ("QuaDMixDataset", "collate_docs", "gather_state"):
+    if name in ("QuaDMixDataset", "collate_docs"):
         from quadmix_stream import dataset
 
         return getattr(dataset, name)
+    if name == "gather_state":
+        from quadmix_stream.checkpoint import gather_state
+
+        return gather_state
+    if name == "PackedDataset":
+        from quadmix_stream.packing import PackedDataset
+
+        return PackedDataset
     if name == "DatasetWriter":
         from quadmix_stream.shards import DatasetWriter
 
@@ -26,6 +34,7 @@ def __getattr__(name: str):  # keep `import quadmix_stream` light: torch loads o
 __all__ = [
     "DatasetWriter",
     "LabelError",
+    "PackedDataset",
     "Manifest",
     "ParamsError",
     "QuaDMixDataset",

@@ -28,7 +28,6 @@ from quadmix_stream.state import (
     StateError,
     check_complete,
     find_states,
-    is_state,
     merge_states,
     rebase,
 )
@@ -53,7 +52,7 @@ class QuaDMixDataset(IterableDataset):
     """Stream a labelled dataset (MDS, WebDataset tar or JSONL.zst) through QuaDMix sampling.
 
     Each item is a dict: ``id``, ``text``, ``meta`` (the document's other fields), ``key`` (stable
-    64-bit document key), ``domain`` (name), ``domain_id``, ``tokens``, ``copy`` (0-based copy
+    64-bit document key), ``row`` (global row in the dataset), ``domain`` (name), ``domain_id``, ``tokens``, ``copy`` (0-based copy
     index of this document in this epoch) and ``epoch``. Use :func:`collate_docs` as the
     DataLoader's ``collate_fn``, or :class:`quadmix_stream.packing.PackedDataset` for token blocks.
 
@@ -181,7 +180,7 @@ class QuaDMixDataset(IterableDataset):
     def state_dict(self) -> dict:
         """This consumer's snapshot (inside a worker: that worker's; in-process: this rank's).
 
-        Gather all of them with :func:`gather_state` / :func:`merge_states` into one global state.
+        Gather all of them with :func:`quadmix_stream.checkpoint.gather_state` into one global state.
         """
         if self._live is not None:
             return self._live_state()
@@ -327,7 +326,8 @@ class QuaDMixDataset(IterableDataset):
         readers: dict[int, ShardReader] = {}
         mds = mds_index(self.root) if self.manifest.format == "mds" else None
         try:
-            for k, shard, lrow, dom, tok, key in zip(
+            for row, k, shard, lrow, dom, tok, key in zip(
+                rows.tolist(),
                 ks.tolist(),
                 lab.shard[rows].tolist(),
                 lab.row[rows].tolist(),
@@ -342,13 +342,30 @@ class QuaDMixDataset(IterableDataset):
                 doc = reader.read(lrow)
                 self.reads += 1
                 doc.update(
-                    key=key, domain=names[dom], domain_id=dom, tokens=tok, copy=k, epoch=epoch
+                    key=key,
+                    row=row,
+                    domain=names[dom],
+                    domain_id=dom,
+                    tokens=tok,
+                    copy=k,
+                    epoch=epoch,
                 )
                 live["consumed"] += 1
                 yield doc
         finally:
             for r in readers.values():
                 r.close()
+
+    def read_row(self, row: int) -> dict[str, Any]:
+        """Read one document by global row (e.g. to restore a partly packed document)."""
+        lab = self.labels
+        shard = int(lab.shard[row])
+        mds = mds_index(self.root) if self.manifest.format == "mds" else None
+        reader = self._open(shard, mds)
+        try:
+            return reader.read(int(lab.row[row]))
+        finally:
+            reader.close()
 
     def _open(self, shard: int, mds: dict | None) -> ShardReader:
         lab = self.labels
@@ -371,22 +388,4 @@ def collate_docs(items: list[dict[str, Any]]) -> dict[str, list[Any]]:
     return {k: [it[k] for it in items] for k in items[0]} if items else {}
 
 
-def gather_state(local: Mapping[str, Any] | None = None, loader: Any = None) -> dict:
-    """One global loader state from every rank's (and worker's) snapshot.
-
-    Pass the dataset's ``state_dict()`` (in-process iteration) or the ``StatefulDataLoader``'s
-    ``state_dict()`` as ``local``; under torch.distributed the snapshots of all ranks are
-    all-gathered, so every rank gets the same global state (save it from rank 0).
-    """
-    obj = local if loader is None else loader.state_dict()
-    states = find_states(obj)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        gathered: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, states)
-        states = [s for part in gathered for s in part]
-    merged = merge_states(states)
-    check_complete(merged)
-    return merged
-
-
-__all__ = ["QuaDMixDataset", "collate_docs", "gather_state", "is_state"]
+__all__ = ["QuaDMixDataset", "collate_docs"]

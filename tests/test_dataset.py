@@ -11,7 +11,8 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quadmix_stream.dataset import QuaDMixDataset, gather_state
+from quadmix_stream.checkpoint import gather_state
+from quadmix_stream.dataset import QuaDMixDataset
 from quadmix_stream.io import sha256_file
 from quadmix_stream.labels import LabelError, Manifest
 from quadmix_stream.params import SamplingParams

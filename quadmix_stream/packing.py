@@ -1,0 +1,175 @@
+"""Tokenized, packed fixed-length sequences from a QuaDMixDataset, with a resumable state.
+
+Documents are tokenized, joined with an end-of-text token and cut into blocks of ``seq_len``
+tokens (``input_ids``; ``labels`` is the same tensor, Hugging Face causal LMs shift internally).
+The state stays tiny however long a document is: it holds the inner stream's state, the carried
+tokens of finished documents (< ``seq_len``) and, for a document cut mid-way, only its row and
+token offset (the document is re-read and re-tokenized on resume).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from quadmix_stream.dataset import QuaDMixDataset
+from quadmix_stream.state import find_states, is_state, merge_states
+from quadmix_stream.tokenizer import TextTokenizer
+
+PACKED_MARK = "quadmix_packed_state"
+
+
+class PackedDataset(IterableDataset):
+    """Fixed-length token blocks from a :class:`QuaDMixDataset` (each rank/worker packs its share).
+
+    Items: ``input_ids`` and ``labels`` (LongTensor ``[seq_len]``) and ``domain_tokens``
+    (LongTensor ``[M]``: how many of the block's tokens came from each domain, for logging the
+    realised mixture).
+
+    Args:
+        dataset: the document stream.
+        tokenizer: a :class:`~quadmix_stream.tokenizer.TextTokenizer` or a path to one.
+        seq_len: tokens per block.
+    """
+
+    def __init__(
+        self, dataset: QuaDMixDataset, tokenizer: TextTokenizer | str | Path, seq_len: int
+    ) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.tokenizer = (
+            tokenizer if isinstance(tokenizer, TextTokenizer) else TextTokenizer(tokenizer)
+        )
+        self.seq_len = int(seq_len)
+        self._resume: dict | None = None
+        self._live: dict | None = None
+
+    def __getstate__(self) -> dict:
+        d = dict(self.__dict__)
+        d["_live"] = None
+        return d
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    # ------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """This consumer's snapshot: inner stream state plus the packing leftovers."""
+        inner = self.dataset.state_dict()
+        live = self._live or {"carry": [], "carry_domains": [], "doc": None}
+        c = str(inner.get("consumer", 0))
+        return {
+            PACKED_MARK: 1,
+            "inner": inner,
+            "leftovers": {c: copy.deepcopy(live)},
+            "seq_len": self.seq_len,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        packed = [s for s in _find_packed(state)]
+        if not packed:
+            raise ValueError("not a packed loader state (no 'quadmix_packed_state' marker)")
+        st = merge_packed(packed) if len(packed) > 1 else dict(packed[0])
+        if st["seq_len"] != self.seq_len:
+            raise ValueError(
+                f"packed state is for seq_len={st['seq_len']}, this loader has {self.seq_len}"
+            )
+        self.dataset.load_state_dict(st["inner"])
+        self._resume = st
+
+    def _my_leftovers(self, consumer: int, consumers: int) -> list[dict]:
+        st = self._resume
+        if st is None:
+            return []
+        inner = st["inner"]
+        left = st["leftovers"]
+        same = (
+            inner["consumers"] == consumers
+            and inner["params_fingerprint"] == self.dataset.params.fingerprint()
+        )
+        if same:
+            return [left[str(consumer)]] if str(consumer) in left else []
+        # another topology: old consumers' leftovers are dealt round-robin to the new ones
+        return [left[k] for i, k in enumerate(sorted(left, key=int)) if i % consumers == consumer]
+
+    # ------------------------------------------------------------ iteration
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        consumer = self.dataset.rank * workers + worker
+        consumers = self.dataset.world_size * workers
+        m = len(self.dataset.manifest.domains)
+        carry: list[int] = []
+        carry_dom: list[int] = []
+        pending: list[tuple[list[int], int, dict | None]] = []  # (tokens, domain, doc marker)
+        for lo in self._my_leftovers(consumer, consumers):
+            carry += lo["carry"]
+            carry_dom += lo["carry_domains"]
+            if lo["doc"] is not None:
+                d = lo["doc"]
+                doc = self.dataset.read_row(d["row"])
+                toks = self.tokenizer.encode_docs([doc["text"]])[0]
+                dom = int(self.dataset.labels.domain[d["row"]])
+                pending.append((toks[d["offset"] :], dom, {**d}))
+        live = {"carry": carry, "carry_domains": carry_dom, "doc": None}
+        self._live = live
+
+        def blocks(
+            toks: list[int], dom: int, marker: dict | None
+        ) -> Iterator[dict[str, torch.Tensor]]:
+            nonlocal carry, carry_dom
+            pos = 0
+            while len(carry) + len(toks) - pos >= self.seq_len:
+                take = self.seq_len - len(carry)
+                ids = carry + toks[pos : pos + take]
+                doms = carry_dom + [dom] * take
+                pos += take
+                carry, carry_dom = [], []
+                rest = len(toks) - pos
+                if marker is not None and rest > 0:
+                    live["doc"] = {**marker, "offset": marker["offset"] + pos}
+                else:
+                    live["doc"] = None
+                live["carry"], live["carry_domains"] = carry, carry_dom
+                t = torch.tensor(ids, dtype=torch.long)
+                yield {
+                    "input_ids": t,
+                    "labels": t.clone(),
+                    "domain_tokens": torch.from_numpy(np.bincount(doms, minlength=m)).long(),
+                }
+            carry = carry + toks[pos:]
+            carry_dom = carry_dom + [dom] * (len(toks) - pos)
+            live["carry"], live["carry_domains"], live["doc"] = carry, carry_dom, None
+
+        for toks, dom, marker in pending:
+            yield from blocks(toks, dom, {**marker, "offset": marker["offset"]} if marker else None)
+        for doc in self.dataset:
+            toks = self.tokenizer.encode_docs([doc["text"]])[0]
+            marker = {"row": doc["row"], "copy": doc["copy"], "epoch": doc["epoch"], "offset": 0}
+            yield from blocks(toks, doc["domain_id"], marker)
+        # the epoch's last partial block stays in the carry (state) and opens the next epoch
+
+
+def _find_packed(obj: Any) -> list[dict]:
+    if isinstance(obj, Mapping):
+        if obj.get(PACKED_MARK) == 1:
+            return [dict(obj)]
+        return [s for v in obj.values() for s in _find_packed(v)]
+    if isinstance(obj, list | tuple):
+        return [s for v in obj for s in _find_packed(v)]
+    return []
+
+
+def merge_packed(states: list[Mapping]) -> dict:
+    """One global packed state from every consumer's snapshot."""
+    inner = merge_states([s for st in states for s in find_states(st["inner"]) if is_state(s)])
+    left: dict[str, dict] = {}
+    for st in states:
+        left.update(st["leftovers"])
+    return {PACKED_MARK: 1, "inner": inner, "leftovers": left, "seq_len": states[0]["seq_len"]}

@@ -1,0 +1,83 @@
+"""Tokenizers from a local path (no hub): ``tokenizers`` JSON files or transformers folders.
+
+Also trains a small byte-level BPE on a pool with ``tokenizers``, for proxies and quickstarts
+on a machine with no model downloads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from quadmix_stream.io import atomic_write_text
+
+EOS = "<|endoftext|>"
+_EOS_CANDIDATES = (EOS, "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
+
+
+class TextTokenizer:
+    """Encode documents followed by the end-of-text id.
+
+    Args:
+        path: a ``tokenizer.json`` file, a folder holding one, or a transformers tokenizer folder.
+        eos_token: the end-of-text token (default: the first of ``<|endoftext|>``, ``</s>``, …).
+    """
+
+    def __init__(self, path: str | Path, eos_token: str | None = None) -> None:
+        self.path = Path(path)
+        if self.path.is_dir() and (self.path / "tokenizer.json").is_file():
+            self.path = self.path / "tokenizer.json"
+        if self.path.is_file():
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(self.path))
+            vocab = tok.get_vocab(with_added_tokens=True)
+            self._encode = lambda texts: [
+                e.ids for e in tok.encode_batch(texts, add_special_tokens=False)
+            ]
+        elif self.path.is_dir():
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+            vocab = tok.get_vocab()
+            self._encode = lambda texts: tok(texts, add_special_tokens=False)["input_ids"]
+        else:
+            raise FileNotFoundError(
+                f"tokenizer: {path} is neither a tokenizer.json nor a tokenizer folder"
+            )
+        names = (eos_token,) if eos_token else _EOS_CANDIDATES
+        found = [t for t in names if t in vocab]
+        if not found:
+            raise ValueError(
+                f"tokenizer {self.path}: no end-of-text token among {list(names)}; pass eos_token"
+            )
+        self.eos_token = found[0]
+        self.eos_id = int(vocab[self.eos_token])
+        self.vocab_size = max(len(vocab), max(vocab.values()) + 1)
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text (no special tokens)."""
+        return self._encode(texts)
+
+    def encode_docs(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text followed by the end-of-text id."""
+        return [ids + [self.eos_id] for ids in self._encode(texts)]
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | Path) -> Path:
+    """Train a byte-level BPE with ``vocab_size`` entries (EOS included); save it atomically."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    out = Path(out)
+    atomic_write_text(out, tok.to_str())
+    return out

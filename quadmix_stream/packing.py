@@ -36,12 +36,20 @@ class PackedDataset(IterableDataset):
         dataset: the document stream.
         tokenizer: a :class:`~quadmix_stream.tokenizer.TextTokenizer` or a path to one.
         seq_len: tokens per block.
+        track_docs: also yield ``doc_ids`` (LongTensor ``[seq_len]``, −1 padded): the documents
+            whose first token is in this block, as :func:`encode_doc_id` of (epoch, row, copy),
+            so a training run can audit exactly which documents it consumed.
     """
 
     def __init__(
-        self, dataset: QuaDMixDataset, tokenizer: TextTokenizer | str | Path, seq_len: int
+        self,
+        dataset: QuaDMixDataset,
+        tokenizer: TextTokenizer | str | Path,
+        seq_len: int,
+        track_docs: bool = False,
     ) -> None:
         super().__init__()
+        self.track_docs = track_docs
         self.dataset = dataset
         self.tokenizer = (
             tokenizer if isinstance(tokenizer, TextTokenizer) else TextTokenizer(tokenizer)
@@ -62,7 +70,7 @@ class PackedDataset(IterableDataset):
     def state_dict(self) -> dict:
         """This consumer's snapshot: inner stream state plus the packing leftovers."""
         inner = self.dataset.state_dict()
-        live = self._live or {"carry": [], "carry_domains": [], "doc": None}
+        live = self._live or {"carry": [], "carry_domains": [], "doc": None, "started": []}
         c = str(inner.get("consumer", 0))
         return {
             PACKED_MARK: 1,
@@ -107,23 +115,27 @@ class PackedDataset(IterableDataset):
         m = len(self.dataset.manifest.domains)
         carry: list[int] = []
         carry_dom: list[int] = []
+        started: list[int] = []  # docs whose first token is in the block being filled
         pending: list[tuple[list[int], int, dict | None]] = []  # (tokens, domain, doc marker)
         for lo in self._my_leftovers(consumer, consumers):
             carry += lo["carry"]
             carry_dom += lo["carry_domains"]
+            started += lo.get("started", [])
             if lo["doc"] is not None:
                 d = lo["doc"]
                 doc = self.dataset.read_row(d["row"])
                 toks = self.tokenizer.encode_docs([doc["text"]])[0]
                 dom = int(self.dataset.labels.domain[d["row"]])
                 pending.append((toks[d["offset"] :], dom, {**d}))
-        live = {"carry": carry, "carry_domains": carry_dom, "doc": None}
+        live = {"carry": carry, "carry_domains": carry_dom, "doc": None, "started": started}
         self._live = live
 
         def blocks(
             toks: list[int], dom: int, marker: dict | None
         ) -> Iterator[dict[str, torch.Tensor]]:
-            nonlocal carry, carry_dom
+            nonlocal carry, carry_dom, started
+            if marker is not None and marker["offset"] == 0:
+                started.append(encode_doc_id(marker["epoch"], marker["row"], marker["copy"]))
             pos = 0
             while len(carry) + len(toks) - pos >= self.seq_len:
                 take = self.seq_len - len(carry)
@@ -138,11 +150,18 @@ class PackedDataset(IterableDataset):
                     live["doc"] = None
                 live["carry"], live["carry_domains"] = carry, carry_dom
                 t = torch.tensor(ids, dtype=torch.long)
-                yield {
+                item = {
                     "input_ids": t,
                     "labels": t.clone(),
                     "domain_tokens": torch.from_numpy(np.bincount(doms, minlength=m)).long(),
                 }
+                if self.track_docs:
+                    d = torch.full((self.seq_len,), -1, dtype=torch.long)
+                    head = started[: self.seq_len]
+                    d[: len(head)] = torch.tensor(head, dtype=torch.long)
+                    item["doc_ids"] = d
+                started = live["started"] = started[self.seq_len :]
+                yield item
             carry = carry + toks[pos:]
             carry_dom = carry_dom + [dom] * (len(toks) - pos)
             live["carry"], live["carry_domains"], live["doc"] = carry, carry_dom, None
@@ -154,6 +173,15 @@ class PackedDataset(IterableDataset):
             marker = {"row": doc["row"], "copy": doc["copy"], "epoch": doc["epoch"], "offset": 0}
             yield from blocks(toks, doc["domain_id"], marker)
         # the epoch's last partial block stays in the carry (state) and opens the next epoch
+
+
+def encode_doc_id(epoch: int, row: int, copy: int) -> int:
+    """One int64 for (epoch, global row, copy): epoch·2^48 + row·2^8 + copy."""
+    return (int(epoch) << 48) | (int(row) << 8) | int(copy)
+
+
+def decode_doc_id(x: int) -> tuple[int, int, int]:
+    return x >> 48, (x >> 8) & ((1 << 40) - 1), x & 255
 
 
 def _find_packed(obj: Any) -> list[dict]:

@@ -80,3 +80,42 @@ def test_elastic_resume_keeps_every_token(jsonl_ds, tok):
     extra = Counter(head + rest) - Counter(everything)
     assert sum(extra.values()) < 48 and sum(missing.values()) < 3 * 48
     assert len(head) + len(rest) > 0.9 * len(everything)
+
+
+def test_track_docs_audits_every_document_once(jsonl_ds, tok):
+    from quadmix_stream.packing import decode_doc_id
+
+    def docs_of(blocks):
+        return [decode_doc_id(x) for b in blocks for x in b["doc_ids"].tolist() if x >= 0]
+
+    ds = PackedDataset(
+        QuaDMixDataset(jsonl_ds, wide_params(jsonl_ds), seed=2, balance=None),
+        tok,
+        32,
+        track_docs=True,
+    )
+    full = list(ds)
+    logged = docs_of(full)
+    want = [
+        (0, it["row"], it["copy"])
+        for it in QuaDMixDataset(jsonl_ds, wide_params(jsonl_ds), seed=2, balance=None)
+    ]
+    assert (
+        logged == want[: len(logged)] and len(want) - len(logged) <= 32
+    )  # only the last partial block
+    ds2 = PackedDataset(
+        QuaDMixDataset(jsonl_ds, wide_params(jsonl_ds), seed=2, balance=None),
+        tok,
+        32,
+        track_docs=True,
+    )
+    it = iter(ds2)
+    head = [next(it) for _ in range(13)]
+    again = PackedDataset(
+        QuaDMixDataset(jsonl_ds, wide_params(jsonl_ds), seed=2, balance=None),
+        tok,
+        32,
+        track_docs=True,
+    )
+    again.load_state_dict(ds2.state_dict())
+    assert docs_of(head) + docs_of(list(again)) == logged

@@ -1,0 +1,181 @@
+"""torchrun pretraining: kill and resume exactly, resume on fewer processes, resume with new params."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from quadmix_stream.dataset import QuaDMixDataset
+from quadmix_stream.labels import Manifest
+from quadmix_stream.packing import decode_doc_id
+from quadmix_stream.params import SamplingParams
+
+pytestmark = pytest.mark.slow
+STEPS = 14
+
+
+def _cmd(nproc: int, recipe: Path, *extra: str) -> list[str]:
+    mod = ["-m", "quadmix_stream.trainers.pretrain", str(recipe), *extra]
+    if nproc == 1:
+        return [sys.executable, *mod]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        *mod,
+    ]
+
+
+def _run(nproc: int, recipe: Path, *extra: str) -> None:
+    r = subprocess.run(_cmd(nproc, recipe, *extra), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _steps(out: Path) -> dict[int, dict]:
+    return {
+        r["step"]: r for r in _log(out) if "loss" in r
+    }  # a redone step overwrites its first try
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, mds_ds):
+    tmp = tmp_path_factory.mktemp("pretrain")
+    m = Manifest.load(mds_ds)
+    SamplingParams.propose(
+        1,
+        m.domains,
+        m.scorer_names,
+        seed=4,
+        ranges={"omega": (0.4, 0.9), "eta": (0.5, 1.5), "lam": (1, 20)},
+    )[0].save(tmp / "p.json")
+
+    def recipe(name: str, out: Path) -> Path:
+        r = {
+            "data": {
+                "dataset": str(mds_ds),
+                "params": str(tmp / "p.json"),
+                "seq_len": 32,
+                "workers": 1,
+                "track_docs": True,
+                "vocab_size": 300,
+            },
+            "model": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2},
+            "train": {
+                "steps": STEPS,
+                "batch_size": 4,
+                "checkpoint_every": 4,
+                "keep_last": 2,
+                "threads": 1,
+                "warmup": 2,
+            },
+            "out": str(out),
+        }
+        p = tmp / f"{name}.yaml"
+        p.write_text(yaml.safe_dump(r))
+        return p
+
+    full = tmp / "full"
+    _run(2, recipe("full", full))
+    return tmp, recipe, full
+
+
+def test_kill_and_resume_continues_exactly(setup):
+    tmp, recipe, full = setup
+    out = tmp / "killed"
+    r = recipe("killed", out)
+    proc = subprocess.Popen(
+        _cmd(2, r), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if (out / "log.jsonl").exists() and any(
+            x.get("event") == "checkpoint" and x["step"] >= 4 for x in _log(out)
+        ):
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole torchrun process group, mid-run
+    proc.wait()
+    done = max(x["step"] for x in _log(out) if "loss" in x)
+    assert done < STEPS, "the run finished before it could be killed"
+    shutil.copytree(out, tmp / "killed-copy")
+    _run(2, r)
+    a, b = _steps(full), _steps(out)
+    assert sorted(b) == list(range(1, STEPS + 1))
+    for s in range(1, STEPS + 1):  # same documents, same batches, same loss curve
+        assert b[s]["batch_sha"] == a[s]["batch_sha"], s
+        assert b[s]["docs"] == a[s]["docs"]
+        assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-5), s
+    assert any(x.get("event") == "resume" and x["exact"] for x in _log(out))
+
+
+def test_resume_on_one_process_loses_and_repeats_nothing(setup, mds_ds):
+    tmp, recipe, full = setup
+    src = tmp / "killed-copy"
+    if not src.exists():
+        pytest.skip("needs the killed run of the previous test")
+    out = tmp / "one"
+    shutil.copytree(src, out)
+    ck = max(x["step"] for x in _log(out) if x.get("event") == "checkpoint")
+    _run(1, recipe("one", out))
+    resumed = [x for x in _log(out) if x.get("event") == "resume"][-1]
+    assert resumed["switch"]["from_world"] == 2 and resumed["switch"]["to_world"] == 1
+    before = [d for s, r in _steps(full).items() if s <= ck for d in r["docs"]]
+    after = [d for x in _log(out)[len(_log(src)) :] if "loss" in x for d in x["docs"]]
+    docs = Counter(before + after)
+    assert max(docs.values()) == 1  # no document copy started twice
+    ds = QuaDMixDataset(mds_ds, SamplingParams.load(tmp / "p.json"), seed=0)
+    for d in docs:  # and each is a real copy of its epoch
+        e, row, k = decode_doc_id(d)
+        assert k < ds.selection().counts(e)[row]
+    assert len(after) > 0
+
+
+def test_resume_with_new_params_follows_them(setup, mds_ds):
+    tmp, recipe, full = setup
+    out = tmp / "newp"
+    shutil.copytree(full, out)
+    m = Manifest.load(mds_ds)
+    k = len(m.domains)
+    eta = np.full(k, 0.0)
+    eta[m.domains.index("code")] = 1.0
+    new = SamplingParams(
+        domains=m.domains,
+        scorers=m.scorer_names,
+        alpha=np.full((k, 3), 1 / 3),
+        lam=np.zeros(k),
+        omega=np.ones(k),
+        eta=eta,
+        eps=np.zeros(k),
+    )
+    new.save(tmp / "code.json")
+    _run(1, recipe("newp", out), "--params", str(tmp / "code.json"), "--steps", str(STEPS + 8))
+    resumed = [x for x in _log(out) if x.get("event") == "resume"][-1]
+    assert resumed["step"] == STEPS and resumed["switch"]["to_params"] == new.fingerprint()
+    after = [x for s, x in _steps(out).items() if s > STEPS + 2]  # past the carried-over tokens
+    assert after and all(
+        set(decode_doc_id(d)[1] for d in x["docs"])
+        <= set(
+            np.flatnonzero(
+                QuaDMixDataset(mds_ds, new).labels.domain == m.domains.index("code")
+            ).tolist()
+        )
+        for x in after
+    )

@@ -1,0 +1,429 @@
+"""Pretraining on the QuaDMix stream, with exact checkpoint/resume. Launch with torchrun:
+
+    torchrun --nproc_per_node N -m quadmix_stream.trainers.pretrain RECIPE.yaml [--out DIR]
+    python -m quadmix_stream.trainers.pretrain RECIPE.yaml          # one process
+
+A transformers causal LM built from a config (no download), DDP (gloo on CPU, NCCL on GPU),
+AdamW with warm-up + cosine, gradient accumulation, bf16 autocast on CUDA, periodic evaluation
+on a target set, logging of loss, tokens/s and realised vs expected per-domain tokens
+(``OUT/log.jsonl``; TensorBoard too when installed).
+
+Resume: run the same command again; the latest checkpoint in ``OUT/checkpoints`` is restored
+(model, optimiser, scheduler, step, loader). Same world size and params → every rank restores
+its own loader state and the run continues item for item. Another world size, or
+``--params NEW.json`` → the global loader state is re-dealt (nothing consumed is repeated,
+nothing is lost) and the log records the switch and its step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from quadmix_stream.recipe import build, read_yaml
+
+
+# ---------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = ""
+    params: str = ""
+    seed: int = 0
+    tokenizer: str | None = None  # tokenizer.json / folder; None: train a BPE on the pool
+    vocab_size: int = 512  # when training the tokenizer
+    seq_len: int = 64
+    workers: int = 1
+    shuffle_block_shards: int | None = 256
+    track_docs: bool = False  # log the (epoch, row, copy) of documents started in each step
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A transformers LlamaConfig; defaults are a ~0.1M-parameter model for CPU."""
+
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    intermediate_size: int = 128
+    max_position_embeddings: int = 2048
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 8  # per rank and micro-step
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 10
+    weight_decay: float = 0.1
+    clip: float = 1.0
+    seed: int = 0
+    eval_set: str | None = None  # JSONL with a "text" field
+    eval_every: int = 50
+    eval_max_blocks: int = 64
+    checkpoint_every: int = 50
+    keep_last: int = 2
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: str = "runs/pretrain"
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PretrainConfig:
+    raw = read_yaml(path)
+    raw = raw.get("pretrain", raw)  # a whole-flow recipe keeps this under `pretrain:`
+    for key, value in (overrides or {}).items():  # "train.steps" → raw["train"]["steps"]
+        section, _, name = key.partition(".")
+        raw.setdefault(section, {})[name] = value
+    return build(PretrainConfig, raw, "pretrain")
+
+
+# ---------------------------------------------------------------- helpers
+def log_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio``·lr (a multiplier of lr)."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def checkpoints(out: Path) -> list[Path]:
+    found = [
+        p for p in (out / "checkpoints").glob("step-*.pt") if re.fullmatch(r"step-\d+\.pt", p.name)
+    ]
+    return sorted(found, key=lambda p: int(p.stem.split("-")[1]))
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def eval_blocks(path: str, tok, seq_len: int, max_blocks: int) -> torch.Tensor:
+    texts = [
+        json.loads(line)["text"] for line in Path(path).read_text().splitlines() if line.strip()
+    ]
+    if not any(t.strip() for t in texts):
+        raise ValueError(f"eval set {path} has no text")
+    ids = [t for doc in tok.encode_docs(texts) for t in doc]
+    n = min(len(ids) // seq_len, max_blocks)
+    if n == 0:
+        raise ValueError(f"eval set {path} has fewer than seq_len={seq_len} tokens")
+    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+
+
+@torch.no_grad()
+def evaluate(model, blocks: torch.Tensor, device: torch.device, batch: int) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    for i in range(0, len(blocks), batch):
+        x = blocks[i : i + batch].to(device)
+        with autocast(device):
+            loss = model(input_ids=x, labels=x).loss
+        total += float(loss) * len(x)
+        n += len(x)
+    model.train()
+    return total / n
+
+
+def autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+# ---------------------------------------------------------------- the run
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m quadmix_stream.trainers.pretrain",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("recipe", help="YAML recipe (sections data, model, train, out)")
+    ap.add_argument("--out", help="run folder (default: the recipe's `out`)")
+    ap.add_argument("--params", help="a new params.json: resume the epoch under these params")
+    ap.add_argument("--steps", type=int, help="override train.steps")
+    ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    a = ap.parse_args(argv)
+    over: dict[str, Any] = {}
+    if a.params:
+        over["data.params"] = a.params
+    if a.steps is not None:
+        over["train.steps"] = a.steps
+    cfg = load_config(a.recipe, over)
+    out = Path(a.out or cfg.out)
+    return train(cfg, out, resume=not a.no_resume, params_changed=bool(a.params))
+
+
+def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: bool = False) -> int:
+    from torchdata.stateful_dataloader import StatefulDataLoader
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from quadmix_stream.checkpoint import gather_state
+    from quadmix_stream.dataset import QuaDMixDataset
+    from quadmix_stream.packing import PackedDataset
+    from quadmix_stream.params import SamplingParams
+    from quadmix_stream.tokenizer import TextTokenizer, train_tokenizer
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    d, tc = cfg.data, cfg.train
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "checkpoints").mkdir(exist_ok=True)
+    log_path = out / "log.jsonl"
+
+    # tokenizer: given, or a BPE trained on the pool once (rank 0) and shared through the folder
+    tok_path = Path(d.tokenizer) if d.tokenizer else out / "tokenizer.json"
+    if not d.tokenizer and rank == 0 and not tok_path.exists():
+        from quadmix_stream.search.tokenizer import pool_texts
+
+        train_tokenizer(pool_texts(d.dataset, 5000), d.vocab_size, tok_path)
+    if world > 1:
+        dist.barrier()
+    tok = TextTokenizer(tok_path)
+
+    # model: same initialisation on every rank and every run
+    torch.manual_seed(tc.seed)
+    mcfg = LlamaConfig(
+        vocab_size=tok.vocab_size,
+        **dataclasses.asdict(cfg.model),
+        attention_dropout=0.0,
+        tie_word_embeddings=False,
+    )
+    model = AutoModelForCausalLM.from_config(mcfg).to(device)
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.95)
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, tc))
+
+    # data
+    params = SamplingParams.load(d.params)
+    ds = QuaDMixDataset(
+        d.dataset,
+        params,
+        seed=d.seed,
+        infinite=True,
+        shuffle_block_shards=d.shuffle_block_shards,
+        resume_with_new_params=params_changed,
+    )
+    packed = PackedDataset(ds, tok, d.seq_len, track_docs=d.track_docs)
+
+    step, switch = 0, None
+    ckpts = checkpoints(out) if resume else []
+    loader_state = None
+    if ckpts:
+        ck = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        step = int(ck["step"])
+        same = (
+            ck["world"] == world
+            and ck["workers"] == d.workers
+            and ck["params_fingerprint"] == params.fingerprint()
+        )
+        if same:
+            loader_state = ck["loader"][rank]  # exact, item for item
+        else:
+            packed.load_state_dict(ck["loader_global"])  # re-dealt to this topology / params
+            switch = {
+                "step": step,
+                "from_world": ck["world"],
+                "to_world": world,
+                "from_params": ck["params_fingerprint"],
+                "to_params": params.fingerprint(),
+            }
+        if rank == 0:
+            log_jsonl(
+                log_path,
+                {
+                    "event": "resume",
+                    "checkpoint": ckpts[-1].name,
+                    "step": step,
+                    "exact": same,
+                    **({"switch": switch} if switch else {}),
+                },
+            )
+    loader = StatefulDataLoader(
+        packed,
+        batch_size=tc.batch_size,
+        num_workers=d.workers,
+        **({"prefetch_factor": 2} if d.workers else {}),
+    )
+    if loader_state is not None:
+        loader.load_state_dict(loader_state)
+
+    eval_x = eval_blocks(tc.eval_set, tok, d.seq_len, tc.eval_max_blocks) if tc.eval_set else None
+    exp = ds.expected_mixture()
+    exp_total = sum(v["tokens"] for v in exp.values()) or 1.0
+    expected_share = {k: v["tokens"] / exp_total for k, v in exp.items()}
+    domains = ds.manifest.domains
+    realised = torch.zeros(len(domains), dtype=torch.long)
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb = SummaryWriter(str(out / "tb")) if rank == 0 else None
+    except ImportError:
+        tb = None
+    if rank == 0:
+        n_params = sum(p.numel() for p in model.parameters())
+        log_jsonl(
+            log_path,
+            {
+                "event": "start",
+                "step": step,
+                "world": world,
+                "params": params.provenance,
+                "model_parameters": n_params,
+                "device": str(device),
+            },
+        )
+
+    it = iter(loader)
+    t0, tokens_since = time.perf_counter(), 0
+    while step < tc.steps:
+        loss_sum = torch.zeros(1, device=device)
+        dom = torch.zeros(len(domains), dtype=torch.long)
+        h = hashlib.sha256()
+        docs: list[int] = []
+        for micro in range(tc.grad_accum):
+            batch = next(it)
+            x = batch["input_ids"].to(device)
+            h.update(batch["input_ids"].numpy().tobytes())
+            dom += batch["domain_tokens"].sum(0)
+            if d.track_docs:
+                docs += [v for v in batch["doc_ids"].flatten().tolist() if v >= 0]
+            sync = nullcontext() if (world == 1 or micro == tc.grad_accum - 1) else ddp.no_sync()
+            with sync, autocast(device):
+                loss = ddp(input_ids=x, labels=x).loss / tc.grad_accum
+                loss.backward()
+            loss_sum += loss.detach()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        # metrics over all ranks
+        digest = h.hexdigest()
+        if world > 1:
+            dist.all_reduce(loss_sum)
+            loss_sum /= world
+            dist.all_reduce(dom)
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, (digest, docs))
+            digest = hashlib.sha256("".join(g[0] for g in gathered).encode()).hexdigest()
+            docs = [x for g in gathered for x in g[1]]
+        realised += dom
+        tokens_since += tc.batch_size * tc.grad_accum * d.seq_len * world
+        if rank == 0:
+            dt = time.perf_counter() - t0
+            share = (realised.double() / max(int(realised.sum()), 1)).tolist()
+            rec = {
+                "step": step,
+                "loss": round(float(loss_sum), 6),
+                "lr": sched.get_last_lr()[0],
+                "tokens_per_s": round(tokens_since / dt, 1),
+                "batch_sha": digest[:16],
+                "realised_share": {k: round(v, 4) for k, v in zip(domains, share, strict=True)},
+                "expected_share": {k: round(v, 4) for k, v in expected_share.items()},
+            }
+            if d.track_docs:
+                rec["docs"] = docs
+            if eval_x is not None and (step % tc.eval_every == 0 or step == tc.steps):
+                rec["eval_loss"] = round(evaluate(model, eval_x, device, tc.batch_size), 6)
+            log_jsonl(log_path, rec)
+            if tb is not None:
+                tb.add_scalar("loss", rec["loss"], step)
+                if "eval_loss" in rec:
+                    tb.add_scalar("eval_loss", rec["eval_loss"], step)
+            t0, tokens_since = time.perf_counter(), 0
+        if step % tc.checkpoint_every == 0 or step == tc.steps:
+            save_checkpoint(
+                out,
+                step,
+                model,
+                opt,
+                sched,
+                loader,
+                gather_state,
+                world,
+                rank,
+                d.workers,
+                params,
+                tc.keep_last,
+            )
+
+    del it, loader, ddp
+    gc.collect()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+def save_checkpoint(
+    out, step, model, opt, sched, loader, gather_state, world, rank, workers, params, keep_last
+) -> None:
+    """Model, optimiser, scheduler, step and the loader (each rank's own + the global state)."""
+    mine = loader.state_dict()
+    global_state = gather_state(mine)  # all ranks take part
+    per_rank: list[Any] = [None] * world
+    if world > 1:
+        dist.all_gather_object(per_rank, mine)
+    else:
+        per_rank = [mine]
+    if rank == 0:
+        ck = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "step": step,
+            "world": world,
+            "workers": workers,
+            "params_fingerprint": params.fingerprint(),
+            "loader": per_rank,
+            "loader_global": global_state,
+        }
+        save_atomic(ck, out / "checkpoints" / f"step-{step:08d}.pt")
+        for old in checkpoints(out)[:-keep_last]:
+            old.unlink()
+        log_jsonl(out / "log.jsonl", {"event": "checkpoint", "step": step})
+    if world > 1:
+        dist.barrier()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -81,3 +81,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | Path) -> P
     out = Path(out)
     atomic_write_text(out, tok.to_str())
     return out
+
+
+def pool_texts(dataset: str | Path, max_docs: int, seed: int = 0) -> Iterable[str]:
+    """Up to ``max_docs`` texts of a labelled dataset's pool (every document once, shuffled)."""
+    from quadmix_stream.dataset import QuaDMixDataset
+    from quadmix_stream.labels import Manifest
+    from quadmix_stream.params import SamplingParams
+
+    m = Manifest.load(dataset)
+    keep = SamplingParams.keep_all(m.domains, m.scorer_names)
+    ds = QuaDMixDataset(dataset, keep, seed=seed, balance=None, rank=0, world_size=1)
+    for i, doc in enumerate(ds):
+        if i >= max_docs:
+            break
+        yield str(doc.get("text") or "")

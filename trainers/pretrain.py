@@ -187,7 +187,7 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
     from quadmix_stream.dataset import QuaDMixDataset
     from quadmix_stream.packing import PackedDataset
     from quadmix_stream.params import SamplingParams
-    from quadmix_stream.tokenizer import TextTokenizer, train_tokenizer
+    from quadmix_stream.tokenizer import TextTokenizer, pool_texts, train_tokenizer
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -207,8 +207,6 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
     # tokenizer: given, or a BPE trained on the pool once (rank 0) and shared through the folder
     tok_path = Path(d.tokenizer) if d.tokenizer else out / "tokenizer.json"
     if not d.tokenizer and rank == 0 and not tok_path.exists():
-        from quadmix_stream.search.tokenizer import pool_texts
-
         train_tokenizer(pool_texts(d.dataset, 5000), d.vocab_size, tok_path)
     if world > 1:
         dist.barrier()

@@ -180,11 +180,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: bool = False) -> int:
-    from torchdata.stateful_dataloader import StatefulDataLoader
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from quadmix_stream.checkpoint import gather_state
     from quadmix_stream.dataset import QuaDMixDataset
+    from quadmix_stream.loaders.stateful import make_loader, restore_loader
     from quadmix_stream.packing import PackedDataset
     from quadmix_stream.params import SamplingParams
     from quadmix_stream.tokenizer import TextTokenizer, pool_texts, train_tokenizer
@@ -239,50 +238,29 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
     )
     packed = PackedDataset(ds, tok, d.seq_len, track_docs=d.track_docs)
 
-    step, switch = 0, None
+    step, ckpt_loader = 0, None
     ckpts = checkpoints(out) if resume else []
-    loader_state = None
     if ckpts:
         ck = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
-        step = int(ck["step"])
-        same = (
-            ck["world"] == world
-            and ck["workers"] == d.workers
-            and ck["params_fingerprint"] == params.fingerprint()
-        )
-        if same:
-            loader_state = ck["loader"][rank]  # exact, item for item
-        else:
-            packed.load_state_dict(ck["loader_global"])  # re-dealt to this topology / params
-            switch = {
-                "step": step,
-                "from_world": ck["world"],
-                "to_world": world,
-                "from_params": ck["params_fingerprint"],
-                "to_params": params.fingerprint(),
-            }
+        step, ckpt_loader = int(ck["step"]), ck["loader"]
+    kw = {"prefetch_factor": 2} if d.workers else {}
+    if ckpt_loader is None:
+        loader = make_loader(packed, tc.batch_size, d.workers, **kw)
+    else:
+        loader, exact = restore_loader(ckpt_loader, packed, tc.batch_size, d.workers, **kw)
         if rank == 0:
-            log_jsonl(
-                log_path,
-                {
-                    "event": "resume",
-                    "checkpoint": ckpts[-1].name,
-                    "step": step,
-                    "exact": same,
-                    **({"switch": switch} if switch else {}),
-                },
-            )
-    loader = StatefulDataLoader(
-        packed,
-        batch_size=tc.batch_size,
-        num_workers=d.workers,
-        **({"prefetch_factor": 2} if d.workers else {}),
-    )
-    if loader_state is not None:
-        loader.load_state_dict(loader_state)
+            rec = {"event": "resume", "checkpoint": ckpts[-1].name, "step": step, "exact": exact}
+            if not exact:  # another topology or new params: the log records the switch
+                rec["switch"] = {
+                    "from_world": ckpt_loader["world"],
+                    "to_world": world,
+                    "from_params": ckpt_loader["params_fingerprint"],
+                    "to_params": params.fingerprint(),
+                }
+            log_jsonl(log_path, rec)
 
     eval_x = eval_blocks(tc.eval_set, tok, d.seq_len, tc.eval_max_blocks) if tc.eval_set else None
     exp = ds.expected_mixture()
@@ -369,20 +347,7 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
                     tb.add_scalar("eval_loss", rec["eval_loss"], step)
             t0, tokens_since = time.perf_counter(), 0
         if step % tc.checkpoint_every == 0 or step == tc.steps:
-            save_checkpoint(
-                out,
-                step,
-                model,
-                opt,
-                sched,
-                loader,
-                gather_state,
-                world,
-                rank,
-                d.workers,
-                params,
-                tc.keep_last,
-            )
+            save_checkpoint(out, step, model, opt, sched, loader, rank, tc.keep_last)
 
     del it, loader, ddp
     gc.collect()
@@ -393,33 +358,25 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
 
 
 def save_checkpoint(
-    out, step, model, opt, sched, loader, gather_state, world, rank, workers, params, keep_last
+    out: Path, step: int, model, opt, sched, loader, rank: int, keep_last: int
 ) -> None:
     """Model, optimiser, scheduler, step and the loader (each rank's own + the global state)."""
-    mine = loader.state_dict()
-    global_state = gather_state(mine)  # all ranks take part
-    per_rank: list[Any] = [None] * world
-    if world > 1:
-        dist.all_gather_object(per_rank, mine)
-    else:
-        per_rank = [mine]
+    from quadmix_stream.loaders.stateful import checkpoint_loader
+
+    state = checkpoint_loader(loader)  # all ranks take part
     if rank == 0:
         ck = {
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "step": step,
-            "world": world,
-            "workers": workers,
-            "params_fingerprint": params.fingerprint(),
-            "loader": per_rank,
-            "loader_global": global_state,
+            "loader": state,
         }
         save_atomic(ck, out / "checkpoints" / f"step-{step:08d}.pt")
         for old in checkpoints(out)[:-keep_last]:
             old.unlink()
         log_jsonl(out / "log.jsonl", {"event": "checkpoint", "step": step})
-    if world > 1:
+    if dist.is_initialized():
         dist.barrier()
 
 

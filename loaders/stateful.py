@@ -1,0 +1,89 @@
+"""StatefulDataLoader over a QuaDMix stream, with one checkpoint format for every resume kind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from quadmix_stream.checkpoint import gather_state
+from quadmix_stream.dataset import QuaDMixDataset, collate_docs
+from quadmix_stream.packing import PackedDataset
+
+
+def collate_lm(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack packed blocks into ``input_ids``/``labels`` only (what a causal LM's forward takes)."""
+    return {k: torch.stack([it[k] for it in items]) for k in ("input_ids", "labels")}
+
+
+def make_loader(
+    dataset: QuaDMixDataset | PackedDataset, batch_size: int, num_workers: int = 0, **kw: Any
+):
+    """A ``torchdata`` ``StatefulDataLoader`` with the right collate function for the stream."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    if "collate_fn" not in kw and isinstance(dataset, QuaDMixDataset):
+        kw["collate_fn"] = collate_docs
+    return StatefulDataLoader(dataset, batch_size=batch_size, num_workers=num_workers, **kw)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _inner(dataset: QuaDMixDataset | PackedDataset) -> QuaDMixDataset:
+    return dataset.dataset if isinstance(dataset, PackedDataset) else dataset
+
+
+def checkpoint_loader(loader: Any) -> dict[str, Any]:
+    """Everything needed to resume the loader: call on every rank (it all-gathers).
+
+    Returns (identical on all ranks, save it from rank 0) each rank's own loader state for an
+    exact resume, the global state for any other topology or params, and what they were for.
+    """
+    mine = loader.state_dict()
+    rank, world = _world()
+    per_rank: list[Any] = [None] * world
+    if world > 1:
+        dist.all_gather_object(per_rank, mine)
+    else:
+        per_rank = [mine]
+    ds = _inner(loader.dataset)
+    return {
+        "world": world,
+        "workers": loader.num_workers,
+        "params_fingerprint": ds.params.fingerprint(),
+        "rank_states": per_rank,
+        "global": gather_state(mine),
+    }
+
+
+def restore_loader(
+    ckpt: dict[str, Any],
+    dataset: QuaDMixDataset | PackedDataset,
+    batch_size: int,
+    num_workers: int = 0,
+    **kw: Any,
+) -> tuple[Any, bool]:
+    """Build the loader and restore ``ckpt`` into it; returns ``(loader, exact)``.
+
+    Same world size, workers and params → this rank's own state (item-for-item continuation).
+    Otherwise the global state is loaded into ``dataset`` before the loader exists (re-dealt:
+    no document lost or repeated; for new params the dataset needs ``resume_with_new_params``).
+    """
+    rank, world = _world()
+    ds = _inner(dataset)
+    exact = (
+        ckpt["world"] == world
+        and ckpt["workers"] == num_workers
+        and ckpt["params_fingerprint"] == ds.params.fingerprint()
+    )
+    if not exact:
+        dataset.load_state_dict(ckpt["global"])
+    loader = make_loader(dataset, batch_size, num_workers, **kw)
+    if exact:
+        loader.load_state_dict(ckpt["rank_states"][rank])
+    return loader, exact

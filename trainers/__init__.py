@@ -1,0 +1,1 @@
+"""Training entry points run with ``torchrun`` (installed as ``quadmix_stream.trainers``)."""

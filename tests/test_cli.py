@@ -143,3 +143,40 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
         == 2
     )
     assert "domains: params are for ['x', 'y']" in capsys.readouterr().err
+
+
+def test_inspect_plot_and_mixture_meter(tmp_path, capsys):
+    from quadmix_stream.dataset import QuaDMixDataset, collate_docs
+    from quadmix_stream.metrics import MixtureMeter
+
+    ds_root = tmp_path / "ds"
+    main(["synth", str(ds_root), "--format", "jsonl", "--docs-per-domain", "40"])
+    m = Manifest.load(ds_root)
+    p = SamplingParams.propose(1, m.domains, m.scorer_names, seed=2, ranges={"omega": (0.3, 0.8)})[
+        0
+    ]
+    p.save(tmp_path / "p.json")
+    assert (
+        main(
+            [
+                "inspect",
+                str(ds_root),
+                "--params",
+                str(tmp_path / "p.json"),
+                "--plot",
+                str(tmp_path / "s.png"),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    ds = QuaDMixDataset(ds_root, p, balance=None)
+    meter = MixtureMeter(m.domains, ds.expected_mixture())
+    items = list(ds)
+    for i in range(0, len(items), 7):
+        meter.update(collate_docs(items[i : i + 7]))
+    s = meter.summary()
+    real = ds.expected_mixture(epoch=0)
+    for d in m.domains:
+        assert s[d]["docs"] == real[d]["docs"] and s[d]["tokens"] == real[d]["tokens"]
+    assert abs(sum(v["expected_share"] for v in s.values()) - 1) < 1e-9

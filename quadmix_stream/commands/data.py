@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epoch", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--plot", help="with --params: write a PNG of the sampling curves and mixtures")
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser(
@@ -88,6 +89,12 @@ def _inspect(a: argparse.Namespace) -> int:
         params = SamplingParams.load(a.params).reorder(m.domains, m.scorer_names)
     rep = inspect_dataset(a.dataset, params, a.seed, a.epoch)
     print(json.dumps(rep, indent=1) if a.json else format_report(rep))
+    if a.plot:
+        if params is None:
+            raise ValueError("--plot needs --params")
+        from quadmix_stream.plots import plot_selection
+
+        print(f"wrote {plot_selection(a.dataset, params, a.plot, a.seed, a.epoch)}")
     return 0
 
 

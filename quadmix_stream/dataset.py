@@ -182,18 +182,27 @@ class QuaDMixDataset(IterableDataset):
 
         Gather all of them with :func:`quadmix_stream.checkpoint.gather_state` into one global state.
         """
-        if self._live is not None:
-            return self._live_state()
-        if self._resume is not None:
-            return dict(self._resume)
-        c, n = self._consumer()
-        st = self._base_state(n)
-        st.update(epoch=self.epoch, segments={}, progress={str(c): [self.epoch, 0]}, consumer=c)
-        return st
+        # not iterating yet: where this consumer *would* start (a loaded state re-dealt to it)
+        return self._live_state(self._live if self._live is not None else self._start())
 
-    def _live_state(self) -> dict:
-        live = self._live
-        assert live is not None
+    def _start(self) -> dict:
+        """This consumer's starting point: epoch, remaining segments, items already consumed."""
+        consumer, consumers = self._consumer()
+        first, segments, progress = self._resolve_resume(consumer, consumers)
+        # finite: the epoch is the user's (set_epoch); a state only applies to the epochs it names
+        epoch = first if self.infinite else self.epoch
+        pe, done = progress.get(str(consumer), (epoch, 0))
+        return {
+            "consumer": consumer,
+            "consumers": consumers,
+            "epoch": max(epoch, pe),
+            "consumed": done if pe >= epoch else 0,
+            "segments": segments,
+            "progress": progress,
+            "start_epoch": epoch,
+        }
+
+    def _live_state(self, live: dict) -> dict:
         st = self._base_state(live["consumers"])
         st.update(
             epoch=live["epoch"],
@@ -264,18 +273,9 @@ class QuaDMixDataset(IterableDataset):
 
     # ------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        consumer, consumers = self._consumer()
-        first, segments, progress = self._resolve_resume(consumer, consumers)
-        # finite: the epoch is the user's (set_epoch); a state only applies to the epochs it names
-        epoch = first if self.infinite else self.epoch
-        live = {
-            "consumer": consumer,
-            "consumers": consumers,
-            "epoch": epoch,
-            "consumed": 0,
-            "segments": segments,
-        }
-        self._live = live
+        live = self._live = self._start()
+        consumer, consumers = live["consumer"], live["consumers"]
+        epoch, segments, progress = live["start_epoch"], live["segments"], live["progress"]
         while True:
             pe, done = progress.get(str(consumer), (epoch, 0))
             skip = done if pe == epoch else (1 << 62 if pe > epoch else 0)

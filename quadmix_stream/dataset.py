@@ -20,7 +20,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from quadmix_stream.labels import DatasetLabels, Manifest, load_labels
 from quadmix_stream.order import EpochPlan, Segment, balanced_length, split_ids
 from quadmix_stream.params import SamplingParams
-from quadmix_stream.selection import RankConfig, Selection, sigma_scores
+from quadmix_stream.selection import PreparedLabels, RankConfig, Selection, sigma_scores
 from quadmix_stream.shards import ShardReader, mds_index, open_shard
 from quadmix_stream.state import (
     STATE_MARK,
@@ -110,7 +110,7 @@ class QuaDMixDataset(IterableDataset):
         self._live: dict | None = None  # progress of the iteration running in this process
         self._labels: DatasetLabels | None = load_labels(self.root, self.manifest, verify_shards)
         self._selections: dict[str, Selection] = {}
-        self._sigma: np.ndarray | None = None
+        self._prepared: PreparedLabels | None = None
         self.reads = 0  # rows read by this process (decide-before-decode is testable)
 
     def _aligned(self, params: SamplingParams) -> SamplingParams:
@@ -123,7 +123,7 @@ class QuaDMixDataset(IterableDataset):
     # ------------------------------------------------------------ pickling for workers
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)
-        d["_labels"], d["_selections"], d["_sigma"], d["_live"] = None, {}, None, None
+        d["_labels"], d["_selections"], d["_prepared"], d["_live"] = None, {}, None, None
         return d
 
     @property
@@ -137,10 +137,23 @@ class QuaDMixDataset(IterableDataset):
         params = self.params if params is None else self._aligned(params)
         fp = params.fingerprint()
         if fp not in self._selections:
-            if self._sigma is None:
-                self._sigma = sigma_scores(self.labels.scores, self.manifest)
+            if self._prepared is None:  # once per process: σ applied, columns sorted by domain
+                lab = self.labels
+                self._prepared = PreparedLabels.build(
+                    sigma_scores(lab.scores, self.manifest),
+                    lab.domain,
+                    lab.tokens,
+                    lab.key,
+                    len(self.manifest.domains),
+                    self.rank_config,
+                )
             self._selections[fp] = Selection(
-                self.labels, self.manifest, params, self.seed, self.rank_config, self._sigma
+                self.labels,
+                self.manifest,
+                params,
+                self.seed,
+                self.rank_config,
+                prepared=self._prepared,
             )
         return self._selections[fp]
 

@@ -17,7 +17,6 @@ from quadmix_stream.sampling import (
     apply_sigma,
     build_rank_table,
     expected_copies,
-    merge_quality,
     rank_exact,
     rank_from_table,
     realize,
@@ -43,27 +42,6 @@ def sigma_scores(scores: np.ndarray, manifest: Manifest) -> np.ndarray:
     return out
 
 
-def ranks(
-    quality: np.ndarray,
-    domain: np.ndarray,
-    tokens: np.ndarray,
-    keys: np.ndarray,
-    n_domains: int,
-    config: RankConfig = RankConfig(),
-) -> np.ndarray:
-    """Eq. 2 for every document, exact or table-based per ``config``."""
-    method = config.method
-    if method == "auto":
-        method = "exact" if quality.size <= config.exact_limit else "table"
-    if method == "exact":
-        return rank_exact(quality, domain, tokens)
-    if method != "table":
-        raise ValueError(f"rank method must be auto, exact or table, got {method!r}")
-    idx = sample_rows_per_domain(domain, keys, config.sample_per_domain)
-    table = build_rank_table(quality[idx], domain[idx], tokens[idx], n_domains, config.grid)
-    return rank_from_table(table, quality, domain)
-
-
 def expected_for(
     sigma: np.ndarray,
     domain: np.ndarray,
@@ -73,16 +51,80 @@ def expected_for(
     config: RankConfig = RankConfig(),
 ) -> np.ndarray:
     """Expected copies S(x) of every document under ``params`` (Eqs. 1-3)."""
-    q = merge_quality(sigma, domain, params.alpha)
-    r = ranks(q, domain, tokens, keys, len(params.domains), config)
-    return expected_copies(
-        r,
-        params.lam[domain],
-        params.omega[domain],
-        params.eta[domain],
-        params.eps[domain],
-        params.form,
-    )
+    prep = PreparedLabels.build(sigma, domain, tokens, keys, len(params.domains), config)
+    return prep.expected(params, config)
+
+
+@dataclass(frozen=True)
+class PreparedLabels:
+    """Label columns sorted by domain once per dataset, so that each params → S evaluation works
+    on contiguous per-domain slices with scalar parameters (no per-document gathers).
+
+    ``sigma_t`` is (N, n) in domain order; ``sample`` holds, in the same order, the rows that
+    build the rank tables (used when the pool is larger than ``exact_limit``).
+    """
+
+    order: np.ndarray
+    bounds: np.ndarray
+    sigma_t: np.ndarray
+    tokens: np.ndarray
+    sample: np.ndarray
+    exact: bool
+
+    @classmethod
+    def build(
+        cls,
+        sigma: np.ndarray,
+        domain: np.ndarray,
+        tokens: np.ndarray,
+        keys: np.ndarray,
+        n_domains: int,
+        config: RankConfig = RankConfig(),
+    ) -> PreparedLabels:
+        domain = np.asarray(domain)
+        n = domain.size
+        exact = config.method == "exact" or (config.method == "auto" and n <= config.exact_limit)
+        if config.method not in ("auto", "exact", "table"):
+            raise ValueError(f"rank method must be auto, exact or table, got {config.method!r}")
+        key16 = domain.astype(np.int16) if n and domain.max() < 32768 else domain
+        order = np.argsort(key16, kind="stable")
+        bounds = np.searchsorted(domain[order], np.arange(n_domains + 1))
+        sample = np.zeros(0, dtype=np.int64)
+        if not exact:
+            pick = np.zeros(n, dtype=bool)
+            pick[sample_rows_per_domain(domain, keys, config.sample_per_domain)] = True
+            sample = np.flatnonzero(pick[order])
+        return cls(
+            order=order,
+            bounds=bounds,
+            sigma_t=np.ascontiguousarray(np.asarray(sigma, dtype=np.float64)[order].T),
+            tokens=np.asarray(tokens)[order],
+            sample=sample,
+            exact=exact,
+        )
+
+    def expected(self, params: SamplingParams, config: RankConfig = RankConfig()) -> np.ndarray:
+        """S(x) for every document (original row order)."""
+        s_sorted = np.empty(self.order.size)
+        for d in range(len(params.domains)):
+            a, b = int(self.bounds[d]), int(self.bounds[d + 1])
+            if a == b:
+                continue
+            q = params.alpha[d] @ self.sigma_t[:, a:b]  # Eq. 1 on the domain's slice
+            zeros = np.zeros(b - a, dtype=np.int64)
+            if self.exact:
+                r = rank_exact(q, zeros, self.tokens[a:b])
+            else:
+                lo, hi = np.searchsorted(self.sample, [a, b])
+                idx = self.sample[lo:hi] - a
+                table = build_rank_table(q[idx], zeros[idx], self.tokens[a:b][idx], 1, config.grid)
+                r = rank_from_table(table, q, zeros)
+            s_sorted[a:b] = expected_copies(
+                r, params.lam[d], params.omega[d], params.eta[d], params.eps[d], params.form
+            )
+        out = np.empty_like(s_sorted)
+        out[self.order] = s_sorted
+        return out
 
 
 class Selection:
@@ -96,11 +138,16 @@ class Selection:
         seed: int,
         config: RankConfig = RankConfig(),
         sigma: np.ndarray | None = None,
+        prepared: PreparedLabels | None = None,
     ) -> None:
         params.check_names(manifest.domains, manifest.scorer_names)
         self.labels, self.params, self.seed = labels, params, seed
-        sig = sigma_scores(labels.scores, manifest) if sigma is None else sigma
-        self.expected = expected_for(sig, labels.domain, labels.tokens, labels.key, params, config)
+        if prepared is None:
+            sig = sigma_scores(labels.scores, manifest) if sigma is None else sigma
+            prepared = PreparedLabels.build(
+                sig, labels.domain, labels.tokens, labels.key, len(manifest.domains), config
+            )
+        self.expected = prepared.expected(params, config)
         self._counts: dict[int, np.ndarray] = {}
 
     def counts(self, epoch: int) -> np.ndarray:

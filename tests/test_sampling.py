@@ -187,3 +187,23 @@ def test_hash_same_in_another_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == here
     assert hash64(keys, 1, 2).tolist() != hash64(keys, 2, 1).tolist()
+
+
+@pytest.mark.parametrize("form", ["multiplicative", "exponent"])
+def test_prepared_pipeline_equals_equations(form):
+    from quadmix_stream.params import SamplingParams
+    from quadmix_stream.selection import PreparedLabels, RankConfig
+
+    rng = np.random.default_rng(0)
+    n, m = 30_000, 4
+    dom, tok = rng.integers(0, m, n), rng.integers(0, 300, n)
+    keys, sig = rng.integers(0, 2**63, n).astype(np.uint64), rng.uniform(size=(n, 2))
+    p = SamplingParams.propose(
+        1, [f"d{i}" for i in range(m)], ["a", "b"], 0, ranges={"omega": (0.2, 0.9)}, form=form
+    )[0]
+    r = rank_exact(merge_quality(sig, dom, p.alpha), dom, tok)
+    want = expected_copies(r, p.lam[dom], p.omega[dom], p.eta[dom], p.eps[dom], form)
+    assert np.array_equal(PreparedLabels.build(sig, dom, tok, keys, m).expected(p), want)
+    cfg = RankConfig(method="table", sample_per_domain=n)  # whole pool: only the grid approximates
+    approx = PreparedLabels.build(sig, dom, tok, keys, m, cfg).expected(p, cfg)
+    assert np.abs(approx - want).mean() < 0.01

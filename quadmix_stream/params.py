@@ -315,17 +315,30 @@ class SamplingParams:
     @classmethod
     def keep_all(cls, domains: Sequence[str], scorers: Sequence[str]) -> SamplingParams:
         """Random baseline: every document exactly once (λ=0, ω=1, η=1, ε=0 → S ≡ 1)."""
-        m, n = len(domains), len(scorers)
-        return cls(
-            domains=tuple(domains),
-            scorers=tuple(scorers),
-            alpha=np.full((m, n), 1.0 / n),
-            lam=np.zeros(m),
-            omega=np.ones(m),
-            eta=np.ones(m),
-            eps=np.zeros(m),
-            provenance="baseline: keep all (random)",
+        return domain_mixture(
+            domains, scorers, np.ones(len(domains)), "baseline: keep all (random)"
         )
+
+
+def domain_mixture(
+    domains: Sequence[str], scorers: Sequence[str], eta: Sequence[float], provenance: str = ""
+) -> SamplingParams:
+    """A domain-only mixture (RegMix-style): every document of domain d gets S = η[d] copies.
+
+    λ = 0 makes the sigmoid term 2/(1+e⁰) = 1 and ω = 1 covers every rank, so quality plays no
+    part; α is uniform (irrelevant here).
+    """
+    m, n = len(domains), len(scorers)
+    return SamplingParams(
+        domains=tuple(domains),
+        scorers=tuple(scorers),
+        alpha=np.full((m, n), 1.0 / n),
+        lam=np.zeros(m),
+        omega=np.ones(m),
+        eta=np.asarray(eta, dtype=np.float64),
+        eps=np.zeros(m),
+        provenance=provenance or "domain mixture",
+    )
 
 
 def _num(x: object, where: str) -> float:

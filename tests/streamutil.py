@@ -22,6 +22,16 @@ def wide_params(ds_root, seed: int = 1) -> SamplingParams:
     return SamplingParams.propose(1, m.domains, m.scorer_names, seed=seed, ranges=WIDE)[0]
 
 
+def favouring(ds_root, domain: str, others: float = 0.05, this: float = 1.5) -> SamplingParams:
+    """A domain mixture that keeps ``domain`` at η=``this`` and the others at ``others``."""
+    from quadmix_stream.labels import Manifest
+    from quadmix_stream.params import domain_mixture
+
+    m = Manifest.load(ds_root)
+    eta = [this if d == domain else others for d in m.domains]
+    return domain_mixture(m.domains, m.scorer_names, eta)
+
+
 def expected_items(ds: QuaDMixDataset, epoch: int) -> Counter:
     """(key, copy) multiset the epoch must emit over all consumers (balance=None)."""
     counts = ds.selection().counts(epoch)

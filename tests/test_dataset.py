@@ -18,7 +18,15 @@ from quadmix_stream.labels import LabelError, Manifest
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.state import StateError, merge_states
 
-from .streamutil import as_counter, expected_items, ids, mixture_of, walk_loader, wide_params
+from .streamutil import (
+    as_counter,
+    expected_items,
+    favouring,
+    ids,
+    mixture_of,
+    walk_loader,
+    wide_params,
+)
 
 
 def make(root, params=None, **kw) -> QuaDMixDataset:
@@ -201,24 +209,8 @@ def test_partial_state_refused_for_new_topology(mds_ds):
 
 
 # ---------------------------------------------------------------- 5. resume with new params
-def _favouring(root, domain: str) -> SamplingParams:
-    m = Manifest.load(root)
-    k = len(m.domains)
-    eta = np.full(k, 0.05)
-    eta[m.domains.index(domain)] = 1.5
-    return SamplingParams(
-        domains=m.domains,
-        scorers=m.scorer_names,
-        alpha=np.full((k, 3), 1 / 3),
-        lam=np.zeros(k),
-        omega=np.ones(k),
-        eta=eta,
-        eps=np.zeros(k),
-    )
-
-
 def test_resume_with_new_params(mds_ds):
-    old, new = _favouring(mds_ds, "arith"), _favouring(mds_ds, "code")
+    old, new = favouring(mds_ds, "arith"), favouring(mds_ds, "code")
     consumed, states = [], []
     for rank in range(2):
         ds = make(mds_ds, old, balance=None, rank=rank, world_size=2, shuffle_block_shards=None)

@@ -21,6 +21,8 @@ from quadmix_stream.labels import Manifest
 from quadmix_stream.packing import decode_doc_id
 from quadmix_stream.params import SamplingParams
 
+from .streamutil import favouring
+
 pytestmark = pytest.mark.slow
 STEPS = 14
 
@@ -153,18 +155,7 @@ def test_resume_with_new_params_follows_them(setup, mds_ds):
     out = tmp / "newp"
     shutil.copytree(full, out)
     m = Manifest.load(mds_ds)
-    k = len(m.domains)
-    eta = np.full(k, 0.0)
-    eta[m.domains.index("code")] = 1.0
-    new = SamplingParams(
-        domains=m.domains,
-        scorers=m.scorer_names,
-        alpha=np.full((k, 3), 1 / 3),
-        lam=np.zeros(k),
-        omega=np.ones(k),
-        eta=eta,
-        eps=np.zeros(k),
-    )
+    new = favouring(mds_ds, "code", others=0.0, this=1.0)
     new.save(tmp / "code.json")
     _run(1, recipe("newp", out), "--params", str(tmp / "code.json"), "--steps", str(STEPS + 8))
     resumed = [x for x in _log(out) if x.get("event") == "resume"][-1]

@@ -1,0 +1,117 @@
+"""``quadmix-stream search …``: the offline parameter search, step by step or all at once."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+STEPS = {
+    "propose": "create/reopen the run folder (with --recipe), train the tokenizer, draw θ proposals",
+    "proxies": "train the pending proxies (resumable; --nproc N spreads them over torchrun ranks)",
+    "fit": "fit LightGBM θ → loss; held-out/k-fold MAE and Spearman vs a linear baseline",
+    "select": "predict fresh proposals, θ* = mean of the best k → params.json; write baselines",
+    "evaluate": "train proxies on θ* and the baselines (actual loss next to the predicted one)",
+    "report": "write report/report.md and its PNG plots",
+    "status": "print what the run folder holds",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search",
+        help="offline parameter search: proposals → proxies → LightGBM → θ* (params.json)",
+        description=(
+            "The paper's search in a resumable run folder. `search run RECIPE` does every step; "
+            "each step can also be run alone on RUN_DIR. Example: quadmix-stream search run "
+            "recipes/search_synthetic.yaml"
+        ),
+    )
+    ssub = p.add_subparsers(dest="step", metavar="STEP", required=True)
+    r = ssub.add_parser("run", help="every step of a recipe (resumes an existing run folder)")
+    r.add_argument("recipe", help="YAML recipe (e.g. recipes/search_synthetic.yaml)")
+    r.add_argument("--out", help="run folder (default: the recipe's `out`)")
+    _placement(r)
+    r.set_defaults(func=_run)
+    for step, text in STEPS.items():
+        s = ssub.add_parser(step, help=text, description=text)
+        s.add_argument("run_dir")
+        s.add_argument(
+            "--dataset", help="the dataset's current path if it moved (its fingerprint is checked)"
+        )
+        if step == "propose":
+            s.add_argument("--recipe", help="recipe for a new run folder (or changed settings)")
+        if step in ("proxies", "evaluate"):
+            _placement(s)
+        if step == "proxies":
+            s.add_argument("--limit", type=int, help="train at most this many proxies now")
+            s.add_argument(
+                "--nproc",
+                type=int,
+                default=1,
+                help="launch this many torchrun ranks on this machine (default 1: in-process)",
+            )
+        s.set_defaults(func=_step)
+
+
+def _placement(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--group", type=int, help="proxies trained at once (default: recipe proxy.group)"
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: recipe proxy.device)")
+    p.add_argument("--threads", type=int, help="torch threads (default: recipe proxy.threads)")
+
+
+def register_bench(bsub: argparse._SubParsersAction) -> None:
+    """Add ``bench proxies`` to the ``bench`` command."""
+    from quadmix_stream.search.bench import add_parser
+
+    add_parser(bsub)
+
+
+def _run(a: argparse.Namespace) -> int:
+    from quadmix_stream.search.pipeline import run_all
+
+    out = run_all(a.recipe, a.out, group=a.group, device=a.device, threads=a.threads)
+    print(f"done: {out / 'params.json'}, {out / 'report' / 'report.md'}")
+    return 0
+
+
+def _step(a: argparse.Namespace) -> int:
+    from quadmix_stream.search import pipeline
+
+    step = a.step
+    if step == "propose":
+        from quadmix_stream.search.config import SearchConfig
+
+        cfg = SearchConfig.load(a.recipe) if a.recipe else None
+        if cfg is not None and a.dataset:
+            cfg = cfg.replace(dataset=a.dataset)
+        pipeline.step_propose(a.run_dir, cfg, None if cfg else a.dataset)
+    elif step == "proxies" and a.nproc > 1:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(a.nproc),
+            "-m",
+            "quadmix_stream.trainers.proxy",
+            a.run_dir,
+        ]
+        for flag in ("dataset", "group", "device", "threads", "limit"):
+            if getattr(a, flag) is not None:
+                cmd += [f"--{flag}", str(getattr(a, flag))]
+        print(" ".join(cmd), flush=True)
+        return subprocess.call(cmd)
+    elif step == "proxies":
+        pipeline.step_proxies(a.run_dir, a.dataset, a.group, a.device, a.threads, a.limit)
+    elif step == "evaluate":
+        pipeline.step_evaluate(a.run_dir, a.dataset, a.group, a.device, a.threads)
+    elif step == "status":
+        print(json.dumps(pipeline.summary(a.run_dir), indent=1))
+    else:
+        getattr(pipeline, f"step_{step}")(a.run_dir, a.dataset)
+    return 0

@@ -1,0 +1,190 @@
+"""What a proxy reads: its θ's token stream (packed blocks) and the target set (eval blocks).
+
+The training stream is :class:`~quadmix_stream.dataset.QuaDMixDataset` for θ, one epoch after
+another (epochs re-draw the realised copies, exactly as ``infinite=True`` does), tokenized and
+packed into ``seq_len`` blocks with an end-of-text token after each document, until the token
+budget is reached; documents repeat when the selection is smaller than the budget. The epochs
+are driven here (``set_epoch``) rather than with ``infinite=True`` so that a θ whose selection
+is empty is detected and reported instead of spinning forever.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quadmix_stream.params import SamplingParams
+from quadmix_stream.search.tokenizer import TextTokenizer
+
+
+class SelectionError(RuntimeError):
+    """θ selects too little to train on (the proxy is recorded as failed, with this reason)."""
+
+
+def open_stream(dataset: str | Path, params: SamplingParams, seed: int):
+    """The proxy's QuaDMix stream: the whole stream in this process, whatever the torchrun rank."""
+    from quadmix_stream.dataset import QuaDMixDataset
+
+    return QuaDMixDataset(dataset, params, seed=seed, balance=None, rank=0, world_size=1)
+
+
+def expected_selection(ds) -> dict:
+    """Expected selected label tokens and documents per epoch, overall and per domain."""
+    mix = ds.selection().mixture()
+    tokens, docs = mix["tokens"], mix["docs"]
+    return {
+        "tokens": float(tokens.sum()),
+        "docs": float(docs.sum()),
+        "token_share": {
+            d: float(t / tokens.sum()) if tokens.sum() > 0 else 0.0
+            for d, t in zip(ds.manifest.domains, tokens, strict=True)
+        },
+    }
+
+
+def check_selection(ds, budget_tokens: int, max_epochs: int) -> dict:
+    """Refuse θ that selects nothing, or so little that the budget needs > ``max_epochs`` epochs.
+
+    Token counts here are the labels' (the labeller's tokenizer); the check is in documents and
+    label tokens, so it is approximate for another tokenizer, and :class:`TokenStream` enforces
+    ``max_epochs`` exactly while streaming.
+    """
+    sel = expected_selection(ds)
+    if sel["tokens"] <= 0 or sel["docs"] <= 0:
+        raise SelectionError("θ selects nothing (0 expected tokens per epoch)")
+    need = budget_tokens / sel["tokens"]
+    if need > max_epochs:
+        raise SelectionError(
+            f"θ selects {sel['tokens']:.0f} expected tokens per epoch; the budget of "
+            f"{budget_tokens} tokens would need ~{need:.0f} epochs (> proxy.max_epochs={max_epochs})"
+        )
+    return sel
+
+
+class TokenStream:
+    """Packed ``(batch_size, seq_len)`` int64 blocks of θ's stream, epoch after epoch."""
+
+    def __init__(
+        self,
+        ds,
+        tokenizer: TextTokenizer,
+        batch_size: int,
+        seq_len: int,
+        max_epochs: int,
+        chunk_docs: int = 64,
+        cache: dict[int, list[int]] | None = None,
+        cache_limit: int = 1_000_000,
+    ) -> None:
+        self.ds, self.tok = ds, tokenizer
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.max_epochs, self.chunk = max_epochs, chunk_docs
+        self.epochs = 0  # epochs started
+        self.drawn = 0  # documents drawn from the stream
+        self.docs = 0  # documents tokenized into the budget
+        self.unique: set[int] = set()
+        self._buf: list[int] = []
+        # token ids by document key, shared by the proxies of a process (bounded)
+        self.cache = {} if cache is None else cache
+        self.cache_limit = cache_limit
+        self._docs = self._doc_ids()
+
+    def _texts(self) -> Iterator[tuple[int, str]]:
+        empty_run = 0
+        while True:
+            if self.epochs >= self.max_epochs:
+                raise SelectionError(
+                    f"θ's selection did not fill the token budget within {self.max_epochs} epochs "
+                    f"({self.docs} documents drawn)"
+                )
+            self.ds.set_epoch(self.epochs)
+            self.epochs += 1
+            n = 0
+            for doc in self.ds:
+                n += 1
+                self.drawn += 1
+                yield int(doc["key"]), str(doc.get("text") or "")
+            empty_run = 0 if n else empty_run + 1
+            if empty_run >= 20 and self.drawn == 0:
+                raise SelectionError("θ selected no document in 20 epochs")
+
+    def _doc_ids(self) -> Iterator[list[int]]:
+        batch: list[tuple[int, str]] = []
+        for item in self._texts():
+            batch.append(item)
+            if len(batch) == self.chunk:
+                yield from self._encode(batch)
+                batch = []
+
+    def _encode(self, batch: list[tuple[int, str]]) -> Iterator[list[int]]:
+        todo = [(k, t) for k, t in batch if k not in self.cache]
+        fresh = dict(
+            zip((k for k, _ in todo), self.tok.encode_docs([t for _, t in todo]), strict=True)
+        )
+        if len(self.cache) < self.cache_limit:
+            self.cache.update(fresh)
+        for key, _ in batch:
+            self.docs += 1
+            self.unique.add(key)
+            yield fresh[key] if key in fresh else self.cache[key]
+
+    def next_batch(self) -> torch.Tensor:
+        need = self.batch_size * self.seq_len
+        while len(self._buf) < need:
+            self._buf.extend(next(self._docs))
+        out, self._buf = self._buf[:need], self._buf[need:]
+        return torch.tensor(out, dtype=torch.long).view(self.batch_size, self.seq_len)
+
+
+def load_target_texts(path: str | Path) -> list[str]:
+    """Texts of a target set (JSONL with a ``text`` field); an empty or text-less set is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"target set {path}: no such file")
+    texts, lines = [], 0
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            lines += 1
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"target set {path}, line {i}: not valid JSON ({e})") from None
+            text = obj.get("text") if isinstance(obj, dict) else None
+            if isinstance(text, str) and text.strip():
+                texts.append(text)
+    if not texts:
+        raise ValueError(
+            f"target set {path}: no text ({lines} JSON lines, none with a non-empty 'text' field)"
+        )
+    return texts
+
+
+def target_blocks(
+    texts: list[str], tokenizer: TextTokenizer, seq_len: int, max_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target set as ``(blocks, mask)``: documents packed like training, cut at ``max_tokens``.
+
+    The last block is padded; ``mask`` marks real tokens. The loss of a block counts the
+    prediction of every real token after the first of its block.
+    """
+    ids: list[int] = []
+    for chunk in range(0, len(texts), 256):
+        for doc in tokenizer.encode_docs(texts[chunk : chunk + 256]):
+            ids.extend(doc)
+        if len(ids) >= max_tokens:
+            break
+    ids = ids[:max_tokens]
+    n = -(-len(ids) // seq_len)
+    blocks = np.full(n * seq_len, tokenizer.eos_id, dtype=np.int64)
+    blocks[: len(ids)] = ids
+    mask = np.zeros(n * seq_len, dtype=bool)
+    mask[: len(ids)] = True
+    return (
+        torch.from_numpy(blocks).view(n, seq_len),
+        torch.from_numpy(mask).view(n, seq_len),
+    )

@@ -1,0 +1,69 @@
+"""The labelled pool seen from the search: labels loaded once, θ → expected selection profile."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from quadmix_stream.labels import DatasetLabels, Manifest, load_labels
+from quadmix_stream.params import SamplingParams
+from quadmix_stream.selection import Selection, sigma_scores
+
+
+class Pool:
+    """Manifest, labels and σ-normalised scores of a dataset (label sidecars only, no payload)."""
+
+    def __init__(self, dataset: str | Path) -> None:
+        self.root = Path(dataset)
+        self.manifest = Manifest.load(self.root)
+        self.domains = list(self.manifest.domains)
+        self.scorers = list(self.manifest.scorer_names)
+
+    @cached_property
+    def labels(self) -> DatasetLabels:
+        return load_labels(self.root, self.manifest)
+
+    @cached_property
+    def sigma(self) -> np.ndarray:
+        return sigma_scores(self.labels.scores, self.manifest)
+
+    @cached_property
+    def domain_tokens(self) -> np.ndarray:
+        lab = self.labels
+        return np.bincount(lab.domain, weights=lab.tokens, minlength=len(self.domains))
+
+    def selection(self, params: SamplingParams, seed: int = 0) -> Selection:
+        params = params.reorder(self.domains, self.scorers)
+        return Selection(self.labels, self.manifest, params, seed, sigma=self.sigma)
+
+    def profile(self, params: SamplingParams) -> dict:
+        """Expected selection of θ per epoch: tokens, per-domain token share, and per scorer the
+        token-weighted mean σ (0 = best) of the selected tokens, overall and per domain."""
+        s = self.selection(params).expected
+        w = s * self.labels.tokens
+        tot = float(w.sum())
+        dom = self.labels.domain
+        per_dom = np.bincount(dom, weights=w, minlength=len(self.domains))
+        out: dict = {
+            "tokens": tot,
+            "docs": float(s.sum()),
+            "token_share": {
+                d: float(per_dom[i] / tot) if tot > 0 else 0.0 for i, d in enumerate(self.domains)
+            },
+            "sigma_mean": {},
+            "sigma_mean_by_domain": {},
+        }
+        for j, name in enumerate(self.scorers):
+            sig = self.sigma[:, j]
+            out["sigma_mean"][name] = float((w * sig).sum() / tot) if tot > 0 else float("nan")
+            num = np.bincount(dom, weights=w * sig, minlength=len(self.domains))
+            out["sigma_mean_by_domain"][name] = {
+                d: float(num[i] / per_dom[i]) if per_dom[i] > 0 else float("nan")
+                for i, d in enumerate(self.domains)
+            }
+        return out
+
+    def pool_profile(self) -> dict:
+        return self.profile(SamplingParams.keep_all(self.domains, self.scorers))

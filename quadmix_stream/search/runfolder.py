@@ -1,0 +1,275 @@
+"""The run folder of a search: every table and artefact, each file written atomically.
+
+Layout::
+
+    search.json          frozen settings, dataset fingerprint, target-set hash, feature names
+    tokenizer.json       the proxies' tokenizer
+    proposals.jsonl      θ table: {"run": i, "batch": b, "theta": [...]} per line
+    proxies/run-00012.json   one proxy result each (status ok/failed, loss, timings, reason)
+    results.jsonl        all proxy results, rebuilt from proxies/ after each proxies step
+    logs/proxies-*.json  one record per proxies invocation (rank, runs trained, wall time)
+    model/               lgbm.txt (LightGBM text model), linear.json, metrics.json
+    params.json          θ* with provenance; selection.json (top-k and predictions)
+    baselines/*.json     baseline params; evals/*.json proxy results of θ* and baselines
+    report/report.md     the report and its PNG plots
+    regmix/              the RegMix-style domain-only search (a nested run folder)
+
+A proxy is *finished* when its result file exists (atomic write: all or nothing). A proxy
+killed mid-training has no file and is trained again; a finished one is never retrained. No two
+processes write the same file (proxies are dealt to ranks), so nothing needs a lock.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from quadmix_stream.io import atomic_write_text, sha256_file
+from quadmix_stream.labels import Manifest
+from quadmix_stream.params import SamplingParams
+from quadmix_stream.search.config import SearchConfig
+
+SCHEMA = "quadmix-stream/search"
+VERSION = 1
+
+
+class RunFolderError(ValueError):
+    """A run folder that does not fit the request (other dataset, other settings, missing step)."""
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json(path: Path, obj: object) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=True) + "\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class RunFolder:
+    """An existing run folder, checked against its dataset and target set on open."""
+
+    def __init__(self, path: str | Path, dataset: str | Path | None = None) -> None:
+        self.path = Path(path)
+        meta_path = self.path / "search.json"
+        if not meta_path.exists():
+            raise RunFolderError(
+                f"{self.path}: not a search run folder (no search.json); start one with "
+                "`quadmix-stream search propose RUN_DIR --recipe RECIPE` or `search run RECIPE`"
+            )
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("schema") != SCHEMA or self.meta.get("version") != VERSION:
+            raise RunFolderError(f"{meta_path}: unsupported schema/version")
+        self.config = SearchConfig.from_dict(self.meta["config"], f"{meta_path}:config")
+        if dataset is not None:
+            self.config = self.config.replace(dataset=str(dataset))
+        self.check_dataset(self.config.dataset)
+        self.domains: list[str] = self.meta["dataset"]["domains"]
+        self.scorers: list[str] = self.meta["dataset"]["scorers"]
+
+    # ------------------------------------------------------------ creation
+    @classmethod
+    def create(cls, path: str | Path, cfg: SearchConfig, extra: dict | None = None) -> RunFolder:
+        """Make the run folder for ``cfg``, or reopen it when it was made with the same settings.
+
+        A folder made for another dataset, target set or proxy settings is refused (its proxy
+        results would not mean the same); regressor/selection/report settings may change.
+        """
+        path = Path(path)
+        m = Manifest.load(cfg.dataset)
+        target = cfg.target_path
+        if not target.is_file():
+            raise FileNotFoundError(f"target set {target}: no such file")
+        meta = {
+            "schema": SCHEMA,
+            "version": VERSION,
+            "created": now(),
+            "config": cfg.to_dict(),
+            "dataset": {
+                "path": str(Path(cfg.dataset).resolve()),
+                "fingerprint": m.fingerprint(),
+                "domains": list(m.domains),
+                "scorers": list(m.scorer_names),
+                "rows": m.rows,
+            },
+            "target": {"path": str(target.resolve()), "sha256": sha256_file(target)},
+            "features": SamplingParams.vector_names(m.domains, m.scorer_names),
+            **(extra or {}),
+        }
+        meta["config"]["dataset"] = meta["dataset"]["path"]
+        meta_path = path / "search.json"
+        if meta_path.exists():
+            old = json.loads(meta_path.read_text())
+            if old.get("dataset", {}).get("fingerprint") != meta["dataset"]["fingerprint"]:
+                raise RunFolderError(
+                    f"{path}: this run folder belongs to another dataset "
+                    f"({old.get('dataset', {}).get('path')}, fingerprint "
+                    f"{old.get('dataset', {}).get('fingerprint')}); {cfg.dataset} has fingerprint "
+                    f"{meta['dataset']['fingerprint']}. Use a new run folder."
+                )
+            if old["target"]["sha256"] != meta["target"]["sha256"]:
+                raise RunFolderError(
+                    f"{path}: the target set changed since this search started "
+                    f"({old['target']['path']}); use a new run folder"
+                )
+            old_cfg = SearchConfig.from_dict(old["config"], str(meta_path))
+            new_cfg = SearchConfig.from_dict(meta["config"], "recipe")
+            a, b = old_cfg.proxy_identity(), new_cfg.proxy_identity()
+            a["proposals"].pop("n"), b["proposals"].pop("n")  # more proposals may be added
+            if a != b:
+                diff = sorted(k for k in a if a[k] != b[k])
+                raise RunFolderError(
+                    f"{path}: made with other proxy settings ({', '.join(diff)} differ); its "
+                    "proxy results would not be comparable. Use a new run folder."
+                )
+            meta["created"] = old["created"]
+            meta.update({k: v for k, v in old.items() if k not in meta})
+        path.mkdir(parents=True, exist_ok=True)
+        write_json(meta_path, meta)
+        return cls(path)
+
+    def check_dataset(self, dataset: str | Path) -> None:
+        d = self.meta["dataset"]
+        try:
+            fp = Manifest.load(dataset).fingerprint()
+        except ValueError as e:
+            raise RunFolderError(f"{self.path}: cannot open its dataset {dataset}: {e}") from None
+        if fp != d["fingerprint"]:
+            raise RunFolderError(
+                f"{self.path}: this run folder was made for dataset {d['path']} (fingerprint "
+                f"{d['fingerprint']}), but {dataset} has fingerprint {fp} (different shards, "
+                "labels or scorers); its proxy results do not apply. Use a new run folder."
+            )
+        target = Path(self.meta["target"]["path"])
+        if target.exists() and sha256_file(target) != self.meta["target"]["sha256"]:
+            raise RunFolderError(
+                f"{self.path}: the target set {target} changed since this search started"
+            )
+
+    def update_meta(self, **kw: object) -> None:
+        self.meta.update(kw)
+        write_json(self.path / "search.json", self.meta)
+
+    # ------------------------------------------------------------ paths
+    @property
+    def dataset(self) -> Path:
+        return Path(self.config.dataset)
+
+    @property
+    def target(self) -> Path:
+        return Path(self.meta["target"]["path"])
+
+    @property
+    def tokenizer_path(self) -> Path:
+        from quadmix_stream.search.tokenizer import run_tokenizer_path
+
+        return run_tokenizer_path(self.path)
+
+    def sub(self, name: str) -> Path:
+        p = self.path / name
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    # ------------------------------------------------------------ proposals
+    def proposals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(run ids, batch ids, θ matrix) of every proposal."""
+        rows = read_jsonl(self.path / "proposals.jsonl")
+        if not rows:
+            raise RunFolderError(f"{self.path}: no proposals yet (run the `propose` step)")
+        ids = np.array([r["run"] for r in rows], dtype=np.int64)
+        batches = np.array([r["batch"] for r in rows], dtype=np.int64)
+        return ids, batches, np.array([r["theta"] for r in rows], dtype=np.float64)
+
+    def write_proposals(self, ids: np.ndarray, batches: np.ndarray, theta: np.ndarray) -> None:
+        write_jsonl(
+            self.path / "proposals.jsonl",
+            (
+                {"run": int(i), "batch": int(b), "theta": [float(x) for x in t]}
+                for i, b, t in zip(ids, batches, theta, strict=True)
+            ),
+        )
+
+    def params_of(self, theta: np.ndarray, provenance: str = "") -> SamplingParams:
+        from quadmix_stream.search.space import to_params
+
+        return to_params(theta, self.domains, self.scorers, self.config.form, provenance)
+
+    # ------------------------------------------------------------ proxy results
+    @staticmethod
+    def run_name(run: int) -> str:
+        return f"run-{int(run):05d}"
+
+    def result_path(self, name: str) -> Path:
+        return self.path / "proxies" / f"{name}.json"
+
+    def record(self, rec: dict, kind: str = "proxies") -> None:
+        write_json(self.path / kind / f"{rec['name']}.json", rec)
+
+    def finished(self, kind: str = "proxies") -> dict[str, dict]:
+        folder = self.path / kind
+        if not folder.is_dir():
+            return {}
+        out = {}
+        for f in sorted(folder.glob("*.json")):
+            try:
+                out[f.stem] = json.loads(f.read_text())
+            except (json.JSONDecodeError, OSError):
+                continue  # cannot happen with atomic writes; treat as not finished
+        return out
+
+    def pending(self) -> list[int]:
+        ids, _, _ = self.proposals()
+        done = self.finished()
+        return [int(i) for i in ids if self.run_name(int(i)) not in done]
+
+    def consolidate(self) -> list[dict]:
+        """Rewrite results.jsonl (sorted by run) from the per-proxy files."""
+        done = self.finished()
+        ids, _, _ = self.proposals()
+        rows = [
+            dict(done[self.run_name(int(i))], run=int(i))
+            for i in ids
+            if self.run_name(int(i)) in done
+        ]
+        write_jsonl(self.path / "results.jsonl", rows)
+        return rows
+
+    def table(self) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+        """(θ matrix, loss vector, records) of the successful proxies, in run order."""
+        ids, _, theta = self.proposals()
+        done = self.finished()
+        keep, loss, recs = [], [], []
+        for k, i in enumerate(ids):
+            rec = done.get(self.run_name(int(i)))
+            if rec and rec.get("status") == "ok" and np.isfinite(rec.get("loss", np.nan)):
+                keep.append(k)
+                loss.append(float(rec["loss"]))
+                recs.append(dict(rec, run=int(i)))
+        return theta[keep], np.array(loss), recs
+
+    def log(self, rec: dict) -> None:
+        rank = rec.get("rank", 0)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        write_json(self.path / "logs" / f"proxies-{stamp}-rank{rank}-{os.getpid()}.json", rec)
+
+    def logs(self) -> list[dict]:
+        folder = self.path / "logs"
+        return (
+            [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
+            if folder.is_dir()
+            else []
+        )

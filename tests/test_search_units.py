@@ -1,0 +1,303 @@
+"""The search's parts, one at a time: config, spaces, features, baselines, regressor, proxies."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from quadmix_stream.params import SamplingParams
+from quadmix_stream.search import batched as batched_mod
+from quadmix_stream.search.baselines import all_baselines
+from quadmix_stream.search.batched import train_group
+from quadmix_stream.search.config import ModelConfig, ProxyConfig, SearchConfig, SearchConfigError
+from quadmix_stream.search.data import (
+    SelectionError,
+    TokenStream,
+    check_selection,
+    load_target_texts,
+    open_stream,
+    target_blocks,
+)
+from quadmix_stream.search.features import Featurizer
+from quadmix_stream.search.pool import Pool
+from quadmix_stream.search.proxy import ProxyContext, ProxyJob, train_one
+from quadmix_stream.search.regressor import Predictor, fit, save
+from quadmix_stream.search.space import mixture_vectors, mixture_weights, propose, to_params
+from quadmix_stream.search.tokenizer import TextTokenizer, prepare_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+RANGES = {"lam": (0.0, 100.0), "omega": (0.2, 1.0), "eta": (0.2, 1.0), "eps": (0.0, 0.02)}
+
+
+@pytest.fixture(scope="module")
+def pool(mds_ds) -> Pool:
+    return Pool(mds_ds)
+
+
+@pytest.fixture(scope="module")
+def tok(mds_ds, tmp_path_factory) -> TextTokenizer:
+    from quadmix_stream.search.config import TokenizerConfig
+
+    run_dir = tmp_path_factory.mktemp("tok")
+    info = prepare_tokenizer(TokenizerConfig(vocab_size=320, max_docs=600), mds_ds, run_dir)
+    assert info["vocab_size"] == 320 and info["eos_token"] == "<|endoftext|>"
+    return TextTokenizer(run_dir / "tokenizer.json")
+
+
+def tiny_proxy(**kw) -> ProxyConfig:
+    base = dict(
+        model=ModelConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64),
+        seq_len=32,
+        batch_size=4,
+        tokens=4 * 32 * 8,  # 8 steps
+        lr=3e-3,
+        eval_max_tokens=1024,
+        device="cpu",
+        threads=1,
+        max_epochs=200,
+    )
+    return ProxyConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def ctx(mds_ds, tok) -> ProxyContext:
+    return ProxyContext.create(mds_ds, tok, tiny_proxy(), mds_ds / "eval_sets" / "target.jsonl")
+
+
+def jobs_for(pool: Pool, n: int, seed: int = 5) -> list[ProxyJob]:
+    vecs = SamplingParams.propose_vectors(n, len(pool.domains), len(pool.scorers), seed, RANGES)
+    return [
+        ProxyJob(f"j{i}", to_params(v, pool.domains, pool.scorers, "multiplicative"))
+        for i, v in enumerate(vecs)
+    ]
+
+
+def nothing(pool: Pool) -> SamplingParams:
+    """θ that selects no document at all (η = ε = 0)."""
+    m = len(pool.domains)
+    keep = SamplingParams.keep_all(pool.domains, pool.scorers)
+    return dataclasses.replace(keep, eta=np.zeros(m), provenance="selects nothing")
+
+
+# ---------------------------------------------------------------- config
+def test_shipped_recipes_parse():
+    syn = SearchConfig.load(REPO / "recipes" / "search_synthetic.yaml")
+    assert syn.space == "quadmix" and syn.regmix is not None and syn.proposals.n >= 32
+    assert syn.proxy.steps >= 16 and syn.regressor.features == "profile"
+    gpu = SearchConfig.load(REPO / "recipes" / "search_gpu_paper_scale.yaml")
+    assert gpu.proposals.n == 3000 and gpu.select.n == 100_000 and gpu.select.top_k == 10
+    assert gpu.regressor.features == "theta" and gpu.proxy.group > 1
+    assert gpu.proxy.tokens >= 1_000_000_000 and gpu.proxy.model.hidden_size == 256
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(SearchConfigError, match="unknown key.*'lr_typo'"):
+        SearchConfig.from_dict({"dataset": "d", "proxy": {"lr_typo": 1}})
+    with pytest.raises(SearchConfigError, match="proxy.batch_size: expected an integer"):
+        SearchConfig.from_dict({"dataset": "d", "proxy": {"batch_size": "big"}})
+    with pytest.raises(SearchConfigError, match="ranges.omega: need 0 ≤ low ≤ high"):
+        SearchConfig.from_dict({"dataset": "d", "proposals": {"ranges": {"omega": [1, 0]}}})
+    with pytest.raises(SearchConfigError, match="space"):
+        SearchConfig.from_dict({"dataset": "d", "space": "nope"})
+    bad = tmp_path / "r.yaml"
+    bad.write_text("search: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(SearchConfigError, match="not valid YAML"):
+        SearchConfig.load(bad)  # safe_load refuses to construct Python objects
+
+
+# ---------------------------------------------------------------- spaces, features, baselines
+def test_profile_features_match_the_exact_selection(pool):
+    vecs = propose(
+        "quadmix",
+        SearchConfig(dataset="x").proposals,
+        6,
+        3,
+        pool.domains,
+        pool.scorers,
+        pool.domain_tokens,
+    )
+    feats = Featurizer("profile", pool)(vecs)
+    for v, f in zip(vecs, feats, strict=True):
+        p = pool.profile(to_params(v, pool.domains, pool.scorers, "multiplicative"))
+        exact = [*p["token_share"].values(), math.log1p(p["tokens"]), *p["sigma_mean"].values()]
+        np.testing.assert_allclose(f, exact, rtol=1e-6, atol=1e-9)
+    both = Featurizer("theta+profile", pool)
+    assert both(vecs).shape == (6, vecs.shape[1] + len(pool.domains) + 1 + len(pool.scorers))
+
+
+def test_domain_mixture_space_realises_the_weights(pool):
+    w = np.random.default_rng(0).dirichlet(np.ones(len(pool.domains)), size=4)
+    vecs = mixture_vectors(w, pool.domain_tokens, len(pool.scorers))
+    np.testing.assert_allclose(mixture_weights(vecs, pool.domain_tokens, len(pool.scorers)), w)
+    for wi, v in zip(w, vecs, strict=True):
+        p = to_params(v, pool.domains, pool.scorers, "multiplicative")
+        assert np.all(p.lam == 0) and np.all(p.omega == 1) and np.all(p.eps == 0)
+        prof = pool.profile(p)
+        np.testing.assert_allclose(list(prof["token_share"].values()), wi, atol=1e-9)
+        assert prof["tokens"] == pytest.approx(pool.domain_tokens.sum())
+
+
+def test_baselines(pool):
+    b = all_baselines(pool, fraction=0.3, grid=6)
+    assert set(b) == {"random", "topk-clean", "topk-noise_rate", "topk-length", "criteria-mix"}
+    full = pool.profile(b["random"])
+    assert full["tokens"] == pytest.approx(pool.domain_tokens.sum())
+    top = pool.profile(b["topk-clean"])
+    assert 0.25 < top["tokens"] / full["tokens"] < 0.35
+    assert top["sigma_mean"]["clean"] < 0.5 * full["sigma_mean"]["clean"]  # the cleanest 30%
+    mix = pool.profile(b["criteria-mix"])
+    assert mix["tokens"] > top["tokens"]  # a union of three top-30% sets is larger
+    jac = b["criteria-mix"].extra["criteria_mix"]["jaccard"]
+    assert set(jac) == set(pool.domains) and min(jac.values()) > 0.5
+
+
+# ---------------------------------------------------------------- regressor
+def test_regressor_recovers_a_planted_function(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(160, 8))
+    y = 3 * (x[:, 0] - 0.5) ** 2 + x[:, 3] + rng.normal(0, 0.05, 160)
+    names = [f"f{i}" for i in range(8)]
+    res = fit(x, y, names, SearchConfig(dataset="x").regressor)
+    rep = res.report
+    assert rep["kfold"]["lgbm"]["spearman"] > 0.8
+    assert rep["kfold"]["lgbm"]["mae"] < 0.5 * rep["kfold"]["lgbm"]["mae_of_mean"]
+    # the quadratic term defeats the linear baseline; LightGBM gets it
+    assert rep["kfold"]["lgbm"]["mae"] < rep["kfold"]["linear"]["mae"]
+    assert {r["feature"] for r in rep["importance"][:2]} == {"f0", "f3"}
+    curve = rep["learning_curve"]
+    assert curve[0]["runs"] == 8 and curve[-1]["lgbm_mae"] < curve[0]["lgbm_mae"]
+    save(res, tmp_path / "model")
+    pred = Predictor(tmp_path / "model")
+    np.testing.assert_allclose(pred.predict(x[:5]), res.booster.predict(x[:5]))
+    assert not list((tmp_path / "model").glob("*.pkl"))
+
+
+def test_regressor_needs_runs():
+    with pytest.raises(ValueError, match="at least 8"):
+        fit(np.zeros((5, 3)), np.arange(5.0), ["a", "b", "c"], SearchConfig(dataset="x").regressor)
+
+
+# ---------------------------------------------------------------- data
+def test_target_sets_without_text_are_refused(tmp_path, tok):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text('{"text": ""}\n{"text": "   "}\n{"id": 3}\n')
+    for f in (empty, blank):
+        with pytest.raises(ValueError, match="no text"):
+            load_target_texts(f)
+    with pytest.raises(FileNotFoundError):
+        load_target_texts(tmp_path / "absent.jsonl")
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text('{"text": "1 plus 2 equals 3 ."}\n{"text": ""}\n')
+    texts = load_target_texts(ok)
+    ids, mask = target_blocks(texts, tok, seq_len=8, max_tokens=100)
+    assert ids.shape[1] == 8 and mask.sum() == len(tok.encode_docs(texts)[0])
+
+
+def test_token_stream_repeats_small_selections_and_refuses_empty_ones(mds_ds, pool, tok):
+    with pytest.raises(SelectionError, match="selects nothing"):
+        check_selection(open_stream(mds_ds, nothing(pool), 0), 1000, 10)
+    tiny = dataclasses.replace(
+        SamplingParams.keep_all(pool.domains, pool.scorers),
+        omega=np.full(len(pool.domains), 0.01),
+        eta=np.full(len(pool.domains), 0.5),
+    )
+    ds = open_stream(mds_ds, tiny, 0)
+    sel = check_selection(ds, 20_000, 1000)
+    with pytest.raises(SelectionError, match="max_epochs"):
+        check_selection(ds, 20_000, max(1, int(20_000 / sel["tokens"]) // 2))
+    stream = TokenStream(ds, tok, batch_size=4, seq_len=32, max_epochs=1000)
+    batches = [stream.next_batch() for _ in range(20)]
+    assert all(b.shape == (4, 32) and b.dtype == torch.long for b in batches)
+    assert stream.epochs > 1 and stream.docs > len(stream.unique)  # repeated to fill the budget
+    with pytest.raises(SelectionError, match="within 2 epochs"):
+        s2 = TokenStream(open_stream(mds_ds, tiny, 0), tok, 4, 32, max_epochs=2)
+        for _ in range(100):
+            s2.next_batch()
+
+
+# ---------------------------------------------------------------- proxies
+def test_proxy_learns_and_is_deterministic(ctx, pool):
+    job = jobs_for(pool, 1)[0]
+    a, b = train_one(job, ctx), train_one(job, ctx)
+    assert a["status"] == "ok" and a["loss"] == b["loss"]
+    assert a["loss"] < math.log(ctx.tokenizer.vocab_size)  # better than uniform
+    assert a["tokens"] == 8 * 4 * 32 and a["steps"] == 8
+
+
+def test_batched_proxies_match_one_at_a_time(ctx, pool):
+    jobs = jobs_for(pool, 3)
+    seq = [train_one(j, ctx) for j in jobs]
+    bat = train_group(jobs, ctx)
+    assert [r["name"] for r in bat] == [j.name for j in jobs]
+    for s, b in zip(seq, bat, strict=True):
+        assert b["status"] == "ok" and b["mode"] == "batched" and b["group"] == 3
+        assert b["loss"] == pytest.approx(s["loss"], rel=1e-4)
+        assert b["docs"] == s["docs"] and b["unique_docs"] == s["unique_docs"]
+    assert len({round(r["loss"], 4) for r in seq}) == 3  # θ matters
+
+
+def test_group_with_an_empty_selection(ctx, pool):
+    jobs = jobs_for(pool, 2)
+    jobs.insert(1, ProxyJob("empty", nothing(pool)))
+    out = train_group(jobs, ctx)
+    assert out[1]["status"] == "failed" and "selects nothing" in out[1]["reason"]
+    for i in (0, 2):
+        assert out[i]["loss"] == pytest.approx(train_one(jobs[i], ctx)["loss"], rel=1e-4)
+
+
+def test_divergence_is_a_failed_proxy_not_a_crash(mds_ds, tok, pool):
+    hot = ProxyContext.create(
+        mds_ds, tok, tiny_proxy(lr=1e6, warmup=0.0), mds_ds / "eval_sets" / "target.jsonl"
+    )
+    jobs = jobs_for(pool, 2)
+    r = train_one(jobs[0], hot)
+    assert r["status"] == "failed" and r["reason"].startswith("diverged")
+    assert all(
+        x["status"] == "failed" and "diverged" in x["reason"] for x in train_group(jobs, hot)
+    )
+
+
+def test_one_diverging_member_leaves_the_others_untouched(ctx, pool, monkeypatch):
+    """NaN injected into exactly one member's loss (its batches carry a marker token)."""
+    jobs = jobs_for(pool, 3)
+    marker = ctx.tokenizer.vocab_size - 1
+    real_stream, real_loss = ProxyContext.stream, batched_mod.lm_loss
+
+    def stream(self, job):
+        st, sel = real_stream(self, job)
+        if job.name == "j1":
+            st.next_batch = lambda: torch.full((4, 32), marker, dtype=torch.long)
+        return st, sel
+
+    def poisoned(logits, ids, mask=None):
+        s, c = real_loss(logits, ids, mask)
+        bad = (ids == marker).all() if mask is None else torch.zeros((), dtype=torch.bool)
+        return torch.where(bad, torch.full_like(s, float("nan")), s), c
+
+    monkeypatch.setattr(ProxyContext, "stream", stream)
+    monkeypatch.setattr(batched_mod, "lm_loss", poisoned)
+    out = train_group(jobs, ctx)
+    monkeypatch.undo()
+    assert (
+        out[1]["status"] == "failed" and "diverged: training loss nan at step 0" in out[1]["reason"]
+    )
+    for i in (0, 2):
+        assert out[i]["status"] == "ok"
+        assert out[i]["loss"] == pytest.approx(train_one(jobs[i], ctx)["loss"], rel=1e-4)
+
+
+def test_bench_proxies_prints_both_rates(mds_ds, capsys):
+    from quadmix_stream.cli import main
+
+    args = ["bench", "proxies", "--dataset", str(mds_ds), "--proxies", "2", "--group", "2"]
+    assert main(args + ["--steps", "2", "--threads", "1", "--vocab", "320", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "one at a time" in out and "batched (G=2" in out and "proxies/hour" in out
+    assert "max |Δ loss|" in out

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from quadmix_stream.dataset import QuaDMixDataset
+from quadmix_stream.launch import torchrun_command
 
 from .streamutil import expected_items, wide_params
 
@@ -18,16 +18,9 @@ SCRIPT = Path(__file__).with_name("dist_stream_script.py")
 
 
 def torchrun(nproc: int, *args: str, timeout: int = 240) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(nproc),
-        *args,
-    ]
-    subprocess.run(cmd, check=True, timeout=timeout, capture_output=True, text=True)
+    subprocess.run(
+        torchrun_command(nproc, *args), check=True, timeout=timeout, capture_output=True, text=True
+    )
 
 
 @pytest.mark.slow

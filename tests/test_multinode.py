@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from quadmix_stream.labels import Manifest
+from quadmix_stream.launch import torchrun_command
 from quadmix_stream.params import SamplingParams
 
 pytestmark = pytest.mark.slow
@@ -82,17 +83,7 @@ def test_two_nodes_then_one(tmp_path, mds_ds):
     assert [x for x in log if x.get("event") == "start"][0]["world"] == 4
     first = [d for x in log if "loss" in x for d in x["docs"]]
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            *mod,
-            "--steps",
-            "24",
-        ],
+        torchrun_command(2, *mod, "--steps", "24"),
         capture_output=True,
         text=True,
         timeout=300,

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,6 +17,7 @@ import yaml
 
 from quadmix_stream.dataset import QuaDMixDataset
 from quadmix_stream.labels import Manifest
+from quadmix_stream.launch import torchrun_command
 from quadmix_stream.packing import decode_doc_id
 from quadmix_stream.params import SamplingParams
 
@@ -28,18 +28,7 @@ STEPS = 14
 
 
 def _cmd(nproc: int, recipe: Path, *extra: str) -> list[str]:
-    mod = ["-m", "quadmix_stream.trainers.pretrain", str(recipe), *extra]
-    if nproc == 1:
-        return [sys.executable, *mod]
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(nproc),
-        *mod,
-    ]
+    return torchrun_command(nproc, "-m", "quadmix_stream.trainers.pretrain", str(recipe), *extra)
 
 
 def _run(nproc: int, recipe: Path, *extra: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from quadmix_stream.launch import torchrun_command
 from quadmix_stream.search.pipeline import step_propose, step_proxies
 from quadmix_stream.search.runfolder import RunFolder
 from tests.test_search_pipeline import tiny_config
@@ -79,11 +80,8 @@ def test_two_torchrun_ranks_split_the_work_and_match_one_rank(mds_ds, tmp_path):
     one = _propose(mds_ds, tmp_path / "one", n, group=2, tokens=8 * 64 * 12)
     two = tmp_path / "two"
     shutil.copytree(one.path, two)
-    cmd = [
-        *("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
-        *("-m", "quadmix_stream.trainers.proxy", str(two), "--threads", "1"),
-    ]
-    r = subprocess.run([sys.executable, *cmd], env=ENV, capture_output=True, text=True, timeout=400)
+    cmd = torchrun_command(2, "-m", "quadmix_stream.trainers.proxy", str(two), "--threads", "1")
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "on 2 rank(s)" in r.stdout and "per rank: [3, 3]" in r.stdout
     # one rank: the trainer's code path with rank 0 of 1, in this process

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 
 STEPS = {
     "propose": "create/reopen the run folder (with --recipe), train the tokenizer, draw θ proposals",
@@ -90,17 +89,9 @@ def _step(a: argparse.Namespace) -> int:
             cfg = cfg.replace(dataset=a.dataset)
         pipeline.step_propose(a.run_dir, cfg, None if cfg else a.dataset)
     elif step == "proxies" and a.nproc > 1:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            str(a.nproc),
-            "-m",
-            "quadmix_stream.trainers.proxy",
-            a.run_dir,
-        ]
+        from quadmix_stream.launch import torchrun_command
+
+        cmd = torchrun_command(a.nproc, "-m", "quadmix_stream.trainers.proxy", a.run_dir)
         for flag in ("dataset", "group", "device", "threads", "limit"):
             if getattr(a, flag) is not None:
                 cmd += [f"--{flag}", str(getattr(a, flag))]

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from quadmix_stream.params import DEFAULT_RANGES
 from quadmix_stream.sampling import FORMS
 
@@ -191,15 +189,12 @@ class SearchConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> SearchConfig:
-        path = Path(path)
-        if not path.exists():
-            raise SearchConfigError(f"{path}: no such recipe")
+        from quadmix_stream.recipe import RecipeError, read_yaml
+
         try:
-            obj = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise SearchConfigError(f"{path}: not valid YAML ({e})") from None
-        if not isinstance(obj, Mapping):
-            raise SearchConfigError(f"{path}: a recipe is a mapping of settings")
+            obj = read_yaml(path)
+        except RecipeError as e:
+            raise SearchConfigError(str(e)) from None
         obj = dict(obj.get("search", obj))  # a recipe may nest everything under `search:`
         return cls.from_dict(obj, str(path))
 

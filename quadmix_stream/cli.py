@@ -13,7 +13,10 @@ import sys
 #: Modules that add sub-commands, in the order ``--help`` lists them.
 COMMANDS = [
     "quadmix_stream.commands.data",
+    "quadmix_stream.commands.label",
+    "quadmix_stream.commands.search",
     "quadmix_stream.commands.bench",
+    "quadmix_stream.flow",
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +69,14 @@ def write_sidecar(path: str | Path, labels: ShardLabels, scorers: Sequence[str])
     if labels.offset is not None:
         cols["offset"] = np.asarray(labels.offset, dtype=np.int64)
         cols["length"] = np.asarray(labels.length, dtype=np.int64)
+    # np.savez layout (uncompressed zip of .npy members) with a fixed member timestamp, so the
+    # same labels give the same bytes and sha256 (np.savez stamps the current time).
     buf = io.BytesIO()
-    np.savez(buf, **cols)
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in cols.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
     data = buf.getvalue()
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()

@@ -336,7 +336,21 @@ class MDSShardReader(ShardReader):
 
         from streaming.base.format.mds.reader import MDSReader
 
+        unsafe = [
+            c
+            for c, enc in zip(
+                index_entry.get("column_names", []),
+                index_entry.get("column_encodings", []),
+                strict=False,
+            )
+            if enc == "pkl"
+        ]
+        if unsafe:  # decoding would unpickle data we did not write
+            raise LabelError(
+                f"shard {name!r}: MDS columns {unsafe} are pickled; refusing to unpickle untrusted data (re-encode them as json/str)"
+            )
         self.decoder = MDSReader.from_json(str(root), None, index_entry)
+        self.name = name
         path = root / name
         if name.endswith(".zstd"):
             path = _decompressed(
@@ -351,7 +365,9 @@ class MDSShardReader(ShardReader):
         self.rows_read += 1
         raw = bytes(self.buf[self.offsets[row] : self.offsets[row + 1]])
         s = self.decoder.decode_sample(raw)
-        return {"id": s["id"], "text": s["text"], "meta": s["meta"]}
+        if "id" in s and "meta" in s:
+            return {"id": s["id"], "text": s["text"], "meta": s["meta"]}
+        return mds_doc(s, self.name, row)
 
     def close(self) -> None:
         self.offsets = None  # drop views of the map before closing it
@@ -362,15 +378,27 @@ class MDSShardReader(ShardReader):
 class TarShardReader(ShardReader):
     """Seeks to a sample through the sidecar's byte offsets; never scans the tar."""
 
-    def __init__(self, path: Path, offset: np.ndarray, length: np.ndarray) -> None:
+    def __init__(
+        self,
+        path: Path,
+        offset: np.ndarray,
+        length: np.ndarray,
+        members: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.file = open(path, "rb")  # noqa: SIM115
         self.offset, self.length = offset, length
+        #: WebDataset shards not written by us: ``{"text_ext": ..., "json_ext": ... | None}``
+        self.members = members
 
     def read(self, row: int) -> dict[str, Any]:
         self.rows_read += 1
         self.file.seek(int(self.offset[row]))
         data = self.file.read(int(self.length[row]))
+        if self.members is not None:
+            return webdataset_doc(
+                data, self.members.get("text_ext", "txt"), self.members.get("json_ext", "json")
+            )
         members: dict[str, bytes] = {}
         pos = 0
         while pos + 512 <= len(data):
@@ -450,5 +478,90 @@ def open_shard(
     if manifest.format == "tar":
         if offset is None or length is None:
             raise LabelError(f"shard {name!r}: tar reads need the sidecar's byte offsets")
-        return TarShardReader(path, offset, length)
+        return TarShardReader(path, offset, length, manifest.extra.get("tar_members"))
     return JsonlShardReader(path)
+
+
+# ---------------------------------------------------------------- shards not written by us
+def mds_doc(sample: dict[str, Any], shard: str, row: int) -> dict[str, Any]:
+    """A document from an MDS sample without our ``id``/``meta`` columns.
+
+    ``id`` defaults to ``"<shard>:<row>"``; ``meta`` is the ``meta`` column or every other column.
+    """
+    if "text" not in sample:
+        raise LabelError(
+            f"shard {shard!r}: MDS sample {row} has no 'text' column (columns {sorted(sample)})"
+        )
+    doc_id = str(sample["id"]) if "id" in sample else f"{shard}:{row}"
+    if "meta" in sample and isinstance(sample["meta"], dict):
+        meta = sample["meta"]
+    else:
+        meta = {k: v for k, v in sample.items() if k not in ("id", "text")}
+    return {"id": doc_id, "text": sample["text"], "meta": meta}
+
+
+def _sample_key_ext(name: str) -> tuple[str, str]:
+    """WebDataset naming: ``dir/key.ext.ext2`` → (``dir/key``, ``ext.ext2``)."""
+    head, _, base = name.rpartition("/")
+    key, _, ext = base.partition(".")
+    return (f"{head}/{key}" if head else key), ext
+
+
+def webdataset_members(data: bytes) -> tuple[str, dict[str, bytes]]:
+    """(sample key, {extension: payload}) of one sample's bytes (handles pax/GNU long names)."""
+    members: dict[str, bytes] = {}
+    key = ""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+        for m in tf:
+            if not m.isfile():
+                continue
+            key, ext = _sample_key_ext(m.name)
+            f = tf.extractfile(m)
+            members[ext] = f.read() if f is not None else b""
+    return key, members
+
+
+def webdataset_doc(data: bytes, text_ext: str, json_ext: str | None) -> dict[str, Any]:
+    """A document from one WebDataset sample: text from ``text_ext``, fields from ``json_ext``.
+
+    Without a JSON member (or without ``id`` in it) the id is the sample key. Text that is not
+    valid UTF-8 is decoded with replacement characters (labelling counts these).
+    """
+    key, members = webdataset_members(data)
+    if text_ext not in members:
+        raise LabelError(f"tar sample {key!r} has no .{text_ext} member (has {sorted(members)})")
+    meta: dict[str, Any] = {}
+    if json_ext and json_ext in members:
+        meta = json.loads(members[json_ext])
+        if not isinstance(meta, dict):
+            meta = {"json": meta}
+    doc_id = str(meta.pop("id", key))
+    return {"id": doc_id, "text": members[text_ext].decode("utf-8", "replace"), "meta": meta}
+
+
+def scan_tar(path: str | Path) -> list[tuple[str, int, int]]:
+    """(sample key, byte offset, byte length) of every sample of an uncompressed tar shard.
+
+    A sample is a run of consecutive regular members sharing a key (WebDataset convention); its
+    bytes run from the first member's header (pax/GNU headers included) to the end of the last
+    member's padded data, which is what :class:`TarShardReader` seeks to.
+    """
+    out: list[tuple[str, int, int]] = []
+    cur_key, start, end = None, 0, 0
+    try:
+        with tarfile.open(path, mode="r:") as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                key, _ = _sample_key_ext(m.name)
+                stop = m.offset_data + (m.size + 511) // 512 * 512
+                if key != cur_key:
+                    if cur_key is not None:
+                        out.append((cur_key, start, end - start))
+                    cur_key, start = key, m.offset
+                end = stop
+    except tarfile.TarError as e:
+        raise LabelError(f"{path}: not a readable uncompressed tar ({e})") from None
+    if cur_key is not None:
+        out.append((cur_key, start, end - start))
+    return out

@@ -43,7 +43,7 @@ class RunFolderError(ValueError):
 
 
 def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def write_json(path: Path, obj: object) -> None:

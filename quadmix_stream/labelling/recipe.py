@@ -1,0 +1,180 @@
+"""Labelling recipes: a YAML file (``yaml.safe_load``, never evaluated) plus command-line overrides.
+
+Example (``recipes/label_synthetic.yaml`` has a complete one)::
+
+    input:
+      paths: ["data/*.jsonl.gz"]         # or synthetic: {...}, or shards: DIR (label in place)
+    output:
+      dir: ../runs/my_labels             # --out overrides
+      format: mds                        # mds | tar | jsonl (new shards)
+      rows_per_shard: 2000
+    domains: [web, news, code]           # optional: default = the domain labeller's classes
+    unknown_domain: error                # or the name of a domain that takes unknown ones
+    train:                               # optional: labellers trained before labelling
+      - {type: fasttext-domain, out: "{out}/models/domain.bin", input: {paths: [...]}}
+    labelers:
+      domain: {type: fasttext, path: "{out}/models/domain.bin"}
+      tokens: whitespace
+      scorers:
+        - {name: dclm, type: fasttext, path: "{out}/models/quality.bin", label: hq}
+
+Relative paths are taken against the recipe's folder; ``{out}`` is the output folder and
+``{recipe_dir}`` the recipe's folder; ``package://pkg/path`` is a file inside an installed package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from quadmix_stream.labelling.inputs import InputSpec
+from quadmix_stream.labelling.outputs import OUTPUT_FORMATS
+
+_TOP = {"name", "input", "output", "domains", "unknown_domain", "train", "labelers", "run"}
+_OUTPUT = {"dir", "format", "rows_per_shard", "compression"}
+_LABELERS = {"domain", "tokens", "scorers"}
+_RUN = {"io_workers", "progress", "barrier_timeout_s"}
+RESERVED = ("domain", "tokens")
+
+
+@dataclass
+class Recipe:
+    """A parsed, validated labelling recipe (paths not yet resolved against ``out``)."""
+
+    name: str = "label"
+    base: Path = field(default_factory=Path.cwd)
+    input: InputSpec = field(default_factory=InputSpec)
+    out: Path | None = None
+    format: str = "mds"
+    rows_per_shard: int = 2000
+    compression: str | None = None
+    domains: list[str] | None = None
+    unknown_domain: str = "error"
+    train: list[dict[str, Any]] = field(default_factory=list)
+    domain: dict[str, Any] | None = None
+    tokens: dict[str, Any] = field(default_factory=lambda: {"type": "whitespace"})
+    scorers: list[dict[str, Any]] = field(default_factory=list)
+    io_workers: int = 1
+    progress: bool = True
+    barrier_timeout_s: float = 6 * 3600.0
+
+    def expand(self, x: Any) -> Any:
+        """Replace ``{out}`` / ``{recipe_dir}`` in strings (no evaluation of any kind)."""
+        if isinstance(x, str):
+            out = str(self.out) if self.out is not None else "{out}"
+            return x.replace("{out}", out).replace("{recipe_dir}", str(self.base))
+        if isinstance(x, list):
+            return [self.expand(v) for v in x]
+        if isinstance(x, dict):
+            return {k: self.expand(v) for k, v in x.items()}
+        return x
+
+    def check(self) -> None:
+        self.input.check()
+        if self.out is None:
+            if self.input.shards:
+                self.out = _resolve(self.input.shards, self.base)
+            else:
+                raise ValueError("output: give output.dir in the recipe or --out")
+        if self.input.shards and _resolve(self.input.shards, self.base) != self.out:
+            raise ValueError(
+                f"input.shards labels shards in place: the output folder is the shards' folder "
+                f"({_resolve(self.input.shards, self.base)}), not {self.out}"
+            )
+        if self.format not in OUTPUT_FORMATS:
+            raise ValueError(f"output.format must be one of {OUTPUT_FORMATS}, got {self.format!r}")
+        if self.rows_per_shard < 1:
+            raise ValueError("output.rows_per_shard must be ≥ 1")
+        if self.compression not in (None, "zstd"):
+            raise ValueError("output.compression must be null or 'zstd' (MDS only)")
+        if self.domain is None:
+            raise ValueError(
+                "labelers.domain: give a domain labeller (e.g. {type: field, field: domain} for "
+                "documents that carry one, or a fasttext/transformers/embedding classifier)"
+            )
+        names = [s.get("name") for s in self.scorers]
+        if not names:
+            raise ValueError("labelers.scorers: give at least one quality scorer")
+        for n in names:
+            if not n or not isinstance(n, str):
+                raise ValueError("labelers.scorers: every scorer needs a 'name'")
+            if n in RESERVED:
+                raise ValueError(f"labelers.scorers: {n!r} is a reserved column name")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"labelers.scorers: duplicate names {dup}")
+
+
+def _resolve(p: str | Path, base: Path) -> Path:
+    q = Path(p).expanduser()
+    return (q if q.is_absolute() else base / q).resolve()
+
+
+def _check_keys(d: dict, known: set[str], where: str) -> None:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
+    bad = sorted(set(d) - known)
+    if bad:
+        raise ValueError(f"{where}: unknown keys {bad} (known: {sorted(known)})")
+
+
+def parse_recipe(d: dict[str, Any], base: Path, name: str = "label") -> Recipe:
+    """A :class:`Recipe` from a mapping (as loaded from YAML)."""
+    _check_keys(d, _TOP, "recipe")
+    r = Recipe(name=str(d.get("name", name)), base=base)
+    inp = dict(d.get("input") or {})
+    if isinstance(inp.get("paths"), str):
+        inp["paths"] = [inp["paths"]]
+    _check_keys(inp, set(InputSpec.__dataclass_fields__), "input")
+    r.input = InputSpec(**inp)
+    out = dict(d.get("output") or {})
+    _check_keys(out, _OUTPUT, "output")
+    if out.get("dir"):
+        r.out = _resolve(out["dir"], base)
+    r.format = out.get("format", r.format)
+    r.rows_per_shard = int(out.get("rows_per_shard", r.rows_per_shard))
+    r.compression = out.get("compression", r.compression)
+    r.domains = list(d["domains"]) if d.get("domains") else None
+    r.unknown_domain = str(d.get("unknown_domain", "error"))
+    r.train = list(d.get("train") or [])
+    labs = dict(d.get("labelers") or {})
+    _check_keys(labs, _LABELERS, "labelers")
+    r.domain = labs.get("domain")
+    tok = labs.get("tokens", "whitespace")
+    r.tokens = {"type": tok} if isinstance(tok, str) else dict(tok)
+    r.scorers = [dict(s) for s in labs.get("scorers") or []]
+    run = dict(d.get("run") or {})
+    _check_keys(run, _RUN, "run")
+    r.io_workers = int(run.get("io_workers", r.io_workers))
+    r.progress = bool(run.get("progress", r.progress))
+    r.barrier_timeout_s = float(run.get("barrier_timeout_s", r.barrier_timeout_s))
+    return r
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a YAML recipe (safe loader only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} does not exist")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"recipe {path}: not valid YAML ({e})") from None
+    return parse_recipe(d, path.resolve().parent, name=path.stem)
+
+
+def parse_kv(text: str) -> dict[str, Any]:
+    """``"type=fasttext,path=m.bin,label=hq"`` → dict (values read as YAML scalars, safely)."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in part:
+            if not out:
+                out["type"] = part
+                continue
+            raise ValueError(f"expected key=value, got {part!r} in {text!r}")
+        k, v = part.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v) if v else ""
+    return out

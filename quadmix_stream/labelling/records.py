@@ -1,0 +1,202 @@
+"""Commit records (one per unit) and the final merge into a manifest.
+
+A unit is committed when its record is written (atomically, after its payload shard and
+sidecar): the record names the shard and sidecar with their hashes and the fingerprint of the
+labeller behind each column. A re-run reads the records to skip finished units, and marks a
+column *stale* where its labeller's fingerprint changed: only that column is recomputed, never
+mixed. The merge (rank 0, once every unit is committed with current fingerprints) writes the MDS
+``index.json`` if needed, the σ tables over the whole pool, and the manifest, last.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quadmix_stream.io import atomic_write_text, sha256_file
+from quadmix_stream.labelling.issues import Issues
+from quadmix_stream.labelling.outputs import WrittenShard, write_mds_index
+from quadmix_stream.labels import (
+    LabelError,
+    Manifest,
+    ScorerInfo,
+    ShardEntry,
+    read_sidecar,
+)
+from quadmix_stream.sampling import build_sigma_table
+
+WORK_DIR = ".quadmix-label"
+
+
+@dataclass
+class Record:
+    """What one committed unit holds (JSON in ``.quadmix-label/done/unit-NNNNN.json``)."""
+
+    unit: int
+    source: str
+    rows: int
+    shard: dict[str, Any] | None  # WrittenShard as a dict (without tar offsets), None if empty
+    sidecar_sha256: str | None
+    columns: dict[str, str]  # column → labeller fingerprint
+    scorers: list[str]  # score column order in the sidecar
+    issues: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+
+def work_dir(root: Path) -> Path:
+    return root / WORK_DIR
+
+
+def record_path(root: Path, unit: int) -> Path:
+    return work_dir(root) / "done" / f"unit-{unit:05d}.json"
+
+
+def write_record(root: Path, rec: Record) -> None:
+    """Commit a unit (atomic)."""
+    atomic_write_text(record_path(root, rec.unit), rec.to_json())
+
+
+def read_record(root: Path, unit: int) -> Record | None:
+    p = record_path(root, unit)
+    if not p.exists():
+        return None
+    try:
+        return Record(**json.loads(p.read_text()))
+    except (json.JSONDecodeError, TypeError):
+        return None  # a damaged record means: redo the unit
+
+
+def shard_dict(s: WrittenShard) -> dict[str, Any]:
+    d = asdict(s)
+    d.pop("offset", None)
+    d.pop("length", None)
+    return d
+
+
+@dataclass
+class UnitState:
+    """``done`` (nothing to do), ``stale`` (columns to recompute) or ``pending`` (all of it)."""
+
+    unit: int
+    status: str
+    stale: list[str] = field(default_factory=list)
+    record: Record | None = None
+    why: str = ""
+
+
+def unit_state(root: Path, unit: int, current: dict[str, str], scorers: list[str]) -> UnitState:
+    """Compare a unit's record (and its files) with the current labellers' fingerprints."""
+    rec = read_record(root, unit)
+    if rec is None:
+        return UnitState(unit, "pending")
+    if rec.shard is not None:
+        shard = root / rec.shard["name"]
+        side = root / rec.shard["sidecar"]
+        if not shard.exists() or shard.stat().st_size != rec.shard["bytes"]:
+            return UnitState(unit, "pending", why=f"{shard.name} missing or changed")
+        if not side.exists() or sha256_file(side) != rec.sidecar_sha256:
+            return UnitState(unit, "pending", why=f"{side.name} missing or changed")
+    stale = [c for c, fp in current.items() if rec.columns.get(c) != fp]
+    if rec.rows == 0:
+        stale = []  # nothing to relabel in an empty unit
+    if stale:
+        return UnitState(unit, "stale", stale, rec)
+    if rec.scorers != scorers and rec.rows:
+        return UnitState(unit, "stale", [], rec, why="score column order changed")
+    return UnitState(unit, "done", [], rec)
+
+
+def clean_tmp(root: Path) -> int:
+    """Remove temp files a killed run left (``.name.XXXX.tmp`` from atomic writes, MDS temp dirs)."""
+    import shutil
+
+    n = 0
+    for d in (root, work_dir(root), work_dir(root) / "done", work_dir(root) / "tmp"):
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            if p.name.startswith(".") and p.name.endswith(".tmp"):
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                n += 1
+    return n
+
+
+def merge(
+    root: Path,
+    fmt: str,
+    mode: str,
+    n_units: int,
+    domains: list[str],
+    scorers: list[ScorerInfo],
+    current: dict[str, str],
+    extra: dict[str, Any],
+) -> tuple[Manifest, Issues]:
+    """Build and save the manifest from every unit's record (rank 0, after all ranks finished).
+
+    Raises :class:`LabelError` when a unit is unfinished or has a stale column.
+    """
+    names = [s.name for s in scorers]
+    entries: list[ShardEntry] = []
+    mds_entries: list[dict] = []
+    issues = Issues()
+    scores, tokens, keys, where = [], [], [], []
+    for u in range(n_units):
+        st = unit_state(root, u, current, names)
+        if st.status != "done":
+            what = f"stale columns {st.stale}" if st.status == "stale" else "not finished"
+            raise LabelError(f"unit {u}: {what} {st.why}".strip())
+        rec = st.record
+        assert rec is not None
+        issues.update(rec.issues)
+        if rec.shard is None or rec.rows == 0:
+            continue
+        s = rec.shard
+        lab = read_sidecar(root / s["sidecar"], s["name"], names)
+        if lab.rows != rec.rows:
+            raise LabelError(f"shard {s['name']!r}: sidecar has {lab.rows} rows, record {rec.rows}")
+        entries.append(
+            ShardEntry(
+                s["name"], s["sidecar"], rec.rows, s["sha256"], rec.sidecar_sha256, s["bytes"]
+            )
+        )
+        if s.get("mds_entry"):
+            mds_entries.append(s["mds_entry"])
+        scores.append(lab.scores)
+        tokens.append(lab.tokens)
+        keys.append(lab.key)
+        where.append(s["name"])
+    if not entries:
+        raise LabelError(f"{root}: no documents were labelled (every unit is empty)")
+    sc = np.concatenate(scores)
+    tk = np.concatenate(tokens)
+    ky = np.concatenate(keys)
+    _, first = np.unique(ky, return_index=True)
+    if first.size < ky.size:  # the same document key twice: counted, rows kept
+        starts = np.cumsum([0] + [len(k) for k in keys])
+        for r in np.setdiff1d(np.arange(ky.size), first):
+            sh = int(np.searchsorted(starts, r, side="right") - 1)
+            issues.add("duplicate_id", f"{where[sh]} row {int(r - starts[sh])}")
+    sigma = {
+        s.name: build_sigma_table(sc[:, j], tk, s.higher_is_better) for j, s in enumerate(scorers)
+    }
+    if mode == "new" and fmt == "mds":
+        write_mds_index(root, mds_entries)
+    extra = dict(extra)
+    extra.setdefault("labelling", {})["issues"] = issues.to_dict()
+    manifest = Manifest(fmt, list(domains), list(scorers), entries, sigma, extra)
+    manifest.save(root)  # last: a folder without a manifest is an unfinished dataset
+    return manifest, issues
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")

@@ -42,8 +42,15 @@ def _target(spec: dict[str, Any], base: Path, out: Path) -> Path:
         from quadmix_stream.synth import DOMAINS, TARGET_DOMAINS, write_eval_set
 
         s = spec["synthetic"] or {}
-        write_eval_set(path, tuple(s.get("domains", TARGET_DOMAINS)), int(s.get("docs", 200)), int(s.get("seed", 10_001)))
-        write_eval_set(out / "eval.jsonl", DOMAINS, int(s.get("docs", 200)), int(s.get("seed", 10_001)) + 1)
+        write_eval_set(
+            path,
+            tuple(s.get("domains", TARGET_DOMAINS)),
+            int(s.get("docs", 200)),
+            int(s.get("seed", 10_001)),
+        )
+        write_eval_set(
+            out / "eval.jsonl", DOMAINS, int(s.get("docs", 200)), int(s.get("seed", 10_001)) + 1
+        )
     else:
         raise RecipeError("target: give {path: FILE.jsonl} or {synthetic: {...}}")
     return path
@@ -77,7 +84,9 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
 
     t = time.perf_counter()
     target = _target(raw.get("target") or {"synthetic": {}}, base, out)
-    cfg = SearchConfig.load(base / raw["search"]).replace(dataset=str(data), target=str(target), out=str(out / "search"), synth=None)
+    cfg = SearchConfig.load(base / raw["search"]).replace(
+        dataset=str(data), target=str(target), out=str(out / "search"), synth=None
+    )
     _log(f"search: {base / raw['search']} → {out / 'search'}")
     run_all(cfg, out / "search")
     times["search"] = time.perf_counter() - t
@@ -87,7 +96,9 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
     for name in raw.get("compare", []):
         p = out / "search" / "baselines" / f"{name}.json"
         if not p.exists():
-            raise RecipeError(f"compare: no baseline {name!r} in {p.parent} (have {sorted(x.stem for x in p.parent.glob('*.json'))})")
+            raise RecipeError(
+                f"compare: no baseline {name!r} in {p.parent} (have {sorted(x.stem for x in p.parent.glob('*.json'))})"
+            )
         runs[name] = p
     for name, params in runs.items():
         t = time.perf_counter()
@@ -109,23 +120,52 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
     return out
 
 
-def write_report(out: Path, data: Path, runs: dict[str, Path], results: dict[str, Any], times: dict[str, float]) -> Path:
+def write_report(
+    out: Path, data: Path, runs: dict[str, Path], results: dict[str, Any], times: dict[str, float]
+) -> Path:
     from quadmix_stream.inspect import format_report, inspect_dataset
     from quadmix_stream.labels import Manifest
     from quadmix_stream.params import SamplingParams
     from quadmix_stream.plots import plot_selection
 
     m = Manifest.load(data)
-    lines = ["# quadmix-stream run", "", f"Data: `{data}` ({m.rows} documents, {len(m.shards)} {m.format} shards).", ""]
-    lines += ["## Target loss after training (same steps and tokens)", "", "| params | final target loss |", "|---|---:|"]
+    lines = [
+        "# quadmix-stream run",
+        "",
+        f"Data: `{data}` ({m.rows} documents, {len(m.shards)} {m.format} shards).",
+        "",
+    ]
+    lines += [
+        "## Target loss after training (same steps and tokens)",
+        "",
+        "| params | final target loss |",
+        "|---|---:|",
+    ]
     for name, r in results.items():
         v = r["final_target_loss"]
         lines.append(f"| {name} | {v:.4f} |" if v is not None else f"| {name} | – |")
     for name, p in runs.items():
         params = SamplingParams.load(p).reorder(m.domains, m.scorer_names)
         png = plot_selection(data, params, out / f"selection-{name}.png")
-        lines += ["", f"## Selection: {name}", "", f"![{name}]({png.name})", "", "```", format_report(inspect_dataset(data, params)), "```"]
-    lines += ["", "## Search", "", f"See `{out / 'search' / 'report' / 'report.md'}`.", "", "## Wall time", ""]
+        lines += [
+            "",
+            f"## Selection: {name}",
+            "",
+            f"![{name}]({png.name})",
+            "",
+            "```",
+            format_report(inspect_dataset(data, params)),
+            "```",
+        ]
+    lines += [
+        "",
+        "## Search",
+        "",
+        f"See `{out / 'search' / 'report' / 'report.md'}`.",
+        "",
+        "## Wall time",
+        "",
+    ]
     lines += [f"- {k}: {v:.0f} s" for k, v in times.items()]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")

@@ -51,8 +51,28 @@ def _target(spec: dict[str, Any], base: Path, out: Path) -> Path:
         write_eval_set(
             out / "eval.jsonl", DOMAINS, int(s.get("docs", 200)), int(s.get("seed", 10_001)) + 1
         )
+    elif "corpus" in spec:  # a uniform sample of some domains of a raw corpus (in the pool too)
+        import glob
+        import random
+
+        from quadmix_stream.benchmarks.corpus import iter_shared_corpus
+
+        c = spec["corpus"]
+        files = sorted(glob.glob(str(base / c["glob"])))
+        if not files:
+            raise RecipeError(f"target.corpus.glob: no files match {base / c['glob']}")
+        keep = set(c.get("domains", []))
+        docs = [
+            d
+            for d in iter_shared_corpus(Path(files[0]).parent)
+            if not keep or d.get("domain") in keep
+        ]
+        random.Random(int(c.get("seed", 0))).shuffle(docs)
+        with open(path, "w") as f:
+            for d in docs[: int(c.get("docs", 300))]:
+                f.write(json.dumps({"id": d["id"], "text": d["text"]}) + "\n")
     else:
-        raise RecipeError("target: give {path: FILE.jsonl} or {synthetic: {...}}")
+        raise RecipeError("target: give {path: FILE.jsonl}, {synthetic: {...}} or {corpus: {...}}")
     return path
 
 

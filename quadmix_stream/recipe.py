@@ -34,6 +34,39 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return dict(data)
 
 
+def check_number(x: Any, where: str, error: type[ValueError] = RecipeError) -> float:
+    """``x`` as a float; booleans and strings are errors naming ``where``."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        raise error(f"{where}: expected a number, got {x!r}")
+    return float(x)
+
+
+def check_scalar(
+    f: dataclasses.Field, value: Any, where: str, error: type[ValueError] = RecipeError
+) -> Any:
+    """``value`` checked (and converted) against the annotation of dataclass field ``f``."""
+    t = str(f.type)
+    if value is None:
+        if "None" in t:
+            return None
+        raise error(f"{where}: may not be null")
+    if t.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            raise error(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if t.startswith("float"):
+        return check_number(value, where, error)
+    if t.startswith("bool"):
+        if not isinstance(value, bool):
+            raise error(f"{where}: expected true or false, got {value!r}")
+        return value
+    if t.startswith("str"):
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise error(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
 def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
     """Build dataclass ``cls`` from ``data``; nested dataclass fields are built recursively."""
     data = dict(data or {})
@@ -47,6 +80,8 @@ def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
         t = hints[k]
         if dataclasses.is_dataclass(t) and isinstance(t, type):
             v = build(t, v, f"{where}.{k}")
+        else:
+            v = check_scalar(names[k], v, f"{where}.{k}")
         kwargs[k] = v
     try:
         return cls(**kwargs)

@@ -31,3 +31,19 @@ def test_recipe_parses(path):
         raw = read_yaml(path)
         for key in ("label", "search"):
             assert (path.parent / raw[key]).exists()
+
+
+def test_recipe_errors_name_the_key(tmp_path):
+    from quadmix_stream.recipe import RecipeError
+    from quadmix_stream.trainers.pretrain import load_config
+
+    bad = tmp_path / "r.yaml"
+    bad.write_text("train: {steps: many}\n")
+    with pytest.raises(RecipeError, match="pretrain.train.steps: expected an integer, got 'many'"):
+        load_config(bad)
+    bad.write_text("train: {stepz: 3}\n")
+    with pytest.raises(RecipeError, match=r"pretrain.train: unknown key\(s\) \['stepz'\]"):
+        load_config(bad)
+    bad.write_text("data: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_config(bad)

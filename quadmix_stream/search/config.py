@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from quadmix_stream.params import DEFAULT_RANGES
+from quadmix_stream.recipe import check_number, check_scalar
 from quadmix_stream.sampling import FORMS
 
 SPACES = ("quadmix", "domain_mixture")
@@ -275,32 +276,11 @@ def _ranges(value: Any, where: str) -> dict[str, tuple[float, float]]:
 
 
 def _num(x: Any, where: str) -> float:
-    if isinstance(x, bool) or not isinstance(x, int | float):
-        raise SearchConfigError(f"{where}: expected a number, got {x!r}")
-    return float(x)
+    return check_number(x, where, SearchConfigError)
 
 
 def _scalar(f: dataclasses.Field, value: Any, where: str) -> Any:
-    t = str(f.type)
-    if value is None:
-        if "None" in t:
-            return None
-        raise SearchConfigError(f"{where}: may not be null")
-    if t.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-            raise SearchConfigError(f"{where}: expected an integer, got {value!r}")
-        return int(value)
-    if t.startswith("float"):
-        return _num(value, where)
-    if t.startswith("bool"):
-        if not isinstance(value, bool):
-            raise SearchConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if t.startswith("str"):
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise SearchConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    return value
+    return check_scalar(f, value, where, SearchConfigError)
 
 
 def _check(c: SearchConfig) -> None:

@@ -107,6 +107,8 @@ class QuaDMixDataset(IterableDataset):
         self.epoch = 0
         self.fingerprint = self.manifest.fingerprint()
         self._resume: dict | None = None
+        self._rebased: tuple[int, dict[str, dict]] | None = None
+        self._mds: dict[str, dict] | None = None  # MDS index.json entries, read once per process
         self._live: dict | None = None  # progress of the iteration running in this process
         self._labels: DatasetLabels | None = load_labels(self.root, self.manifest, verify_shards)
         self._selections: dict[str, Selection] = {}
@@ -256,6 +258,7 @@ class QuaDMixDataset(IterableDataset):
                 f"this dataset has seed={self.seed}, shuffle_block_shards={self.block_shards}"
             )
         self._resume = st
+        self._rebased = None
         self.epoch = int(st["epoch"])
 
     def _resolve_resume(
@@ -279,9 +282,11 @@ class QuaDMixDataset(IterableDataset):
                 f"this is one consumer's state (of {st['consumers']}); a different topology, params or "
                 "balance needs the global state from gather_state()"
             )
-        check_complete(st)
-        old = SamplingParams.from_dict(st["params"])
-        first, segs = rebase(st, lambda e, seg: self.plan(e, seg, old))
+        if self._rebased is None:  # independent of the consumer: re-deal once per process
+            check_complete(st)
+            old = SamplingParams.from_dict(st["params"])
+            self._rebased = rebase(st, lambda e, seg: self.plan(e, seg, old))
+        first, segs = self._rebased
         return first, {int(e): Segment.from_dict(s) for e, s in segs.items()}, {}
 
     # ------------------------------------------------------------ iteration
@@ -337,7 +342,6 @@ class QuaDMixDataset(IterableDataset):
         rows, ks = split_ids(ids)
         names = self.manifest.domains
         readers: dict[int, ShardReader] = {}
-        mds = mds_index(self.root) if self.manifest.format == "mds" else None
         try:
             for row, k, shard, lrow, dom, tok, key in zip(
                 rows.tolist(),
@@ -351,7 +355,7 @@ class QuaDMixDataset(IterableDataset):
             ):
                 reader = readers.get(shard)
                 if reader is None:
-                    reader = readers[shard] = self._open(shard, mds)
+                    reader = readers[shard] = self._open(shard)
                 doc = reader.read(lrow)
                 self.reads += 1
                 doc.update(
@@ -373,19 +377,20 @@ class QuaDMixDataset(IterableDataset):
         """Read one document by global row (e.g. to restore a partly packed document)."""
         lab = self.labels
         shard = int(lab.shard[row])
-        mds = mds_index(self.root) if self.manifest.format == "mds" else None
-        reader = self._open(shard, mds)
+        reader = self._open(shard)
         try:
             return reader.read(int(lab.row[row]))
         finally:
             reader.close()
 
-    def _open(self, shard: int, mds: dict | None) -> ShardReader:
+    def _open(self, shard: int) -> ShardReader:
+        if self._mds is None and self.manifest.format == "mds":
+            self._mds = mds_index(self.root)
         lab = self.labels
         a, b = lab.shard_start[shard], lab.shard_start[shard + 1]
         off = None if lab.offset is None else lab.offset[a:b]
         ln = None if lab.length is None else lab.length[a:b]
-        return open_shard(self.root, self.manifest, shard, off, ln, mds)
+        return open_shard(self.root, self.manifest, shard, off, ln, self._mds)
 
     # ------------------------------------------------------------ observability
     def expected_mixture(self, epoch: int | None = None) -> dict[str, dict[str, float]]:

@@ -11,6 +11,15 @@ A flow recipe names the step recipes it chains and where everything goes::
       train: {steps: 200}
     compare: [random]                # baselines trained the same way, for the report
 
+For a fair comparison (``recipes/table1.yaml``), hold the evaluation sets out of the raw corpus
+first and train every method with several seeds::
+
+    split: {corpus: "data/*.jsonl.gz", seed: 0, sets: {target: {docs: 400, domains: [wiki]},
+                                                       general: {docs: 400, exclude_domains: [wiki]}}}
+    target: {heldout: target}        # {out}/heldout/target.jsonl; the pool is {out}/heldout/pool
+    evals: {general: {heldout: general}}   # more sets every trained model is evaluated on
+    seeds: [0, 1, 2]                 # model init and data order; the report gives mean ± sd
+
 Step recipes are relative to the flow recipe's folder. Every step resumes: labelling skips
 finished shards, the search skips finished proxies, training resumes from its last checkpoint.
 """
@@ -23,6 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from quadmix_stream.io import atomic_write_text
+from quadmix_stream.params import SamplingParams
 from quadmix_stream.recipe import RecipeError, build, read_yaml
 
 
@@ -30,9 +43,57 @@ def _log(msg: str) -> None:
     print(f"[run] {msg}", flush=True)
 
 
+def _heldout(name: Any, out: Path, where: str) -> Path:
+    path = out / "heldout" / f"{name}.jsonl"
+    if not path.exists():
+        raise RecipeError(f"{where}: no held-out set {name!r} (give `split:` a set of that name)")
+    return path
+
+
+def _split(spec: Any, base: Path, out: Path) -> None:
+    """Hold the evaluation sets out of the raw corpus: ``{out}/heldout/{pool/,NAME.jsonl}``."""
+    import glob
+
+    from quadmix_stream.holdout import parse_split, split_corpus
+
+    if not isinstance(spec, dict) or "corpus" not in spec:
+        raise RecipeError("split: give {corpus: GLOB, seed: N, sets: {NAME: {docs: N, ...}}}")
+    files = sorted(glob.glob(str(base / spec["corpus"])))
+    if not files:
+        raise RecipeError(f"split.corpus: no files match {base / spec['corpus']}")
+    summary = split_corpus([Path(f) for f in files], out / "heldout", parse_split(spec))
+    _log(f"split: {summary['pool_docs']} pool documents; held out {summary['sets']}")
+
+
+def _evals(spec: Any, out: Path) -> dict[str, str]:
+    """``evals: {name: {heldout: NAME} | {path: FILE}}`` → ``{name: path}``."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise RecipeError("evals: a mapping {name: {heldout: NAME} or {path: FILE.jsonl}}")
+    found = {}
+    for k, v in spec.items():
+        if isinstance(v, dict) and "heldout" in v:
+            found[str(k)] = str(_heldout(v["heldout"], out, f"evals.{k}"))
+        elif isinstance(v, dict) and "path" in v and Path(v["path"]).exists():
+            found[str(k)] = str(Path(v["path"]).resolve())
+        else:
+            raise RecipeError(f"evals.{k}: give {{heldout: NAME}} or {{path: EXISTING.jsonl}}")
+    return found
+
+
+def _seeds(spec: Any) -> list[int]:
+    seeds = spec if isinstance(spec, list) else [spec]
+    if not seeds or any(isinstance(x, bool) or not isinstance(x, int) for x in seeds):
+        raise RecipeError(f"seeds: a list of integers, got {spec!r}")
+    return [int(x) for x in seeds]
+
+
 def _target(spec: dict[str, Any], base: Path, out: Path) -> Path:
-    """The target set as a JSONL file in ``out``."""
+    """The target set as a JSONL file in ``out`` (or a held-out set of ``split:``)."""
     path = out / "target.jsonl"
+    if "heldout" in spec:
+        return _heldout(spec["heldout"], out, "target.heldout")
     if "path" in spec:
         src = (base / spec["path"]).resolve()
         if not src.exists():
@@ -72,8 +133,13 @@ def _target(spec: dict[str, Any], base: Path, out: Path) -> Path:
             for d in docs[: int(c.get("docs", 300))]:
                 f.write(json.dumps({"id": d["id"], "text": d["text"]}) + "\n")
     else:
-        raise RecipeError("target: give {path: FILE.jsonl}, {synthetic: {...}} or {corpus: {...}}")
+        raise RecipeError(
+            "target: give {path: FILE.jsonl}, {synthetic: {...}}, {corpus: {...}} or {heldout: NAME}"
+        )
     return path
+
+
+FLOW_KEYS = {"out", "label", "split", "target", "evals", "search", "train", "compare", "seeds"}
 
 
 def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
@@ -82,17 +148,22 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
     from quadmix_stream.labelling.recipe import load_recipe
     from quadmix_stream.search.config import SearchConfig
     from quadmix_stream.search.pipeline import run_all
-    from quadmix_stream.trainers.pretrain import PretrainConfig, train
 
     recipe = Path(recipe)
     raw = read_yaml(recipe)
-    unknown = set(raw) - {"out", "label", "target", "search", "train", "compare"}
+    unknown = set(raw) - FLOW_KEYS
     if unknown:
         raise RecipeError(f"{recipe}: unknown key(s) {sorted(unknown)}")
     base = recipe.resolve().parent
     out = Path(out or raw.get("out") or "runs/flow").resolve()
     out.mkdir(parents=True, exist_ok=True)
+    seeds = _seeds(raw.get("seeds", [0]))
     times: dict[str, float] = {}
+
+    if "split" in raw:
+        t = time.perf_counter()
+        _split(raw["split"], base, out)
+        times["split"] = time.perf_counter() - t
 
     t = time.perf_counter()
     data = out / "data"
@@ -104,6 +175,7 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
 
     t = time.perf_counter()
     target = _target(raw.get("target") or {"synthetic": {}}, base, out)
+    evals = _evals(raw.get("evals"), out)
     cfg = SearchConfig.load(base / raw["search"]).replace(
         dataset=str(data), target=str(target), out=str(out / "search"), synth=None
     )
@@ -111,7 +183,6 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
     run_all(cfg, out / "search")
     times["search"] = time.perf_counter() - t
 
-    results: dict[str, Any] = {}
     runs = {"quadmix": out / "search" / "params.json"}
     for name in raw.get("compare", []):
         p = out / "search" / "baselines" / f"{name}.json"
@@ -120,28 +191,122 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
                 f"compare: no baseline {name!r} in {p.parent} (have {sorted(x.stem for x in p.parent.glob('*.json'))})"
             )
         runs[name] = p
-    for name, params in runs.items():
-        t = time.perf_counter()
-        body = dict(raw.get("train") or {})
-        body.setdefault("data", {})
-        body["data"] = {**body["data"], "dataset": str(data), "params": str(params)}
-        body.setdefault("train", {})
-        body["train"] = {**body["train"], "eval_set": str(target)}
-        body["out"] = str(out / f"train-{name}")
-        pc = build(PretrainConfig, body, "train")
-        _log(f"train with {name} params → {body['out']}")
-        train(pc, Path(body["out"]))
-        log = [json.loads(x) for x in (Path(body["out"]) / "log.jsonl").read_text().splitlines()]
-        evals = [x["eval_loss"] for x in log if "eval_loss" in x]
-        results[name] = {"final_target_loss": evals[-1] if evals else None, "steps": pc.train.steps}
-        times[f"train-{name}"] = time.perf_counter() - t
+    results = _train_all(raw.get("train") or {}, out, data, runs, target, evals, seeds, times)
     report = write_report(out, data, runs, results, times)
     _log(f"report: {report}")
     return out
 
 
+def _train_all(
+    train_body: dict[str, Any],
+    out: Path,
+    data: Path,
+    runs: dict[str, Path],
+    target: Path,
+    evals: dict[str, str],
+    seeds: list[int],
+    times: dict[str, float],
+) -> dict[str, dict[str, Any]]:
+    """Train one model per (params, seed); every run resumes from its own last checkpoint.
+
+    All runs share one tokenizer (trained once on the pool) so their losses are comparable.
+    Returns ``{name: {"seeds": {seed: {eval name: final loss}}, "steps", "tokens"}}``.
+    """
+    from quadmix_stream.tokenizer import pool_texts, train_tokenizer
+    from quadmix_stream.trainers.pretrain import PretrainConfig, train
+
+    body0 = {k: dict(v) if isinstance(v, dict) else v for k, v in train_body.items()}
+    data_body = dict(body0.get("data") or {})
+    if not data_body.get("tokenizer"):
+        tok = out / "tokenizer.json"
+        if not tok.exists():
+            _log(f"tokenizer: a BPE on the pool → {tok}")
+            train_tokenizer(pool_texts(data, 5000), int(data_body.get("vocab_size", 512)), tok)
+        data_body["tokenizer"] = str(tok)
+    results: dict[str, dict[str, Any]] = {}
+    for name, params in runs.items():
+        for seed in seeds:
+            t = time.perf_counter()
+            folder = out / (f"train-{name}" if seeds == [0] else f"train-{name}-seed{seed}")
+            body = dict(body0)
+            body["data"] = {**data_body, "dataset": str(data), "params": str(params), "seed": seed}
+            body["train"] = {
+                **dict(body0.get("train") or {}),
+                "eval_set": str(target),
+                "eval_sets": evals or None,
+                "seed": seed,
+            }
+            body["out"] = str(folder)
+            pc = build(PretrainConfig, body, "train")
+            _log(f"train with {name} params, seed {seed} → {folder}")
+            train(pc, folder)
+            log = [json.loads(x) for x in (folder / "log.jsonl").read_text().splitlines()]
+            last = [x for x in log if "eval_loss" in x][-1]
+            r = results.setdefault(name, {"seeds": {}})
+            r["seeds"][seed] = {"target": last["eval_loss"], **last.get("eval_losses", {})}
+            r["steps"] = pc.train.steps
+            r["tokens"] = (
+                pc.train.steps * pc.train.batch_size * pc.train.grad_accum * pc.data.seq_len
+            )
+            times[f"train-{name}-seed{seed}"] = time.perf_counter() - t
+    return results
+
+
+def selected_tokens(data: Path, params: SamplingParams, seed: int = 0) -> dict[str, float]:
+    """Tokens (label units) a params file selects in epoch 0: unique, and counting repeats."""
+    from quadmix_stream.labels import Manifest, load_labels
+    from quadmix_stream.selection import Selection
+
+    m = Manifest.load(data)
+    lab = load_labels(data, m)
+    counts = Selection(lab, m, params.reorder(m.domains, m.scorer_names), seed).counts(0)
+    tok = lab.tokens.astype(np.float64)
+    return {
+        "unique": float(tok[counts > 0].sum()),
+        "with_repeats": float((tok * counts).sum()),
+        "pool": float(tok.sum()),
+    }
+
+
+def _mean_sd(xs: list[float]) -> str:
+    a = np.asarray(xs, dtype=np.float64)
+    return f"{a.mean():.4f}" if len(a) == 1 else f"{a.mean():.4f} ± {a.std(ddof=1):.4f}"
+
+
+def plot_results(results: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Bars: final loss per method on each evaluation set, mean and sd over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    sets = list(next(iter(results.values()))["seeds"].values())[0].keys()
+    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), squeeze=False)
+    for ax, s in zip(axes[0], sets, strict=True):
+        vals = [[v[s] for v in results[n]["seeds"].values()] for n in names]
+        mean = [float(np.mean(v)) for v in vals]
+        sd = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in vals]
+        ax.bar(range(len(names)), mean, yerr=sd, capsize=3, color="tab:blue")
+        for i, v in enumerate(vals):
+            ax.plot([i] * len(v), v, "k.", ms=4)
+        lo = min(min(v) for v in vals)
+        hi = max(max(v) for v in vals)
+        ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9) - 0.02, hi + 0.1 * (hi - lo + 1e-9) + 0.02)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_title(f"{s} loss (lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(
-    out: Path, data: Path, runs: dict[str, Path], results: dict[str, Any], times: dict[str, float]
+    out: Path,
+    data: Path,
+    runs: dict[str, Path],
+    results: dict[str, dict[str, Any]],
+    times: dict[str, float],
 ) -> Path:
     from quadmix_stream.inspect import format_report, inspect_dataset
     from quadmix_stream.labels import Manifest
@@ -149,21 +314,39 @@ def write_report(
     from quadmix_stream.plots import plot_selection
 
     m = Manifest.load(data)
+    seeds = sorted({s for r in results.values() for s in r["seeds"]})
+    sets = list(next(iter(next(iter(results.values()))["seeds"].values())).keys())
+    for name, p in runs.items():
+        results[name]["selected"] = selected_tokens(data, SamplingParams.load(p))
+    first = next(iter(results.values()))
     lines = [
         "# quadmix-stream run",
         "",
         f"Data: `{data}` ({m.rows} documents, {len(m.shards)} {m.format} shards).",
         "",
-    ]
-    lines += [
-        "## Target loss after training (same steps and tokens)",
+        f"## Final evaluation loss (same steps and tokens: {first['steps']} steps, "
+        f"{first['tokens']:,} training tokens; seeds {seeds})",
         "",
-        "| params | final target loss |",
-        "|---|---:|",
+        "| params | " + " | ".join(f"{s} loss" for s in sets) + " | selected unique tokens | "
+        "selected tokens with repeats |",
+        "|---|" + "---:|" * (len(sets) + 2),
     ]
     for name, r in results.items():
-        v = r["final_target_loss"]
-        lines.append(f"| {name} | {v:.4f} |" if v is not None else f"| {name} | – |")
+        cells = [_mean_sd([v[s] for v in r["seeds"].values()]) for s in sets]
+        sel = r["selected"]
+        cells += [
+            f"{sel['unique']:,.0f} ({sel['unique'] / sel['pool']:.1%})",
+            f"{sel['with_repeats']:,.0f}",
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Losses: mean ± sample sd over seeds (model init and data order). Selected tokens: "
+        "epoch 0 of the selection, in the labelling tokenizer's tokens.",
+        "",
+        f"![results]({plot_results(results, out / 'results.png').name})",
+    ]
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=str))
     for name, p in runs.items():
         params = SamplingParams.load(p).reorder(m.domains, m.scorer_names)
         png = plot_selection(data, params, out / f"selection-{name}.png")
@@ -189,7 +372,7 @@ def write_report(
     lines += [f"- {k}: {v:.0f} s" for k, v in times.items()]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:12]))
+    print("\n".join(lines[:16]))
     return path
 
 

@@ -230,3 +230,28 @@ def test_minilm_embedding_head(tmp_path):
     lab([clean[0] * 20], [{"id": "long"}], issues)
     assert issues.counts == {"truncated[minilm]": 1}
     assert lab.fingerprint().startswith("embedding:")
+
+
+# ---------------------------------------------------------------- heuristic (rule) scorer
+def test_heuristic_scorer_prefers_prose_over_boilerplate_and_code():
+    from quadmix_stream.labelling.heuristic import RULES, heuristic_score, rule_passes
+    from quadmix_stream.labelling.labelers import build_labeler
+
+    prose = (
+        "The river rises in the hills to the north of the town and flows south to the sea. "
+        "It was used for trade with the coast for many centuries, and the old mills that stand "
+        "on its banks have been restored. Visitors can walk along the path that follows the "
+        "water from the bridge to the harbour, where boats are still built by hand.\n"
+    )
+    assert not rule_passes(prose * 2)[RULES.index("duplicate_lines_le_0.3")]
+    menu = "\n".join(["• Home", "• About", "• Contact", "# # # ...", "• Login"] * 6)
+    code = "def f(x):\n    return [i**2 for i in range(x)]  # ## squares\n" * 8
+    assert rule_passes(prose).all() and len(rule_passes(prose)) == len(RULES)
+    assert heuristic_score(prose) > heuristic_score(code) > heuristic_score(menu) - 1
+    assert heuristic_score(prose) > heuristic_score(menu)
+    lab = build_labeler({"type": "heuristic"}, "quality", "gopher")
+    out = lab([prose, menu, ""])
+    assert out.dtype.kind == "f" and out[0] > out[1] and out.shape == (3,)
+    assert lab.fingerprint().startswith("heuristic:")
+    with pytest.raises(Exception, match="heuristic is a quality scorer"):
+        build_labeler({"type": "heuristic"}, "domain", "domain")

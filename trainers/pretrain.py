@@ -73,7 +73,8 @@ class TrainConfig:
     weight_decay: float = 0.1
     clip: float = 1.0
     seed: int = 0
-    eval_set: str | None = None  # JSONL with a "text" field
+    eval_set: str | None = None  # JSONL with a "text" field; logged as eval_loss
+    eval_sets: dict[str, str] | None = None  # more named JSONL sets, logged as eval_losses[name]
     eval_every: int = 50
     eval_max_blocks: int = 64
     checkpoint_every: int = 50
@@ -263,6 +264,10 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
             log_jsonl(log_path, rec)
 
     eval_x = eval_blocks(tc.eval_set, tok, d.seq_len, tc.eval_max_blocks) if tc.eval_set else None
+    more_x = {
+        str(k): eval_blocks(str(v), tok, d.seq_len, tc.eval_max_blocks)
+        for k, v in dict(tc.eval_sets or {}).items()
+    }
     exp = ds.expected_mixture()
     exp_total = sum(v["tokens"] for v in exp.values()) or 1.0
     expected_share = {k: v["tokens"] / exp_total for k, v in exp.items()}
@@ -338,13 +343,21 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
             }
             if d.track_docs:
                 rec["docs"] = docs
-            if eval_x is not None and (step % tc.eval_every == 0 or step == tc.steps):
-                rec["eval_loss"] = round(evaluate(model, eval_x, device, tc.batch_size), 6)
+            if step % tc.eval_every == 0 or step == tc.steps:
+                if eval_x is not None:
+                    rec["eval_loss"] = round(evaluate(model, eval_x, device, tc.batch_size), 6)
+                if more_x:
+                    rec["eval_losses"] = {
+                        k: round(evaluate(model, x, device, tc.batch_size), 6)
+                        for k, x in more_x.items()
+                    }
             log_jsonl(log_path, rec)
             if tb is not None:
                 tb.add_scalar("loss", rec["loss"], step)
                 if "eval_loss" in rec:
                     tb.add_scalar("eval_loss", rec["eval_loss"], step)
+                for k, v in rec.get("eval_losses", {}).items():
+                    tb.add_scalar(f"eval_loss/{k}", v, step)
             t0, tokens_since = time.perf_counter(), 0
         if step % tc.checkpoint_every == 0 or step == tc.steps:
             save_checkpoint(out, step, model, opt, sched, loader, rank, tc.keep_last)

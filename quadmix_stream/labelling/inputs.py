@@ -20,6 +20,7 @@ import glob
 import gzip
 import io
 import json
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -99,6 +100,7 @@ def expand_paths(patterns: list[str], base: Path | None = None) -> list[Path]:
         p = Path(pat).expanduser()
         if base is not None and not p.is_absolute():
             p = base / p
+        p = Path(os.path.normpath(p))  # "{out}/../x" must work before {out} exists
         hits = sorted(glob.glob(str(p), recursive=True)) if glob.has_magic(str(p)) else [str(p)]
         if not hits or not Path(hits[0]).exists():
             raise FileNotFoundError(f"input: no file matches {pat!r} (looked for {p})")

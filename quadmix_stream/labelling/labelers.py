@@ -12,6 +12,7 @@ Built-in types (:func:`build_labeler` turns a recipe entry into one):
 ``field``      a value already in the document (``domain``, ``meta.score``, ...)
 ``tokenizer``  token counts from a tokenizers/transformers tokenizer (file or folder)
 ``whitespace`` whitespace-separated words; ``bytes``: UTF-8 bytes
+``heuristic``  Gopher / C4 / FineWeb rules as a score (no model), see :mod:`.heuristic`
 =============  =====================================================================================
 """
 
@@ -431,7 +432,16 @@ class TokenizerCounter(Labeler):
 
 
 # ---------------------------------------------------------------- from a recipe entry
-TYPES = ("fasttext", "transformers", "embedding", "field", "tokenizer", "whitespace", "bytes")
+TYPES = (
+    "fasttext",
+    "transformers",
+    "embedding",
+    "field",
+    "tokenizer",
+    "whitespace",
+    "bytes",
+    "heuristic",
+)
 
 
 def build_labeler(
@@ -498,6 +508,12 @@ def build_labeler(
             return done(BytesCounter(name))
         p = path()
         return done(TokenizerCounter(p, name, batch_size=int(spec.pop("batch_size", 256))))
+    if typ == "heuristic":
+        if kind != "quality":
+            raise LabelerError(f"labeller {name!r}: heuristic is a quality scorer")
+        from quadmix_stream.labelling.heuristic import HeuristicLabeler
+
+        return done(HeuristicLabeler(name))
     from quadmix_stream.labelling import neural
 
     if typ == "transformers":

@@ -18,7 +18,8 @@ Example (``recipes/label_synthetic.yaml`` has a complete one)::
       scorers:
         - {name: dclm, type: fasttext, path: "{out}/models/quality.bin", label: hq}
 
-Relative paths are taken against the recipe's folder; ``{out}`` is the output folder and
+Relative paths are taken against the recipe's folder; ``{out}`` is the output folder (in input
+paths, training jobs and labellers) and
 ``{recipe_dir}`` the recipe's folder; ``package://pkg/path`` is a file inside an installed package.
 """
 
@@ -79,6 +80,7 @@ class Recipe:
                 self.out = _resolve(self.input.shards, self.base)
             else:
                 raise ValueError("output: give output.dir in the recipe or --out")
+        self.input.paths = self.expand(list(self.input.paths or []))
         if self.input.shards and _resolve(self.input.shards, self.base) != self.out:
             raise ValueError(
                 f"input.shards labels shards in place: the output folder is the shards' folder "

@@ -54,14 +54,21 @@ def _split(spec: Any, base: Path, out: Path) -> None:
     """Hold the evaluation sets out of the raw corpus: ``{out}/heldout/{pool/,NAME.jsonl}``."""
     import glob
 
-    from quadmix_stream.holdout import parse_split, split_corpus
+    from quadmix_stream.holdout import parse_split, split_corpus, split_matches
 
     if not isinstance(spec, dict) or "corpus" not in spec:
         raise RecipeError("split: give {corpus: GLOB, seed: N, sets: {NAME: {docs: N, ...}}}")
     files = sorted(glob.glob(str(base / spec["corpus"])))
     if not files:
         raise RecipeError(f"split.corpus: no files match {base / spec['corpus']}")
-    summary = split_corpus([Path(f) for f in files], out / "heldout", parse_split(spec))
+    cfg = parse_split(spec)
+    done = out / "heldout" / "split.json"
+    if done.exists() and (out / "data").exists() and not split_matches(files, done, cfg):
+        raise RecipeError(
+            f"split: the settings or the corpus changed since {out} was labelled from its pool; "
+            "run the flow with another --out (or delete the folder)"
+        )
+    summary = split_corpus([Path(f) for f in files], out / "heldout", cfg)
     _log(f"split: {summary['pool_docs']} pool documents; held out {summary['sets']}")
 
 
@@ -238,6 +245,7 @@ def _train_all(
             }
             body["out"] = str(folder)
             pc = build(PretrainConfig, body, "train")
+            _same_run_or_fail(folder, body, params)
             _log(f"train with {name} params, seed {seed} → {folder}")
             train(pc, folder)
             log = [json.loads(x) for x in (folder / "log.jsonl").read_text().splitlines()]
@@ -245,11 +253,35 @@ def _train_all(
             r = results.setdefault(name, {"seeds": {}})
             r["seeds"][seed] = {"target": last["eval_loss"], **last.get("eval_losses", {})}
             r["steps"] = pc.train.steps
+            r["model_parameters"] = next(x for x in log if x.get("event") == "start")[
+                "model_parameters"
+            ]
             r["tokens"] = (
                 pc.train.steps * pc.train.batch_size * pc.train.grad_accum * pc.data.seq_len
             )
             times[f"train-{name}-seed{seed}"] = time.perf_counter() - t
     return results
+
+
+def _same_run_or_fail(folder: Path, body: dict[str, Any], params: Path) -> None:
+    """Resume a training folder only for the same settings and the same params file.
+
+    A re-run after editing ``train:`` (or after a new search changed θ*) must not quietly
+    continue old checkpoints under new settings.
+    """
+    from quadmix_stream.io import sha256_file
+
+    ident = json.loads(json.dumps({"train": body, "params_sha256": sha256_file(params)}))
+    path = folder / "flow-train.json"
+    if path.exists():
+        if json.loads(path.read_text()) != ident:
+            raise RecipeError(
+                f"{folder} was trained with other settings or another params file; delete the "
+                "folder to retrain it, or run the flow with another --out"
+            )
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(ident, indent=1))
 
 
 def selected_tokens(data: Path, params: SamplingParams, seed: int = 0) -> dict[str, float]:
@@ -324,8 +356,8 @@ def write_report(
         "",
         f"Data: `{data}` ({m.rows} documents, {len(m.shards)} {m.format} shards).",
         "",
-        f"## Final evaluation loss (same steps and tokens: {first['steps']} steps, "
-        f"{first['tokens']:,} training tokens; seeds {seeds})",
+        f"## Final evaluation loss (a {first['model_parameters']:,}-parameter model, same steps "
+        f"and tokens: {first['steps']} steps, {first['tokens']:,} training tokens; seeds {seeds})",
         "",
         "| params | " + " | ".join(f"{s} loss" for s in sets) + " | selected unique tokens | "
         "selected tokens with repeats |",

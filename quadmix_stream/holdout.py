@@ -117,6 +117,20 @@ def choose_heldout(
     return out
 
 
+def _ident(files: Sequence[Path], cfg: SplitConfig) -> dict[str, Any]:
+    """What a split depends on: the corpus files (name, size) and the settings."""
+    return {
+        "files": [[f.name, f.stat().st_size] for f in sorted(Path(x) for x in files)],
+        "config": json.loads(json.dumps(asdict(cfg), default=list)),
+    }
+
+
+def split_matches(files: Sequence[str | Path], done: Path, cfg: SplitConfig) -> bool:
+    """Whether the finished split recorded in ``done`` (``split.json``) is this one."""
+    saved = json.loads(Path(done).read_text())
+    return saved.get("ident") == json.loads(json.dumps(_ident([Path(f) for f in files], cfg)))
+
+
 def split_corpus(files: Sequence[Path], out: Path, cfg: SplitConfig) -> dict[str, Any]:
     """Write the pool and the held-out sets (see the module docstring); returns ``split.json``."""
     out = Path(out)
@@ -126,13 +140,16 @@ def split_corpus(files: Sequence[Path], out: Path, cfg: SplitConfig) -> dict[str
     names = [f.name for f in files]
     if len(set(names)) != len(names):
         raise ValueError(f"split: corpus file names must be unique, got {names}")
-    ident = {"files": names, "config": json.loads(json.dumps(asdict(cfg), default=list))}
+    ident = _ident(files, cfg)
     done = out / "split.json"
     if done.exists():
         saved = json.loads(done.read_text())
         if saved.get("ident") == ident:
             return saved
         done.unlink()  # other settings: nothing of the old split may be taken for the new one
+    for old in (out / "pool").glob("*.jsonl.gz") if (out / "pool").exists() else ():
+        if old.name not in names:
+            old.unlink()
 
     lines: list[list[str]] = [_read(f) for f in files]
     docs: list[dict[str, Any]] = []

@@ -16,6 +16,7 @@ from quadmix_stream.holdout import (
     choose_heldout,
     parse_split,
     split_corpus,
+    split_matches,
 )
 from quadmix_stream.recipe import RecipeError
 
@@ -81,7 +82,9 @@ def test_split_is_independent_of_file_order_and_resumes(tmp_path):
     before = done.stat().st_mtime_ns
     split_corpus(files, tmp_path / "x", CFG)  # same settings: nothing is rewritten
     assert done.stat().st_mtime_ns == before
+    assert split_matches(files, done, CFG)
     other = SplitConfig(sets=CFG.sets, seed=4)  # other settings: a new, different split
+    assert not split_matches(files, done, other)
     split_corpus(files, tmp_path / "x", other)
     assert _ids(tmp_path / "x/target.jsonl") != _ids(tmp_path / "y/target.jsonl")
     assert json.loads(done.read_text())["ident"]["config"]["seed"] == 4

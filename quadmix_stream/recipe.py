@@ -7,8 +7,9 @@ to a default.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,23 +68,56 @@ def check_scalar(
     return value
 
 
-def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
-    """Build dataclass ``cls`` from ``data``; nested dataclass fields are built recursively."""
-    data = dict(data or {})
+def _dataclass_in(hint: Any) -> type | None:
+    """The dataclass a field holds: ``C`` for ``C`` or ``C | None``; else ``None``."""
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return hint
+    inner = [
+        a for a in typing.get_args(hint) if dataclasses.is_dataclass(a) and isinstance(a, type)
+    ]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return inner[0] if len(inner) == 1 else None
+    return None
+
+
+def build(
+    cls: type[T],
+    data: Mapping[str, Any] | None,
+    where: str,
+    error: type[ValueError] = RecipeError,
+    convert: Mapping[str, Callable[[Any, str], Any]] | None = None,
+) -> T:
+    """Build dataclass ``cls`` from ``data``; nested dataclass fields are built recursively.
+
+    Args:
+        cls: the (frozen) config dataclass.
+        data: its mapping from YAML; ``None`` means all defaults.
+        where: the section's name, for error messages (``"pretrain.train"``).
+        error: the exception raised for every problem (a ``ValueError`` subclass).
+        convert: field name → ``f(value, where)`` for fields that need more than a scalar check
+            (ranges, tuples, free-form mappings), at any nesting level.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise error(f"{where}: expected a mapping, got {data!r}")
     names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise RecipeError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+        raise error(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for k, v in data.items():
-        t = hints[k]
-        if dataclasses.is_dataclass(t) and isinstance(t, type):
-            v = build(t, v, f"{where}.{k}")
+        sub = f"{where}.{k}"
+        nested = _dataclass_in(hints[k])
+        if convert and k in convert:
+            v = convert[k](v, sub)
+        elif nested is not None and v is not None:
+            v = build(nested, v, sub, error, convert)
         else:
-            v = check_scalar(names[k], v, f"{where}.{k}")
+            v = check_scalar(names[k], v, sub, error)
         kwargs[k] = v
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise RecipeError(f"{where}: {e}") from None
+        raise error(f"{where}: {e}") from None

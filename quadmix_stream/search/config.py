@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from quadmix_stream.params import DEFAULT_RANGES
-from quadmix_stream.recipe import check_number, check_scalar
+from quadmix_stream.recipe import build, check_number
 from quadmix_stream.sampling import FORMS
 
 SPACES = ("quadmix", "domain_mixture")
@@ -186,7 +186,7 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any], where: str = "recipe") -> SearchConfig:
-        return _build(cls, obj, where)
+        return build(cls, obj, where, SearchConfigError, _CONVERT)
 
     @classmethod
     def load(cls, path: str | Path) -> SearchConfig:
@@ -206,53 +206,6 @@ class SearchConfig:
         """The settings that determine proxy results: changing any invalidates finished proxies."""
         d = self.to_dict()
         return {k: d[k] for k in ("target", "space", "form", "proposals", "tokenizer", "proxy")}
-
-
-_NESTED = {
-    "synth": SynthConfig,
-    "proposals": ProposalConfig,
-    "tokenizer": TokenizerConfig,
-    "model": ModelConfig,
-    "proxy": ProxyConfig,
-    "regressor": RegressorConfig,
-    "select": SelectConfig,
-    "baselines": BaselineConfig,
-    "regmix": RegmixConfig,
-}
-
-
-def _build(cls: type, obj: Any, where: str) -> Any:
-    if not isinstance(obj, Mapping):
-        raise SearchConfigError(f"{where}: expected a mapping, got {obj!r}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(obj) - set(known))
-    if unknown:
-        raise SearchConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-    kw: dict[str, Any] = {}
-    for name, value in obj.items():
-        sub = f"{where}.{name}"
-        if (
-            name in _NESTED
-            and value is not None
-            and _NESTED[name].__name__ in str(known[name].type)
-        ):
-            kw[name] = _build(_NESTED[name], value, sub)
-        elif name == "ranges":
-            kw[name] = _ranges(value, sub)
-        elif name == "betas":
-            kw[name] = tuple(float(x) for x in _list(value, sub, 2))
-        elif name in ("lgbm",):
-            if not isinstance(value, Mapping):
-                raise SearchConfigError(f"{sub}: expected a mapping")
-            kw[name] = dict(value)
-        else:
-            kw[name] = _scalar(known[name], value, sub)
-    try:
-        return cls(**kw)
-    except SearchConfigError as e:
-        raise SearchConfigError(f"{where}: {e}") from None
-    except TypeError as e:
-        raise SearchConfigError(f"{where}: {e}") from None
 
 
 def _list(value: Any, where: str, n: int) -> list:
@@ -279,8 +232,18 @@ def _num(x: Any, where: str) -> float:
     return check_number(x, where, SearchConfigError)
 
 
-def _scalar(f: dataclasses.Field, value: Any, where: str) -> Any:
-    return check_scalar(f, value, where, SearchConfigError)
+def _mapping(value: Any, where: str) -> dict:
+    if not isinstance(value, Mapping):
+        raise SearchConfigError(f"{where}: expected a mapping")
+    return dict(value)
+
+
+#: fields that need more than a scalar check (see :func:`quadmix_stream.recipe.build`)
+_CONVERT = {
+    "ranges": _ranges,
+    "betas": lambda v, where: tuple(_num(x, where) for x in _list(v, where, 2)),
+    "lgbm": _mapping,
+}
 
 
 def _check(c: SearchConfig) -> None:

@@ -105,7 +105,7 @@ def plot_mixture(
     x = np.arange(len(domains))
     for i, n in enumerate(names):
         a1.bar(x + i * width, [shares[n][d] for d in domains], width, label=n)
-    a1.set_xticks(x + 0.4 - width / 2, domains)
+    a1.set_xticks(x + 0.4 - width / 2, domains, rotation=45, ha="right")
     a1.set(ylabel="expected share of selected tokens", title="Per-domain token shares")
     a1.legend(fontsize=8)
     bottom = np.zeros(len(domains))
@@ -113,7 +113,7 @@ def plot_mixture(
         a2.bar(x, alpha[:, j], bottom=bottom, label=s)
         bottom += alpha[:, j]
     a2.axhline(1.0, color="k", lw=0.5)
-    a2.set_xticks(x, domains)
+    a2.set_xticks(x, domains, rotation=45, ha="right")
     a2.set(ylabel="α (merge weight)", title="α of θ* per domain (pool/random: uniform)")
     a2.legend(fontsize=8)
     return _save(fig, out)

@@ -20,6 +20,8 @@ from quadmix_stream.holdout import (
 )
 from quadmix_stream.recipe import RecipeError
 
+from .conftest import requires_shared_data
+
 
 def _write(path: Path, docs: list[dict]) -> Path:
     with gzip.open(path, "wt", encoding="utf-8") as f:
@@ -127,3 +129,21 @@ def test_bad_split_input_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"bad.jsonl.gz:2 is not a JSON document"):
         split_corpus([bad], tmp_path / "o", SplitConfig(sets={"t": HeldOutSet(docs=1)}))
     assert not (tmp_path / "o" / "split.json").exists()
+
+
+@requires_shared_data()
+def test_table1_recipe_split_of_the_real_corpus(tmp_path):
+    """The split of recipes/table1.yaml: held-out sets as documented, none of them in the pool."""
+    import glob
+
+    from quadmix_stream.recipe import read_yaml
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "table1.yaml"
+    spec = read_yaml(recipe)["split"]
+    files = [Path(f) for f in glob.glob(str(recipe.parent / spec["corpus"]))]
+    summary = split_corpus(files, tmp_path, parse_split(spec))
+    assert summary["pool_docs"] == 35_187 - 800
+    assert set(summary["sets"]["target"]["domains"]) == {"encyclopedic", "academic"}
+    assert not {"encyclopedic", "academic"} & set(summary["sets"]["general"]["domains"])
+    held = set(_ids(tmp_path / "target.jsonl")) | set(_ids(tmp_path / "general.jsonl"))
+    assert len(held) == 800 and not held & set(_pool_ids(tmp_path))

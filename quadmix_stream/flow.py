@@ -72,8 +72,9 @@ def _split(spec: Any, base: Path, out: Path) -> None:
     _log(f"split: {summary['pool_docs']} pool documents; held out {summary['sets']}")
 
 
-def _evals(spec: Any, out: Path) -> dict[str, str]:
-    """``evals: {name: {heldout: NAME} | {path: FILE}}`` → ``{name: path}``."""
+def _evals(spec: Any, base: Path, out: Path) -> dict[str, str]:
+    """``evals: {name: {heldout: NAME} | {path: FILE}}`` → ``{name: path}`` (paths relative to
+    the recipe's folder, like the target's)."""
     if spec is None:
         return {}
     if not isinstance(spec, dict):
@@ -82,8 +83,8 @@ def _evals(spec: Any, out: Path) -> dict[str, str]:
     for k, v in spec.items():
         if isinstance(v, dict) and "heldout" in v:
             found[str(k)] = str(_heldout(v["heldout"], out, f"evals.{k}"))
-        elif isinstance(v, dict) and "path" in v and Path(v["path"]).exists():
-            found[str(k)] = str(Path(v["path"]).resolve())
+        elif isinstance(v, dict) and "path" in v and (base / v["path"]).exists():
+            found[str(k)] = str((base / v["path"]).resolve())
         else:
             raise RecipeError(f"evals.{k}: give {{heldout: NAME}} or {{path: EXISTING.jsonl}}")
     return found
@@ -177,12 +178,14 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
     lr = load_recipe(base / raw["label"])
     lr.out = data
     _log(f"label: {base / raw['label']} → {data}")
-    run_label(lr)
+    labelled = run_label(lr)
+    if getattr(labelled, "manifest", None) is not None:
+        print(labelled.summary(), flush=True)  # throughput per labeller, issues found
     times["label"] = time.perf_counter() - t
 
     t = time.perf_counter()
     target = _target(raw.get("target") or {"synthetic": {}}, base, out)
-    evals = _evals(raw.get("evals"), out)
+    evals = _evals(raw.get("evals"), base, out)
     cfg = SearchConfig.load(base / raw["search"]).replace(
         dataset=str(data), target=str(target), out=str(out / "search"), synth=None
     )
@@ -342,7 +345,6 @@ def write_report(
 ) -> Path:
     from quadmix_stream.inspect import format_report, inspect_dataset
     from quadmix_stream.labels import Manifest
-    from quadmix_stream.params import SamplingParams
     from quadmix_stream.plots import plot_selection
 
     m = Manifest.load(data)
@@ -403,7 +405,7 @@ def write_report(
     ]
     lines += [f"- {k}: {v:.0f} s" for k, v in times.items()]
     path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     print("\n".join(lines[:16]))
     return path
 

@@ -145,7 +145,11 @@ def test_flow_recipe_errors_name_the_key(tmp_path):
     with pytest.raises(RecipeError, match="seeds"):
         _seeds(["a"])
     with pytest.raises(RecipeError, match="no held-out set 'x'"):
-        _evals({"g": {"heldout": "x"}}, tmp_path)
+        _evals({"g": {"heldout": "x"}}, tmp_path, tmp_path)
+    (tmp_path / "e.jsonl").write_text('{"text": "x"}\n')
+    assert _evals({"e": {"path": "e.jsonl"}}, tmp_path, tmp_path / "out") == {
+        "e": str(tmp_path / "e.jsonl")
+    }
     (tmp_path / "f.yaml").write_text("label: l.yaml\nsplits: {}\n")
     with pytest.raises(RecipeError, match=r"unknown key\(s\) \['splits'\]"):
         run_flow(tmp_path / "f.yaml")

@@ -44,6 +44,9 @@ def test_recipe_errors_name_the_key(tmp_path):
     bad.write_text("train: {stepz: 3}\n")
     with pytest.raises(RecipeError, match=r"pretrain.train: unknown key\(s\) \['stepz'\]"):
         load_config(bad)
+    bad.write_text("train: {eval_sets: [a.jsonl]}\n")
+    with pytest.raises(RecipeError, match=r"pretrain.train: eval_sets: a mapping"):
+        load_config(bad)
     bad.write_text("data: !!python/object/apply:os.system ['echo hi']\n")
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_config(bad)

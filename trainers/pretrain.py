@@ -81,6 +81,14 @@ class TrainConfig:
     keep_last: int = 2
     threads: int | None = None
 
+    def __post_init__(self) -> None:
+        sets = self.eval_sets
+        if sets is not None and (
+            not isinstance(sets, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in sets.items())
+        ):
+            raise ValueError(f"eval_sets: a mapping {{name: JSONL path}}, got {sets!r}")
+
 
 @dataclass(frozen=True)
 class PretrainConfig:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -34,6 +33,25 @@ def _cmd(nproc: int, recipe: Path, *extra: str) -> list[str]:
 def _run(nproc: int, recipe: Path, *extra: str) -> None:
     r = subprocess.run(_cmd(nproc, recipe, *extra), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL torchrun and all its workers at once.
+
+    torchrun starts every worker in a session of its own, so killing torchrun's process group
+    leaves the workers running (and writing checkpoints) after the "kill".
+    """
+    import psutil
+
+    parent = psutil.Process(pid)
+    procs = [parent, *parent.children(recursive=True)]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=30)
+    assert not alive, f"processes survived SIGKILL: {alive}"
 
 
 def _log(out: Path) -> list[dict]:
@@ -102,7 +120,7 @@ def test_kill_and_resume_continues_exactly(setup):
         ):
             break
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole torchrun process group, mid-run
+    _kill_tree(proc.pid)  # torchrun and its workers, mid-run
     proc.wait()
     done = max(x["step"] for x in _log(out) if "loss" in x)
     assert done < STEPS, "the run finished before it could be killed"

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from quadmix_stream.io import atomic_write_text
+from quadmix_stream.labels import DatasetLabels, Manifest, load_labels
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.recipe import RecipeError, build, read_yaml
 
@@ -287,13 +288,10 @@ def _same_run_or_fail(folder: Path, body: dict[str, Any], params: Path) -> None:
     atomic_write_text(path, json.dumps(ident, indent=1))
 
 
-def selected_tokens(data: Path, params: SamplingParams, seed: int = 0) -> dict[str, float]:
+def selected_tokens(lab: DatasetLabels, m: Manifest, params: SamplingParams, seed: int = 0) -> dict:
     """Tokens (label units) a params file selects in epoch 0: unique, and counting repeats."""
-    from quadmix_stream.labels import Manifest, load_labels
     from quadmix_stream.selection import Selection
 
-    m = Manifest.load(data)
-    lab = load_labels(data, m)
     counts = Selection(lab, m, params.reorder(m.domains, m.scorer_names), seed).counts(0)
     tok = lab.tokens.astype(np.float64)
     return {
@@ -344,14 +342,14 @@ def write_report(
     times: dict[str, float],
 ) -> Path:
     from quadmix_stream.inspect import format_report, inspect_dataset
-    from quadmix_stream.labels import Manifest
     from quadmix_stream.plots import plot_selection
 
     m = Manifest.load(data)
     seeds = sorted({s for r in results.values() for s in r["seeds"]})
     sets = list(next(iter(next(iter(results.values()))["seeds"].values())).keys())
+    lab = load_labels(data, m)
     for name, p in runs.items():
-        results[name]["selected"] = selected_tokens(data, SamplingParams.load(p))
+        results[name]["selected"] = selected_tokens(lab, m, SamplingParams.load(p))
     first = next(iter(results.values()))
     lines = [
         "# quadmix-stream run",

@@ -128,7 +128,7 @@ def _ident(files: Sequence[Path], cfg: SplitConfig) -> dict[str, Any]:
 def split_matches(files: Sequence[str | Path], done: Path, cfg: SplitConfig) -> bool:
     """Whether the finished split recorded in ``done`` (``split.json``) is this one."""
     saved = json.loads(Path(done).read_text())
-    return saved.get("ident") == json.loads(json.dumps(_ident([Path(f) for f in files], cfg)))
+    return saved.get("ident") == _ident([Path(f) for f in files], cfg)
 
 
 def split_corpus(files: Sequence[Path], out: Path, cfg: SplitConfig) -> dict[str, Any]:
@@ -140,12 +140,10 @@ def split_corpus(files: Sequence[Path], out: Path, cfg: SplitConfig) -> dict[str
     names = [f.name for f in files]
     if len(set(names)) != len(names):
         raise ValueError(f"split: corpus file names must be unique, got {names}")
-    ident = _ident(files, cfg)
     done = out / "split.json"
     if done.exists():
-        saved = json.loads(done.read_text())
-        if saved.get("ident") == ident:
-            return saved
+        if split_matches(files, done, cfg):
+            return json.loads(done.read_text())
         done.unlink()  # other settings: nothing of the old split may be taken for the new one
     for old in (out / "pool").glob("*.jsonl.gz") if (out / "pool").exists() else ():
         if old.name not in names:
@@ -190,7 +188,7 @@ def split_corpus(files: Sequence[Path], out: Path, cfg: SplitConfig) -> dict[str
             g.writelines(x if x.endswith("\n") else x + "\n" for x in keep)
         tmp.replace(out / "pool" / f.name)
     summary = {
-        "ident": ident,
+        "ident": _ident(files, cfg),
         "pool_docs": pool_docs,
         "sets": {
             name: {

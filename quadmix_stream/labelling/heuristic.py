@@ -42,13 +42,18 @@ RULES = (
 )
 
 
-def rule_passes(text: str) -> np.ndarray:
-    """Which of :data:`RULES` ``text`` passes (bool array, in that order)."""
+def _words(text: str) -> tuple[list[str], list[str]]:
+    """Whitespace words, and the same lower-cased without surrounding punctuation."""
     words = _WORD.findall(text)
+    return words, [w.lower().strip(".,;:!?\"'()[]") for w in words]
+
+
+def rule_passes(text: str, words: tuple[list[str], list[str]] | None = None) -> np.ndarray:
+    """Which of :data:`RULES` ``text`` passes (bool array, in that order)."""
+    words, lower = words or _words(text)
     n = len(words)
     lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
     nl = max(len(lines), 1)
-    lower = [w.lower().strip(".,;:!?\"'()[]") for w in words]
     symbols = text.count("#") + text.count("...") + text.count("…")
     return np.array(
         [
@@ -68,9 +73,9 @@ def rule_passes(text: str) -> np.ndarray:
 
 def heuristic_score(text: str) -> float:
     """Fraction of rules passed + function-word share / (len(RULES) + 1), in [0, 1 + 1/10)."""
-    words = [w.lower().strip(".,;:!?\"'()[]") for w in _WORD.findall(text)]
-    func = sum(w in _FUNCTION for w in words) / max(len(words), 1)
-    return float(rule_passes(text).mean() + func / (len(RULES) + 1))
+    words = _words(text)
+    func = sum(w in _FUNCTION for w in words[1]) / max(len(words[1]), 1)
+    return float(rule_passes(text, words).mean() + func / (len(RULES) + 1))
 
 
 class HeuristicLabeler(Labeler):

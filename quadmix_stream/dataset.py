@@ -1,14 +1,16 @@
 """QuaDMixDataset: the QuaDMix sampling function applied on the fly in a PyTorch IterableDataset.
 
-Per epoch, every document's realised copies c(x) come from (labels, params, seed, epoch) alone;
-the epoch's item order comes from :mod:`quadmix_stream.order`; items are dealt round-robin to the
-consumers (ranks × DataLoader workers). Only kept documents are ever read (decide before decode).
+Per epoch, every document's realised copies c(x) come from its labels, small global tables,
+params, seed and epoch alone (:mod:`quadmix_stream.tables`); the epoch's item order and each
+consumer's (rank × DataLoader worker) contiguous share come from :mod:`quadmix_stream.order`.
+Only kept documents are ever read (decide before decode).
 See :mod:`quadmix_stream.state` for checkpointing and resuming.
 """
 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,10 +19,19 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from quadmix_stream.labels import DatasetLabels, Manifest, load_labels
-from quadmix_stream.order import EpochPlan, Segment, balanced_length, split_ids
+from quadmix_stream.labels import Manifest
+from quadmix_stream.order import (
+    EpochSequence,
+    Piece,
+    balanced_length,
+    consumer_range,
+    full_epoch,
+    shard_items,
+    shard_order,
+    split_ids,
+)
 from quadmix_stream.params import SamplingParams
-from quadmix_stream.selection import PreparedLabels, RankConfig, Selection, sigma_scores
+from quadmix_stream.selection import RankConfig
 from quadmix_stream.shards import ShardReader, mds_index, open_shard
 from quadmix_stream.state import (
     STATE_MARK,
@@ -29,8 +40,11 @@ from quadmix_stream.state import (
     check_complete,
     find_states,
     merge_states,
+    pieces_of,
     rebase,
+    validate_state,
 )
+from quadmix_stream.tables import PoolTables
 
 BALANCES = ("drop", "pad", None)
 
@@ -52,9 +66,15 @@ class QuaDMixDataset(IterableDataset):
     """Stream a labelled dataset (MDS, WebDataset tar or JSONL.zst) through QuaDMix sampling.
 
     Each item is a dict: ``id``, ``text``, ``meta`` (the document's other fields), ``key`` (stable
-    64-bit document key), ``row`` (global row in the dataset), ``domain`` (name), ``domain_id``, ``tokens``, ``copy`` (0-based copy
-    index of this document in this epoch) and ``epoch``. Use :func:`collate_docs` as the
-    DataLoader's ``collate_fn``, or :class:`quadmix_stream.packing.PackedDataset` for token blocks.
+    64-bit document key), ``row`` (global row in the dataset), ``domain`` (name), ``domain_id``,
+    ``tokens``, ``copy`` (0-based copy index of this document in this epoch) and ``epoch``. Use
+    :func:`collate_docs` as the DataLoader's ``collate_fn``, or
+    :class:`quadmix_stream.packing.PackedDataset` for token blocks.
+
+    Memory per process is bounded by the shards in flight plus small tables (per-shard metadata,
+    σ tables, Eq. 2's reference sample): the pool's labels are read one shard at a time, and the
+    pool-wide passes (per-shard item totals of an epoch) run once per node, shared by every rank
+    and worker through ``cache_dir`` (see :mod:`quadmix_stream.tables`).
 
     Args:
         dataset: folder of a labelled dataset (has ``quadmix.json``).
@@ -66,15 +86,20 @@ class QuaDMixDataset(IterableDataset):
             the epoch's tail so every rank and worker yields the same count (no DDP hang);
             ``"pad"`` instead adds as many items from the next epoch's order; ``None`` yields
             every item exactly c(x) times (counts may then differ by one between consumers).
-        shuffle_block_shards: shards whose items are shuffled together (``None``: the whole
-            epoch). Larger mixes domains better when shards are domain-sorted; memory per
-            consumer is ~16 bytes per item of a block.
+        shuffle_block_shards: each consumer reads its own run of shards and emits them this many
+            shard positions at a time, interleaved (documents of those shards mix; a
+            document's copies spread apart). Larger mixes more; memory per consumer is one
+            window's items (~16 bytes each). ``None``: the consumer's whole share is one window
+            (memory ∝ its share of the pool: small pools only).
         rank, world_size: explicit distributed position (default: torch.distributed, else the
             ``RANK``/``WORLD_SIZE`` environment, else a single process).
         resume_with_new_params: accept a loader state saved under other params (the remainder of
             the epoch then follows ``params``); otherwise such a state is refused.
-        rank_config: how Eq. 2 is computed (exact or table-based).
-        verify_shards: hash every shard file on open (slow on big data; sizes are always checked).
+        rank_config: how Eq. 2 is computed (exact per domain when it fits the reference sample,
+            else a rank table).
+        verify_shards: hash each shard file on its first use in each process.
+        cache_dir: where pool-wide tables are cached (default ``$QUADMIX_CACHE`` or
+            ~/.cache/quadmix-stream); node-local is right.
     """
 
     def __init__(
@@ -85,34 +110,39 @@ class QuaDMixDataset(IterableDataset):
         *,
         infinite: bool = False,
         balance: str | None = "drop",
-        shuffle_block_shards: int | None = 256,
+        shuffle_block_shards: int | None = 16,
         rank: int | None = None,
         world_size: int | None = None,
         resume_with_new_params: bool = False,
         rank_config: RankConfig = RankConfig(),
         verify_shards: bool = False,
+        cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         if balance not in BALANCES:
             raise ValueError(f"balance must be one of {BALANCES}, got {balance!r}")
+        if shuffle_block_shards is not None and int(shuffle_block_shards) < 1:
+            raise ValueError(
+                f"shuffle_block_shards must be ≥ 1 or None, got {shuffle_block_shards!r}"
+            )
         self.root = Path(dataset)
         self.manifest = Manifest.load(self.root)
         self.params = params if isinstance(params, SamplingParams) else SamplingParams.load(params)
         self.params = self._aligned(self.params)
         self.seed, self.infinite, self.balance = int(seed), bool(infinite), balance
-        self.block_shards = shuffle_block_shards
+        # None: a consumer's whole range is one window (memory ∝ its share: small pools only)
+        self.block_shards = int(shuffle_block_shards or len(self.manifest.shards) or 1)
         self.rank, self.world_size = _resolve_world(rank, world_size)
         self.resume_with_new_params = resume_with_new_params
         self.rank_config = rank_config
         self.epoch = 0
         self.fingerprint = self.manifest.fingerprint()
+        self.tables = PoolTables(self.root, self.manifest, rank_config, cache_dir, verify_shards)
         self._resume: dict | None = None
-        self._rebased: tuple[int, dict[str, dict]] | None = None
+        self._rebased: tuple[int, dict[str, list]] | None = None
         self._mds: dict[str, dict] | None = None  # MDS index.json entries, read once per process
         self._live: dict | None = None  # progress of the iteration running in this process
-        self._labels: DatasetLabels | None = load_labels(self.root, self.manifest, verify_shards)
-        self._selections: dict[str, Selection] = {}
-        self._prepared: PreparedLabels | None = None
+        self._sequences: OrderedDict[tuple, EpochSequence] = OrderedDict()
         self.reads = 0  # rows read by this process (decide-before-decode is testable)
 
     def _aligned(self, params: SamplingParams) -> SamplingParams:
@@ -125,49 +155,40 @@ class QuaDMixDataset(IterableDataset):
     # ------------------------------------------------------------ pickling for workers
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)
-        d["_labels"], d["_selections"], d["_prepared"], d["_live"] = None, {}, None, None
+        d["_sequences"], d["_live"], d["_mds"] = OrderedDict(), None, None
         return d
 
-    @property
-    def labels(self) -> DatasetLabels:
-        if self._labels is None:  # in a worker: re-read (validated) labels instead of pickling them
-            self._labels = load_labels(self.root, self.manifest)
-        return self._labels
-
-    def selection(self, params: SamplingParams | None = None) -> Selection:
-        """Expected/realised copies under ``params`` (default: this dataset's params), cached."""
+    # ------------------------------------------------------------ the epoch's sequence
+    def sequence(
+        self, epoch: int, pieces: list[Piece] | None = None, params: SamplingParams | None = None
+    ) -> EpochSequence:
+        """What is left of ``epoch`` (default: all of it) in key order, under ``params``."""
         params = self.params if params is None else self._aligned(params)
-        fp = params.fingerprint()
-        if fp not in self._selections:
-            if self._prepared is None:  # once per process: σ applied, columns sorted by domain
-                lab = self.labels
-                self._prepared = PreparedLabels.build(
-                    sigma_scores(lab.scores, self.manifest),
-                    lab.domain,
-                    lab.tokens,
-                    lab.key,
-                    len(self.manifest.domains),
-                    self.rank_config,
-                )
-            self._selections[fp] = Selection(
-                self.labels,
-                self.manifest,
-                params,
-                self.seed,
-                self.rank_config,
-                prepared=self._prepared,
-            )
-        return self._selections[fp]
+        ident = (epoch, params.fingerprint(), None if pieces is None else tuple(pieces))
+        seq = self._sequences.get(ident)
+        if seq is None:
+            tables, seed = self.tables, self.seed
 
-    def plan(
-        self, epoch: int, segment: Segment | None = None, params: SamplingParams | None = None
-    ) -> EpochPlan:
-        """The ordered items of ``epoch`` (all consumers together)."""
-        lab = self.labels
-        counts = self.selection(params).counts(epoch)
-        return EpochPlan(
-            lab.shard_start, lab.key, counts, self.seed, epoch, self.block_shards, segment
-        )
+            def items(shard: int) -> tuple[np.ndarray, np.ndarray]:
+                counts = tables.counts(shard, params, seed, epoch)
+                row0 = int(tables.shard_start[shard])
+                return shard_items(row0, tables.labels(shard).key, counts, seed, epoch)
+
+            seq = EpochSequence(
+                full_epoch(tables.n_shards) if pieces is None else pieces,
+                shard_order(tables.n_shards, seed, epoch),
+                tables.totals(params, seed, epoch),
+                items,
+            )
+            self._sequences[ident] = seq
+            if len(self._sequences) > 3:
+                self._sequences.popitem(last=False)
+        return seq
+
+    def counts(self, shard: int, epoch: int, params: SamplingParams | None = None) -> np.ndarray:
+        """Realised copies (uint8) of each document of one shard in ``epoch``."""
+        p = self.params if params is None else self._aligned(params)
+        return self.tables.counts(shard, p, self.seed, epoch)
 
     # ------------------------------------------------------------ epochs and consumers
     def set_epoch(self, epoch: int) -> None:
@@ -186,6 +207,7 @@ class QuaDMixDataset(IterableDataset):
             "seed": self.seed,
             "params": self.params.to_dict(),
             "params_fingerprint": self.params.fingerprint(),
+            "rank_config": self.rank_config.fingerprint(),
             "consumers": consumers,
             "balance": self.balance,
             "infinite": self.infinite,
@@ -201,9 +223,9 @@ class QuaDMixDataset(IterableDataset):
         return self._live_state(self._live if self._live is not None else self._start())
 
     def _start(self) -> dict:
-        """This consumer's starting point: epoch, remaining segments, items already consumed."""
+        """This consumer's starting point: epoch, pieces left per epoch, items already consumed."""
         consumer, consumers = self._consumer()
-        first, segments, progress = self._resolve_resume(consumer, consumers)
+        first, pieces, progress = self._resolve_resume(consumer, consumers)
         # finite: the epoch is the user's (set_epoch); a state only applies to the epochs it names
         epoch = first if self.infinite else self.epoch
         pe, done = progress.get(str(consumer), (epoch, 0))
@@ -212,7 +234,7 @@ class QuaDMixDataset(IterableDataset):
             "consumers": consumers,
             "epoch": max(epoch, pe),
             "consumed": done if pe >= epoch else 0,
-            "segments": segments,
+            "pieces": pieces,
             "progress": progress,
             "start_epoch": epoch,
         }
@@ -221,9 +243,7 @@ class QuaDMixDataset(IterableDataset):
         st = self._base_state(live["consumers"])
         st.update(
             epoch=live["epoch"],
-            segments={
-                str(e): s.to_dict() for e, s in live["segments"].items() if e >= live["epoch"]
-            },
+            pieces={str(e): ps for e, ps in live["pieces"].items() if int(e) >= live["epoch"]},
             progress={str(live["consumer"]): [live["epoch"], live["consumed"]]},
             consumer=live["consumer"],
         )
@@ -239,6 +259,7 @@ class QuaDMixDataset(IterableDataset):
         if not states:
             raise StateError("not a quadmix-stream loader state (no 'quadmix_state' marker found)")
         st = merge_states(states) if len(states) > 1 else dict(states[0])
+        validate_state(st)
         if st["dataset"] != self.fingerprint:
             raise StateError(
                 f"loader state is for dataset {st['dataset']}, this dataset is {self.fingerprint} "
@@ -252,10 +273,10 @@ class QuaDMixDataset(IterableDataset):
                 "loader state was saved under other params; pass resume_with_new_params=True to "
                 "continue the epoch with the new params (what was consumed stays consumed)"
             )
-        if st["seed"] != self.seed or st["block_shards"] != self.block_shards:
+        if st["seed"] != self.seed or st["rank_config"] != self.rank_config.fingerprint():
             raise StateError(
-                f"loader state has seed={st['seed']}, shuffle_block_shards={st['block_shards']}; "
-                f"this dataset has seed={self.seed}, shuffle_block_shards={self.block_shards}"
+                f"loader state has seed={st['seed']}, rank_config={st['rank_config']}; this dataset "
+                f"has seed={self.seed}, rank_config={self.rank_config.fingerprint()}"
             )
         self._resume = st
         self._rebased = None
@@ -263,8 +284,8 @@ class QuaDMixDataset(IterableDataset):
 
     def _resolve_resume(
         self, consumer: int, consumers: int
-    ) -> tuple[int, dict[int, Segment], dict[str, list[int]]]:
-        """(start epoch, segments, progress) for this consumer, re-dealing the state if needed."""
+    ) -> tuple[int, dict[int, list[Piece]], dict[str, list[int]]]:
+        """(start epoch, pieces left per epoch, progress) for this consumer, re-dealt if needed."""
         st = self._resume
         if st is None:
             return self.epoch, {}, {}
@@ -273,84 +294,96 @@ class QuaDMixDataset(IterableDataset):
             and st["params_fingerprint"] == self.params.fingerprint()
             and st["balance"] == self.balance
             and st["infinite"] == self.infinite
+            and st["block_shards"] == self.block_shards
         )
         if same and str(consumer) in st["progress"]:
-            segs = {int(e): Segment.from_dict(s) for e, s in st["segments"].items()}
-            return int(st["epoch"]), segs, st["progress"]
+            pieces = {int(e): pieces_of(st, int(e)) for e in st["pieces"]}
+            return int(st["epoch"]), pieces, st["progress"]
         if "consumer" in st and not ("progress" in st and len(st["progress"]) == st["consumers"]):
             raise StateError(
-                f"this is one consumer's state (of {st['consumers']}); a different topology, params or "
-                "balance needs the global state from gather_state()"
+                f"this is one consumer's state (of {st['consumers']}); a different topology, params, "
+                "window or balance needs the global state from gather_state()"
             )
         if self._rebased is None:  # independent of the consumer: re-deal once per process
             check_complete(st)
             old = SamplingParams.from_dict(st["params"])
-            self._rebased = rebase(st, lambda e, seg: self.plan(e, seg, old))
-        first, segs = self._rebased
-        return first, {int(e): Segment.from_dict(s) for e, s in segs.items()}, {}
+            self._rebased = rebase(st, lambda e, ps: self.sequence(e, ps, old))
+        first, left = self._rebased
+        return first, {int(e): pieces_of({"pieces": left}, int(e)) for e in left}, {}
 
     # ------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[dict[str, Any]]:
         live = self._live = self._start()
         consumer, consumers = live["consumer"], live["consumers"]
-        epoch, segments, progress = live["start_epoch"], live["segments"], live["progress"]
+        epoch, pieces, progress = live["start_epoch"], live["pieces"], live["progress"]
         while True:
             pe, done = progress.get(str(consumer), (epoch, 0))
             skip = done if pe == epoch else (1 << 62 if pe > epoch else 0)
             live["epoch"], live["consumed"] = epoch, min(skip, 1 << 62)
-            yield from self._epoch_items(
-                epoch, segments.get(epoch, Segment()), consumer, consumers, skip, live
-            )
+            yield from self._epoch_items(epoch, pieces.get(epoch), consumer, consumers, skip, live)
             if not self.infinite:
                 break
             epoch += 1
 
     def _epoch_items(
-        self, epoch: int, segment: Segment, consumer: int, consumers: int, skip: int, live: dict
+        self,
+        epoch: int,
+        pieces: list[Piece] | None,
+        consumer: int,
+        consumers: int,
+        skip: int,
+        live: dict,
     ) -> Iterator[dict[str, Any]]:
-        plan = self.plan(epoch, segment)
-        length = (
-            plan.total if self.infinite else balanced_length(plan.total, consumers, self.balance)
-        )
-        share = len(range(consumer, length, consumers))
-        live["consumed"] = min(skip, share)
-        first = consumer + min(skip, share) * consumers  # first position still to emit
-        pad_plan = None
-        for b in range(len(plan.blocks) + (1 if length > plan.total else 0)):
-            lo, hi = (
-                (plan.starts[b], plan.starts[b + 1])
-                if b < len(plan.blocks)
-                else (plan.total, length)
+        seq = self.sequence(epoch, pieces)
+        if self.infinite and pieces is None and seq.total == 0:
+            # every consumer sees the same totals, so every rank stops here: nobody waits
+            raise ValueError(
+                f"{self.root}: the params select no document in epoch {epoch} (every realised "
+                "count is 0); an infinite stream would wait forever. Check the params "
+                "(`quadmix-stream inspect --params`)."
             )
-            hi = min(hi, length)
-            if hi <= first or lo >= hi:
-                continue
-            p0 = max(first, lo)
-            p0 += (consumer - p0) % consumers
-            pos = np.arange(p0, hi, consumers, dtype=np.int64)
-            if not pos.size:
-                continue
-            if b < len(plan.blocks):
-                ids = plan.block_items(b)[pos - lo]
-            else:  # "pad": the first items of the next epoch's order
-                pad_plan = pad_plan or self.plan(epoch + 1)
-                ids = pad_plan.items_at(pos - plan.total)
-            yield from self._read(ids, epoch, live)
+        length = seq.total if self.infinite else balanced_length(seq.total, consumers, self.balance)
+        a, b = consumer_range(length, consumer, consumers)
+        skip = min(skip, b - a)
+        live["consumed"] = skip
+        runs = [(seq, a, min(b, seq.total), epoch)]
+        if b > seq.total:  # "pad": the first items of the next epoch's order
+            runs.append(
+                (self.sequence(epoch + 1), max(a, seq.total) - seq.total, b - seq.total, epoch + 1)
+            )
+        for s, lo, hi, e in runs:
+            for win in s.windows(lo, hi, self.block_shards):
+                size = s.window_size(win)
+                if skip >= size:
+                    skip -= size
+                    continue
+                ids = s.window_items(win)[1][skip:]
+                skip = 0
+                yield from self._read(ids, e, live)
 
     def _read(self, ids: np.ndarray, epoch: int, live: dict) -> Iterator[dict[str, Any]]:
-        lab = self.labels
+        tables = self.tables
         rows, ks = split_ids(ids)
+        shards = np.searchsorted(tables.shard_start, rows, side="right") - 1
+        local = rows - tables.shard_start[shards]
+        dom = np.empty(ids.size, dtype=np.int64)
+        tok = np.empty(ids.size, dtype=np.int64)
+        key = np.empty(ids.size, dtype=np.uint64)
+        for s in np.unique(shards).tolist():
+            m = shards == s
+            lab = tables.labels(s)
+            dom[m], tok[m], key[m] = lab.domain[local[m]], lab.tokens[local[m]], lab.key[local[m]]
         names = self.manifest.domains
         readers: dict[int, ShardReader] = {}
         try:
-            for row, k, shard, lrow, dom, tok, key in zip(
+            for row, k, shard, lrow, d, t, kk in zip(
                 rows.tolist(),
                 ks.tolist(),
-                lab.shard[rows].tolist(),
-                lab.row[rows].tolist(),
-                lab.domain[rows].tolist(),
-                lab.tokens[rows].tolist(),
-                lab.key[rows].tolist(),
+                shards.tolist(),
+                local.tolist(),
+                dom.tolist(),
+                tok.tolist(),
+                key.tolist(),
                 strict=True,
             ):
                 reader = readers.get(shard)
@@ -359,13 +392,7 @@ class QuaDMixDataset(IterableDataset):
                 doc = reader.read(lrow)
                 self.reads += 1
                 doc.update(
-                    key=key,
-                    row=row,
-                    domain=names[dom],
-                    domain_id=dom,
-                    tokens=tok,
-                    copy=k,
-                    epoch=epoch,
+                    key=kk, row=row, domain=names[d], domain_id=d, tokens=t, copy=k, epoch=epoch
                 )
                 live["consumed"] += 1
                 yield doc
@@ -374,28 +401,33 @@ class QuaDMixDataset(IterableDataset):
                 r.close()
 
     def read_row(self, row: int) -> dict[str, Any]:
-        """Read one document by global row (e.g. to restore a partly packed document)."""
-        lab = self.labels
-        shard = int(lab.shard[row])
+        """Read one document by global row (e.g. to restore a partly packed document).
+
+        The dict also has ``domain_id`` and ``tokens`` from the labels.
+        """
+        shard, local = self.tables.shard_of_row(row)
         reader = self._open(shard)
         try:
-            return reader.read(int(lab.row[row]))
+            doc = reader.read(local)
         finally:
             reader.close()
+        lab = self.tables.labels(shard)
+        doc.update(domain_id=int(lab.domain[local]), tokens=int(lab.tokens[local]))
+        return doc
 
     def _open(self, shard: int) -> ShardReader:
         if self._mds is None and self.manifest.format == "mds":
             self._mds = mds_index(self.root)
-        lab = self.labels
-        a, b = lab.shard_start[shard], lab.shard_start[shard + 1]
-        off = None if lab.offset is None else lab.offset[a:b]
-        ln = None if lab.length is None else lab.length[a:b]
-        return open_shard(self.root, self.manifest, shard, off, ln, self._mds)
+        lab = self.tables.labels(shard)
+        return open_shard(self.root, self.manifest, shard, lab.offset, lab.length, self._mds)
 
     # ------------------------------------------------------------ observability
     def expected_mixture(self, epoch: int | None = None) -> dict[str, dict[str, float]]:
-        """Per domain: expected (``epoch=None``) or realised documents, tokens, unique documents."""
-        mix = self.selection().mixture(epoch)
+        """Per domain: expected (``epoch=None``) or realised documents, tokens, unique documents.
+
+        A pool-wide pass, cached per node like the epoch totals.
+        """
+        mix = self.tables.mixture(self.params, self.seed, epoch)
         return {
             d: {k: float(v[i]) for k, v in mix.items()} for i, d in enumerate(self.manifest.domains)
         }

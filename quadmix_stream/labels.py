@@ -231,71 +231,105 @@ class DatasetLabels:
         return int(self.key.size)
 
 
-def load_labels(root: str | Path, manifest: Manifest, verify_shards: bool = False) -> DatasetLabels:
-    """Read and validate every sidecar of a dataset.
+_VERIFIED: set[tuple] = set()  # (path, size, mtime, inode, sha256) of sidecars hashed here
 
-    Checks per shard: the sidecar exists and hashes to the manifest's value, its row count matches,
-    scores are finite, domain ids are known; the shard file exists with the recorded size (and, with
-    ``verify_shards``, the recorded sha256). Any failure names the shard and the field.
+
+def _identity(path: Path, sha256: str) -> tuple:
+    st = path.stat()
+    return (str(path), st.st_size, st.st_mtime_ns, st.st_ino, sha256)
+
+
+def read_shard_labels(
+    root: str | Path, manifest: Manifest, index: int, verify_shard: bool = False
+) -> ShardLabels:
+    """Read and validate the labels of one shard (nothing else of the pool is touched).
+
+    Checks: the sidecar exists and hashes to the manifest's value (hashed once per process and
+    file identity, so a long run does not re-hash), its row count matches, scores are finite,
+    domain ids are known, tokens are not negative; the shard file exists with the recorded size
+    (and, with ``verify_shard``, the recorded sha256). Any failure names the shard and the field.
     """
     root = Path(root)
-    parts: list[ShardLabels] = []
+    entry = manifest.shards[index]
     names = manifest.scorer_names
     m = len(manifest.domains)
-    for entry in manifest.shards:
-        shard_path = root / entry.name
-        if not shard_path.exists():
-            raise LabelError(f"shard {entry.name!r}: shard file is missing")
-        size = shard_path.stat().st_size
-        if size != entry.shard_bytes:
-            raise LabelError(
-                f"shard {entry.name!r}: field 'shard_bytes' is {entry.shard_bytes} in the manifest but the file has {size} bytes (shard changed after labelling?)"
-            )
-        if verify_shards and sha256_file(shard_path) != entry.shard_sha256:
-            raise LabelError(
-                f"shard {entry.name!r}: field 'shard_sha256' does not match the file (shard changed after labelling?)"
-            )
-        side = root / entry.sidecar
-        if side.exists() and sha256_file(side) != entry.sidecar_sha256:
-            raise LabelError(
-                f"shard {entry.name!r}: field 'sidecar_sha256' does not match {entry.sidecar} (sidecar corrupted or from another run)"
-            )
-        lab = read_sidecar(side, entry.name, names)
-        if lab.rows != entry.rows:
-            raise LabelError(
-                f"shard {entry.name!r}: field 'rows' is {entry.rows} in the manifest but the sidecar has {lab.rows}"
-            )
-        bad = ~np.isfinite(lab.scores)
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise LabelError(
-                f"shard {entry.name!r}: field 'scores' has {lab.scores[r, c]} for scorer {names[c]!r} at row {r}"
-            )
-        if lab.rows and (lab.domain.min() < 0 or lab.domain.max() >= m):
-            r = int(np.flatnonzero((lab.domain < 0) | (lab.domain >= m))[0])
-            raise LabelError(
-                f"shard {entry.name!r}: field 'domain' has unknown domain id {lab.domain[r]} at row {r} (dataset has {m} domains)"
-            )
-        if lab.rows and lab.tokens.min() < 0:
-            raise LabelError(
-                f"shard {entry.name!r}: field 'tokens' is negative at row {int(np.argmin(lab.tokens))}"
-            )
-        if manifest.format == "tar" and lab.offset is None:
-            raise LabelError(
-                f"shard {entry.name!r}: field 'offset' is missing (tar sidecars need byte offsets)"
-            )
-        parts.append(lab)
+    shard_path = root / entry.name
+    if not shard_path.exists():
+        raise LabelError(f"shard {entry.name!r}: shard file is missing")
+    size = shard_path.stat().st_size
+    if size != entry.shard_bytes:
+        raise LabelError(
+            f"shard {entry.name!r}: field 'shard_bytes' is {entry.shard_bytes} in the manifest but the file has {size} bytes (shard changed after labelling?)"
+        )
+    if verify_shard and sha256_file(shard_path) != entry.shard_sha256:
+        raise LabelError(
+            f"shard {entry.name!r}: field 'shard_sha256' does not match the file (shard changed after labelling?)"
+        )
+    side = root / entry.sidecar
+    if side.exists():
+        ident = _identity(side, entry.sidecar_sha256)
+        if ident not in _VERIFIED:
+            if sha256_file(side) != entry.sidecar_sha256:
+                raise LabelError(
+                    f"shard {entry.name!r}: field 'sidecar_sha256' does not match {entry.sidecar} (sidecar corrupted or from another run)"
+                )
+            _VERIFIED.add(ident)
+    lab = read_sidecar(side, entry.name, names)
+    if lab.rows != entry.rows:
+        raise LabelError(
+            f"shard {entry.name!r}: field 'rows' is {entry.rows} in the manifest but the sidecar has {lab.rows}"
+        )
+    bad = ~np.isfinite(lab.scores)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise LabelError(
+            f"shard {entry.name!r}: field 'scores' has {lab.scores[r, c]} for scorer {names[c]!r} at row {r}"
+        )
+    if lab.rows and (lab.domain.min() < 0 or lab.domain.max() >= m):
+        r = int(np.flatnonzero((lab.domain < 0) | (lab.domain >= m))[0])
+        raise LabelError(
+            f"shard {entry.name!r}: field 'domain' has unknown domain id {lab.domain[r]} at row {r} (dataset has {m} domains)"
+        )
+    if lab.rows and lab.tokens.min() < 0:
+        raise LabelError(
+            f"shard {entry.name!r}: field 'tokens' is negative at row {int(np.argmin(lab.tokens))}"
+        )
+    if manifest.format == "tar" and lab.offset is None:
+        raise LabelError(
+            f"shard {entry.name!r}: field 'offset' is missing (tar sidecars need byte offsets)"
+        )
+    return lab
+
+
+def shard_starts(manifest: Manifest) -> np.ndarray:
+    """(n_shards + 1,) global row where each shard starts, from the manifest alone."""
+    rows = np.array([s.rows for s in manifest.shards], dtype=np.int64)
+    return np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+
+
+def load_labels(root: str | Path, manifest: Manifest, verify_shards: bool = False) -> DatasetLabels:
+    """Read and validate every sidecar of a dataset (the whole pool: for tools on small pools).
+
+    The stream never calls this: it reads one shard's labels at a time (:func:`read_shard_labels`).
+    """
+    root = Path(root)
+    if not manifest.shards:
+        raise LabelError(f"{root}: the manifest lists no shards")
+    parts = [
+        read_shard_labels(root, manifest, i, verify_shards) for i in range(len(manifest.shards))
+    ]
+    names = manifest.scorer_names
     counts = np.array([p.rows for p in parts], dtype=np.int64)
     start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    cat = (lambda f: np.concatenate([getattr(p, f) for p in parts])) if parts else None
-    n_s = len(names)
-    if not parts:
-        raise LabelError(f"{root}: the manifest lists no shards")
+
+    def cat(f: str) -> np.ndarray:
+        return np.concatenate([getattr(p, f) for p in parts])
+
     return DatasetLabels(
         key=cat("key"),
         domain=cat("domain"),
         tokens=cat("tokens"),
-        scores=cat("scores").reshape(-1, n_s),
+        scores=cat("scores").reshape(-1, len(names)),
         shard=np.repeat(np.arange(len(parts), dtype=np.int32), counts),
         row=np.arange(start[-1], dtype=np.int64) - np.repeat(start[:-1], counts),
         shard_start=start,

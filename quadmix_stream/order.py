@@ -1,20 +1,31 @@
-"""The epoch's emitted sequence as a pure function of (seed, epoch, shard metadata, counts).
+"""The epoch's items in a θ-independent key order, cut into contiguous per-consumer ranges.
 
-Why this shape (DESIGN.md §5 recommends canonical partitions; this keeps every guarantee with
-less state): every copy ``k`` of document ``r`` is an *item* with id ``r·256 + k`` and a
-priority ``hash(key, seed, epoch, k)``. Shards are permuted per epoch and grouped into blocks of
-``block_shards`` shards; the epoch's sequence is the items of block 0 sorted by priority, then
-block 1, and so on. The sort key ``(block, priority, id)`` does not depend on θ, so a *cursor*
-in that key space marks "everything before here is consumed" under any params, and the
-remaining items under new params are simply those with a key at or after the cursor. Copies of a
-document land at independent random places in their block (spread apart); domains interleave
-within a block. Items are dealt round-robin to consumers (rank × worker), so all consumers get
-the same count ±1 and balancing needs to drop at most ``consumers − 1`` items per epoch.
+Why this shape (DESIGN.md §5 recommends canonical partitions; this keeps every guarantee and
+lets each consumer touch only its own shards):
+
+* Every copy ``k`` of global row ``r`` is an *item* with id ``r·256 + k``. Its **key** is
+  ``(position of its shard in the epoch's shard permutation, priority, id)`` with priority
+  ``hash(doc key, seed, epoch, k)``. Keys do not depend on θ: new params add or remove items but
+  never reorder the survivors, so "what is left of the epoch" can be written in key space and
+  dealt again under any params or topology.
+* What is left of an epoch is a list of :class:`Piece` s: key ranges, each with an optional
+  floor on ``(priority, id)``. A fresh epoch is one piece. The **sequence** is the pieces' items
+  in key order; its length comes from one item total per shard (a cached pool-wide pass), so no
+  process enumerates the pool.
+* Consumer ``c`` of ``C`` owns the contiguous positions ``[c·L/C, (c+1)·L/C)`` of the (balanced)
+  sequence: a run of whole shards, so reads are shard-affine (one reader per shard, whole-shard
+  or large-range fetches on object storage). Shares differ by at most one item; balancing
+  drops or pads at most ``C − 1`` items at the epoch's tail.
+* A consumer emits its range window by window (``window`` consecutive shard positions), each
+  window's items sorted by ``(priority, id)``: documents of those shards interleave and a
+  document's copies land at independent places. Memory is one window of its own range.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,6 +33,10 @@ from quadmix_stream.hashing import SALT_ORDER, SALT_SHARDS, hash64
 
 COPY_BITS = 8
 MAX_COPIES = (1 << COPY_BITS) - 1
+LOW = -(1 << 63)  # below every priority and id
+
+Key = tuple[int, int, int]
+Floor = tuple[int, int]
 
 
 def item_ids(rows: np.ndarray, copies: np.ndarray) -> np.ndarray:
@@ -34,149 +49,217 @@ def split_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def shard_order(n_shards: int, seed: int, epoch: int) -> np.ndarray:
-    """Per-epoch permutation of shard indices."""
+    """Per-epoch permutation of shard indices: ``order[position] = shard``."""
     return np.argsort(
         hash64(np.arange(n_shards, dtype=np.uint64), seed, epoch, SALT_SHARDS), kind="stable"
     )
 
 
-def make_blocks(n_shards: int, seed: int, epoch: int, block_shards: int | None) -> list[np.ndarray]:
-    order = shard_order(n_shards, seed, epoch)
-    size = n_shards if not block_shards else max(1, int(block_shards))
-    return [order[i : i + size] for i in range(0, n_shards, size)]
+def shard_items(
+    row0: int, keys: np.ndarray, counts: np.ndarray, seed: int, epoch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(priorities, item ids) of one shard's items, sorted by (priority, id)."""
+    c = np.asarray(counts, dtype=np.int64)
+    local = np.repeat(np.arange(c.size, dtype=np.int64), c)
+    k = np.arange(local.size, dtype=np.int64) - np.repeat(np.cumsum(c) - c, c)
+    ids = item_ids(local + row0, k)
+    pri = hash64(np.asarray(keys)[local], seed, epoch, k, SALT_ORDER).view(np.int64)
+    o = np.lexsort((ids, pri))
+    return pri[o], ids[o]
+
+
+def start_key(position: int) -> Key:
+    return (int(position), LOW, LOW)
 
 
 @dataclass(frozen=True)
-class Segment:
-    """The part of an epoch still to be emitted: keys ≥ ``cursor``, minus ``exclude`` item ids."""
+class Piece:
+    """Items with ``lo ≤ key < hi`` and, if ``floor`` is set, ``(priority, id) ≥ floor``."""
 
-    cursor: tuple[int, int, int] | None = None  # (block, priority as int64 bits, item id)
-    exclude: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    lo: Key
+    hi: Key
+    floor: Floor | None = None
 
     def to_dict(self) -> dict:
         return {
-            "cursor": None if self.cursor is None else [int(x) for x in self.cursor],
-            "exclude": [int(x) for x in np.sort(self.exclude)],
+            "lo": list(self.lo),
+            "hi": list(self.hi),
+            "floor": None if self.floor is None else list(self.floor),
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> Segment:
-        cur = d.get("cursor")
+    def from_dict(cls, d: dict) -> Piece:
+        lo, hi, fl = d["lo"], d["hi"], d.get("floor")
         return cls(
-            cursor=None if cur is None else (int(cur[0]), int(cur[1]), int(cur[2])),
-            exclude=np.asarray(d.get("exclude", []), dtype=np.int64),
+            lo=(int(lo[0]), int(lo[1]), int(lo[2])),
+            hi=(int(hi[0]), int(hi[1]), int(hi[2])),
+            floor=None if fl is None else (int(fl[0]), int(fl[1])),
         )
 
+    def positions(self) -> range:
+        """Shard positions this piece may have items in."""
+        last = self.hi[0] if self.hi[1:] != (LOW, LOW) else self.hi[0] - 1
+        return range(self.lo[0], last + 1)
 
-class EpochPlan:
-    """The ordered items of one epoch's segment, materialised lazily block by block.
+    def whole(self, position: int) -> bool:
+        """Does the piece hold every item of the shard at ``position``?"""
+        return (
+            self.floor is None
+            and (position > self.lo[0] or self.lo[1:] == (LOW, LOW))
+            and position < self.hi[0]
+        )
+
+    def mask(self, position: int, pri: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Which of a shard's (sorted) items at ``position`` are in the piece."""
+        m = np.ones(pri.size, dtype=bool)
+        if position == self.lo[0]:
+            m &= _ge(pri, ids, self.lo[1:])
+        if position == self.hi[0]:
+            m &= ~_ge(pri, ids, self.hi[1:])
+        if self.floor is not None:
+            m &= _ge(pri, ids, self.floor)
+        return m
+
+
+def _ge(pri: np.ndarray, ids: np.ndarray, bound: Floor) -> np.ndarray:
+    return (pri > bound[0]) | ((pri == bound[0]) & (ids >= bound[1]))
+
+
+def full_epoch(n_shards: int) -> list[Piece]:
+    return [Piece(start_key(0), start_key(n_shards))]
+
+
+def max_floor(a: Floor | None, b: Floor | None) -> Floor | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def clip_pieces(pieces: list[Piece], lo: Key, hi: Key, floor: Floor | None = None) -> list[Piece]:
+    """The parts of ``pieces`` inside ``[lo, hi)``, with ``floor`` added."""
+    out = []
+    for p in pieces:
+        a, b = max(p.lo, lo), min(p.hi, hi)
+        if a < b:
+            out.append(Piece(a, b, max_floor(p.floor, floor)))
+    return out
+
+
+def merge_pieces(pieces: list[Piece]) -> list[Piece]:
+    """Sorted, with touching pieces of the same floor joined (keeps states small)."""
+    out: list[Piece] = []
+    for p in sorted(pieces, key=lambda p: p.lo):
+        if out and out[-1].hi == p.lo and out[-1].floor == p.floor:
+            out[-1] = Piece(out[-1].lo, p.hi, p.floor)
+        else:
+            out.append(p)
+    return out
+
+
+ItemsFn = Callable[[int], tuple[np.ndarray, np.ndarray]]
+
+
+class EpochSequence:
+    """The items left in one epoch, in key order, described by segments (no item is listed).
 
     Args:
-        shard_start: (n_shards + 1,) global row where each shard starts.
-        keys: (n_docs,) document keys (uint64).
-        counts: (n_docs,) realised copies for this epoch.
-        seed, epoch: the stream's seed and the epoch.
-        block_shards: shards per shuffle block (``None``: the whole epoch is one block).
-        segment: what remains of the epoch (default: all of it).
+        pieces: what is left of the epoch (sorted, disjoint).
+        order: the epoch's shard permutation (``order[position] = shard``).
+        totals: items of each shard in this epoch (index: shard).
+        items: shard → its sorted (priorities, item ids); called only for shards a piece cuts.
     """
 
     def __init__(
-        self,
-        shard_start: np.ndarray,
-        keys: np.ndarray,
-        counts: np.ndarray,
-        seed: int,
-        epoch: int,
-        block_shards: int | None,
-        segment: Segment | None = None,
+        self, pieces: list[Piece], order: np.ndarray, totals: np.ndarray, items: ItemsFn
     ) -> None:
-        if counts.size and counts.max() > MAX_COPIES:
-            raise ValueError(
-                f"a document has {counts.max()} copies; at most {MAX_COPIES} are supported"
-            )
-        self.shard_start, self.keys, self.counts = shard_start, keys, counts
-        self.seed, self.epoch = seed, epoch
-        self.segment = segment or Segment()
-        n_shards = shard_start.size - 1
-        self.blocks = make_blocks(n_shards, seed, epoch, block_shards)
-        per_shard = np.add.reduceat(counts, shard_start[:-1]) if counts.size else np.zeros(n_shards)
-        per_shard = np.where(
-            np.diff(shard_start) > 0, per_shard, 0
-        )  # reduceat quirk on empty shards
-        sizes = np.array([int(per_shard[b].sum()) for b in self.blocks], dtype=np.int64)
-        self._cache: dict[int, np.ndarray] = {}
-        cur = self.segment.cursor
-        if cur is not None:
-            sizes[: cur[0]] = 0
-        touched = set() if cur is None else {cur[0]}
-        if self.segment.exclude.size:
-            rows = split_ids(self.segment.exclude)[0]
-            touched |= set(self.block_index_of_rows(rows).tolist())
-        for b in touched:  # blocks where the segment differs from "everything": exact size
-            if b < len(self.blocks):
-                sizes[b] = self.block_items(b).size
-        self.sizes = sizes
-        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.pieces, self.order, self._items_fn = pieces, order, items
+        self._items: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        seg_piece, seg_pos, seg_count = [], [], []
+        for i, p in enumerate(pieces):
+            pos = np.arange(p.positions().start, p.positions().stop, dtype=np.int64)
+            cnt = totals[order[pos]].astype(np.int64)
+            # only a floored piece cuts every shard; otherwise at most its two ends
+            maybe_cut = range(pos.size) if p.floor is not None else {0, pos.size - 1}
+            for j in maybe_cut:
+                q = int(pos[j])
+                if 0 <= j < pos.size and not p.whole(q):  # count its items in the piece
+                    pri, ids = self.items(q)
+                    cnt[j] = int(p.mask(q, pri, ids).sum())
+            seg_piece.append(np.full(pos.size, i, dtype=np.int64))
+            seg_pos.append(pos)
+            seg_count.append(cnt)
+        cat = (lambda a: np.concatenate(a)) if pieces else (lambda a: np.zeros(0, np.int64))
+        self.seg_piece, self.seg_pos, self.seg_count = cat(seg_piece), cat(seg_pos), cat(seg_count)
+        self.starts = np.concatenate([[0], np.cumsum(self.seg_count)]).astype(np.int64)
         self.total = int(self.starts[-1])
+        self.end_key = start_key(order.size)
 
-    def block_index_of_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Block of each global row."""
-        shard_of = np.searchsorted(self.shard_start, rows, side="right") - 1
-        block_of = np.empty(self.shard_start.size - 1, dtype=np.int64)
-        for i, b in enumerate(self.blocks):
-            block_of[b] = i
-        return block_of[shard_of]
+    def items(self, position: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted (priorities, ids) of every item of the shard at ``position`` (a few cached)."""
+        hit = self._items.get(position)
+        if hit is None:
+            hit = self._items[position] = self._items_fn(int(self.order[position]))
+            if len(self._items) > 4:
+                self._items.popitem(last=False)
+        return hit
 
-    def block_rows(self, b: int) -> np.ndarray:
-        return np.concatenate(
-            [np.arange(self.shard_start[s], self.shard_start[s + 1]) for s in self.blocks[b]]
-        ).astype(np.int64)
+    def segment_items(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted (priorities, ids) of segment ``j``'s items."""
+        q = int(self.seg_pos[j])
+        pri, ids = self.items(q)
+        p = self.pieces[int(self.seg_piece[j])]
+        if p.whole(q):
+            return pri, ids
+        m = p.mask(q, pri, ids)
+        return pri[m], ids[m]
 
-    def block_items(self, b: int) -> np.ndarray:
-        """Item ids of block ``b`` in emission order (segment filters applied)."""
-        if b in self._cache:
-            return self._cache[b]
-        cur = self.segment.cursor
-        if cur is not None and b < cur[0]:
-            return np.zeros(0, dtype=np.int64)
-        rows = self.block_rows(b)
-        c = self.counts[rows]
-        rep_rows = np.repeat(rows, c)
-        k = np.arange(rep_rows.size) - np.repeat(np.cumsum(c) - c, c)
-        ids = item_ids(rep_rows, k)
-        pri = hash64(self.keys[rep_rows], self.seed, self.epoch, k, SALT_ORDER).view(np.int64)
-        order = np.lexsort((ids, pri))
-        ids, pri = ids[order], pri[order]
-        if cur is not None and b == cur[0]:
-            keep = (pri > cur[1]) | ((pri == cur[1]) & (ids >= cur[2]))
-            ids, pri = ids[keep], pri[keep]
-        if self.segment.exclude.size:
-            ids = ids[~np.isin(ids, self.segment.exclude)]
-        # keep only the last two blocks: consumers walk blocks in order
-        if len(self._cache) >= 2:
-            self._cache.pop(min(self._cache))
-        self._cache[b] = ids
-        return ids
+    def key_at(self, position: int) -> Key:
+        """Key of the item at ``position`` (``end_key`` at or past the end)."""
+        if position >= self.total:
+            return self.end_key
+        j = int(np.searchsorted(self.starts, position, side="right") - 1)
+        pri, ids = self.segment_items(j)
+        k = position - int(self.starts[j])
+        return (int(self.seg_pos[j]), int(pri[k]), int(ids[k]))
 
-    def key_of(self, item_id: int) -> tuple[int, int]:
-        """(priority, id) of an item: the θ-independent part of its sort key."""
-        row, k = split_ids(np.array([item_id]))
-        pri = hash64(self.keys[row], self.seed, self.epoch, k, SALT_ORDER).view(np.int64)
-        return int(pri[0]), int(item_id)
-
-    def block_of_index(self, j: int) -> int:
-        return int(np.searchsorted(self.starts, j, side="right") - 1)
-
-    def items_at(self, positions: np.ndarray) -> np.ndarray:
-        """Item ids at sorted positions of the segment's sequence."""
-        out = np.empty(positions.size, dtype=np.int64)
-        if not positions.size:
-            return out
-        blocks = np.searchsorted(self.starts, positions, side="right") - 1
-        for b in np.unique(blocks):
-            m = blocks == b
-            out[m] = self.block_items(int(b))[positions[m] - self.starts[b]]
+    def windows(self, a: int, b: int, window: int) -> list[list[tuple[int, int, int]]]:
+        """Positions ``[a, b)`` grouped into windows: lists of (segment, first, end) offsets."""
+        if a >= b:
+            return []
+        j0 = int(np.searchsorted(self.starts, a, side="right") - 1)
+        j1 = int(np.searchsorted(self.starts, b, side="left"))
+        out: list[list[tuple[int, int, int]]] = []
+        last = None
+        for j in range(j0, j1):
+            s, e = int(self.starts[j]), int(self.starts[j + 1])
+            lo, hi = max(a, s) - s, min(b, e) - s
+            if lo >= hi:
+                continue
+            w = int(self.seg_pos[j]) // window
+            if w != last:
+                out.append([])
+                last = w
+            out[-1].append((j, lo, hi))
         return out
+
+    @staticmethod
+    def window_size(win: list[tuple[int, int, int]]) -> int:
+        return sum(hi - lo for _, lo, hi in win)
+
+    def window_span(self, win: list[tuple[int, int, int]]) -> tuple[int, int]:
+        """First and end sequence positions of a window."""
+        j, lo, _ = win[0]
+        jl, _, hil = win[-1]
+        return int(self.starts[j]) + lo, int(self.starts[jl]) + hil
+
+    def window_items(self, win: list[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        """A window's (priorities, ids) in emission order: sorted by (priority, id)."""
+        pri, ids = [], []
+        for j, lo, hi in win:
+            p, i = self.segment_items(j)
+            pri.append(p[lo:hi])
+            ids.append(i[lo:hi])
+        pri_a, ids_a = np.concatenate(pri), np.concatenate(ids)
+        o = np.lexsort((ids_a, pri_a))
+        return pri_a[o], ids_a[o]
 
 
 def balanced_length(total: int, consumers: int, balance: str | None) -> int:
@@ -190,6 +273,6 @@ def balanced_length(total: int, consumers: int, balance: str | None) -> int:
     raise ValueError(f"balance must be 'drop', 'pad' or None, got {balance!r}")
 
 
-def consumer_positions(length: int, consumer: int, consumers: int, start: int = 0) -> np.ndarray:
-    """Positions of the sequence dealt to ``consumer`` (round-robin), skipping its first ``start``."""
-    return np.arange(consumer + start * consumers, length, consumers, dtype=np.int64)
+def consumer_range(length: int, consumer: int, consumers: int) -> tuple[int, int]:
+    """Contiguous positions ``[a, b)`` of the sequence dealt to ``consumer``."""
+    return consumer * length // consumers, (consumer + 1) * length // consumers

@@ -125,7 +125,7 @@ class PackedDataset(IterableDataset):
                 d = lo["doc"]
                 doc = self.dataset.read_row(d["row"])
                 toks = self.tokenizer.encode_docs([doc["text"]])[0]
-                dom = int(self.dataset.labels.domain[d["row"]])
+                dom = int(doc["domain_id"])
                 pending.append((toks[d["offset"] :], dom, {**d}))
         live = {"carry": carry, "carry_domains": carry_dom, "doc": None, "started": started}
         self._live = live

@@ -1,8 +1,19 @@
-"""Params → expected and realised copies for a labelled dataset (the "compile" step).
+"""Params → expected and realised copies of documents (the "compile" step), one shard at a time.
 
-Pure numpy over the label columns: σ tables (from the manifest) → Eq. 1 → Eq. 2 (exact for pools
-up to ``exact_limit`` documents, else from per-domain rank tables built on a uniform sample of
-``sample_per_domain`` documents) → Eq. 3 → realize.
+A document's copies depend on its own labels plus small global tables, so any process computes
+the counts of the shards it reads and nothing else (DESIGN.md §9):
+
+* σ tables (in the manifest) normalise raw scores;
+* Eq. 2 needs each domain's distribution of merged quality q̄. It comes from a *reference*: a
+  uniform sample of at most ``sample_per_domain`` documents of each domain (hash-chosen, so every
+  process picks the same one). A domain that fits whole in the reference gets the exact Eq. 2
+  (a token-weighted step function looked up by binary search); a larger one gets the paper's
+  approximation, a rank table interpolated on a grid built from its sample. The reference is
+  built once per dataset by a pool-wide pass (:mod:`quadmix_stream.tables`) and holds
+  O(domains × sample) rows whatever the pool's size.
+
+The same functions serve the stream, ``sample``/``inspect`` and the search, so they all agree
+document for document.
 """
 
 from __future__ import annotations
@@ -11,124 +22,208 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quadmix_stream.hashing import SALT_SAMPLE, hash64
 from quadmix_stream.labels import DatasetLabels, Manifest
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.sampling import (
     apply_sigma,
     build_rank_table,
     expected_copies,
-    rank_exact,
     rank_from_table,
     realize,
-    sample_rows_per_domain,
 )
 
+RANK_METHODS = ("auto", "exact", "table")
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class RankConfig:
-    """How Eq. 2 is computed: ``method`` is ``"auto"``, ``"exact"`` or ``"table"``."""
+    """How Eq. 2 is computed.
+
+    Attributes:
+        method: ``"auto"`` (exact for domains that fit in the reference, else a table),
+            ``"exact"`` (the whole pool is the reference: exact everywhere, O(pool) memory in
+            every process — small pools only) or ``"table"`` (tables everywhere).
+        sample_per_domain: reference documents per domain (the paper's bounded sample).
+        grid: rank-table resolution.
+    """
 
     method: str = "auto"
-    exact_limit: int = 2_000_000
     sample_per_domain: int = 50_000
     grid: int = 16384
+
+    def __post_init__(self) -> None:
+        if self.method not in RANK_METHODS:
+            raise ValueError(f"rank method must be one of {RANK_METHODS}, got {self.method!r}")
+        if self.sample_per_domain < 1 or self.grid < 2:
+            raise ValueError("sample_per_domain must be ≥ 1 and grid ≥ 2")
+
+    @property
+    def per_domain(self) -> int | None:
+        """Reference size per domain (``None``: every document)."""
+        return None if self.method == "exact" else int(self.sample_per_domain)
+
+    def fingerprint(self) -> str:
+        return f"{self.method}-{self.per_domain or 'all'}-{self.grid}"
 
 
 def sigma_scores(scores: np.ndarray, manifest: Manifest) -> np.ndarray:
     """(n_docs, N) σ-normalised scores (0 = best) using the manifest's σ tables."""
-    out = np.empty_like(scores, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1, len(manifest.scorers))
+    out = np.empty_like(scores)
     for j, s in enumerate(manifest.scorers):
         out[:, j] = apply_sigma(manifest.sigma[s.name], scores[:, j])
     return out
 
 
-def expected_for(
-    sigma: np.ndarray,
-    domain: np.ndarray,
-    tokens: np.ndarray,
-    keys: np.ndarray,
-    params: SamplingParams,
-    config: RankConfig = RankConfig(),
-) -> np.ndarray:
-    """Expected copies S(x) of every document under ``params`` (Eqs. 1-3)."""
-    prep = PreparedLabels.build(sigma, domain, tokens, keys, len(params.domains), config)
-    return prep.expected(params, config)
+def merged_quality(sigma: np.ndarray, domain: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Eq. 1, element-wise so that a document's q̄ is bit-identical in any batch it is part of."""
+    a = np.asarray(alpha, dtype=np.float64)[np.asarray(domain, dtype=np.int64)]
+    q = sigma[:, 0] * a[:, 0]
+    for n in range(1, sigma.shape[1]):
+        q = q + sigma[:, n] * a[:, n]
+    return q
+
+
+# ---------------------------------------------------------------- the reference sample
+def reference_threshold(domain_sizes: np.ndarray, per_domain: int | None) -> np.ndarray:
+    """Per domain, the hash threshold under which a document is in the reference (uint64)."""
+    sizes = np.asarray(domain_sizes, dtype=np.float64)
+    if per_domain is None:
+        p = np.ones_like(sizes)
+    else:
+        p = np.minimum(1.0, per_domain / np.maximum(sizes, 1.0))
+    # 53-bit fixed point, exact in float64; p == 1 → every document
+    t = (p * float(1 << 53)).astype(np.uint64) << np.uint64(11)
+    return np.where(p >= 1.0, np.iinfo(np.uint64).max, t).astype(np.uint64)
+
+
+def reference_rows(keys: np.ndarray, domain: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """Indices of the documents that belong to the reference (a pure function of the key)."""
+    h = hash64(np.asarray(keys, dtype=np.uint64), SALT_SAMPLE)
+    return np.flatnonzero(h <= threshold[np.asarray(domain, dtype=np.int64)])
 
 
 @dataclass(frozen=True)
-class PreparedLabels:
-    """Label columns sorted by domain once per dataset, so that each params → S evaluation works
-    on contiguous per-domain slices with scalar parameters (no per-document gathers).
+class Reference:
+    """The label sample Eq. 2 is computed from: σ scores, domain and tokens of its documents,
+    plus each domain's size in the pool (to know whether the sample is the whole domain)."""
 
-    ``sigma_t`` is (N, n) in domain order; ``sample`` holds, in the same order, the rows that
-    build the rank tables (used when the pool is larger than ``exact_limit``).
-    """
+    sigma: np.ndarray  # (n, N) float64
+    domain: np.ndarray  # (n,) int64
+    tokens: np.ndarray  # (n,) int64
+    domain_sizes: np.ndarray  # (M,) documents per domain in the pool
 
-    order: np.ndarray
-    bounds: np.ndarray
-    sigma_t: np.ndarray
-    tokens: np.ndarray
-    sample: np.ndarray
-    exact: bool
+    @property
+    def complete(self) -> np.ndarray:
+        """(M,) bool: the reference holds every document of the domain."""
+        return np.bincount(self.domain, minlength=self.domain_sizes.size) == self.domain_sizes
 
     @classmethod
-    def build(
+    def of_arrays(
         cls,
         sigma: np.ndarray,
         domain: np.ndarray,
         tokens: np.ndarray,
         keys: np.ndarray,
         n_domains: int,
-        config: RankConfig = RankConfig(),
-    ) -> PreparedLabels:
-        domain = np.asarray(domain)
-        n = domain.size
-        exact = config.method == "exact" or (config.method == "auto" and n <= config.exact_limit)
-        if config.method not in ("auto", "exact", "table"):
-            raise ValueError(f"rank method must be auto, exact or table, got {config.method!r}")
-        key16 = domain.astype(np.int16) if n and domain.max() < 32768 else domain
-        order = np.argsort(key16, kind="stable")
-        bounds = np.searchsorted(domain[order], np.arange(n_domains + 1))
-        sample = np.zeros(0, dtype=np.int64)
-        if not exact:
-            pick = np.zeros(n, dtype=bool)
-            pick[sample_rows_per_domain(domain, keys, config.sample_per_domain)] = True
-            sample = np.flatnonzero(pick[order])
+        config: RankConfig,
+    ) -> Reference:
+        """The reference of a pool held in memory (small pools, tools, benchmarks)."""
+        sizes = np.bincount(np.asarray(domain, dtype=np.int64), minlength=n_domains)
+        pick = reference_rows(keys, domain, reference_threshold(sizes, config.per_domain))
         return cls(
-            order=order,
-            bounds=bounds,
-            sigma_t=np.ascontiguousarray(np.asarray(sigma, dtype=np.float64)[order].T),
-            tokens=np.asarray(tokens)[order],
-            sample=sample,
-            exact=exact,
+            sigma=np.asarray(sigma, dtype=np.float64)[pick],
+            domain=np.asarray(domain, dtype=np.int64)[pick],
+            tokens=np.asarray(tokens, dtype=np.int64)[pick],
+            domain_sizes=sizes.astype(np.int64),
         )
 
-    def expected(self, params: SamplingParams, config: RankConfig = RankConfig()) -> np.ndarray:
-        """S(x) for every document (original row order)."""
-        s_sorted = np.empty(self.order.size)
-        for d in range(len(params.domains)):
-            a, b = int(self.bounds[d]), int(self.bounds[d + 1])
-            if a == b:
+    @classmethod
+    def of_labels(cls, labels: DatasetLabels, manifest: Manifest, config: RankConfig) -> Reference:
+        """The reference of a pool whose labels are loaded whole."""
+        return cls.of_arrays(
+            sigma_scores(labels.scores, manifest),
+            labels.domain,
+            labels.tokens,
+            labels.key,
+            len(manifest.domains),
+            config,
+        )
+
+
+# ---------------------------------------------------------------- Eq. 2 for one params
+@dataclass(frozen=True)
+class RankModel:
+    """Eq. 2 under one params: per domain an exact step function or an interpolated table."""
+
+    exact: np.ndarray  # (M,) bool
+    q: list[np.ndarray]  # per exact domain: sorted q̄ of the reference (empty otherwise)
+    cum: list[np.ndarray]  # per exact domain: token-weighted rank at each sorted q̄
+    table: object  # RankTable for the domains that use one (None if none does)
+
+    @classmethod
+    def build(cls, ref: Reference, params: SamplingParams, config: RankConfig) -> RankModel:
+        m = ref.domain_sizes.size
+        q_all = merged_quality(ref.sigma, ref.domain, params.alpha)
+        w_all = np.maximum(ref.tokens.astype(np.float64), 1.0)
+        exact = ref.complete & (config.method != "table")
+        qs: list[np.ndarray] = []
+        cums: list[np.ndarray] = []
+        for d in range(m):
+            if not exact[d]:
+                qs.append(np.zeros(0))
+                cums.append(np.zeros(0))
                 continue
-            q = params.alpha[d] @ self.sigma_t[:, a:b]  # Eq. 1 on the domain's slice
-            zeros = np.zeros(b - a, dtype=np.int64)
-            if self.exact:
-                r = rank_exact(q, zeros, self.tokens[a:b])
-            else:
-                lo, hi = np.searchsorted(self.sample, [a, b])
-                idx = self.sample[lo:hi] - a
-                table = build_rank_table(q[idx], zeros[idx], self.tokens[a:b][idx], 1, config.grid)
-                r = rank_from_table(table, q, zeros)
-            s_sorted[a:b] = expected_copies(
-                r, params.lam[d], params.omega[d], params.eta[d], params.eps[d], params.form
-            )
-        out = np.empty_like(s_sorted)
-        out[self.order] = s_sorted
+            sel = ref.domain == d
+            q, w = q_all[sel], w_all[sel]
+            o = np.argsort(q, kind="stable")
+            c = np.cumsum(w[o])
+            qs.append(q[o])
+            cums.append(c / c[-1] if c.size else c)
+        table = None
+        if not exact.all():
+            use = ~exact[ref.domain]
+            table = build_rank_table(q_all[use], ref.domain[use], ref.tokens[use], m, config.grid)
+        return cls(exact=exact, q=qs, cum=cums, table=table)
+
+    def rank(self, quality: np.ndarray, domain: np.ndarray) -> np.ndarray:
+        """r(x) in (0, 1] for documents with merged quality ``quality`` in ``domain``."""
+        domain = np.asarray(domain, dtype=np.int64)
+        out = np.empty(quality.size)
+        tab = ~self.exact[domain]
+        if tab.any():
+            out[tab] = rank_from_table(self.table, quality[tab], domain[tab])
+        for d in np.unique(domain[~tab]):
+            sel = domain == d
+            # ties share the top of their group: the last reference q̄ ≤ this q̄
+            i = np.searchsorted(self.q[d], quality[sel], side="right") - 1
+            out[sel] = self.cum[d][np.clip(i, 0, None)]
         return out
 
 
+def expected_of(
+    sigma: np.ndarray, domain: np.ndarray, params: SamplingParams, model: RankModel
+) -> np.ndarray:
+    """S(x) (Eqs. 1-3) of documents from their σ scores and domains."""
+    domain = np.asarray(domain, dtype=np.int64)
+    r = model.rank(merged_quality(sigma, domain, params.alpha), domain)
+    return expected_copies(
+        r,
+        params.lam[domain],
+        params.omega[domain],
+        params.eta[domain],
+        params.eps[domain],
+        params.form,
+    )
+
+
 class Selection:
-    """Expected copies of a dataset under one params object, and realised copies per epoch."""
+    """Expected copies of a whole pool held in memory, and realised copies per epoch.
+
+    For small pools and tools (``inspect``, plots, the search's pool statistics); the stream
+    computes the same numbers one shard at a time.
+    """
 
     def __init__(
         self,
@@ -138,16 +233,15 @@ class Selection:
         seed: int,
         config: RankConfig = RankConfig(),
         sigma: np.ndarray | None = None,
-        prepared: PreparedLabels | None = None,
+        reference: Reference | None = None,
     ) -> None:
         params.check_names(manifest.domains, manifest.scorer_names)
         self.labels, self.params, self.seed = labels, params, seed
-        if prepared is None:
-            sig = sigma_scores(labels.scores, manifest) if sigma is None else sigma
-            prepared = PreparedLabels.build(
-                sig, labels.domain, labels.tokens, labels.key, len(manifest.domains), config
-            )
-        self.expected = prepared.expected(params, config)
+        ref = reference or Reference.of_labels(labels, manifest, config)
+        sig = sigma_scores(labels.scores, manifest) if sigma is None else sigma
+        self.expected = expected_of(
+            sig, labels.domain, params, RankModel.build(ref, params, config)
+        )
         self._counts: dict[int, np.ndarray] = {}
 
     def counts(self, epoch: int) -> np.ndarray:
@@ -162,10 +256,17 @@ class Selection:
         lab = self.labels
         m = len(self.params.domains)
         w = self.expected if epoch is None else self.counts(epoch).astype(np.float64)
-        # P(at least one copy) is min(S, 1) in expectation; [c > 0] once realised.
-        seen = np.minimum(w, 1.0) if epoch is None else (w > 0).astype(np.float64)
-        return {
-            "docs": np.bincount(lab.domain, weights=w, minlength=m),
-            "tokens": np.bincount(lab.domain, weights=w * lab.tokens, minlength=m),
-            "unique_docs": np.bincount(lab.domain, weights=seen, minlength=m),
-        }
+        return mixture_sums(lab.domain, lab.tokens, w, m, realised=epoch is not None)
+
+
+def mixture_sums(
+    domain: np.ndarray, tokens: np.ndarray, w: np.ndarray, m: int, realised: bool
+) -> dict[str, np.ndarray]:
+    """Per-domain sums of copies ``w``: documents, tokens and unique documents."""
+    # P(at least one copy) is min(S, 1) in expectation; [c > 0] once realised.
+    seen = (w > 0).astype(np.float64) if realised else np.minimum(w, 1.0)
+    return {
+        "docs": np.bincount(domain, weights=w, minlength=m),
+        "tokens": np.bincount(domain, weights=w * tokens, minlength=m),
+        "unique_docs": np.bincount(domain, weights=seen, minlength=m),
+    }

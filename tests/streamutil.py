@@ -32,10 +32,21 @@ def favouring(ds_root, domain: str, others: float = 0.05, this: float = 1.5) -> 
     return domain_mixture(m.domains, m.scorer_names, eta)
 
 
+def all_counts(ds: QuaDMixDataset, epoch: int) -> np.ndarray:
+    """Realised copies of every document in global row order (the whole pool: tests only)."""
+    return np.concatenate([ds.counts(s, epoch) for s in range(ds.tables.n_shards)]).astype(np.int64)
+
+
+def all_labels(ds: QuaDMixDataset):
+    from quadmix_stream.labels import load_labels
+
+    return load_labels(ds.root, ds.manifest)
+
+
 def expected_items(ds: QuaDMixDataset, epoch: int) -> Counter:
     """(key, copy) multiset the epoch must emit over all consumers (balance=None)."""
-    counts = ds.selection().counts(epoch)
-    keys = ds.labels.key
+    counts = all_counts(ds, epoch)
+    keys = all_labels(ds).key
     return Counter(
         {
             (int(k), c): 1
@@ -68,7 +79,7 @@ def as_counter(pairs) -> Counter:
 
 def mixture_of(ds: QuaDMixDataset, pairs) -> np.ndarray:
     """Per-domain token shares of a list of (key, copy) pairs."""
-    lab = ds.labels
+    lab = all_labels(ds)
     index = {k: i for i, k in enumerate(lab.key.tolist())}
     m = len(ds.manifest.domains)
     tok = np.zeros(m)

@@ -34,7 +34,7 @@ def open_stream(dataset: str | Path, params: SamplingParams, seed: int):
 
 def expected_selection(ds) -> dict:
     """Expected selected label tokens and documents per epoch, overall and per domain."""
-    mix = ds.selection().mixture()
+    mix = ds.tables.mixture(ds.params, ds.seed, None)
     tokens, docs = mix["tokens"], mix["docs"]
     return {
         "tokens": float(tokens.sum()),

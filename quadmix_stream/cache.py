@@ -1,0 +1,104 @@
+"""Pool-wide passes computed once per node and shared through files (DESIGN.md §9).
+
+Some inputs of the stream need every shard's labels: each domain's size, the bounded label
+sample that Eq. 2's rank tables are built on, and an epoch's per-shard item totals (for
+positions and balancing). None of them may be recomputed by every rank and worker, and no
+process may hold the pool to compute them. :func:`cooperative` splits such a pass into chunks of
+shards; every process that needs the result works through the chunks not yet done (a chunk is
+claimed with an ``flock``, which the kernel releases if its holder dies), waits for the chunks
+others hold, and combines the parts. Files are written atomically, so a killed process leaves
+either nothing or a finished part, never a half-written one taken for a finished one. Results are
+small (per shard or per domain), so every process can keep the combined one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from quadmix_stream.io import atomic_write_bytes
+
+ChunkFn = Callable[[int], dict[str, np.ndarray]]
+CombineFn = Callable[[list[dict[str, np.ndarray]]], dict[str, np.ndarray]]
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Arrays of an ``.npz`` written by :func:`save_arrays` (never unpickles)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # a cache file damaged outside our atomic writes
+        raise OSError(f"cache file {path} is unreadable ({e}); delete it to recompute") from None
+
+
+def cooperative(
+    folder: Path,
+    name: str,
+    n_chunks: int,
+    compute: ChunkFn,
+    combine: CombineFn,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """The result of a chunked pass, computed at most once per chunk by all processes together.
+
+    Args:
+        folder: cache folder (node-local, or shared by nodes that share the pass).
+        name: identity of the result (everything that changes it must be in the name).
+        n_chunks: number of independent chunks.
+        compute: chunk index → arrays.
+        combine: the parts, in chunk order → the result.
+        on_progress: called with (chunks done here, n_chunks) after each chunk this process computed.
+    """
+    final = folder / f"{name}.npz"
+    if final.exists():
+        return load_arrays(final)
+    parts = folder / f"{name}.parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    # Start at a different chunk in each process so that they rarely contend for one lock.
+    start = (os.getpid() * 2654435761) % max(n_chunks, 1)
+    order = [(start + i) % n_chunks for i in range(n_chunks)]
+    done_here = 0
+    for blocking in (False, True):
+        for i in order:
+            part = parts / f"{i}.npz"
+            if part.exists():
+                continue
+            with open(parts / f"{i}.lock", "a") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    continue  # another process holds it: take the next one, wait in pass 2
+                if not part.exists():  # (its holder may have died: then we compute it)
+                    save_arrays(part, compute(i))
+                    done_here += 1
+                    if on_progress is not None:
+                        on_progress(done_here, n_chunks)
+    result = combine([load_arrays(parts / f"{i}.npz") for i in range(n_chunks)])
+    if not final.exists():
+        save_arrays(final, result)
+    return result
+
+
+class Throttle:
+    """Calls ``fn(message)`` at most every ``seconds`` (progress lines on long passes)."""
+
+    def __init__(self, fn: Callable[[str], None], seconds: float = 5.0) -> None:
+        self.fn, self.seconds, self.last = fn, seconds, time.monotonic()
+
+    def __call__(self, message: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last >= self.seconds:
+            self.last = now
+            self.fn(message)

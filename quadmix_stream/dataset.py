@@ -243,7 +243,11 @@ class QuaDMixDataset(IterableDataset):
         st = self._base_state(live["consumers"])
         st.update(
             epoch=live["epoch"],
-            pieces={str(e): ps for e, ps in live["pieces"].items() if int(e) >= live["epoch"]},
+            pieces={
+                str(e): [p.to_dict() for p in ps]
+                for e, ps in live["pieces"].items()
+                if int(e) >= live["epoch"]
+            },
             progress={str(live["consumer"]): [live["epoch"], live["consumed"]]},
             consumer=live["consumer"],
         )

@@ -71,7 +71,6 @@ class PoolTables:
         self._counts: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._models: dict[str, RankModel] = {}
         self._totals: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._reference: Reference | None = None
         self._sizes: np.ndarray | None = None
 
     def __getstate__(self) -> dict:
@@ -155,42 +154,43 @@ class PoolTables:
         return self._sizes
 
     def reference(self) -> Reference:
-        """The Eq. 2 reference sample (one cached pool-wide pass; O(domains × sample) rows)."""
-        if self._reference is None:
-            sizes = self.domain_sizes()
-            thr = reference_threshold(sizes, self.config.per_domain)
-            n_s = len(self.manifest.scorers)
+        """The Eq. 2 reference sample (one cached pool-wide pass; O(domains × sample) rows).
 
-            def compute(i: int) -> dict[str, np.ndarray]:
-                sig, dom, tok = (
-                    [np.zeros((0, n_s))],
-                    [np.zeros(0, np.int64)],
-                    [np.zeros(0, np.int64)],
-                )
-                for s in self._chunk(i):
-                    lab = self.labels(s)
-                    h = hash64(lab.key, SALT_SAMPLE)
-                    pick = np.flatnonzero(h <= thr[lab.domain.astype(np.int64)])
-                    sig.append(sigma_scores(lab.scores[pick], self.manifest))
-                    dom.append(lab.domain[pick].astype(np.int64))
-                    tok.append(lab.tokens[pick].astype(np.int64))
-                return {
-                    "sigma": np.concatenate(sig),
-                    "domain": np.concatenate(dom),
-                    "tokens": np.concatenate(tok),
-                }
+        Not kept in memory: only the rank models built from it are (a table per sampled domain).
+        """
+        sizes = self.domain_sizes()
+        thr = reference_threshold(sizes, self.config.per_domain)
+        n_s = len(self.manifest.scorers)
 
-            def combine(parts: list[dict]) -> dict[str, np.ndarray]:
-                return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-            r = self._pass(f"reference-{self.config.fingerprint()}", compute, combine)
-            self._reference = Reference(
-                sigma=r["sigma"].reshape(-1, n_s),
-                domain=r["domain"],
-                tokens=r["tokens"],
-                domain_sizes=sizes,
+        def compute(i: int) -> dict[str, np.ndarray]:
+            sig, dom, tok = (
+                [np.zeros((0, n_s))],
+                [np.zeros(0, np.int64)],
+                [np.zeros(0, np.int64)],
             )
-        return self._reference
+            for s in self._chunk(i):
+                lab = self.labels(s)
+                h = hash64(lab.key, SALT_SAMPLE)
+                pick = np.flatnonzero(h <= thr[lab.domain.astype(np.int64)])
+                sig.append(sigma_scores(lab.scores[pick], self.manifest))
+                dom.append(lab.domain[pick].astype(np.int64))
+                tok.append(lab.tokens[pick].astype(np.int64))
+            return {
+                "sigma": np.concatenate(sig),
+                "domain": np.concatenate(dom),
+                "tokens": np.concatenate(tok),
+            }
+
+        def combine(parts: list[dict]) -> dict[str, np.ndarray]:
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+        r = self._pass(f"reference-{self.config.fingerprint()}", compute, combine)
+        return Reference(
+            sigma=r["sigma"].reshape(-1, n_s),
+            domain=r["domain"],
+            tokens=r["tokens"],
+            domain_sizes=sizes,
+        )
 
     def rank_model(self, params: SamplingParams) -> RankModel:
         fp = params.fingerprint()

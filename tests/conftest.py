@@ -52,3 +52,9 @@ def any_ds(request: pytest.FixtureRequest, synth_root: Path) -> Path:
 
 def requires_shared_data() -> pytest.MarkDecorator:
     return pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is absent")
+
+
+@pytest.fixture(scope="session")
+def many_shards_ds(synth_root: Path) -> Path:
+    """1,000 JSONL shards of 8 documents: many windows per consumer, cheap to walk."""
+    return _make(synth_root, "jsonl", docs=1600, rows=8)

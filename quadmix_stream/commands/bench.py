@@ -43,6 +43,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     lo.add_argument("--repeat", type=int, default=2, help="best of N timings")
     lo.set_defaults(func=_bench_loader)
 
+    sc = bsub.add_parser(
+        "scale",
+        help="memory per pool document and start-up time as the pool grows, vs StreamingDataset",
+        description=(
+            "Build labelled MDS pools of N tiny documents (reused when present), then measure in "
+            "fresh processes with a 2-worker DataLoader, for QuaDMixDataset (cold and warm caches, "
+            "fork and spawn workers) and mosaicml-streaming's StreamingDataset on the same "
+            "shards: PSS of the rank and its workers above imports (steady and peak), time to the "
+            "first batch, of an epoch boundary and of a resume. Prints the slope of PSS against N "
+            "and its extrapolation to 1B documents. N = 100M needs ~10 GB of disk."
+        ),
+    )
+    sc.add_argument(
+        "--docs",
+        default="1000000,10000000,100000000",
+        help="comma-separated pool sizes (default 1M,10M,100M)",
+    )
+    sc.add_argument("--work", required=True, help="folder for the pools and caches (reused)")
+    sc.add_argument("--steps", type=int, default=300, help="batches before the steady PSS")
+    sc.add_argument("--no-spawn", action="store_true", help="skip the spawn-worker runs")
+    sc.set_defaults(func=_bench_scale)
+
+
+def _bench_scale(a: argparse.Namespace) -> int:
+    from quadmix_stream.benchmarks.scale import run
+
+    sizes = [int(float(x)) for x in a.docs.split(",") if x.strip()]
+    run(sizes, a.work, a.steps, spawn=not a.no_spawn)
+    return 0
+
 
 def _bench_loader(a: argparse.Namespace) -> int:
     from quadmix_stream.benchmarks.loader import run

@@ -441,6 +441,8 @@ def _run(
             {"recipe": recipe.name, "mode": plan.mode, "units": len(plan.units), **labs.describe()},
             root,
         )
+        if plan.mode == "sidecar" and plan.format in ("parquet", "arrow"):
+            extra["columns"] = _table_columns(recipe, root, plan)
         if plan.mode == "sidecar" and plan.format == "tar" and _foreign_tar(recipe, plan):
             extra["tar_members"] = {
                 "text_ext": recipe.input.tar_text_ext,
@@ -489,6 +491,18 @@ def _relative_to(x: Any, root: Path) -> Any:
     if isinstance(x, dict):
         return {k: _relative_to(v, root) for k, v in x.items()}
     return x
+
+
+def _table_columns(recipe: Recipe, root: Path, plan: Plan) -> dict[str, Any]:
+    """How the loader turns Parquet/Arrow rows into documents (as labelling did)."""
+    from quadmix_stream.labelling.inputs import table_columns
+
+    spec = recipe.input
+    names = table_columns(root / plan.units[0].source, plan.format)
+    return {
+        "text_column": spec.text_field,
+        "id_column": spec.id_field if spec.id_field in names else None,
+    }
 
 
 def _foreign_tar(recipe: Recipe, plan: Plan) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -25,7 +26,11 @@ def make_loader(
 
     if "collate_fn" not in kw and isinstance(dataset, QuaDMixDataset):
         kw["collate_fn"] = collate_docs
-    return StatefulDataLoader(dataset, batch_size=batch_size, num_workers=num_workers, **kw)
+    with warnings.catch_warnings():
+        # torchdata's own constructor calls torch.set_vital, which recent torch deprecated (a
+        # no-op there): the warning is about torchdata's code, not ours or the user's
+        warnings.filterwarnings("ignore", "'set_vital' is deprecated", UserWarning)
+        return StatefulDataLoader(dataset, batch_size=batch_size, num_workers=num_workers, **kw)
 
 
 def _world() -> tuple[int, int]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from quadmix_stream.dockey import DocKey
 from quadmix_stream.labels import DatasetLabels, Manifest, load_labels
 from quadmix_stream.order import EpochPlan, Segment, balanced_length, split_ids
 from quadmix_stream.params import SamplingParams
@@ -359,7 +360,7 @@ class QuaDMixDataset(IterableDataset):
                 doc = reader.read(lrow)
                 self.reads += 1
                 doc.update(
-                    key=key,
+                    key=DocKey(key),  # collates as a list under default_collate (uint64)
                     row=row,
                     domain=names[dom],
                     domain_id=dom,

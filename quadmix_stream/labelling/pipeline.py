@@ -98,7 +98,8 @@ def build_labelers(recipe: Recipe) -> LabelerSet:
     if not domains:
         raise ValueError(
             "domains: the domain labeller does not list its classes (field labeller without a "
-            "'map'); give the domain list as 'domains:' in the recipe"
+            "'map'); give the domain list: --domains a,b,c on the command line, or 'domains:' "
+            "in the recipe"
         )
     if len(set(domains)) != len(domains):
         raise ValueError(f"domains: duplicate names in {domains}")
@@ -109,7 +110,8 @@ def build_labelers(recipe: Recipe) -> LabelerSet:
     if extra and pol == "error":
         raise ValueError(
             f"domains: the domain labeller can return {extra}, which are not in {domains}; add "
-            "them, or set unknown_domain to the domain that should take them"
+            "them (--domains or the recipe's 'domains:'), or set unknown_domain to the domain "
+            "that should take them"
         )
     return LabelerSet(domain, tokens, scorers, domains, pol)
 
@@ -311,7 +313,8 @@ def domain_ids(
         if labs.unknown_domain == "error":
             raise LabelError(
                 f"document {docs[i]['id']!r}: domain labeller returned {names[i]!r}, not one of "
-                f"{labs.domains} (set unknown_domain to map such documents)"
+                f"{labs.domains} (add it to --domains / the recipe's 'domains:', or set "
+                "unknown_domain to map such documents)"
             )
         for j in bad:
             issues.add("unknown_domain[domain]", f"{docs[int(j)]['id']} ({names[int(j)]})")

@@ -308,3 +308,17 @@ def test_synth_writes_parquet_and_arrow(tmp_path, fmt):
     doc = r.read(3)
     assert set(doc) == {"id", "text", "meta"} and set(doc["meta"]) == {"domain", "quality_level"}
     r.close()
+
+
+def test_ranks_and_dataloader_workers_cover_the_sample_exactly(fineweb, tmp_path):
+    from .streamutil import walk_loader
+
+    root, _ = fineweb
+    p = wide_params(root)
+    want = sample_counts(root, p, tmp_path, seed=0, epoch=0)
+    got: Counter = Counter()
+    for rank in range(2):
+        ds = QuaDMixDataset(root, p, seed=0, balance=None, rank=rank, world_size=2)
+        ds.read_row(0)  # pyarrow in use in the parent before the workers fork
+        got.update(k for k, _ in walk_loader(ds, workers=2))
+    assert got == want

@@ -14,7 +14,11 @@ from quadmix_stream.packing import PackedDataset
 
 
 def collate_lm(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack packed blocks into ``input_ids``/``labels`` only (what a causal LM's forward takes)."""
+    """Stack packed blocks into ``input_ids``/``labels`` only (what a causal LM's forward takes).
+
+    ``labels`` is an unshifted copy of ``input_ids``: Hugging Face causal LMs shift inside their
+    loss; a loop computing its own loss compares ``logits[:, :-1]`` with ``labels[:, 1:]``.
+    """
     return {k: torch.stack([it[k] for it in items]) for k in ("input_ids", "labels")}
 
 

@@ -612,7 +612,7 @@ def _read_table_shard(
     else:
         tables = iter([open_arrow_table(path).select(cols.columns)])
     docs: list[dict[str, Any]] = []
-    for table in tables:  # whole columns to Python at once: ~10x faster than per value
+    for table in tables:  # one conversion per column, not one per value
         text, *rest = (table.column(c).to_pylist() for c in cols.columns)
         ids = rest.pop(0) if cols.id else [None] * len(text)
         for i, t in enumerate(text):

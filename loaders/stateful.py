@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -13,7 +14,11 @@ from quadmix_stream.packing import PackedDataset
 
 
 def collate_lm(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack packed blocks into ``input_ids``/``labels`` only (what a causal LM's forward takes)."""
+    """Stack packed blocks into ``input_ids``/``labels`` only (what a causal LM's forward takes).
+
+    ``labels`` is an unshifted copy of ``input_ids``: Hugging Face causal LMs shift inside their
+    loss; a loop computing its own loss compares ``logits[:, :-1]`` with ``labels[:, 1:]``.
+    """
     return {k: torch.stack([it[k] for it in items]) for k in ("input_ids", "labels")}
 
 
@@ -25,7 +30,11 @@ def make_loader(
 
     if "collate_fn" not in kw and isinstance(dataset, QuaDMixDataset):
         kw["collate_fn"] = collate_docs
-    return StatefulDataLoader(dataset, batch_size=batch_size, num_workers=num_workers, **kw)
+    with warnings.catch_warnings():
+        # torchdata's own constructor calls torch.set_vital, which recent torch deprecated (a
+        # no-op there): the warning is about torchdata's code, not ours or the user's
+        warnings.filterwarnings("ignore", "'set_vital' is deprecated", UserWarning)
+        return StatefulDataLoader(dataset, batch_size=batch_size, num_workers=num_workers, **kw)
 
 
 def _world() -> tuple[int, int]:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from quadmix_stream.dockey import DocKey
 from quadmix_stream.labels import Manifest
 from quadmix_stream.order import (
     EpochSequence,
@@ -63,7 +64,7 @@ def _resolve_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 
 class QuaDMixDataset(IterableDataset):
-    """Stream a labelled dataset (MDS, WebDataset tar or JSONL.zst) through QuaDMix sampling.
+    """Stream a labelled dataset (MDS, WebDataset tar, JSONL.zst, Parquet or HF Arrow) through QuaDMix sampling.
 
     Each item is a dict: ``id``, ``text``, ``meta`` (the document's other fields), ``key`` (stable
     64-bit document key), ``row`` (global row in the dataset), ``domain`` (name), ``domain_id``,
@@ -396,7 +397,13 @@ class QuaDMixDataset(IterableDataset):
                 doc = reader.read(lrow)
                 self.reads += 1
                 doc.update(
-                    key=kk, row=row, domain=names[d], domain_id=d, tokens=t, copy=k, epoch=epoch
+                    key=DocKey(kk),  # collates as a list under default_collate (uint64)
+                    row=row,
+                    domain=names[d],
+                    domain_id=d,
+                    tokens=t,
+                    copy=k,
+                    epoch=epoch,
                 )
                 live["consumed"] += 1
                 yield doc

@@ -306,8 +306,12 @@ def _mean_sd(xs: list[float]) -> str:
     return f"{a.mean():.4f}" if len(a) == 1 else f"{a.mean():.4f} ± {a.std(ddof=1):.4f}"
 
 
-def plot_results(results: dict[str, dict[str, Any]], path: Path) -> Path:
-    """Bars: final loss per method on each evaluation set, mean and sd over seeds."""
+def results_figure(results: dict[str, dict[str, Any]]) -> Any:
+    """Final loss per method on each evaluation set: mean ± sd over seeds, and every seed.
+
+    Points with error bars, not bars: losses sit far from zero, and a bar whose axis does not
+    start at zero exaggerates the gaps between methods.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -320,15 +324,24 @@ def plot_results(results: dict[str, dict[str, Any]], path: Path) -> Path:
         vals = [[v[s] for v in results[n]["seeds"].values()] for n in names]
         mean = [float(np.mean(v)) for v in vals]
         sd = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in vals]
-        ax.bar(range(len(names)), mean, yerr=sd, capsize=3, color="tab:blue")
+        x = np.arange(len(names))
+        ax.errorbar(x, mean, yerr=sd, fmt="o", ms=7, capsize=4, color="tab:blue", label="mean ± sd")
         for i, v in enumerate(vals):
-            ax.plot([i] * len(v), v, "k.", ms=4)
-        lo = min(min(v) for v in vals)
-        hi = max(max(v) for v in vals)
-        ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9) - 0.02, hi + 0.1 * (hi - lo + 1e-9) + 0.02)
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+            ax.plot([i] * len(v), v, "k.", ms=4, alpha=0.7, label="seeds" if i == 0 else None)
+        ax.set_xticks(x, names, rotation=45, ha="right")
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_ylabel("final loss")
         ax.set_title(f"{s} loss (lower is better)")
+        ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_results(results: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Write :func:`results_figure` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = results_figure(results)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

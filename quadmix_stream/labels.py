@@ -24,7 +24,7 @@ from quadmix_stream.sampling import SigmaTable
 MANIFEST_NAME = "quadmix.json"
 MANIFEST_SCHEMA = "quadmix-stream/manifest"
 MANIFEST_VERSION = 1
-FORMATS = ("mds", "tar", "jsonl")
+FORMATS = ("mds", "tar", "jsonl", "parquet", "arrow")
 
 
 class LabelError(ValueError):

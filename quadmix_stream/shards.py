@@ -1,9 +1,10 @@
-"""Shard writers and row-level readers for MDS, WebDataset tar and JSONL.zst.
+"""Shard writers and row-level readers for MDS, WebDataset tar, JSONL.zst, Parquet and Arrow.
 
 One writer interface (:class:`DatasetWriter`) produces shards, their label sidecars and the
-manifest in any of the three formats; :func:`open_shard` returns a reader that fetches single
+manifest in any of these formats; :func:`open_shard` returns a reader that fetches single
 rows, so the loader can skip documents it does not keep without reading or decoding them
-(MDS: offsets table; tar: the sidecar's byte offsets; JSONL: only selected lines are parsed).
+(MDS: offsets table; tar: the sidecar's byte offsets; JSONL: only selected lines are parsed;
+Parquet: only the row groups holding requested rows are read; Arrow: memory-mapped, zero-copy).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import io
 import json
 import os
 import tarfile
+import tempfile
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +48,7 @@ def split_doc(doc: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
 
 def _sidecar_name(shard_name: str) -> str:
     base = shard_name
-    for suffix in (".zstd", ".zst", ".mds", ".tar", ".jsonl"):
+    for suffix in (".zstd", ".zst", ".gz", ".tgz", ".mds", ".tar", ".jsonl", ".parquet", ".arrow"):
         base = base.removesuffix(suffix)
     return base + ".labels.npz"
 
@@ -116,6 +119,55 @@ class _TarBackend(_Backend):
         return name
 
 
+def docs_table(rows: Sequence[tuple[str, str, dict]], where: str = "") -> Any:
+    """A pyarrow table with columns ``id``, ``text`` and one per meta field (absent → null)."""
+    import pyarrow as pa
+
+    names: dict[str, None] = {}
+    for _, _, meta in rows:
+        names.update(dict.fromkeys(k for k in meta if k not in ("id", "text")))
+    cols = {"id": pa.array([r[0] for r in rows], pa.string())}
+    cols["text"] = pa.array([r[1] for r in rows], pa.string())
+    for k in names:
+        try:
+            cols[k] = pa.array([r[2].get(k) for r in rows])
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise ValueError(
+                f"{where}: meta field {k!r} has values of mixed types; Parquet/Arrow shards hold "
+                f"one type per column ({e})"
+            ) from None
+    return pa.table(cols)
+
+
+class _TableBackend(_Backend):
+    """Parquet (row groups of ``row_group_rows``) or Arrow IPC stream files, one per shard."""
+
+    def __init__(self, root: Path, fmt: str, row_group_rows: int = 1000) -> None:
+        self.root, self.fmt, self.row_group_rows = root, fmt, row_group_rows
+        self.index, self.rows = 0, []
+
+    def add(self, doc_id, text, meta):
+        self.rows.append((doc_id, text, meta))
+        return None
+
+    def end_shard(self):
+        import pyarrow as pa
+
+        name = f"shard.{self.index:05d}.{self.fmt}"
+        table = docs_table(self.rows, name)
+        sink = pa.BufferOutputStream()
+        if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, sink, row_group_size=self.row_group_rows, compression="zstd")
+        else:  # the layout of Hugging Face `save_to_disk` files: an Arrow IPC stream
+            with pa.ipc.new_stream(sink, table.schema) as w:
+                w.write_table(table, max_chunksize=self.row_group_rows)
+        atomic_write_bytes(self.root / name, sink.getvalue().to_pybytes())
+        self.index, self.rows = self.index + 1, []
+        return name
+
+
 class _MDSBackend(_Backend):
     """A single standard MDS dataset (index.json + shard files); we cut shards by row count."""
 
@@ -156,11 +208,13 @@ class DatasetWriter:
 
     Args:
         root: output folder (created).
-        fmt: ``"mds"``, ``"tar"`` or ``"jsonl"``.
+        fmt: ``"mds"``, ``"tar"``, ``"jsonl"``, ``"parquet"`` or ``"arrow"``.
         domains: domain names; labels may give a name or an id.
         scorers: scorer descriptions, in score column order.
         rows_per_shard: documents per shard.
         compression: MDS shard compression (``None`` or ``"zstd"``).
+        extra: free-form manifest ``extra``.
+        row_group_rows: Parquet rows per row group (Arrow: rows per record batch).
     """
 
     def __init__(
@@ -172,6 +226,7 @@ class DatasetWriter:
         rows_per_shard: int = 4096,
         compression: str | None = None,
         extra: dict | None = None,
+        row_group_rows: int = 1000,
     ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -186,6 +241,8 @@ class DatasetWriter:
             self._backend: _Backend = _MDSBackend(self.root, compression)
         elif fmt == "tar":
             self._backend = _TarBackend(self.root)
+        elif fmt in ("parquet", "arrow"):
+            self._backend = _TableBackend(self.root, fmt, row_group_rows)
         else:
             self._backend = _JsonlBackend(self.root)
         self._cur: dict[str, list] = self._empty()
@@ -316,6 +373,26 @@ def _decompressed(path: Path, sha256: str, cache_dir: Path) -> Path:
     return out
 
 
+def _gunzipped(path: Path, sha256: str, cache_dir: Path) -> Path:
+    """A decompressed copy of a gzip-compressed tar shard in the cache (see :func:`_decompressed`)."""
+    import gzip
+    import shutil
+
+    base = path.name.removesuffix(".gz").removesuffix(".tgz")
+    out = cache_dir / f"{(sha256 or sha256_file(path))[:24]}-{base}"
+    if not out.exists():  # to a temp file, then renamed: workers never see a partial copy
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{out.name}.", suffix=".tmp")
+        try:
+            with gzip.open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+            os.replace(tmp, out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return out
+
+
 class MDSShardReader(ShardReader):
     """Random access into one MDS shard file via its offsets table (memory-mapped).
 
@@ -442,6 +519,174 @@ class JsonlShardReader(ShardReader):
         return {"id": doc_id, "text": text, "meta": meta}
 
 
+def _parquet_cache_bytes() -> int:
+    return int(float(os.environ.get("QUADMIX_PARQUET_CACHE_MB", "1024")) * (1 << 20))
+
+
+class _TableDocs:
+    """Builds documents from columns: ``text``, ``id`` (or ``"<shard>:<row>"``), meta = the rest."""
+
+    def __init__(
+        self,
+        schema_names: Sequence[str],
+        shard: str,
+        text_column: str,
+        id_column: str | None,
+        meta_columns: Sequence[str] | None,
+    ) -> None:
+        if text_column not in schema_names:
+            raise LabelError(
+                f"shard {shard!r}: no text column {text_column!r} (columns {list(schema_names)})"
+            )
+        self.shard, self.text = shard, text_column
+        self.id = id_column if id_column in schema_names else None
+        skip = {text_column, self.id}
+        meta = [c for c in schema_names if c not in skip] if meta_columns is None else meta_columns
+        missing = [c for c in meta if c not in schema_names]
+        if missing:
+            raise LabelError(f"shard {shard!r}: meta columns {missing} are not in the file")
+        self.meta = list(meta)
+        #: what to read: text, id, meta (in this order)
+        self.columns = [text_column] + ([self.id] if self.id else []) + self.meta
+
+    def doc(self, arrays: Sequence[Any], i: int, row: int) -> dict[str, Any]:
+        text = arrays[0][i].as_py()
+        k = 1
+        if self.id:
+            doc_id, k = arrays[1][i].as_py(), 2
+            doc_id = f"{self.shard}:{row}" if doc_id is None else str(doc_id)
+        else:
+            doc_id = f"{self.shard}:{row}"
+        meta = {c: arrays[k + j][i].as_py() for j, c in enumerate(self.meta)}
+        return {"id": doc_id, "text": "" if text is None else str(text), "meta": meta}
+
+
+class ParquetShardReader(ShardReader):
+    """Rows of one Parquet file, read one row group at a time (decide before decode).
+
+    Only the row groups holding requested rows are read, only the text, id and meta columns, and
+    only requested rows are turned into Python objects. Row groups stay in a per-process LRU cache
+    shared by all readers (``$QUADMIX_PARQUET_CACHE_MB``, default 1024 MiB of Arrow data), so a
+    block's shuffled reads fetch each group once while the block's groups fit in it.
+
+    Attributes:
+        groups_read: indices of the row groups read from the file, in order (a group read again
+            after being evicted appears twice); tests assert unselected groups are never read.
+    """
+
+    _cache: OrderedDict[tuple, tuple[list[Any], int]] = OrderedDict()
+    _cache_used = 0
+
+    def __init__(
+        self,
+        path: Path,
+        text_column: str = "text",
+        id_column: str | None = "id",
+        meta_columns: Sequence[str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        import pyarrow.parquet as pq
+
+        self.path = Path(path)
+        self.name = name or self.path.name
+        self.file = pq.ParquetFile(self.path)  # reads the footer only
+        md = self.file.metadata
+        sizes = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
+        self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        self.docs = _TableDocs(
+            self.file.schema_arrow.names, self.name, text_column, id_column, meta_columns
+        )
+        st = self.path.stat()
+        self._ident = (str(self.path.resolve()), st.st_size, st.st_mtime_ns, *self.docs.columns)
+        self.groups_read: list[int] = []
+
+    @classmethod
+    def clear_cache(cls) -> None:
+        """Drop every cached row group of this process."""
+        cls._cache.clear()
+        cls._cache_used = 0
+
+    def _group(self, g: int) -> list[Any]:
+        cls = ParquetShardReader
+        key = (*self._ident, g)
+        hit = cls._cache.get(key)
+        if hit is not None:
+            cls._cache.move_to_end(key)
+            return hit[0]
+        table = self.file.read_row_group(g, columns=self.docs.columns)
+        self.groups_read.append(g)
+        arrays = [table.column(c).combine_chunks() for c in self.docs.columns]
+        nbytes = int(table.nbytes)
+        cls._cache[key] = (arrays, nbytes)
+        cls._cache_used += nbytes
+        budget = _parquet_cache_bytes()
+        while cls._cache_used > budget and len(cls._cache) > 1:
+            _, (_, freed) = cls._cache.popitem(last=False)
+            cls._cache_used -= freed
+        return arrays
+
+    def read(self, row: int) -> dict[str, Any]:
+        if not 0 <= row < self.starts[-1]:
+            raise LabelError(
+                f"{self.path.name}: row {row} is out of range ({self.starts[-1]} rows)"
+            )
+        self.rows_read += 1
+        g = int(np.searchsorted(self.starts, row, side="right")) - 1
+        return self.docs.doc(self._group(g), row - int(self.starts[g]), row)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def open_arrow_table(path: Path) -> Any:
+    """A zero-copy table over a memory-mapped Arrow IPC file or stream (HF ``save_to_disk``)."""
+    import pyarrow as pa
+
+    source = pa.memory_map(str(path), "r")
+    try:
+        return pa.ipc.open_file(source).read_all()
+    except pa.ArrowInvalid:
+        source.seek(0)
+        return pa.ipc.open_stream(source).read_all()
+
+
+class ArrowShardReader(ShardReader):
+    """Rows of one Arrow IPC file (as Hugging Face ``datasets.save_to_disk`` writes them).
+
+    The file is memory-mapped and its record batches are views into the map, so opening it reads
+    only batch headers and a row's bytes are paged in when that row is read.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        text_column: str = "text",
+        id_column: str | None = "id",
+        meta_columns: Sequence[str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.name = name or self.path.name
+        self.table = open_arrow_table(self.path)
+        self.docs = _TableDocs(
+            self.table.schema.names, self.name, text_column, id_column, meta_columns
+        )
+        self.arrays = [self.table.column(c) for c in self.docs.columns]
+
+    def read(self, row: int) -> dict[str, Any]:
+        if not 0 <= row < self.table.num_rows:
+            raise LabelError(
+                f"{self.path.name}: row {row} is out of range ({self.table.num_rows} rows)"
+            )
+        self.rows_read += 1
+        return self.docs.doc(self.arrays, row, row)
+
+    def close(self) -> None:
+        self.arrays, self.table = [], None
+
+
 def mds_index(root: str | Path) -> dict[str, dict]:
     """Map shard file name → its entry in the MDS ``index.json``."""
     path = Path(root) / "index.json"
@@ -478,7 +723,12 @@ def open_shard(
     if manifest.format == "tar":
         if offset is None or length is None:
             raise LabelError(f"shard {name!r}: tar reads need the sidecar's byte offsets")
+        if name.endswith((".gz", ".tgz")):  # gzip cannot seek: a decompressed copy, cached once
+            path = _gunzipped(path, manifest.shards[shard_index].shard_sha256, default_cache_dir())
         return TarShardReader(path, offset, length, manifest.extra.get("tar_members"))
+    if manifest.format in ("parquet", "arrow"):
+        cls = ParquetShardReader if manifest.format == "parquet" else ArrowShardReader
+        return cls(path, **manifest.extra.get("columns", {}), name=name)
     return JsonlShardReader(path)
 
 

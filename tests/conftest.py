@@ -45,7 +45,12 @@ def jsonl_ds(synth_root: Path) -> Path:
     return _make(synth_root, "jsonl")
 
 
-@pytest.fixture(scope="session", params=["mds", "tar", "jsonl"])
+@pytest.fixture(scope="session")
+def parquet_ds(synth_root: Path) -> Path:
+    return _make(synth_root, "parquet")
+
+
+@pytest.fixture(scope="session", params=["mds", "tar", "jsonl", "parquet", "arrow"])
 def any_ds(request: pytest.FixtureRequest, synth_root: Path) -> Path:
     return _make(synth_root, request.param)
 

@@ -156,7 +156,7 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("fmt", ["mds", "tar", "jsonl"])
+@pytest.mark.parametrize("fmt", ["mds", "tar", "jsonl", "parquet"])
 def test_sidecars_beside_existing_shards(tmp_path, ft_models, fmt, request):  # noqa: F811
     src = request.getfixturevalue(f"{fmt}_ds")
     ds = _copy(src, tmp_path / "ds")

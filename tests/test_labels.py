@@ -34,7 +34,7 @@ def _write(root: Path, fmt: str, n: int = 25) -> list[dict]:
     return docs
 
 
-@pytest.mark.parametrize("fmt", ["mds", "tar", "jsonl"])
+@pytest.mark.parametrize("fmt", ["mds", "tar", "jsonl", "parquet", "arrow"])
 def test_round_trip_every_row(tmp_path, fmt):
     docs = _write(tmp_path / "ds", fmt)
     m = Manifest.load(tmp_path / "ds")

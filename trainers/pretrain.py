@@ -301,6 +301,12 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
             },
         )
 
+    if step >= tc.steps and rank == 0:  # e.g. resumed a finished run: say so, don't exit silently
+        print(
+            f"nothing to train: {out} is at step {step} and train.steps is {tc.steps}; "
+            f"pass --steps N (N > {step}) to train further",
+            flush=True,
+        )
     it = iter(loader)
     t0, tokens_since = time.perf_counter(), 0
     while step < tc.steps:

@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Label documents with a domain labeller, quality scorers and a token counter, driven by "
             "a YAML recipe (see recipes/label_*.yaml) and/or flags. Raw JSONL/JSONL.gz/JSONL.zst/"
             "Parquet documents become new MDS/tar/JSONL shards with sidecars; existing shards "
-            "(input.shards / --shards) get sidecars beside them without being rewritten. The "
+            "(input.shards / --shards: MDS, WebDataset .tar/.tar.gz, JSONL.zst, a folder of Parquet "
+            "files, a datasets save_to_disk folder) get sidecars beside them without being "
+            "rewritten; existing columns become labels with field labellers. The "
             "manifest (σ tables over the whole pool) is written last. Resumable: re-running skips "
             "finished shards, and recomputes only columns whose labeller changed. Distributed: "
             "`torchrun --nproc_per_node N -m quadmix_stream.cli label RECIPE`."
@@ -27,8 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("input (each replaces the recipe's input)")
     g.add_argument("--input", nargs="+", metavar="GLOB", help="raw document files")
     g.add_argument("--shards", metavar="DIR", help="existing shards to label in place")
-    g.add_argument("--text-field", help="text field of raw documents (default: text)")
-    g.add_argument("--id-field", help="id field of raw documents (default: id)")
+    g.add_argument(
+        "--text-field", help="text field of raw documents / Parquet/Arrow column (default: text)"
+    )
+    g.add_argument(
+        "--id-field", help="id field of raw documents / Parquet/Arrow column (default: id)"
+    )
     g.add_argument("--limit", type=int, help="read at most N rows per input file")
     g = p.add_argument_group("output")
     g.add_argument("--format", choices=("mds", "tar", "jsonl"), help="new shard format")

@@ -5,8 +5,9 @@ Two modes:
 * ``new``: raw documents (JSONL, JSONL.gz, JSONL.zst, Parquet, or the built-in synthetic
   generator) are cut into units of at most ``rows_per_shard`` input rows of one file; each unit
   becomes one new output shard.
-* ``sidecar``: existing shards (a labelled dataset, an MDS dataset, WebDataset tars or our
-  JSONL.zst shards) are labelled in place; each shard is one unit and gets a sidecar beside it.
+* ``sidecar``: existing shards (a labelled dataset, an MDS dataset, WebDataset tars (also
+  ``.tar.gz``), our JSONL.zst shards, Parquet files or Hugging Face ``save_to_disk`` Arrow files)
+  are labelled in place; each shard is one unit and gets a sidecar beside it.
 
 The plan (list of units) is a pure function of the inputs and options, so every rank derives the
 same one and a re-run can check it is resuming the same job. Reading a unit returns flat
@@ -33,7 +34,8 @@ from quadmix_stream.labelling.labelers import get_field
 from quadmix_stream.labels import MANIFEST_NAME, LabelError
 
 RAW_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".parquet")
-SHARD_FORMATS = ("auto", "mds", "tar", "jsonl")
+SHARD_FORMATS = ("auto", "mds", "tar", "jsonl", "parquet", "arrow")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
@@ -61,8 +63,11 @@ class InputSpec:
         synthetic: options of :func:`quadmix_stream.synth.iter_docs` (``docs_per_domain``,
             ``seed``, optional ``domains`` and ``levels`` filters).
         shards: folder of existing shards, labelled in place (sidecar mode).
-        shard_format: ``auto`` (detect), ``mds``, ``tar`` or ``jsonl`` (our JSONL.zst shards).
-        text_field, id_field: raw documents' field names (dotted paths allowed).
+        shard_format: ``auto`` (detect), ``mds``, ``tar``, ``jsonl`` (our JSONL.zst shards),
+            ``parquet`` (``*.parquet`` files, subfolders included) or ``arrow`` (Hugging Face
+            ``save_to_disk`` folders).
+        text_field, id_field: raw documents' field names (dotted paths allowed); for Parquet and
+            Arrow shards, column names (no ``id_field`` column: the id is ``"<file>:<row>"``).
         tar_text_ext, tar_json_ext: WebDataset member extensions of foreign tar shards.
         limit: read at most this many rows per file (quick trials).
     """
@@ -474,16 +479,45 @@ def detect_shards(root: Path, fmt: str = "auto") -> tuple[str, list[str], dict[s
         names = [(s.get("zip_data") or s["raw_data"])["basename"] for s in shards]
         extra["mds_index"] = entries
         return "mds", names, extra
-    tars = sorted(p.name for p in root.iterdir() if p.name.endswith(".tar"))
+    tars = sorted(p.name for p in root.iterdir() if p.name.endswith(TAR_SUFFIXES))
     if fmt in ("auto", "tar") and tars:
         return "tar", tars, extra
     jsonl = sorted(p.name for p in root.iterdir() if p.name.endswith(".jsonl.zst"))
     if fmt in ("auto", "jsonl") and jsonl:
         return "jsonl", jsonl, extra
+    parquet = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet"))
+    if fmt in ("auto", "parquet") and parquet:
+        return "parquet", parquet, extra
+    arrow = _arrow_files(root)
+    if fmt in ("auto", "arrow") and arrow:
+        return "arrow", arrow, extra
     raise FileNotFoundError(
-        f"input.shards: no {fmt if fmt != 'auto' else 'MDS (index.json), .tar or .jsonl.zst'} "
+        f"input.shards: no "
+        f"{fmt if fmt != 'auto' else 'MDS (index.json), .tar(.gz), .jsonl.zst, .parquet or .arrow'} "
         f"shards in {root}"
     )
+
+
+def _arrow_files(root: Path) -> list[str]:
+    """A ``save_to_disk`` folder's Arrow files in dataset order (its ``state.json``), else sorted."""
+    state = root / "state.json"
+    if state.exists():
+        files = json.loads(state.read_text()).get("_data_files") or []
+        names = [f["filename"] for f in files if isinstance(f, dict) and "filename" in f]
+        if names:
+            return names
+    return sorted(p.name for p in root.iterdir() if p.name.endswith(".arrow"))
+
+
+def table_columns(path: Path, fmt: str) -> list[str]:
+    """Column names of a Parquet (footer only) or Arrow file."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    from quadmix_stream.shards import open_arrow_table
+
+    return list(open_arrow_table(path).schema.names)
 
 
 def _mds_entries(root: Path) -> dict[str, dict]:
@@ -493,11 +527,17 @@ def _mds_entries(root: Path) -> dict[str, dict]:
 
 
 def read_shard_unit(
-    root: Path, fmt: str, name: str, spec: InputSpec, mds_entries: dict[str, dict] | None
+    root: Path,
+    fmt: str,
+    name: str,
+    spec: InputSpec,
+    mds_entries: dict[str, dict] | None,
+    need_fields: bool = True,
 ) -> tuple[list[dict[str, Any]], Issues, tuple[list[int], list[int]] | None]:
     """Every row of an existing shard as a flat document, with issues and (tar) byte offsets.
 
-    Rows are never dropped: the sidecar must stay row-aligned with the shard.
+    Rows are never dropped: the sidecar must stay row-aligned with the shard. Parquet/Arrow
+    shards read only the text and id columns unless ``need_fields`` (a labeller reads fields).
     """
     from quadmix_stream.shards import JsonlShardReader, scan_tar, webdataset_members
 
@@ -519,7 +559,14 @@ def read_shard_unit(
         reader = JsonlShardReader(path)
         for row in range(len(reader.lines)):
             docs.append(_flat(reader.read(row), f"{name}:{row}", issues))
+    elif fmt in ("parquet", "arrow"):
+        docs = _read_table_shard(path, fmt, name, spec, issues, need_fields)
     else:
+        if name.endswith((".gz", ".tgz")):  # offsets are into the decompressed tar (cached)
+            from quadmix_stream.io import sha256_file
+            from quadmix_stream.shards import _gunzipped, default_cache_dir
+
+            path = _gunzipped(path, sha256_file(path), default_cache_dir())
         samples = scan_tar(path)
         offs, lens = [], []
         with open(path, "rb") as f:
@@ -545,6 +592,39 @@ def read_shard_unit(
                 lens.append(length)
         offsets = (offs, lens)
     return docs, issues, offsets
+
+
+def _read_table_shard(
+    path: Path, fmt: str, name: str, spec: InputSpec, issues: Issues, need_fields: bool
+) -> list[dict[str, Any]]:
+    """Every row of a Parquet/Arrow file as a flat document (row group by row group)."""
+    from quadmix_stream.shards import _TableDocs, open_arrow_table
+
+    names = table_columns(path, fmt)
+    if spec.id_field != "id" and spec.id_field not in names:
+        raise LabelError(f"shard {name!r}: no id column {spec.id_field!r} (columns {names})")
+    cols = _TableDocs(names, name, spec.text_field, spec.id_field, None if need_fields else [])
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        tables = (pf.read_row_group(g, columns=cols.columns) for g in range(pf.num_row_groups))
+    else:
+        tables = iter([open_arrow_table(path).select(cols.columns)])
+    docs: list[dict[str, Any]] = []
+    for table in tables:  # one conversion per column, not one per value
+        text, *rest = (table.column(c).to_pylist() for c in cols.columns)
+        ids = rest.pop(0) if cols.id else [None] * len(text)
+        for i, t in enumerate(text):
+            row = len(docs)
+            where = f"{name}:{row}"
+            if t is None:
+                issues.add("missing_text", where)
+            doc_id = f"{name}:{row}" if ids[i] is None else str(ids[i])
+            meta = {c: v[i] for c, v in zip(cols.meta, rest, strict=True)}
+            d = {"id": doc_id, "text": "" if t is None else str(t), "meta": meta}
+            docs.append(_flat(d, where, issues))
+    return docs
 
 
 def _flat(d: dict[str, Any], where: str, issues: Issues) -> dict[str, Any]:

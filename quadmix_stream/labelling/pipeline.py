@@ -98,7 +98,8 @@ def build_labelers(recipe: Recipe) -> LabelerSet:
     if not domains:
         raise ValueError(
             "domains: the domain labeller does not list its classes (field labeller without a "
-            "'map'); give the domain list as 'domains:' in the recipe"
+            "'map'); give the domain list: --domains a,b,c on the command line, or 'domains:' "
+            "in the recipe"
         )
     if len(set(domains)) != len(domains):
         raise ValueError(f"domains: duplicate names in {domains}")
@@ -109,7 +110,8 @@ def build_labelers(recipe: Recipe) -> LabelerSet:
     if extra and pol == "error":
         raise ValueError(
             f"domains: the domain labeller can return {extra}, which are not in {domains}; add "
-            "them, or set unknown_domain to the domain that should take them"
+            "them (--domains or the recipe's 'domains:'), or set unknown_domain to the domain "
+            "that should take them"
         )
     return LabelerSet(domain, tokens, scorers, domains, pol)
 
@@ -311,7 +313,8 @@ def domain_ids(
         if labs.unknown_domain == "error":
             raise LabelError(
                 f"document {docs[i]['id']!r}: domain labeller returned {names[i]!r}, not one of "
-                f"{labs.domains} (set unknown_domain to map such documents)"
+                f"{labs.domains} (add it to --domains / the recipe's 'domains:', or set "
+                "unknown_domain to map such documents)"
             )
         for j in bad:
             issues.add("unknown_domain[domain]", f"{docs[int(j)]['id']} ({names[int(j)]})")
@@ -441,6 +444,8 @@ def _run(
             {"recipe": recipe.name, "mode": plan.mode, "units": len(plan.units), **labs.describe()},
             root,
         )
+        if plan.mode == "sidecar" and plan.format in ("parquet", "arrow"):
+            extra["columns"] = _table_columns(recipe, root, plan)
         if plan.mode == "sidecar" and plan.format == "tar" and _foreign_tar(recipe, plan):
             extra["tar_members"] = {
                 "text_ext": recipe.input.tar_text_ext,
@@ -489,6 +494,18 @@ def _relative_to(x: Any, root: Path) -> Any:
     if isinstance(x, dict):
         return {k: _relative_to(v, root) for k, v in x.items()}
     return x
+
+
+def _table_columns(recipe: Recipe, root: Path, plan: Plan) -> dict[str, Any]:
+    """How the loader turns Parquet/Arrow rows into documents (as labelling did)."""
+    from quadmix_stream.labelling.inputs import table_columns
+
+    spec = recipe.input
+    names = table_columns(root / plan.units[0].source, plan.format)
+    return {
+        "text_column": spec.text_field,
+        "id_column": spec.id_field if spec.id_field in names else None,
+    }
 
 
 def _foreign_tar(recipe: Recipe, plan: Plan) -> bool:

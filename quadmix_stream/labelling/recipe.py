@@ -94,12 +94,15 @@ class Recipe:
             raise ValueError("output.compression must be null or 'zstd' (MDS only)")
         if self.domain is None:
             raise ValueError(
-                "labelers.domain: give a domain labeller (e.g. {type: field, field: domain} for "
-                "documents that carry one, or a fasttext/transformers/embedding classifier)"
+                "labelers.domain: give a domain labeller (e.g. {type: field, field: domain} in "
+                "the recipe or --domain type=field,field=domain for documents that carry one, "
+                "or a fasttext/transformers/embedding classifier)"
             )
         names = [s.get("name") for s in self.scorers]
         if not names:
-            raise ValueError("labelers.scorers: give at least one quality scorer")
+            raise ValueError(
+                "labelers.scorers: give at least one quality scorer (--scorer SPEC, repeatable)"
+            )
         for n in names:
             if not n or not isinstance(n, str):
                 raise ValueError("labelers.scorers: every scorer needs a 'name'")

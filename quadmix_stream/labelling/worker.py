@@ -70,7 +70,7 @@ def produce(tasks: list[Task], cfg: IOConfig) -> Iterator[tuple]:
                 docs, issues = read_raw_unit(u, cfg.spec, cursors)
             else:
                 docs, issues, offsets = read_shard_unit(
-                    root, cfg.format, u.source, cfg.spec, cfg.mds_entries
+                    root, cfg.format, u.source, cfg.spec, cfg.mds_entries, cfg.need_fields
                 )
             ids = [d["id"] for d in docs]
             texts = [d["text"] for d in docs]

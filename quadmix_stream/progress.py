@@ -93,7 +93,7 @@ class Progress:
         head = f"{self.unit} {self.n:,}"
         if self.total:
             head += f"/{self.total:,} ({100 * self.n / self.total:.0f}%)"
-        parts = [head, *(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in self.fields.items())]
+        parts = [head, *(f"{_name(k)} {_fmt(v)}" for k, v in self.fields.items())]
         parts.append(f"elapsed {fmt_duration(elapsed)}")
         done = self.n - self.start_n
         if self.total and done > 0 and self.n < self.total:
@@ -122,6 +122,11 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _name(key: str) -> str:
+    """``tokens_per_s`` → ``tokens/s``; ``eval_loss`` → ``eval loss``."""
+    return key.replace("_per_", "/").replace("_", " ")
 
 
 def _isatty(stream: IO[str]) -> bool:

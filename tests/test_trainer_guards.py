@@ -4,6 +4,8 @@ resume, progress lines, TensorBoard and W&B (offline)."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import signal
 import subprocess
@@ -259,3 +261,79 @@ def test_agent_death_stops_ranks_and_a_resume_keeps_one_record_per_step(env):
     second_start = [x for x in recs if x.get("event") == "start"][-1]["time"]
     assert wall_time(recs) >= (max(first) - min(first)) + (recs[-1]["time"] - second_start) - 1e-6
     assert not list(out.glob("**/.*.tmp"))
+
+
+# ---------------------------------------------------------------- progress, TensorBoard, W&B
+def _wandb_history(run_dir: Path) -> list[dict]:
+    """History rows of an offline W&B run file (a LevelDB-style log of protobuf records)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = run_dir.glob("run-*.wandb")
+    data, pos, block, buf, rows = path.read_bytes(), 7, 32768, b"", []
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:
+            pos += block - pos % block
+            continue
+        buf += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            buf = b""
+            if rec.WhichOneof("record_type") == "history":
+                h = rec.history
+                row = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in h.item}
+                rows.append({**row, "_step": h.step.num})
+    return rows
+
+
+def test_progress_lines_tensorboard_and_wandb_offline(env, mds_ds):
+    pytest.importorskip("wandb")
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tmp, recipe = env
+    out = tmp / "logged"
+    logging = {"tensorboard": True, "wandb": {"project": "qms-test"}, "progress_every": 0}
+    r = recipe("logged", out, steps=6, every=6, logging=logging)
+    p = subprocess.run(
+        [sys.executable, *TRAINER, str(r)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = [x for x in p.stderr.splitlines() if x.startswith("[pretrain] ")]
+    assert len(lines) == 7  # one per step (progress_every: 0) and the final one
+    assert lines[2].startswith("[pretrain] step 3/6 (50%) | loss ")
+    assert " | tokens/s " in lines[2] and " | ETA " in lines[2]
+    assert "ETA" not in lines[-1] and lines[-1].startswith("[pretrain] step 6/6 (100%)")
+    domains = Manifest.load(mds_ds).domains
+    log = [x for x in read_log(out / "log.jsonl") if "loss" in x]
+    # TensorBoard: loss and the realised vs expected mixture, per step
+    (ev,) = (out / "tb").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(ev)).Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss", "lr", "tokens_per_s"} | {f"mixture/realised/{d}" for d in domains} <= tags
+    assert {f"mixture/expected/{d}" for d in domains} <= tags
+    assert [e.step for e in acc.Scalars("loss")] == list(range(1, 7))
+    assert [round(e.value, 4) for e in acc.Scalars("loss")] == [round(x["loss"], 4) for x in log]
+    d0 = domains[0]
+    assert acc.Scalars(f"mixture/realised/{d0}")[-1].value == pytest.approx(
+        log[-1]["realised_share"][d0], abs=1e-6
+    )
+    # W&B, offline: the same scalars in the run file
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    hist = _wandb_history(run_dir)
+    assert [h["_step"] for h in hist] == list(range(1, 7))
+    assert [h["loss"] for h in hist] == [x["loss"] for x in log]
+    assert hist[-1][f"mixture/expected/{d0}"] == log[-1]["expected_share"][d0]
+    assert (out / "wandb-run-id").read_text().strip() in run_dir.name

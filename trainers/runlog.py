@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -170,7 +171,7 @@ def _wandb_init(out: Path, opts: dict[str, Any], run_config: dict[str, Any]) -> 
     id_file = out / "wandb-run-id"
     run_id = id_file.read_text().strip() if id_file.exists() else None
     if run_id is None:
-        run_id = wandb.util.generate_id()
+        run_id = secrets.token_hex(6)  # W&B ids: lower-case letters and digits
         atomic_write_text(id_file, run_id + "\n")
     mode = opts.pop("mode", None) or os.environ.get("WANDB_MODE")
     # online: continue the same run on resume. Offline (wandb 0.31) writes an empty run file

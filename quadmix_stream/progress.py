@@ -3,13 +3,29 @@
 Only one process of a distributed run should report (pass ``enabled=rank == 0``). Lines look like::
 
     [pretrain] step 40/100 (40%) | loss 3.2104 | tokens/s 12,345 | elapsed 1m02s | ETA 1m33s
+
+The interval between plain lines defaults to ``$QUADMIX_PROGRESS_S`` seconds (else 5).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
-from typing import IO, Any
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
+
+
+def default_every() -> float:
+    """Seconds between plain progress lines: ``$QUADMIX_PROGRESS_S`` or 5."""
+    try:
+        return max(0.0, float(os.environ.get("QUADMIX_PROGRESS_S", "5")))
+    except ValueError:
+        return 5.0
 
 
 def fmt_duration(seconds: float) -> str:
@@ -39,7 +55,7 @@ class Progress:
         initial: units already done (a resumed run); the ETA uses this invocation's rate.
         unit: the unit's name (``step``, ``doc``, ``batch``).
         enabled: report at all (``False`` on ranks other than 0).
-        every_s: seconds between plain lines.
+        every_s: seconds between plain lines (default :func:`default_every`).
         stream: where to write (default ``sys.stderr``).
         bar: ``True``/``False`` force a tqdm bar or plain lines; ``None``: a bar on a TTY.
     """
@@ -52,13 +68,14 @@ class Progress:
         initial: int = 0,
         unit: str = "step",
         enabled: bool = True,
-        every_s: float = 5.0,
+        every_s: float | None = None,
         stream: IO[str] | None = None,
         bar: bool | None = None,
     ) -> None:
         self.desc, self.total, self.unit = desc, total, unit
         self.n = self.start_n = initial
-        self.enabled, self.every_s = enabled, every_s
+        self.enabled = enabled
+        self.every_s = default_every() if every_s is None else every_s
         self.stream = stream or sys.stderr
         self.fields: dict[str, Any] = {}
         self.t0 = self._last = time.monotonic()
@@ -122,6 +139,45 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def counted(items: Iterable[T], progress: Progress) -> Iterator[T]:
+    """Yield ``items``, counting each in ``progress``; closes it when the items end."""
+    try:
+        for x in items:
+            progress.update(1)
+            yield x
+    finally:
+        progress.close()
+
+
+@contextmanager
+def heartbeat(
+    desc: str, every_s: float | None = None, stream: IO[str] | None = None, enabled: bool = True
+) -> Iterator[None]:
+    """A line every few seconds while work without a counter runs (a child process, one long
+    call), and one when it ends: ``[desc] running, elapsed 15s`` … ``[desc] done in 42s``."""
+    stream = stream or sys.stderr
+    every = max(0.2, default_every() if every_s is None else every_s)
+    t0 = time.monotonic()
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            elapsed = fmt_duration(time.monotonic() - t0)
+            print(f"[{desc}] running, elapsed {elapsed}", file=stream, flush=True)
+
+    th = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    if enabled:
+        th.start()
+    try:
+        yield
+    finally:
+        if enabled:
+            stop.set()
+            th.join()
+            took = fmt_duration(time.monotonic() - t0)
+            print(f"[{desc}] done in {took}", file=stream, flush=True)
 
 
 def _name(key: str) -> str:

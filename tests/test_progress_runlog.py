@@ -70,3 +70,18 @@ def test_logging_config_checks_wandb():
         LoggingConfig(wandb={"entity": "x"})
     with pytest.raises(ValueError, match="unknown key"):
         LoggingConfig(wandb={"project": "p", "projcet": "q"})
+
+
+def test_heartbeat_lines_while_a_call_runs_and_counted_closes():
+    from quadmix_stream.progress import counted, heartbeat
+
+    s = io.StringIO()
+    with heartbeat("child", every_s=0.2, stream=s):
+        time.sleep(0.5)
+    lines = s.getvalue().splitlines()
+    assert lines[0] == "[child] running, elapsed 0s" and len(lines) >= 3
+    assert lines[-1].startswith("[child] done in ")
+    s = io.StringIO()
+    p = Progress("read", unit="doc", every_s=60, stream=s)
+    assert sum(counted(range(7), p)) == 21
+    assert s.getvalue().startswith("[read] doc 7 | elapsed 0s | ")

@@ -6,6 +6,7 @@ Recipe section (all optional)::
       tensorboard: true          # OUT/tb; default: on when the tensorboard package is installed
       wandb: {project: my-proj}  # + entity, name, group, tags, mode (offline|online|disabled)
       progress_every: 5          # seconds between progress lines when stderr is not a terminal
+                                 # (default: $QUADMIX_PROGRESS_S, else 5)
 
 Resume rules (a killed run is run again with the same command):
 
@@ -40,7 +41,7 @@ KEEP_EVENTS = {"start", "resume", "truncated"}
 class LoggingConfig:
     tensorboard: bool | None = None  # None: when installed; True: required
     wandb: dict[str, Any] | None = None  # {project: …, …}; mode offline works without network
-    progress_every: float = 5.0
+    progress_every: float | None = None  # seconds; default $QUADMIX_PROGRESS_S or 5
 
     def __post_init__(self) -> None:
         w = self.wandb

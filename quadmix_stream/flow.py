@@ -22,6 +22,9 @@ first and train every method with several seeds::
 
 Step recipes are relative to the flow recipe's folder. Every step resumes: labelling skips
 finished shards, the search skips finished proxies, training resumes from its last checkpoint.
+The report's wall time counts every invocation: each stage's time is added to
+``{out}/times.json`` when it ends (normally or by an error or Ctrl-C), and each training's time
+comes from its own ``log.jsonl`` (which also counts an invocation killed by SIGKILL).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +42,33 @@ import numpy as np
 from quadmix_stream.io import atomic_write_text
 from quadmix_stream.labels import DatasetLabels, Manifest, load_labels
 from quadmix_stream.params import SamplingParams
+from quadmix_stream.progress import fmt_duration
 from quadmix_stream.recipe import RecipeError, build, read_yaml
 
 
 def _log(msg: str) -> None:
     print(f"[run] {msg}", flush=True)
+
+
+def _add_time(out: Path, stage: str, seconds: float) -> float:
+    """Add ``seconds`` to ``stage`` in ``{out}/times.json``; returns its total over invocations."""
+    path = out / "times.json"
+    times = json.loads(path.read_text()) if path.exists() else {}
+    times[stage] = float(times.get(stage, 0.0)) + seconds
+    atomic_write_text(path, json.dumps(times, indent=1))
+    return times[stage]
+
+
+@contextmanager
+def _stage(out: Path, name: str, times: dict[str, float]) -> Iterator[None]:
+    """Time one stage of the flow, print how long it took, and keep the total across runs."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        dt = time.perf_counter() - t
+        times[name] = _add_time(out, name, dt)
+        _log(f"{name}: {fmt_duration(dt)} (all invocations: {fmt_duration(times[name])})")
 
 
 def _heldout(name: Any, out: Path, where: str) -> Path:
@@ -170,29 +197,26 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
     times: dict[str, float] = {}
 
     if "split" in raw:
-        t = time.perf_counter()
-        _split(raw["split"], base, out)
-        times["split"] = time.perf_counter() - t
+        with _stage(out, "split", times):
+            _split(raw["split"], base, out)
 
-    t = time.perf_counter()
     data = out / "data"
-    lr = load_recipe(base / raw["label"])
-    lr.out = data
-    _log(f"label: {base / raw['label']} → {data}")
-    labelled = run_label(lr)
-    if getattr(labelled, "manifest", None) is not None:
-        print(labelled.summary(), flush=True)  # throughput per labeller, issues found
-    times["label"] = time.perf_counter() - t
+    with _stage(out, "label", times):
+        lr = load_recipe(base / raw["label"])
+        lr.out = data
+        _log(f"label: {base / raw['label']} → {data}")
+        labelled = run_label(lr)
+        if getattr(labelled, "manifest", None) is not None:
+            print(labelled.summary(), flush=True)  # throughput per labeller, issues found
 
-    t = time.perf_counter()
-    target = _target(raw.get("target") or {"synthetic": {}}, base, out)
-    evals = _evals(raw.get("evals"), base, out)
-    cfg = SearchConfig.load(base / raw["search"]).replace(
-        dataset=str(data), target=str(target), out=str(out / "search"), synth=None
-    )
-    _log(f"search: {base / raw['search']} → {out / 'search'}")
-    run_all(cfg, out / "search")
-    times["search"] = time.perf_counter() - t
+    with _stage(out, "search", times):
+        target = _target(raw.get("target") or {"synthetic": {}}, base, out)
+        evals = _evals(raw.get("evals"), base, out)
+        cfg = SearchConfig.load(base / raw["search"]).replace(
+            dataset=str(data), target=str(target), out=str(out / "search"), synth=None
+        )
+        _log(f"search: {base / raw['search']} → {out / 'search'}")
+        run_all(cfg, out / "search")
 
     runs = {"quadmix": out / "search" / "params.json"}
     for name in raw.get("compare", []):
@@ -225,6 +249,7 @@ def _train_all(
     """
     from quadmix_stream.tokenizer import pool_texts, train_tokenizer
     from quadmix_stream.trainers.pretrain import PretrainConfig, train
+    from quadmix_stream.trainers.runlog import read_log, wall_time
 
     body0 = {k: dict(v) if isinstance(v, dict) else v for k, v in train_body.items()}
     data_body = dict(body0.get("data") or {})
@@ -235,9 +260,10 @@ def _train_all(
             train_tokenizer(pool_texts(data, 5000), int(data_body.get("vocab_size", 512)), tok)
         data_body["tokenizer"] = str(tok)
     results: dict[str, dict[str, Any]] = {}
+    n_runs, i_run = len(runs) * len(seeds), 0
     for name, params in runs.items():
         for seed in seeds:
-            t = time.perf_counter()
+            i_run += 1
             folder = out / (f"train-{name}" if seeds == [0] else f"train-{name}-seed{seed}")
             body = dict(body0)
             body["data"] = {**data_body, "dataset": str(data), "params": str(params), "seed": seed}
@@ -250,9 +276,9 @@ def _train_all(
             body["out"] = str(folder)
             pc = build(PretrainConfig, body, "train")
             _same_run_or_fail(folder, body, params)
-            _log(f"train with {name} params, seed {seed} → {folder}")
+            _log(f"train {i_run}/{n_runs}: {name} params, seed {seed} → {folder}")
             train(pc, folder)
-            log = [json.loads(x) for x in (folder / "log.jsonl").read_text().splitlines()]
+            log = read_log(folder / "log.jsonl")
             last = [x for x in log if "eval_loss" in x][-1]
             r = results.setdefault(name, {"seeds": {}})
             r["seeds"][seed] = {"target": last["eval_loss"], **last.get("eval_losses", {})}
@@ -263,7 +289,8 @@ def _train_all(
             r["tokens"] = (
                 pc.train.steps * pc.train.batch_size * pc.train.grad_accum * pc.data.seq_len
             )
-            times[f"train-{name}-seed{seed}"] = time.perf_counter() - t
+            # the trainer's log spans every invocation of this training, killed ones included
+            times[f"train-{name}-seed{seed}"] = wall_time(log)
     return results
 
 
@@ -412,6 +439,8 @@ def write_report(
         f"See `{out / 'search' / 'report' / 'report.md'}`.",
         "",
         "## Wall time",
+        "",
+        "Summed over every invocation of this flow (a resumed stage adds its new time).",
         "",
     ]
     lines += [f"- {k}: {v:.0f} s" for k, v in times.items()]

@@ -130,6 +130,9 @@ def test_flow_holds_out_evaluates_every_set_and_reports_seeds(tmp_path):
     report = (out / "report.md").read_text()
     assert "| random | " in report and " ± " in report and (out / "results.png").exists()
     assert (out / "train-quadmix-seed1" / "log.jsonl").exists()
+    first = json.loads((out / "times.json").read_text())
+    assert set(first) == {"split", "label", "search"}
+    assert "- train-quadmix-seed1: " in report and "- label: " in report
     # a re-run resumes every step; with other training settings it refuses the old checkpoints
     recipe = tmp_path / "flow.yaml"
     body = yaml.safe_load(recipe.read_text())
@@ -137,6 +140,8 @@ def test_flow_holds_out_evaluates_every_set_and_reports_seeds(tmp_path):
     recipe.write_text(yaml.safe_dump(body))
     with pytest.raises(RecipeError, match="trained with other settings"):
         run_flow(recipe)
+    again = json.loads((out / "times.json").read_text())  # the failed re-run's time counts too
+    assert all(again[k] > first[k] for k in ("split", "label", "search"))
 
 
 def test_flow_recipe_errors_name_the_key(tmp_path):

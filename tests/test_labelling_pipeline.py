@@ -330,8 +330,17 @@ def test_flags_only_and_train_labeler_cli(tmp_path, capsys):
         )
         == 0
     )
-    rep = capsys.readouterr().out
+    cap = capsys.readouterr()
+    rep = cap.out
     assert "heldout_accuracy=" in rep
+    # a short summary on stdout; the full JSON report in a file beside the model
+    assert len(rep.splitlines()) <= 4
+    assert rep.splitlines()[-1] == f"  full report (JSON): {tmp_path / 'dom.bin.train.json'}"
+    full = json.loads((tmp_path / "dom.bin.train.json").read_text())["report"]
+    assert full["heldout_accuracy"] == float(rep.split("heldout_accuracy=")[1].split()[0])
+    # progress on stderr: documents read, and the fasttext child's start and end
+    assert "[train labeller: reading input] doc 300 | elapsed " in cap.err
+    assert "[train labeller: fasttext on " in cap.err and "→ dom.bin] done in " in cap.err
     assert (
         main(
             [

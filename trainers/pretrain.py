@@ -6,13 +6,19 @@
 A transformers causal LM built from a config (no download), DDP (gloo on CPU, NCCL on GPU),
 AdamW with warm-up + cosine, gradient accumulation, bf16 autocast on CUDA, periodic evaluation
 on a target set, logging of loss, tokens/s and realised vs expected per-domain tokens
-(``OUT/log.jsonl``; TensorBoard too when installed).
+(``OUT/log.jsonl``; TensorBoard and Weights & Biases through the recipe's ``logging:`` section,
+see :mod:`quadmix_stream.trainers.runlog`), and a progress line every few seconds on rank 0.
+
+Guards: the output folder must be writable (checked before any work), one trainer per folder
+(``OUT/.lock``), ranks exit when their torchrun agent dies, and a failed checkpoint write (disk
+full) stops every rank with the file's name, keeping the previous checkpoint.
 
 Resume: run the same command again; the latest checkpoint in ``OUT/checkpoints`` is restored
 (model, optimiser, scheduler, step, loader). Same world size and params → every rank restores
 its own loader state and the run continues item for item. Another world size, or
 ``--params NEW.json`` → the global loader state is re-dealt (nothing consumed is repeated,
-nothing is lost) and the log records the switch and its step.
+nothing is lost) and the log records the switch and its step. Log records past the
+checkpoint's step (the killed invocation's last steps, trained again) are cut from ``log.jsonl``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -34,7 +41,19 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from quadmix_stream.recipe import build, read_yaml
+from quadmix_stream.metrics import MixtureMeter
+from quadmix_stream.progress import Progress
+from quadmix_stream.recipe import RecipeError, build, read_yaml
+from quadmix_stream.runguard import (
+    OutputError,
+    RunLock,
+    check_writable,
+    exit_with_parent,
+    remove_stale_tmp,
+    under_torchrun,
+    write_file_atomic,
+)
+from quadmix_stream.trainers.runlog import LoggingConfig, RunLogger, truncate_log
 
 
 # ---------------------------------------------------------------- configuration
@@ -95,6 +114,7 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     out: str = "runs/pretrain"
 
 
@@ -129,9 +149,34 @@ def checkpoints(out: Path) -> list[Path]:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` through a ``.tmp`` + rename; an error (disk full) names the file."""
+    write_file_atomic(path, lambda f: torch.save(obj, f))
+
+
+def agree_on_error(err: str | None) -> None:
+    """Raise ``OutputError(err)`` on every rank when any rank had one (also a barrier)."""
+    if dist.is_initialized():
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, err)
+        err = next((e for e in gathered if e), None)
+    if err:
+        raise OutputError(err)
+
+
+def claim_out(out: Path, rank: int) -> RunLock | None:
+    """Rank 0 checks that ``out`` is writable and locks it; every rank learns of a failure."""
+    lock, err = None, None
+    if rank == 0:
+        try:
+            check_writable(out)
+            check_writable(out / "checkpoints")
+            lock = RunLock(out, "trainer").acquire()
+            for d in (out, out / "checkpoints"):
+                remove_stale_tmp(d)  # left by a killed writer; the lock says none is running
+        except OutputError as e:
+            err = str(e)
+    agree_on_error(err)
+    return lock
 
 
 def eval_blocks(path: str, tok, seq_len: int, max_blocks: int) -> torch.Tensor:
@@ -183,9 +228,16 @@ def main(argv: list[str] | None = None) -> int:
         over["data.params"] = a.params
     if a.steps is not None:
         over["train.steps"] = a.steps
-    cfg = load_config(a.recipe, over)
-    out = Path(a.out or cfg.out)
-    return train(cfg, out, resume=not a.no_resume, params_changed=bool(a.params))
+    try:
+        cfg = load_config(a.recipe, over)
+        out = Path(a.out or cfg.out)
+        return train(cfg, out, resume=not a.no_resume, params_changed=bool(a.params))
+    except (OutputError, RecipeError) as e:  # the user's to fix: one line, no traceback
+        rank = os.environ.get("RANK", "0")
+        print(f"pretrain (rank {rank}): error: {e}", file=sys.stderr, flush=True)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return 2
 
 
 def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: bool = False) -> int:
@@ -203,20 +255,22 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
     device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world > 1:
+    if under_torchrun():  # killing only the agent must stop the ranks
+        exit_with_parent()
+    # under torchrun even one rank gets a process group (the GPU smoke check runs NCCL this way)
+    if world > 1 or under_torchrun():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     d, tc = cfg.data, cfg.train
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "checkpoints").mkdir(exist_ok=True)
+    lock = claim_out(out, rank)  # before any work: writable, and no other trainer in it
     log_path = out / "log.jsonl"
 
     # tokenizer: given, or a BPE trained on the pool once (rank 0) and shared through the folder
     tok_path = Path(d.tokenizer) if d.tokenizer else out / "tokenizer.json"
     if not d.tokenizer and rank == 0 and not tok_path.exists():
         train_tokenizer(pool_texts(d.dataset, 5000), d.vocab_size, tok_path)
-    if world > 1:
+    if dist.is_initialized():
         dist.barrier()
     tok = TextTokenizer(tok_path)
 
@@ -229,7 +283,7 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
         tie_word_embeddings=False,
     )
     model = AutoModelForCausalLM.from_config(mcfg).to(device)
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.is_initialized() else model
     opt = torch.optim.AdamW(
         model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.95)
     )
@@ -255,6 +309,9 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         step, ckpt_loader = int(ck["step"]), ck["loader"]
+    logger = RunLogger(out, cfg.logging, dataclasses.asdict(cfg), enabled=rank == 0)
+    if rank == 0:  # steps after the checkpoint are trained again: drop their first try
+        truncate_log(log_path, step)
     kw = {"prefetch_factor": 2} if d.workers else {}
     if ckpt_loader is None:
         loader = make_loader(packed, tc.batch_size, d.workers, **kw)
@@ -269,28 +326,18 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
                     "from_params": ckpt_loader["params_fingerprint"],
                     "to_params": params.fingerprint(),
                 }
-            log_jsonl(log_path, rec)
+            logger.write(rec)
 
     eval_x = eval_blocks(tc.eval_set, tok, d.seq_len, tc.eval_max_blocks) if tc.eval_set else None
     more_x = {
         str(k): eval_blocks(str(v), tok, d.seq_len, tc.eval_max_blocks)
         for k, v in dict(tc.eval_sets or {}).items()
     }
-    exp = ds.expected_mixture()
-    exp_total = sum(v["tokens"] for v in exp.values()) or 1.0
-    expected_share = {k: v["tokens"] / exp_total for k, v in exp.items()}
     domains = ds.manifest.domains
-    realised = torch.zeros(len(domains), dtype=torch.long)
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-
-        tb = SummaryWriter(str(out / "tb")) if rank == 0 else None
-    except ImportError:
-        tb = None
+    meter = MixtureMeter(domains, ds.expected_mixture())  # realised vs expected token shares
     if rank == 0:
         n_params = sum(p.numel() for p in model.parameters())
-        log_jsonl(
-            log_path,
+        logger.write(
             {
                 "event": "start",
                 "step": step,
@@ -309,6 +356,13 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
         )
     it = iter(loader)
     t0, tokens_since = time.perf_counter(), 0
+    progress = Progress(
+        "pretrain",
+        tc.steps,
+        initial=step,
+        enabled=rank == 0,
+        every_s=cfg.logging.progress_every,
+    )
     while step < tc.steps:
         loss_sum = torch.zeros(1, device=device)
         dom = torch.zeros(len(domains), dtype=torch.long)
@@ -341,19 +395,21 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
             dist.all_gather_object(gathered, (digest, docs))
             digest = hashlib.sha256("".join(g[0] for g in gathered).encode()).hexdigest()
             docs = [x for g in gathered for x in g[1]]
-        realised += dom
+        meter.update({"domain_tokens": dom.numpy()[None]})
         tokens_since += tc.batch_size * tc.grad_accum * d.seq_len * world
         if rank == 0:
             dt = time.perf_counter() - t0
-            share = (realised.double() / max(int(realised.sum()), 1)).tolist()
+            mix = meter.summary()
             rec = {
                 "step": step,
                 "loss": round(float(loss_sum), 6),
                 "lr": sched.get_last_lr()[0],
                 "tokens_per_s": round(tokens_since / dt, 1),
                 "batch_sha": digest[:16],
-                "realised_share": {k: round(v, 4) for k, v in zip(domains, share, strict=True)},
-                "expected_share": {k: round(v, 4) for k, v in expected_share.items()},
+                "realised_share": {k: round(v["share"], 4) for k, v in mix.items()},
+                "expected_share": {
+                    k: round(v.get("expected_share", 0.0), 4) for k, v in mix.items()
+                },
             }
             if d.track_docs:
                 rec["docs"] = docs
@@ -365,32 +421,51 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
                         k: round(evaluate(model, x, device, tc.batch_size), 6)
                         for k, x in more_x.items()
                     }
-            log_jsonl(log_path, rec)
-            if tb is not None:
-                tb.add_scalar("loss", rec["loss"], step)
-                if "eval_loss" in rec:
-                    tb.add_scalar("eval_loss", rec["eval_loss"], step)
-                for k, v in rec.get("eval_losses", {}).items():
-                    tb.add_scalar(f"eval_loss/{k}", v, step)
+            logger.write(rec)
+            scalars = {k: rec[k] for k in ("loss", "lr", "tokens_per_s", "eval_loss") if k in rec}
+            scalars.update({f"eval_loss/{k}": v for k, v in rec.get("eval_losses", {}).items()})
+            for k in domains:
+                scalars[f"mixture/realised/{k}"] = rec["realised_share"][k]
+                scalars[f"mixture/expected/{k}"] = rec["expected_share"][k]
+            logger.scalars(step, scalars)
+            progress.update(1, loss=rec["loss"], tokens_per_s=rec["tokens_per_s"])
             t0, tokens_since = time.perf_counter(), 0
         if step % tc.checkpoint_every == 0 or step == tc.steps:
-            save_checkpoint(out, step, model, opt, sched, loader, rank, tc.keep_last)
+            save_checkpoint(out, step, model, opt, sched, loader, rank, tc.keep_last, logger)
 
+    progress.close()
+    logger.close()
     del it, loader, ddp
     gc.collect()
-    if world > 1:
+    if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    if lock is not None:
+        lock.release()
     return 0
 
 
 def save_checkpoint(
-    out: Path, step: int, model, opt, sched, loader, rank: int, keep_last: int
+    out: Path,
+    step: int,
+    model,
+    opt,
+    sched,
+    loader,
+    rank: int,
+    keep_last: int,
+    logger: RunLogger | None = None,
 ) -> None:
-    """Model, optimiser, scheduler, step and the loader (each rank's own + the global state)."""
+    """Model, optimiser, scheduler, step and the loader (each rank's own + the global state).
+
+    A failed write (disk full) raises :class:`OutputError` naming the file on every rank (not
+    only on rank 0, whose peers would otherwise die in a collective with a gloo/NCCL error);
+    the previous checkpoints stay, and no ``.tmp`` is left.
+    """
     from quadmix_stream.loaders.stateful import checkpoint_loader
 
     state = checkpoint_loader(loader)  # all ranks take part
+    err = None
     if rank == 0:
         ck = {
             "model": model.state_dict(),
@@ -399,12 +474,19 @@ def save_checkpoint(
             "step": step,
             "loader": state,
         }
-        save_atomic(ck, out / "checkpoints" / f"step-{step:08d}.pt")
-        for old in checkpoints(out)[:-keep_last]:
-            old.unlink()
-        log_jsonl(out / "log.jsonl", {"event": "checkpoint", "step": step})
-    if dist.is_initialized():
-        dist.barrier()
+        try:
+            save_atomic(ck, out / "checkpoints" / f"step-{step:08d}.pt")
+        except OutputError as e:
+            err = str(e)
+        else:
+            for old in checkpoints(out)[:-keep_last]:
+                old.unlink()
+            rec = {"event": "checkpoint", "step": step}
+            if logger is not None:
+                logger.write(rec)
+            else:
+                log_jsonl(out / "log.jsonl", rec)
+    agree_on_error(err)  # a barrier too
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=_bench_compile)
     __import__("quadmix_stream.labelling.bench", fromlist=["_"]).add_bench(bsub)
     __import__("quadmix_stream.commands.search", fromlist=["_"]).register_bench(bsub)
+    __import__("quadmix_stream.benchmarks.gpu_smoke", fromlist=["_"]).add_parser(bsub)
 
     lo = bsub.add_parser(
         "loader",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -152,7 +151,7 @@ def _label(a: argparse.Namespace) -> int:
 
 
 def _train(a: argparse.Namespace) -> int:
-    from quadmix_stream.labelling.train import format_report, run_train_job
+    from quadmix_stream.labelling.train import format_report, report_path, run_train_job
 
     def paths(globs: list[str] | None) -> dict | None:
         if not globs:
@@ -202,5 +201,5 @@ def _train(a: argparse.Namespace) -> int:
         ("trained " if trained else "reusing (same job; --force retrains) ")
         + format_report(model, rep)
     )
-    print(json.dumps(rep, indent=1))
+    print(f"  full report (JSON): {report_path(model)}")
     return 0

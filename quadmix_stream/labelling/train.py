@@ -29,6 +29,7 @@ from quadmix_stream.io import atomic_write_text
 from quadmix_stream.labelling.inputs import InputSpec, iter_documents
 from quadmix_stream.labelling.labelers import FASTTEXT_PREFIX, get_field
 from quadmix_stream.labelling.paths import resolve_path
+from quadmix_stream.progress import Progress, counted, heartbeat
 
 SALT_SPLIT = 0x51A7_0101
 SALT_NEG = 0x51A7_0102
@@ -140,11 +141,12 @@ def _fit_fasttext(lines: list[str], out: Path, params: Mapping[str, Any]) -> Any
             f.writelines(lines)
         for attempt in range(6):
             job = json.dumps({"train": train_path, "params": params, "out": str(tmp)})
-            res = subprocess.run(
-                [sys.executable, "-m", "quadmix_stream.labelling.train", job],
-                capture_output=True,
-                text=True,
-            )
+            with heartbeat(f"train labeller: fasttext on {len(lines):,} docs → {out.name}"):
+                res = subprocess.run(
+                    [sys.executable, "-m", "quadmix_stream.labelling.train", job],
+                    capture_output=True,
+                    text=True,
+                )
             if res.returncode == 0:
                 break
             if "Encountered NaN" not in res.stderr or attempt == 5:
@@ -401,7 +403,8 @@ def train_embedding_head(
         raise ValueError(f"embedding head: kind must be 'domain' or 'quality', got {kind!r}")
     held = np.array([is_heldout(d["id"], holdout, seed) for _, d in rows], dtype=bool)
     y = np.array([lab for lab, _ in rows], dtype=object)
-    x, _ = emb_model.encode([d["text"] for _, d in rows])
+    with heartbeat(f"train labeller: embedding {len(rows):,} docs"):
+        x, _ = emb_model.encode([d["text"] for _, d in rows])
     if len(set(y[~held].tolist())) < 2:
         raise ValueError("embedding head: the training split needs ≥ 2 classes")
     clf = LogisticRegression(C=c, max_iter=2000)
@@ -447,6 +450,11 @@ def _expand(x: Any, out: Path, base: Path) -> Any:
     return x
 
 
+def report_path(model: Path) -> Path:
+    """Where a trained model's job spec and full report are kept: ``<model>.train.json``."""
+    return model.parent / (model.name + ".train.json")
+
+
 def run_train_job(
     job: Mapping[str, Any], base: Path, out: Path | None = None, force: bool = False
 ) -> tuple[Path, dict[str, Any], bool]:
@@ -461,7 +469,7 @@ def run_train_job(
     if "out" not in job:
         raise ValueError(f"train ({typ}): needs 'out' (the model file to write)")
     model_out = resolve_path(job.pop("out"), base)
-    spec_path = model_out.parent / (model_out.name + ".train.json")
+    spec_path = report_path(model_out)
     ident = {"type": typ, **job}
     if not force and model_out.exists() and spec_path.exists():
         saved = json.loads(spec_path.read_text())
@@ -473,7 +481,8 @@ def run_train_job(
             raise ValueError(f"train ({typ}): needs {key!r}")
         spec = input_spec(job.pop(key))
         it = iter_documents(spec, base)
-        return where_filter(it, job.pop(where_key, None)) if where_key else it
+        it = where_filter(it, job.pop(where_key, None)) if where_key else it
+        return counted(it, Progress(f"train labeller: reading {key}", unit="doc"))
 
     seed = int(job.pop("seed", 0))
     holdout = float(job.pop("holdout", 0.1))

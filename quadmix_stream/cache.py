@@ -88,7 +88,18 @@ def cooperative(
     result = combine([load_arrays(parts / f"{i}.npz") for i in range(n_chunks)])
     if not final.exists():
         save_arrays(final, result)
+    release_free_memory()  # a pass leaves freed heap behind; a long-lived worker should not keep it
     return result
+
+
+def release_free_memory() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``; a no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class Throttle:

@@ -10,6 +10,7 @@ See :mod:`quadmix_stream.state` for checkpointing and resuming.
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -144,6 +145,7 @@ class QuaDMixDataset(IterableDataset):
         self._mds: dict[str, dict] | None = None  # MDS index.json entries, read once per process
         self._live: dict | None = None  # progress of the iteration running in this process
         self._sequences: OrderedDict[tuple, EpochSequence] = OrderedDict()
+        self._prefetch: threading.Thread | None = None
         self.reads = 0  # rows read by this process (decide-before-decode is testable)
 
     def _aligned(self, params: SamplingParams) -> SamplingParams:
@@ -156,7 +158,7 @@ class QuaDMixDataset(IterableDataset):
     # ------------------------------------------------------------ pickling for workers
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)
-        d["_sequences"], d["_live"], d["_mds"] = OrderedDict(), None, None
+        d["_sequences"], d["_live"], d["_mds"], d["_prefetch"] = OrderedDict(), None, None, None
         return d
 
     # ------------------------------------------------------------ the epoch's sequence
@@ -348,6 +350,7 @@ class QuaDMixDataset(IterableDataset):
                 "(`quadmix-stream inspect --params`)."
             )
         length = seq.total if self.infinite else balanced_length(seq.total, consumers, self.balance)
+        self._prefetch_totals(epoch + 1)
         a, b = consumer_range(length, consumer, consumers)
         skip = min(skip, b - a)
         live["consumed"] = skip
@@ -365,6 +368,22 @@ class QuaDMixDataset(IterableDataset):
                 ids = s.window_items(win)[1][skip:]
                 skip = 0
                 yield from self._read(ids, e, live)
+
+    def _prefetch_totals(self, epoch: int) -> None:
+        """Compute the next epoch's per-shard totals in the background (cooperatively with the
+        other processes of the node), so the epoch boundary finds them cached."""
+        if self._prefetch is not None and self._prefetch.is_alive():
+            return
+        tables, params, seed = self.tables.fork(), self.params, self.seed
+
+        def work() -> None:
+            try:
+                tables.totals(params, seed, epoch)
+            except Exception:  # the epoch that needs them computes them again and reports
+                pass
+
+        self._prefetch = threading.Thread(target=work, name="quadmix-next-epoch", daemon=True)
+        self._prefetch.start()
 
     def _read(self, ids: np.ndarray, epoch: int, live: dict) -> Iterator[dict[str, Any]]:
         tables = self.tables

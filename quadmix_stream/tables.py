@@ -73,6 +73,13 @@ class PoolTables:
         self._totals: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._sizes: np.ndarray | None = None
 
+    def fork(self) -> PoolTables:
+        """A copy with caches of its own (for a background thread)."""
+        other = PoolTables.__new__(PoolTables)
+        other.__dict__ = self.__getstate__()
+        other._models, other._totals = {}, OrderedDict()
+        return other
+
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)  # spawn workers: ship the small tables, not the shard caches
         d["_labels"], d["_counts"] = OrderedDict(), OrderedDict()

@@ -1,11 +1,13 @@
-"""Small, safe file primitives: atomic writes and content hashes."""
+"""Small, safe file primitives: atomic writes, content hashes, names confined to a folder."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from quadmix_stream.errors import UnsafePathError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -34,3 +36,39 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def resolve_inside(
+    root: str | Path, rel: object, what: str, error: type[Exception] = UnsafePathError
+) -> Path:
+    """``root / rel`` for a file name read from a data file, refused if it could leave ``root``.
+
+    A name must be a non-empty relative path without ``..`` components, and the folder it lands
+    in (symlinks resolved) must be ``root`` or below it. The file itself may be a symlink: readers
+    follow it, and atomic writes replace the link, never its target.
+
+    Args:
+        root: the dataset folder.
+        rel: the name as read (validated: anything but a string is refused).
+        what: where the name came from, e.g. ``"…/index.json: shards[3].raw_data.basename"``.
+        error: the exception class to raise (the caller's own error type).
+
+    Raises:
+        error: naming ``what`` and the offending value.
+    """
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        raise error(f"{what}: expected a file name relative to the dataset folder, got {rel!r}")
+    p = PurePosixPath(rel.replace("\\", "/"))
+    if p.is_absolute() or PureWindowsPath(rel).drive or ".." in p.parts:
+        raise error(
+            f"{what}: {rel!r} points outside the dataset folder {root} (absolute paths and '..' "
+            "are refused)"
+        )
+    root = Path(root)
+    path = root / rel
+    base = root.resolve()
+    if not path.parent.resolve().is_relative_to(base):
+        raise error(
+            f"{what}: {rel!r} lands outside the dataset folder {root} (through a symlinked folder)"
+        )
+    return path

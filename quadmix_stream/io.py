@@ -66,8 +66,9 @@ def resolve_inside(
         )
     root = Path(root)
     path = root / rel
-    base = root.resolve()
-    if not path.parent.resolve().is_relative_to(base):
+    if len(p.parts) == 1:  # a plain file name: its folder is root itself (no syscall needed)
+        return path
+    if not path.parent.resolve().is_relative_to(root.resolve()):
         raise error(
             f"{what}: {rel!r} lands outside the dataset folder {root} (through a symlinked folder)"
         )

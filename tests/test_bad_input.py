@@ -113,6 +113,18 @@ def test_resolve_inside_refuses_symlinked_folder_out(tmp_path):
         resolve_inside(tmp_path / "root", "sub/f.mds", "x")
 
 
+def test_labelling_record_with_a_path_outside_is_refused(tmp_path):
+    from quadmix_stream.labelling.records import Record, unit_state, write_record
+
+    root = tmp_path / "ds"
+    (tmp_path / "victim").mkdir()
+    (tmp_path / "victim" / "s.mds").write_bytes(b"x")
+    shard = {"name": "../victim/s.mds", "sidecar": "s.labels.npz", "sha256": "0", "bytes": 1}
+    write_record(root, Record(0, "s.mds", 1, shard, "0", {"q": "f"}, ["q"]))
+    with pytest.raises(LabelError, match=r"unit-00000.json: shard.name: '../victim/s.mds'"):
+        unit_state(root, 0, {"q": "f"}, ["q"])
+
+
 # ---------------------------------------------------------------- item 6: malformed manifests
 def _del(d: dict, *path: object) -> None:
     for k in path[:-1]:

@@ -20,7 +20,7 @@ import numpy as np
 import zstandard
 
 from quadmix_stream.hashing import doc_key
-from quadmix_stream.io import atomic_write_bytes, atomic_write_text, resolve_inside, sha256_file
+from quadmix_stream.io import atomic_write_bytes, atomic_write_text, check_inside, sha256_file
 from quadmix_stream.labels import (
     FORMATS,
     LabelError,
@@ -472,7 +472,7 @@ def mds_index(root: str | Path) -> dict[str, dict]:
             if s.get(key):
                 part = expect_object(s[key], f"{where}.{key}", LabelError, ("basename",), None)
                 name = part["basename"]
-                resolve_inside(root, name, f"{where}.{key}.basename", LabelError)
+                check_inside(root, name, f"{where}.{key}.basename", LabelError)
                 out[name] = s
     return out
 

@@ -101,7 +101,7 @@ def expect_object(
         )
     if optional is not None:
         known = set(req) | set(optional)
-        extra = sorted(str(k) for k in x if k not in known)
+        extra = sorted(str(k) for k in x.keys() - known)
         if extra:
             raise error(
                 f"{where}: unknown field{'s' if len(extra) > 1 else ''} {extra} "
@@ -121,6 +121,8 @@ def expect_list(x: object, where: str, error: type[Exception], non_empty: bool =
 
 def expect_str(x: object, where: str, error: type[Exception], non_empty: bool = True) -> str:
     """``x`` as a string (non-empty unless told otherwise)."""
+    if type(x) is str and (x or not non_empty):  # the common case, fast
+        return x
     if not isinstance(x, str):
         raise error(f"{where}: expected a string, got {type_name(x)} {show(x)}")
     if non_empty and not x:
@@ -137,6 +139,8 @@ def expect_bool(x: object, where: str, error: type[Exception]) -> bool:
 
 def expect_int(x: object, where: str, error: type[Exception], minimum: int | None = None) -> int:
     """``x`` as an integer (a float with an integral value is accepted), ≥ ``minimum``."""
+    if type(x) is int and (minimum is None or x >= minimum):  # the common case, fast
+        return x
     if isinstance(x, bool) or not isinstance(x, int | float):
         raise error(f"{where}: expected an integer, got {type_name(x)} {show(x)}")
     if isinstance(x, float):

@@ -59,6 +59,25 @@ _USER_ERRORS_ELSEWHERE = {
     "quadmix_stream.search.data": ("SelectionError",),
 }
 
+#: Modules (owned elsewhere) whose own ``raise ValueError(...)`` report bad input but that do not
+#: raise a ``UserError`` subclass yet. A plain ``ValueError`` whose innermost frame is in one of them
+#: is shown as one line. Transitional: each should raise a ``UserError`` subclass and leave the list.
+_PLAIN_VALUE_ERRORS_FROM = frozenset(
+    {
+        "quadmix_stream.dataset",
+        "quadmix_stream.order",
+        "quadmix_stream.packing",
+        "quadmix_stream.selection",
+        "quadmix_stream.tokenizer",
+        "quadmix_stream.search.data",
+        "quadmix_stream.search.features",
+        "quadmix_stream.search.proxy",
+        "quadmix_stream.search.regressor",
+        "quadmix_stream.search.space",
+        "quadmix_stream.trainers.pretrain",
+    }
+)
+
 #: OS errors about a path the user named: one line is enough.
 _USER_OS_ERRORS = (
     FileNotFoundError,
@@ -75,15 +94,29 @@ def is_user_error(e: BaseException) -> bool:
     Expected: :class:`~quadmix_stream.errors.UserError` and its subclasses (``LabelError``,
     ``ParamsError``, ``RecipeError``, ``LabelerError``, ...), the error classes listed in
     :data:`_USER_ERRORS_ELSEWHERE`, and OS errors about a named path (missing file, existing
-    output, permissions). Anything else (a plain ``ValueError``, ``KeyError``, ...) is a bug.
+    output, permissions). A plain ``ValueError`` raised in one of the modules of
+    :data:`_PLAIN_VALUE_ERRORS_FROM` also counts (until they raise a ``UserError``); anything else
+    (a plain ``ValueError`` elsewhere, ``KeyError``, ``IndexError``, ...) is a bug.
     """
     if isinstance(e, (UserError, *_USER_OS_ERRORS)):
+        return True
+    if type(e) is ValueError and _raised_in(e) in _PLAIN_VALUE_ERRORS_FROM:
         return True
     for mod, names in _USER_ERRORS_ELSEWHERE.items():
         m = sys.modules.get(mod)  # not imported: cannot have raised
         if m is not None and any(isinstance(e, getattr(m, n, ())) for n in names):
             return True
     return False
+
+
+def _raised_in(e: BaseException) -> str:
+    """Module name of the innermost frame of ``e``'s traceback (``""`` when unknown)."""
+    tb = e.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", ""))
 
 
 def run_command(command: str, fn: Callable[[], object], debug: bool = False) -> int:

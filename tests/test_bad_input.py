@@ -401,6 +401,17 @@ def test_unexpected_errors_show_a_traceback(capsys):
     assert "Traceback" in capsys.readouterr().err
 
 
+def test_plain_value_error_of_a_listed_module_is_one_line(tmp_path, capsys):
+    """Modules not yet raising UserError (here: the search's target-set reader) keep one line."""
+    from quadmix_stream.cli import run_command
+    from quadmix_stream.search.data import load_target_texts
+
+    (tmp_path / "t.jsonl").write_text('{"text": ""}\n')
+    assert run_command("search", lambda: load_target_texts(tmp_path / "t.jsonl")) == 2
+    err = capsys.readouterr().err
+    assert "t.jsonl: no text" in err and "Traceback" not in err
+
+
 def test_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
     assert main(["inspect", str(tmp_path)]) == 2
     err = capsys.readouterr().err

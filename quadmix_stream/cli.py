@@ -44,10 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for mod in COMMANDS:
         importlib.import_module(mod).register(sub)
-    for p in sub.choices.values():  # also accepted after the command name
+    _add_debug(sub)
+    return parser
+
+
+def _add_debug(sub: argparse._SubParsersAction) -> None:
+    """``--debug`` after any (sub-)command name too, e.g. ``search fit RUN --debug``."""
+    for p in sub.choices.values():
         # SUPPRESS: a sub-parser's default would overwrite a --debug given before the command
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
-    return parser
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_debug(action)
 
 
 #: Error classes of modules this package does not own the class hierarchy of (they may not

@@ -424,6 +424,10 @@ def test_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys
         err = capsys.readouterr().err
         assert "Traceback" in err and "LabelError" in err
         assert err.strip().splitlines()[-1].startswith("quadmix-stream inspect: error: ")
+    from quadmix_stream.cli import build_parser
+
+    assert build_parser().parse_args(["search", "fit", "RUN", "--debug"]).debug  # nested command
+    assert not build_parser().parse_args(["search", "fit", "RUN"]).debug
     (tmp_path / "p.json").write_bytes(b"\xff\xfe\x00")
     _write_ds(tmp_path / "ds", "jsonl")
     assert main(["inspect", str(tmp_path / "ds"), "--params", str(tmp_path / "p.json")]) == 2

@@ -24,8 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.hashing import SALT_HOLDOUT, doc_key, uniform
 from quadmix_stream.io import atomic_write_text
+
+
+class HoldoutError(UserError):
+    """A corpus or held-out-set spec that cannot be split as asked; the message names it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,7 +110,7 @@ def choose_heldout(
         ok = ~taken & np.array([s.admits(d) for d in dom], dtype=bool)
         cand = np.flatnonzero(ok)
         if len(cand) < s.docs:
-            raise ValueError(
+            raise HoldoutError(
                 f"held-out set {name!r}: wants {s.docs} documents, only {len(cand)} are admitted "
                 f"(domains={list(s.domains) or 'any'}, exclude={list(s.exclude_domains)})"
             )
@@ -139,7 +144,7 @@ def split_corpus(files: Sequence[Path], out: Path, cfg: SplitConfig) -> dict[str
         raise FileNotFoundError("split: no corpus files given")
     names = [f.name for f in files]
     if len(set(names)) != len(names):
-        raise ValueError(f"split: corpus file names must be unique, got {names}")
+        raise HoldoutError(f"split: corpus file names must be unique, got {names}")
     done = out / "split.json"
     if done.exists():
         if split_matches(files, done, cfg):
@@ -158,11 +163,13 @@ def split_corpus(files: Sequence[Path], out: Path, cfg: SplitConfig) -> dict[str
             except json.JSONDecodeError:
                 d = None
             if not isinstance(d, dict) or "id" not in d or "text" not in d:
-                raise ValueError(f"split: {f}:{i + 1} is not a JSON document with 'id' and 'text'")
+                raise HoldoutError(
+                    f"split: {f}:{i + 1} is not a JSON document with 'id' and 'text'"
+                )
             docs.append(d)
     ids = [str(d["id"]) for d in docs]
     if len(set(ids)) != len(ids):
-        raise ValueError("split: document ids must be unique across the corpus")
+        raise HoldoutError("split: document ids must be unique across the corpus")
     held = choose_heldout(ids, [str(d.get("domain", "")) for d in docs], cfg)
     in_set = np.zeros(len(docs), dtype=bool)
     for idx in held.values():

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from quadmix_stream.labels import Manifest, load_labels
+from quadmix_stream.labels import LabelError, Manifest, load_labels
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.selection import Selection
 
@@ -24,6 +24,11 @@ def inspect_dataset(
     coverage), ``scorers`` (raw score quantiles) and ``totals``.
     """
     manifest = Manifest.load(root)
+    if manifest.rows == 0:  # no quantiles, ranks or mixtures of nothing
+        raise LabelError(
+            f"{root}: the dataset has 0 documents ({len(manifest.shards)} shard(s), all empty); "
+            "nothing to inspect"
+        )
     lab = load_labels(root, manifest)
     m = len(manifest.domains)
     docs = np.bincount(lab.domain, minlength=m)

@@ -1,4 +1,4 @@
-"""Small, safe file primitives: atomic writes and content hashes."""
+"""Small, safe file primitives: atomic writes, content hashes, names confined to a folder."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+from quadmix_stream.errors import UnsafePathError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -34,3 +36,48 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def resolve_inside(
+    root: str | Path, rel: object, what: str, error: type[Exception] = UnsafePathError
+) -> Path:
+    """``root / rel`` for a file name read from a data file, refused if it could leave ``root``.
+
+    A name must be a non-empty relative path without ``..`` components, and the folder it lands
+    in (symlinks resolved) must be ``root`` or below it. The file itself may be a symlink: readers
+    follow it, and atomic writes replace the link, never its target.
+
+    Args:
+        root: the dataset folder.
+        rel: the name as read (validated: anything but a string is refused).
+        what: where the name came from, e.g. ``"…/index.json: shards[3].raw_data.basename"``.
+        error: the exception class to raise (the caller's own error type).
+
+    Raises:
+        error: naming ``what`` and the offending value.
+    """
+    check_inside(root, rel, what, error)
+    return Path(root, rel)  # type: ignore[arg-type]
+
+
+def check_inside(
+    root: str | Path, rel: object, what: str, error: type[Exception] = UnsafePathError
+) -> None:
+    """The checks of :func:`resolve_inside` without building a path (cheap for plain names)."""
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        raise error(f"{what}: expected a file name relative to the dataset folder, got {rel!r}")
+    # string operations, not pathlib: a manifest can list 100k shards
+    parts = rel.replace("\\", "/").split("/")
+    if rel[0] in "/\\" or ".." in parts:
+        raise error(
+            f"{what}: {rel!r} points outside the dataset folder {root} (absolute paths and '..' "
+            "are refused)"
+        )
+    if len(parts) == 1:  # a plain file name: its folder is root itself
+        return
+    base = os.path.realpath(root)
+    folder = os.path.realpath(os.path.join(base, os.path.dirname(rel.replace("\\", "/"))))
+    if folder != base and not folder.startswith(base.rstrip(os.sep) + os.sep):
+        raise error(
+            f"{what}: {rel!r} lands outside the dataset folder {root} (through a symlinked folder)"
+        )

@@ -18,8 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from quadmix_stream.io import atomic_write_bytes, atomic_write_text, sha256_file
+from quadmix_stream.errors import UserError
+from quadmix_stream.io import atomic_write_bytes, atomic_write_text, check_inside, sha256_file
 from quadmix_stream.sampling import SigmaTable
+from quadmix_stream.validate import (
+    expect_bool,
+    expect_int,
+    expect_list,
+    expect_names,
+    expect_numbers,
+    expect_object,
+    expect_str,
+    read_json,
+)
 
 MANIFEST_NAME = "quadmix.json"
 MANIFEST_SCHEMA = "quadmix-stream/manifest"
@@ -27,7 +38,7 @@ MANIFEST_VERSION = 1
 FORMATS = ("mds", "tar", "jsonl", "parquet", "arrow")
 
 
-class LabelError(ValueError):
+class LabelError(UserError):
     """A sidecar or manifest that does not match its shard, named in the message."""
 
 
@@ -38,6 +49,20 @@ class ScorerInfo:
     name: str
     higher_is_better: bool = True
     fingerprint: str = ""
+
+    @classmethod
+    def from_dict(cls, x: object, where: str) -> ScorerInfo:
+        """A scorer entry of a manifest, validated (``where`` names it in errors)."""
+        d = expect_object(x, where, LabelError, ("name",), ("higher_is_better", "fingerprint"))
+        return cls(
+            name=expect_str(d["name"], f"{where}.name", LabelError),
+            higher_is_better=expect_bool(
+                d.get("higher_is_better", True), f"{where}.higher_is_better", LabelError
+            ),
+            fingerprint=expect_str(
+                d.get("fingerprint", ""), f"{where}.fingerprint", LabelError, non_empty=False
+            ),
+        )
 
 
 # ---------------------------------------------------------------- sidecars
@@ -123,6 +148,21 @@ def read_sidecar(path: str | Path, shard: str, scorers: Sequence[str]) -> ShardL
 
 
 # ---------------------------------------------------------------- manifest
+_SHARD_FIELDS_ORDER = ("name", "sidecar", "rows", "shard_sha256", "sidecar_sha256", "shard_bytes")
+_SHARD_FIELDS = frozenset(_SHARD_FIELDS_ORDER)
+
+
+def _plain_name(n: object) -> bool:
+    """A file name without folders (so it is inside the root without a syscall)."""
+    return (
+        type(n) is str
+        and n not in ("", ".", "..")
+        and "/" not in n
+        and "\\" not in n
+        and "\0" not in n
+    )
+
+
 @dataclass(frozen=True)
 class ShardEntry:
     name: str  # shard file, relative to the dataset root
@@ -131,6 +171,36 @@ class ShardEntry:
     shard_sha256: str
     sidecar_sha256: str
     shard_bytes: int
+
+    @classmethod
+    def from_dict(cls, x: object, where: str, root: Path) -> ShardEntry:
+        """A shard entry of a manifest, validated; its file names must stay inside ``root``."""
+        if (  # the common, valid case: nothing built per field (manifests list 100k shards)
+            type(x) is dict
+            and x.keys() == _SHARD_FIELDS
+            and _plain_name(x["name"])
+            and _plain_name(x["sidecar"])
+            and type(x["rows"]) is int
+            and x["rows"] >= 0
+            and type(x["shard_bytes"]) is int
+            and x["shard_bytes"] >= 0
+            and type(x["shard_sha256"]) is str
+            and type(x["sidecar_sha256"]) is str
+            and x["shard_sha256"]
+            and x["sidecar_sha256"]
+        ):
+            return cls(**x)
+        d = expect_object(x, where, LabelError, _SHARD_FIELDS_ORDER)
+        for f in ("name", "sidecar"):
+            check_inside(root, d[f], f"{where}.{f}", LabelError)
+        return cls(
+            name=d["name"],
+            sidecar=d["sidecar"],
+            rows=expect_int(d["rows"], f"{where}.rows", LabelError, minimum=0),
+            shard_sha256=expect_str(d["shard_sha256"], f"{where}.shard_sha256", LabelError),
+            sidecar_sha256=expect_str(d["sidecar_sha256"], f"{where}.sidecar_sha256", LabelError),
+            shard_bytes=expect_int(d["shard_bytes"], f"{where}.shard_bytes", LabelError, minimum=0),
+        )
 
 
 @dataclass
@@ -179,36 +249,91 @@ class Manifest:
 
     @classmethod
     def load(cls, root: str | Path) -> Manifest:
+        """Read and validate ``root/quadmix.json``; every problem is a :class:`LabelError` naming
+        the file and the field (``shards[3].rows``, ``sigma['q'].knots[7]``, ...)."""
         path = Path(root) / MANIFEST_NAME
         if not path.exists():
             raise LabelError(
                 f"{root}: no {MANIFEST_NAME}; is this a labelled dataset? (see `quadmix-stream label`)"
             )
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise LabelError(f"{path}: manifest is not valid JSON ({e})") from None
-        if d.get("schema") != MANIFEST_SCHEMA or d.get("version") != MANIFEST_VERSION:
-            raise LabelError(
-                f"{path}: unsupported manifest schema/version {d.get('schema')}/{d.get('version')}"
-            )
-        if d.get("format") not in FORMATS:
-            raise LabelError(
-                f"{path}: field 'format' must be one of {FORMATS}, got {d.get('format')!r}"
-            )
-        scorers = [ScorerInfo(**s) for s in d["scorers"]]
-        m = cls(
-            format=d["format"],
-            domains=list(d["domains"]),
-            scorers=scorers,
-            shards=[ShardEntry(**s) for s in d["shards"]],
-            sigma={k: SigmaTable.from_dict(v) for k, v in d.get("sigma", {}).items()},
-            extra=d.get("extra", {}),
+        d = read_json(path, LabelError, "manifest")
+        d = expect_object(
+            d,
+            f"{path}",
+            LabelError,
+            required=("schema", "version", "format", "domains", "scorers", "shards"),
+            optional=("sigma", "extra"),
         )
-        missing = [s.name for s in scorers if s.name not in m.sigma]
+        if d["schema"] != MANIFEST_SCHEMA or d["version"] != MANIFEST_VERSION:
+            raise LabelError(
+                f"{path}: unsupported manifest schema/version {d['schema']!r}/{d['version']!r} "
+                f"(this build reads {MANIFEST_SCHEMA!r}/{MANIFEST_VERSION})"
+            )
+        if d["format"] not in FORMATS:
+            raise LabelError(
+                f"{path}: field 'format' must be one of {FORMATS}, got {d['format']!r}"
+            )
+        domains = expect_names(d["domains"], f"{path}: domains", LabelError)
+        scorers = [
+            ScorerInfo.from_dict(s, f"{path}: scorers[{i}]")
+            for i, s in enumerate(expect_list(d["scorers"], f"{path}: scorers", LabelError))
+        ]
+        names = [s.name for s in scorers]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise LabelError(f"{path}: scorers: duplicate names {dup}")
+        root = Path(root)
+        shards = [
+            ShardEntry.from_dict(s, f"{path}: shards[{i}]", root)
+            for i, s in enumerate(expect_list(d["shards"], f"{path}: shards", LabelError))
+        ]
+        seen: dict[str, int] = {}
+        for i, e in enumerate(shards):
+            for f in (e.name, e.sidecar):
+                if f in seen:
+                    raise LabelError(
+                        f"{path}: shards[{i}] names {f!r} again (also shards[{seen[f]}])"
+                    )
+                seen[f] = i
+        sig = expect_object(d.get("sigma", {}), f"{path}: sigma", LabelError, optional=None)
+        hib = {s.name: s.higher_is_better for s in scorers}
+        unknown = sorted(set(sig) - set(hib))
+        if unknown:
+            raise LabelError(f"{path}: field 'sigma' has tables for unknown scorers {unknown}")
+        missing = [n for n in names if n not in sig]
         if missing:
             raise LabelError(f"{path}: field 'sigma' has no table for scorers {missing}")
-        return m
+        sigma = {k: _sigma_table(v, f"{path}: sigma[{k!r}]", hib[k]) for k, v in sig.items()}
+        extra = expect_object(d.get("extra", {}), f"{path}: extra", LabelError, optional=None)
+        return cls(
+            format=d["format"],
+            domains=domains,
+            scorers=scorers,
+            shards=shards,
+            sigma=sigma,
+            extra=extra,
+        )
+
+
+def _sigma_table(x: object, where: str, higher_is_better: bool) -> SigmaTable:
+    """A validated σ table: finite knots ordered best → worst, levels in [0, 1], same length."""
+    d = expect_object(x, where, LabelError, required=("knots", "levels", "higher_is_better"))
+    knots = np.array(expect_numbers(d["knots"], f"{where}.knots", LabelError), dtype=np.float64)
+    levels = np.array(expect_numbers(d["levels"], f"{where}.levels", LabelError), dtype=np.float64)
+    hib = expect_bool(d["higher_is_better"], f"{where}.higher_is_better", LabelError)
+    if hib != higher_is_better:
+        raise LabelError(
+            f"{where}.higher_is_better: is {hib} but the scorer says {higher_is_better}"
+        )
+    if knots.size != levels.size:
+        raise LabelError(f"{where}: {knots.size} knots but {levels.size} levels")
+    oriented = -knots if hib else knots  # ascending when ordered best → worst
+    if np.any(np.diff(oriented) <= 0):
+        i = int(np.flatnonzero(np.diff(oriented) <= 0)[0]) + 1
+        raise LabelError(f"{where}.knots[{i}]: knots must run from best to worst score")
+    if np.any((levels < 0) | (levels > 1)) or np.any(np.diff(levels) < 0):
+        raise LabelError(f"{where}.levels: must be non-decreasing and within [0, 1]")
+    return SigmaTable(knots=knots, levels=levels, higher_is_better=hib)
 
 
 # ---------------------------------------------------------------- all labels of a dataset

@@ -10,6 +10,7 @@ so θ has (N + 4)·M numbers; :meth:`SamplingParams.vector_names` names each of 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -18,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.io import atomic_write_text
 from quadmix_stream.sampling import FORMS
+from quadmix_stream.validate import expect_names, expect_object, read_json, show
 
 SCHEMA = "quadmix-stream/params"
 VERSION = 1
@@ -34,7 +37,7 @@ DEFAULT_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError):
     """A params file or object that cannot be used; the message names the field and domain."""
 
 
@@ -107,21 +110,34 @@ class SamplingParams:
             )
 
     def check_names(self, domains: Sequence[str], scorers: Sequence[str]) -> None:
-        """Check that these params are for a dataset with exactly these domains and scorers."""
+        """Check that these params are for a dataset with exactly these domains and scorers.
+
+        The error lists every difference; it suggests :meth:`reorder` only when the names are
+        the same (domains and scorers alike) and only their order differs.
+        """
+        problems, same_sets = [], True
         for what, mine, theirs in (
             ("domains", self.domains, tuple(domains)),
             ("scorers", self.scorers, tuple(scorers)),
         ):
-            if mine != theirs:
-                missing = [x for x in theirs if x not in mine]
-                unknown = [x for x in mine if x not in theirs]
-                raise ParamsError(
-                    f"{what}: params are for {list(mine)} but the dataset has {list(theirs)}"
-                    + (f"; missing {missing}" if missing else "")
-                    + (f"; unknown {unknown}" if unknown else "")
-                    + ("; same names in another order" if not missing and not unknown else "")
-                    + " (use SamplingParams.reorder() or regenerate the params for this dataset)"
-                )
+            if mine == theirs:
+                continue
+            missing = [x for x in theirs if x not in mine]
+            unknown = [x for x in mine if x not in theirs]
+            same_sets &= not missing and not unknown and len(mine) == len(theirs)
+            problems.append(
+                f"{what}: params are for {list(mine)} but the dataset has {list(theirs)}"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; unknown {unknown}" if unknown else "")
+                + ("; same names in another order" if not missing and not unknown else "")
+            )
+        if problems:
+            hint = (
+                "use SamplingParams.reorder(domains, scorers)"
+                if same_sets
+                else "regenerate the params for this dataset"
+            )
+            raise ParamsError("; ".join(problems) + f" ({hint})")
 
     def reorder(self, domains: Sequence[str], scorers: Sequence[str]) -> SamplingParams:
         """The same params with rows/columns in the given order (names must match as sets)."""
@@ -157,41 +173,58 @@ class SamplingParams:
         }
 
     @classmethod
-    def from_dict(cls, obj: Mapping) -> SamplingParams:
-        if not isinstance(obj, Mapping):
-            raise ParamsError("params: expected a JSON object")
-        if obj.get("schema") != SCHEMA:
-            raise ParamsError(f"schema: expected {SCHEMA!r}, got {obj.get('schema')!r}")
-        if obj.get("version") != VERSION:
+    def from_dict(cls, obj: object) -> SamplingParams:
+        """Params from their JSON form; every problem is a :class:`ParamsError` naming the field."""
+        obj = expect_object(
+            obj,
+            "params",
+            ParamsError,
+            required=("schema", "version", "domains", "scorers", "per_domain"),
+            optional=("form", "provenance", "extra"),
+        )
+        if obj["schema"] != SCHEMA:
+            raise ParamsError(f"schema: expected {SCHEMA!r}, got {show(obj['schema'])}")
+        if obj["version"] != VERSION:
             raise ParamsError(
-                f"version: this build reads version {VERSION}, got {obj.get('version')!r}"
+                f"version: this build reads version {VERSION}, got {show(obj['version'])}"
             )
-        for key in ("domains", "scorers", "per_domain"):
-            if key not in obj:
-                raise ParamsError(f"{key}: missing")
-        domains, scorers, per = list(obj["domains"]), list(obj["scorers"]), obj["per_domain"]
+        domains = expect_names(obj["domains"], "domains", ParamsError)
+        scorers = expect_names(obj["scorers"], "scorers", ParamsError)
+        per = expect_object(obj["per_domain"], "per_domain", ParamsError, optional=None)
         if set(per) != set(domains):
             raise ParamsError(f"per_domain: has {sorted(per)} but domains lists {sorted(domains)}")
         alpha, cols = [], {k: [] for k in PER_DOMAIN}
         for d in domains:
-            entry = per[d]
+            entry = expect_object(
+                per[d],
+                f"per_domain[{d!r}]",
+                ParamsError,
+                required=(),
+                optional=("alpha", *PER_DOMAIN),
+            )
             a = entry.get("alpha")
             if not isinstance(a, Mapping) or set(a) != set(scorers):
                 raise ParamsError(
-                    f"alpha: domain {d!r} must give one weight per scorer {scorers}, got {a!r}"
+                    f"alpha: domain {d!r} must give one weight per scorer {scorers}, got {show(a)}"
                 )
             alpha.append([_num(a[s], f"alpha[{d!r}][{s!r}]") for s in scorers])
             for k in PER_DOMAIN:
                 if k not in entry:
                     raise ParamsError(f"{k}: missing for domain {d!r}")
                 cols[k].append(_num(entry[k], f"{k}[{d!r}]"))
+        form = obj.get("form", "multiplicative")
+        if not isinstance(form, str):
+            raise ParamsError(f"form: must be one of {FORMS}, got {show(form)}")
+        provenance = obj.get("provenance", "")
+        if not isinstance(provenance, str):
+            raise ParamsError(f"provenance: expected a string, got {show(provenance)}")
         return cls(
             domains=tuple(domains),
             scorers=tuple(scorers),
             alpha=np.array(alpha, dtype=np.float64).reshape(len(domains), len(scorers)),
-            form=obj.get("form", "multiplicative"),
-            provenance=str(obj.get("provenance", "")),
-            extra=dict(obj.get("extra", {})),
+            form=form,
+            provenance=provenance,
+            extra=expect_object(obj.get("extra", {}), "extra", ParamsError, optional=None),
             **{k: np.array(v, dtype=np.float64) for k, v in cols.items()},
         )
 
@@ -203,21 +236,22 @@ class SamplingParams:
     def load(cls, path: str | Path) -> SamplingParams:
         """Read and validate a params.json; errors name the file and the field."""
         path = Path(path)
-        try:
-            obj = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ParamsError(f"{path}: no such params file") from None
-        except json.JSONDecodeError as e:
-            raise ParamsError(f"{path}: not valid JSON ({e})") from None
+        obj = read_json(path, ParamsError, "params file")
         try:
             return cls.from_dict(obj)
         except ParamsError as e:
             raise ParamsError(f"{path}: {e}") from None
 
     def fingerprint(self) -> str:
-        import hashlib
+        """Identity of the stream these params select: names, form and every number of θ.
 
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        Free text (``provenance``) and ``extra`` are left out on purpose: the same θ found by
+        another search, or saved with another note, selects the same documents, so a resume with
+        it must be accepted.
+        """
+        d = self.to_dict()
+        ident = {k: d[k] for k in ("schema", "version", "form", "domains", "scorers", "per_domain")}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------ vectors
     def to_vector(self) -> np.ndarray:
@@ -343,5 +377,5 @@ def domain_mixture(
 
 def _num(x: object, where: str) -> float:
     if isinstance(x, bool) or not isinstance(x, int | float):
-        raise ParamsError(f"{where}: expected a number, got {x!r}")
+        raise ParamsError(f"{where}: expected a number, got {show(x)}")
     return float(x)

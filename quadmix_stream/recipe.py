@@ -15,10 +15,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from quadmix_stream.errors import UserError
+
 T = TypeVar("T")
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError):
     """A recipe that cannot be used; the message names the section and key."""
 
 

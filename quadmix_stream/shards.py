@@ -23,7 +23,7 @@ import numpy as np
 import zstandard
 
 from quadmix_stream.hashing import doc_key
-from quadmix_stream.io import atomic_write_bytes, sha256_file
+from quadmix_stream.io import atomic_write_bytes, atomic_write_text, check_inside, sha256_file
 from quadmix_stream.labels import (
     FORMATS,
     LabelError,
@@ -34,6 +34,7 @@ from quadmix_stream.labels import (
     write_sidecar,
 )
 from quadmix_stream.sampling import build_sigma_table
+from quadmix_stream.validate import expect_list, expect_object, read_json
 
 MDS_COLUMNS = {"id": "str", "text": "str", "meta": "json"}
 
@@ -41,7 +42,7 @@ MDS_COLUMNS = {"id": "str", "text": "str", "meta": "json"}
 def split_doc(doc: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     """(id, text, meta) of a document dict; ``meta`` is everything else."""
     if "id" not in doc or "text" not in doc:
-        raise ValueError(f"a document needs 'id' and 'text' fields, got keys {sorted(doc)}")
+        raise LabelError(f"a document needs 'id' and 'text' fields, got keys {sorted(doc)}")
     meta = {k: v for k, v in doc.items() if k not in ("id", "text")}
     return str(doc["id"]), str(doc["text"]), meta
 
@@ -169,32 +170,43 @@ class _TableBackend(_Backend):
 
 
 class _MDSBackend(_Backend):
-    """A single standard MDS dataset (index.json + shard files); we cut shards by row count."""
+    """A standard MDS dataset (shard files + ``index.json``) cut into shards at our row counts.
+
+    Shards are encoded by :func:`quadmix_stream.labelling.mds.encode_shard`, which produces the
+    bytes and ``index.json`` entries of ``streaming.MDSWriter(columns=MDS_COLUMNS)`` (a test
+    compares them). ``MDSWriter`` itself cuts shards by size only, and cutting them at row
+    boundaries needed its private ``_reset_cache()``; this needs no ``streaming`` API at all.
+    """
 
     def __init__(self, root: Path, compression: str | None) -> None:
-        from streaming import MDSWriter
-
-        self.root = root
-        self.writer = MDSWriter(
-            out=str(root), columns=MDS_COLUMNS, compression=compression, size_limit=1 << 31
-        )
-        self.index, self.compression = 0, compression
+        if compression not in (None, "zstd"):
+            raise ValueError(f"MDS compression must be None or 'zstd', got {compression!r}")
+        self.root, self.compression, self.index = root, compression, 0
+        self.docs: list[tuple[str, str, dict]] = []
+        self.entries: list[dict[str, Any]] = []
 
     def add(self, doc_id, text, meta):
-        self.writer.write({"id": doc_id, "text": text, "meta": meta})
+        self.docs.append((doc_id, text, meta))
         return None
 
     def end_shard(self):
-        # MDSWriter cuts shards by size only; flushing + resetting its cache (what its own write()
-        # does at the size limit) cuts them at our row boundaries so each gets one sidecar.
-        self.writer.flush_shard()
-        self.writer._reset_cache()
-        name = f"shard.{self.index:05d}.mds" + (f".{self.compression}" if self.compression else "")
-        self.index += 1
+        from quadmix_stream.labelling.mds import encode_shard
+
+        _raw, stored, entry = encode_shard(self.docs, self.compression)
+        raw_name = f"shard.{self.index:05d}.mds"
+        name = raw_name + (f".{self.compression}" if self.compression else "")
+        entry["raw_data"]["basename"] = raw_name
+        if entry["zip_data"] is not None:
+            entry["zip_data"]["basename"] = name
+        atomic_write_bytes(self.root / name, stored)
+        self.entries.append(entry)
+        self.index, self.docs = self.index + 1, []
         return name
 
     def close(self):
-        self.writer.finish()  # writes index.json (nothing is cached after our last cut)
+        # what MDSWriter.finish() writes: {"shards": [...], "version": 2}, keys sorted
+        obj = {"shards": self.entries, "version": 2}
+        atomic_write_text(self.root / "index.json", json.dumps(obj, sort_keys=True))
 
 
 # ---------------------------------------------------------------- the writer
@@ -300,14 +312,6 @@ class DatasetWriter:
         """Finish the last shard, write sidecars, σ tables and the manifest (atomically, last)."""
         self._end_shard()
         self._backend.close()
-        if self.fmt == "mds":  # take MDS's own shard names, and check its row counts against ours
-            shards = json.loads((self.root / "index.json").read_text())["shards"]
-            if [s["samples"] for s in shards] != [lab.rows for _, lab in self._pending]:
-                raise RuntimeError("MDSWriter cut shards differently from the label sidecars")
-            self._pending = [
-                ((s["zip_data"] or s["raw_data"])["basename"], lab)
-                for s, (_, lab) in zip(shards, self._pending, strict=True)
-            ]
         names = [s.name for s in self.scorers]
         entries = []
         for name, labels in self._pending:
@@ -320,7 +324,7 @@ class DatasetWriter:
                 )
             )
         if not entries:
-            raise ValueError("no documents were written")
+            raise LabelError(f"{self.root}: no documents were written")
         scores = np.concatenate([lab.scores for _, lab in self._pending])
         tokens = np.concatenate([lab.tokens for _, lab in self._pending])
         sigma = {
@@ -688,16 +692,33 @@ class ArrowShardReader(ShardReader):
 
 
 def mds_index(root: str | Path) -> dict[str, dict]:
-    """Map shard file name → its entry in the MDS ``index.json``."""
-    path = Path(root) / "index.json"
+    """Map shard file name → its entry in the MDS ``index.json`` (validated).
+
+    Every ``basename`` must name a file inside ``root`` (no absolute paths, no ``..``): the
+    labeller writes each shard's sidecar beside it. Errors are :class:`LabelError` naming the file
+    and the field.
+    """
+    root = Path(root)
+    path = root / "index.json"
     if not path.exists():
         raise LabelError(f"{root}: MDS dataset has no index.json")
-    shards = json.loads(path.read_text())["shards"]
+    d = expect_object(
+        read_json(path, LabelError, "MDS index"), str(path), LabelError, ("shards",), None
+    )
     out = {}
-    for s in shards:
+    for i, s in enumerate(expect_list(d["shards"], f"{path}: shards", LabelError)):
+        where = f"{path}: shards[{i}]"
+        s = expect_object(
+            s, where, LabelError, ("column_names", "column_encodings", "column_sizes"), None
+        )
+        if not (s.get("raw_data") or s.get("zip_data")):
+            raise LabelError(f"{where}: has neither 'raw_data' nor 'zip_data'")
         for key in ("zip_data", "raw_data"):
             if s.get(key):
-                out[s[key]["basename"]] = s
+                part = expect_object(s[key], f"{where}.{key}", LabelError, ("basename",), None)
+                name = part["basename"]
+                check_inside(root, name, f"{where}.{key}.basename", LabelError)
+                out[name] = s
     return out
 
 

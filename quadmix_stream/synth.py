@@ -13,6 +13,9 @@ evaluation set).
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,8 +131,30 @@ def synth(
     rows_per_shard: int = 500,
     target_docs: int = 200,
 ) -> Manifest:
-    """Write the planted synthetic corpus to ``out`` and its target/eval sets beside the shards."""
+    """Write the planted synthetic corpus to ``out`` and its target/eval sets beside the shards.
+
+    Everything is written into a temporary folder beside ``out`` and renamed to ``out`` at the end,
+    so a failed or interrupted run leaves nothing behind and can simply be run again.
+    """
     out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} is not empty; refusing to mix datasets")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a plain mkdir (not mkdtemp, which makes it private): the folder keeps the usual mode
+    tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    tmp.mkdir()
+    try:
+        manifest = _write_synth(tmp, fmt, docs_per_domain, seed, rows_per_shard, target_docs)
+        os.rename(tmp, out)  # atomic; replaces an empty folder
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_synth(
+    out: Path, fmt: str, docs_per_domain: int, seed: int, rows_per_shard: int, target_docs: int
+) -> Manifest:
     extra = {
         "synthetic": {
             "seed": seed,

@@ -113,6 +113,7 @@ def test_raw_inputs_jsonl_zst_parquet_and_bad_documents(tmp_path, ft_models):  #
     issues = m.extra["labelling"]["issues"]["counts"]
     assert issues == {
         "empty_text": 2,  # "" and the missing text
+        "blank_line": 1,  # the empty line: not a document, skipped, counted
         "duplicate_id": 1,
         "invalid_json": 2,  # "this is not json" and a JSON array: not documents, skipped
         "invalid_utf8": 2,  # the Latin-1 byte and the lone surrogate
@@ -373,27 +374,39 @@ def test_flags_only_and_train_labeler_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize("compression", [None, "zstd"])
 def test_mds_codec_matches_mdswriter(tmp_path, compression):
-    """Our MDS writer (no `streaming` import) gives MDSWriter's bytes and index entry."""
+    """Our MDS writer (no `streaming` import) gives MDSWriter's bytes and index entry, and
+    DatasetWriter's MDS backend (which uses it) gives MDSWriter's shard and index.json."""
+    from streaming import MDSWriter
+
     from quadmix_stream.labelling.mds import encode_shard, read_shard
-    from quadmix_stream.shards import _MDSBackend
+    from quadmix_stream.shards import MDS_COLUMNS, _MDSBackend
 
     docs = [
         ("a/1", "héllo wörld\nline 2", {"domain": "x", "q": [1, 2]}),
         ("b", "", {}),
         ("c", "t" * 5000, {"meta": {"u": "é"}}),
     ]
-    b = _MDSBackend(tmp_path, compression)
-    for d in docs:
-        b.add(*d)
-    b.end_shard()
-    b.close()
-    (entry,) = json.loads((tmp_path / "index.json").read_text())["shards"]
+    ref = tmp_path / "ref"
+    with MDSWriter(
+        out=str(ref), columns=MDS_COLUMNS, compression=compression, size_limit=1 << 31
+    ) as w:
+        for doc_id, text, meta in docs:
+            w.write({"id": doc_id, "text": text, "meta": meta})
+    (entry,) = json.loads((ref / "index.json").read_text())["shards"]
     _raw, stored, ours = encode_shard(docs, compression)
     name = (entry["zip_data"] or entry["raw_data"])["basename"]
-    assert (tmp_path / name).read_bytes() == stored
+    assert (ref / name).read_bytes() == stored
     ours["raw_data"]["basename"] = entry["raw_data"]["basename"]
     if compression:
         ours["zip_data"]["basename"] = entry["zip_data"]["basename"]
     assert json.dumps(ours, sort_keys=True) == json.dumps(entry, sort_keys=True)
-    got = read_shard(tmp_path / name, entry)
+    got = read_shard(ref / name, entry)
     assert [(s["id"], s["text"], s["meta"]) for s in got] == docs
+    (tmp_path / "ours").mkdir()
+    b = _MDSBackend(tmp_path / "ours", compression)
+    for d in docs:
+        b.add(*d)
+    assert b.end_shard() == name
+    b.close()
+    for f in ("index.json", name):
+        assert (tmp_path / "ours" / f).read_bytes() == (ref / f).read_bytes()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.labels import FORMATS
 
 
@@ -91,7 +92,7 @@ def _inspect(a: argparse.Namespace) -> int:
     print(json.dumps(rep, indent=1) if a.json else format_report(rep))
     if a.plot:
         if params is None:
-            raise ValueError("--plot needs --params")
+            raise UserError("--plot needs --params")
         from quadmix_stream.plots import plot_selection
 
         print(f"wrote {plot_selection(a.dataset, params, a.plot, a.seed, a.epoch)}")

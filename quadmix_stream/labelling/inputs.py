@@ -12,7 +12,8 @@ Two modes:
 The plan (list of units) is a pure function of the inputs and options, so every rank derives the
 same one and a re-run can check it is resuming the same job. Reading a unit returns flat
 documents (``id``, ``text`` and every other field) plus counted :class:`Issues`; a document is
-never dropped silently (only input lines that are not JSON objects are skipped, and counted).
+never dropped silently (only input lines that are blank or not JSON objects are skipped, and
+counted).
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
+from quadmix_stream.io import resolve_inside
 from quadmix_stream.labelling.issues import Issues, clean_str, decode_bytes, fix_surrogates
 from quadmix_stream.labelling.labelers import get_field
-from quadmix_stream.labels import MANIFEST_NAME, LabelError
+from quadmix_stream.labels import MANIFEST_NAME, LabelError, Manifest
+from quadmix_stream.recipe import RecipeError
 
 RAW_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".parquet")
 SHARD_FORMATS = ("auto", "mds", "tar", "jsonl", "parquet", "arrow")
@@ -89,12 +92,12 @@ class InputSpec:
     def check(self) -> None:
         given = [bool(self.paths), self.synthetic is not None, bool(self.shards)]
         if sum(given) != 1:
-            raise ValueError(
+            raise RecipeError(
                 "input: give exactly one of 'paths' (raw documents), 'synthetic' or 'shards' "
                 "(existing shards to label in place)"
             )
         if self.shard_format not in SHARD_FORMATS:
-            raise ValueError(f"input.shard_format must be one of {SHARD_FORMATS}")
+            raise RecipeError(f"input.shard_format must be one of {SHARD_FORMATS}")
 
 
 # ---------------------------------------------------------------- raw files
@@ -125,7 +128,7 @@ def expand_paths(patterns: list[str], base: Path | None = None) -> list[Path]:
             uniq.append(r)
     for p in uniq:
         if not p.name.endswith(RAW_SUFFIXES):
-            raise ValueError(f"input: {p} is not one of {RAW_SUFFIXES}")
+            raise RecipeError(f"input: {p} is not one of {RAW_SUFFIXES}")
     return uniq
 
 
@@ -235,7 +238,10 @@ def normalize_doc(
         else:
             issues.add("non_string_text", where)
             text = str(text)
-    doc_id = clean_str(doc_id if isinstance(doc_id, str) else str(doc_id), Issues(), where)
+    if not isinstance(doc_id, str):
+        issues.add("non_string_id", where)
+        doc_id = str(doc_id)
+    doc_id = clean_str(doc_id, Issues(), where)
     doc = {"id": doc_id, "text": text}
     for k, v in obj.items():
         if k not in (spec.id_field, spec.text_field, "id", "text"):
@@ -329,9 +335,10 @@ def read_raw_unit(
         cur = cursors[unit.source] = LineCursor(path)
     name = path.name
     for lineno, line in cur.read(unit):
-        if not line.strip():
-            continue  # a blank line is not a document
         where = f"{name}:{lineno + 1}"
+        if not line.strip():
+            issues.add("blank_line", where)  # not a document, but the user should know
+            continue
         try:
             line_s = line.decode("utf-8")
         except UnicodeDecodeError:
@@ -425,7 +432,7 @@ def iter_documents(spec: InputSpec, base: Path | None = None) -> Iterator[dict[s
     """Every document of a raw input spec (``paths`` or ``synthetic``), e.g. for training."""
     spec.check()
     if spec.shards:
-        raise ValueError("training reads raw documents ('paths' or 'synthetic'), not shards")
+        raise RecipeError("training reads raw documents ('paths' or 'synthetic'), not shards")
     units = plan_raw(spec, 1 << 62, base)
     cursors: dict[str, LineCursor] = {}
     for u in units:
@@ -464,19 +471,22 @@ def detect_shards(root: Path, fmt: str = "auto") -> tuple[str, list[str], dict[s
     if not root.is_dir():
         raise FileNotFoundError(f"input.shards: {root} is not a folder")
     extra: dict[str, Any] = {}
-    man = root / MANIFEST_NAME
-    if man.exists() and fmt in ("auto", json.loads(man.read_text()).get("format")):
-        d = json.loads(man.read_text())
-        extra["manifest_extra"] = d.get("extra", {})
-        names = [s["name"] for s in d["shards"]]
-        fmt = d["format"]
-        if fmt == "mds":
-            extra["mds_index"] = _mds_entries(root)
-        return fmt, names, extra
+    if (root / MANIFEST_NAME).exists():
+        m = Manifest.load(root)  # validated: shard names stay inside root
+        if fmt in ("auto", m.format):
+            extra["manifest_extra"] = m.extra
+            names = [s.name for s in m.shards]
+            if m.format == "mds":
+                extra["mds_index"] = _mds_entries(root)
+            return m.format, names, extra
     if fmt in ("auto", "mds") and (root / "index.json").exists():
-        entries = _mds_entries(root)
-        shards = json.loads((root / "index.json").read_text())["shards"]
-        names = [(s.get("zip_data") or s["raw_data"])["basename"] for s in shards]
+        entries = _mds_entries(root)  # validated: every basename stays inside root
+        # one name per shard, in index order: the compressed file when there is one
+        names = list(
+            dict.fromkeys(
+                (s.get("zip_data") or s["raw_data"])["basename"] for s in entries.values()
+            )
+        )
         extra["mds_index"] = entries
         return "mds", names, extra
     tars = sorted(p.name for p in root.iterdir() if p.name.endswith(TAR_SUFFIXES))
@@ -542,7 +552,7 @@ def read_shard_unit(
     from quadmix_stream.shards import JsonlShardReader, scan_tar, webdataset_members
 
     issues = Issues()
-    path = root / name
+    path = resolve_inside(root, name, f"shard {name!r}", LabelError)
     if not path.exists():
         raise LabelError(f"shard {name!r}: shard file is missing")
     docs: list[dict[str, Any]] = []
@@ -554,6 +564,8 @@ def read_shard_unit(
         from quadmix_stream.shards import mds_doc
 
         for row, sample in enumerate(read_shard(path, mds_entries[name])):
+            if "id" in sample and not isinstance(sample["id"], str):
+                issues.add("non_string_id", f"{name}:{row}")
             docs.append(_flat(mds_doc(sample, name, row), f"{name}:{row}", issues))
     elif fmt == "jsonl":
         reader = JsonlShardReader(path)
@@ -586,7 +598,10 @@ def read_shard_unit(
                     meta = json.loads(members[jx])
                     if not isinstance(meta, dict):
                         meta = {"json": meta}
-                doc_id = str(meta.pop("id", key))
+                doc_id = meta.pop("id", key)
+                if not isinstance(doc_id, str):
+                    issues.add("non_string_id", where)
+                    doc_id = str(doc_id)
                 docs.append(_flat({"id": doc_id, "text": text, "meta": meta}, where, issues))
                 offs.append(off)
                 lens.append(length)

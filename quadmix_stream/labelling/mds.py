@@ -21,6 +21,12 @@ from typing import Any
 
 import numpy as np
 
+# The `zstd` binding (a declared dependency), not `zstandard`: it is what MDSWriter compresses
+# with, so our compressed shards are its bytes too.
+import zstd
+
+from quadmix_stream.labels import LabelError
+
 #: Our columns, as DatasetWriter writes them (MDSWriter sorts them by name).
 COLUMNS = {"id": "str", "meta": "json", "text": "str"}
 SIZE_LIMIT = 1 << 31  # what shards._MDSBackend passes to MDSWriter (recorded in the config)
@@ -83,8 +89,6 @@ def encode_shard(
     )
     stored = raw
     if compression == "zstd":
-        import zstd
-
         stored = zstd.compress(raw, ZSTD_LEVEL)
     elif compression is not None:
         raise ValueError(f"MDS compression must be None or 'zstd', got {compression!r}")
@@ -109,9 +113,7 @@ def read_shard(path: Path, entry: dict[str, Any]) -> list[dict[str, Any]]:
     comp = entry.get("compression")
     if entry.get("zip_data") and comp:
         if not str(comp).startswith("zstd"):
-            raise ValueError(f"{path.name}: MDS compression {comp!r} is not supported here")
-        import zstd
-
+            raise LabelError(f"shard {path.name!r}: MDS compression {comp!r} is not supported here")
         data = zstd.decompress(data)
     names = entry["column_names"]
     encs = entry["column_encodings"]

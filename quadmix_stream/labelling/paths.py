@@ -13,12 +13,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from quadmix_stream.errors import UserError
+
 PACKAGE_PREFIX = "package://"
 
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 
 
-class LabelerError(ValueError):
+class LabelerError(UserError):
     """A labeller that cannot be built or run; the message names the labeller and the path."""
 
 

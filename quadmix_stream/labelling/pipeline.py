@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from quadmix_stream.labelling.inputs import Unit, plan_raw, plan_shards
 from quadmix_stream.labelling.issues import Issues
 from quadmix_stream.labelling.labelers import Labeler, build_labeler
 from quadmix_stream.labelling.outputs import WrittenShard
+from quadmix_stream.labelling.paths import require_readable, resolve_path
 from quadmix_stream.labelling.recipe import Recipe
 from quadmix_stream.labelling.records import (
     Record,
@@ -44,6 +46,7 @@ from quadmix_stream.labelling.records import (
 )
 from quadmix_stream.labelling.worker import IOConfig, IOHelper, Task
 from quadmix_stream.labels import LabelError, Manifest, ScorerInfo, ShardLabels, write_sidecar
+from quadmix_stream.recipe import RecipeError
 
 
 # ---------------------------------------------------------------- labeller set
@@ -96,24 +99,47 @@ def build_labelers(recipe: Recipe) -> LabelerSet:
     classes = domain.classes()
     domains = list(recipe.domains) if recipe.domains else classes
     if not domains:
-        raise ValueError(
+        raise RecipeError(
             "domains: the domain labeller does not list its classes (field labeller without a "
             "'map'); give the domain list: --domains a,b,c on the command line, or 'domains:' "
             "in the recipe"
         )
     if len(set(domains)) != len(domains):
-        raise ValueError(f"domains: duplicate names in {domains}")
+        raise RecipeError(f"domains: duplicate names in {domains}")
     pol = recipe.unknown_domain
     if pol != "error" and pol not in domains:
-        raise ValueError(f"unknown_domain: {pol!r} is not one of the domains {domains}")
+        raise RecipeError(f"unknown_domain: {pol!r} is not one of the domains {domains}")
     extra = sorted(set(classes) - set(domains))
     if extra and pol == "error":
-        raise ValueError(
+        raise RecipeError(
             f"domains: the domain labeller can return {extra}, which are not in {domains}; add "
             "them (--domains or the recipe's 'domains:'), or set unknown_domain to the domain "
             "that should take them"
         )
     return LabelerSet(domain, tokens, scorers, domains, pol)
+
+
+def check_model_paths(recipe: Recipe) -> None:
+    """Refuse a recipe whose labeller model files are missing, before anything is written.
+
+    A path that one of the recipe's training jobs writes (its ``out``) may be missing: it is
+    made before labelling starts. Raises :class:`LabelerError` naming the labeller and the path.
+    """
+
+    def norm(p: object) -> str:
+        return os.path.normpath(resolve_path(str(recipe.expand(p)), recipe.base))
+
+    made = {norm(j["out"]) for j in recipe.train if isinstance(j, dict) and "out" in j}
+    specs = [("domain", recipe.domain), ("tokens", recipe.tokens)]
+    specs += [(str(s.get("name")), s) for s in recipe.scorers]
+    for name, spec in specs:
+        if not isinstance(spec, dict):
+            continue
+        for key in ("path", "model", "head"):
+            if isinstance(spec.get(key), str) and norm(spec[key]) not in made:
+                p = resolve_path(str(recipe.expand(spec[key])), recipe.base)
+                what = spec.get("type") if key == "path" else f"{spec.get('type')} {key}"
+                require_readable(p, f"labeller {name!r} ({what})")
 
 
 # ---------------------------------------------------------------- plan
@@ -344,6 +370,7 @@ def run_label(
     recipe.check()
     root = recipe.out
     assert root is not None
+    check_model_paths(recipe)  # on every rank, before anything (the output folder) is created
     world = init_world(recipe.barrier_timeout_s)
     helper = IOHelper(recipe.io_workers)  # starts importing now, in parallel with the setup
     try:

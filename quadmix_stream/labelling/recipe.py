@@ -33,6 +33,7 @@ import yaml
 
 from quadmix_stream.labelling.inputs import InputSpec
 from quadmix_stream.labelling.outputs import OUTPUT_FORMATS
+from quadmix_stream.recipe import RecipeError
 
 _TOP = {"name", "input", "output", "domains", "unknown_domain", "train", "labelers", "run"}
 _OUTPUT = {"dir", "format", "rows_per_shard", "compression"}
@@ -79,38 +80,38 @@ class Recipe:
             if self.input.shards:
                 self.out = _resolve(self.input.shards, self.base)
             else:
-                raise ValueError("output: give output.dir in the recipe or --out")
+                raise RecipeError("output: give output.dir in the recipe or --out")
         self.input.paths = self.expand(list(self.input.paths or []))
         if self.input.shards and _resolve(self.input.shards, self.base) != self.out:
-            raise ValueError(
+            raise RecipeError(
                 f"input.shards labels shards in place: the output folder is the shards' folder "
                 f"({_resolve(self.input.shards, self.base)}), not {self.out}"
             )
         if self.format not in OUTPUT_FORMATS:
-            raise ValueError(f"output.format must be one of {OUTPUT_FORMATS}, got {self.format!r}")
+            raise RecipeError(f"output.format must be one of {OUTPUT_FORMATS}, got {self.format!r}")
         if self.rows_per_shard < 1:
-            raise ValueError("output.rows_per_shard must be ≥ 1")
+            raise RecipeError("output.rows_per_shard must be ≥ 1")
         if self.compression not in (None, "zstd"):
-            raise ValueError("output.compression must be null or 'zstd' (MDS only)")
+            raise RecipeError("output.compression must be null or 'zstd' (MDS only)")
         if self.domain is None:
-            raise ValueError(
+            raise RecipeError(
                 "labelers.domain: give a domain labeller (e.g. {type: field, field: domain} in "
                 "the recipe or --domain type=field,field=domain for documents that carry one, "
                 "or a fasttext/transformers/embedding classifier)"
             )
         names = [s.get("name") for s in self.scorers]
         if not names:
-            raise ValueError(
+            raise RecipeError(
                 "labelers.scorers: give at least one quality scorer (--scorer SPEC, repeatable)"
             )
         for n in names:
             if not n or not isinstance(n, str):
-                raise ValueError("labelers.scorers: every scorer needs a 'name'")
+                raise RecipeError("labelers.scorers: every scorer needs a 'name'")
             if n in RESERVED:
-                raise ValueError(f"labelers.scorers: {n!r} is a reserved column name")
+                raise RecipeError(f"labelers.scorers: {n!r} is a reserved column name")
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ValueError(f"labelers.scorers: duplicate names {dup}")
+            raise RecipeError(f"labelers.scorers: duplicate names {dup}")
 
 
 def _resolve(p: str | Path, base: Path) -> Path:
@@ -120,10 +121,10 @@ def _resolve(p: str | Path, base: Path) -> Path:
 
 def _check_keys(d: dict, known: set[str], where: str) -> None:
     if not isinstance(d, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
+        raise RecipeError(f"{where}: expected a mapping, got {type(d).__name__}")
     bad = sorted(set(d) - known)
     if bad:
-        raise ValueError(f"{where}: unknown keys {bad} (known: {sorted(known)})")
+        raise RecipeError(f"{where}: unknown keys {bad} (known: {sorted(known)})")
 
 
 def parse_recipe(d: dict[str, Any], base: Path, name: str = "label") -> Recipe:
@@ -167,7 +168,7 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         d = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"recipe {path}: not valid YAML ({e})") from None
+        raise RecipeError(f"recipe {path}: not valid YAML ({e})") from None
     return parse_recipe(d, path.resolve().parent, name=path.stem)
 
 
@@ -179,7 +180,7 @@ def parse_kv(text: str) -> dict[str, Any]:
             if not out:
                 out["type"] = part
                 continue
-            raise ValueError(f"expected key=value, got {part!r} in {text!r}")
+            raise RecipeError(f"expected key=value, got {part!r} in {text!r}")
         k, v = part.split("=", 1)
         out[k.strip()] = yaml.safe_load(v) if v else ""
     return out

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from quadmix_stream.io import atomic_write_text, sha256_file
+from quadmix_stream.io import atomic_write_text, resolve_inside, sha256_file
 from quadmix_stream.labelling.issues import Issues
 from quadmix_stream.labelling.outputs import WrittenShard, write_mds_index
 from quadmix_stream.labels import (
@@ -97,8 +97,11 @@ def unit_state(root: Path, unit: int, current: dict[str, str], scorers: list[str
     if rec is None:
         return UnitState(unit, "pending")
     if rec.shard is not None:
-        shard = root / rec.shard["name"]
-        side = root / rec.shard["sidecar"]
+        # names read back from a file: they must stay in the dataset folder (a sidecar is
+        # written at the recorded name when a stale column is recomputed)
+        where = f"{record_path(root, unit)}: shard"
+        shard = resolve_inside(root, rec.shard["name"], f"{where}.name", LabelError)
+        side = resolve_inside(root, rec.shard["sidecar"], f"{where}.sidecar", LabelError)
         if not shard.exists() or shard.stat().st_size != rec.shard["bytes"]:
             return UnitState(unit, "pending", why=f"{shard.name} missing or changed")
         if not side.exists() or sha256_file(side) != rec.sidecar_sha256:

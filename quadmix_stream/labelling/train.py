@@ -28,7 +28,7 @@ from quadmix_stream.hashing import doc_key, uniform
 from quadmix_stream.io import atomic_write_text
 from quadmix_stream.labelling.inputs import InputSpec, iter_documents
 from quadmix_stream.labelling.labelers import FASTTEXT_PREFIX, get_field
-from quadmix_stream.labelling.paths import resolve_path
+from quadmix_stream.labelling.paths import LabelerError, resolve_path
 from quadmix_stream.progress import Progress, counted, heartbeat
 
 SALT_SPLIT = 0x51A7_0101
@@ -47,7 +47,7 @@ def input_spec(d: Mapping[str, Any] | InputSpec) -> InputSpec:
     known = set(InputSpec.__dataclass_fields__)
     bad = sorted(set(d) - known)
     if bad:
-        raise ValueError(f"input: unknown keys {bad} (known: {sorted(known)})")
+        raise LabelerError(f"input: unknown keys {bad} (known: {sorted(known)})")
     spec = InputSpec(**d)
     spec.check()
     return spec
@@ -98,7 +98,7 @@ def _ft_line(label: str, text: str, max_chars: int) -> str:
 
 def _check_label(label: str) -> str:
     if not label or any(c.isspace() for c in label):
-        raise ValueError(f"class name {label!r} is empty or has whitespace (fasttext labels)")
+        raise LabelerError(f"class name {label!r} is empty or has whitespace (fasttext labels)")
     return label
 
 
@@ -213,7 +213,7 @@ def train_fasttext_domain(
             per_class[label] += 1
             train.append((label, d["text"]))
     if len(per_class) < 2:
-        raise ValueError(f"fasttext-domain: need ≥ 2 classes in field {field!r}, got {per_class}")
+        raise LabelerError(f"fasttext-domain: need ≥ 2 classes in field {field!r}, got {per_class}")
     lines = [_ft_line(lab, t, max_chars) for lab, t in train]
     model = _fit_fasttext(lines, out, _ft_params(fasttext_params or {}))
     rep: dict[str, Any] = {
@@ -266,12 +266,12 @@ def _quality_sets(
 ) -> tuple[list[dict], list[dict]]:
     pos = list(positives)
     if not pos:
-        raise ValueError("quality training: the positive set is empty")
+        raise LabelerError("quality training: the positive set is empty")
     ids = {d["id"] for d in pos}
     k = max_negatives if max_negatives is not None else len(pos)
     neg = bottom_k(negatives, k, seed, exclude=ids)
     if not neg:
-        raise ValueError("quality training: the negative set is empty")
+        raise LabelerError("quality training: the negative set is empty")
     return pos, neg
 
 
@@ -380,7 +380,7 @@ def train_embedding_head(
     rows: list[tuple[str, dict]] = []
     if kind == "domain":
         if docs is None:
-            raise ValueError("embedding head (domain): give documents with a domain field")
+            raise LabelerError("embedding head (domain): give documents with a domain field")
         per: Counter[str] = Counter()
         for d in docs:
             if not _has(d, field):
@@ -396,17 +396,17 @@ def train_embedding_head(
             rows.append((lab, d))
     elif kind == "quality":
         if positives is None or negatives is None:
-            raise ValueError("embedding head (quality): give positives and negatives")
+            raise LabelerError("embedding head (quality): give positives and negatives")
         pos, neg = _quality_sets(positives, negatives, max_negatives, seed)
         rows = [(pos_label, d) for d in pos] + [(neg_label, d) for d in neg]
     else:
-        raise ValueError(f"embedding head: kind must be 'domain' or 'quality', got {kind!r}")
+        raise LabelerError(f"embedding head: kind must be 'domain' or 'quality', got {kind!r}")
     held = np.array([is_heldout(d["id"], holdout, seed) for _, d in rows], dtype=bool)
     y = np.array([lab for lab, _ in rows], dtype=object)
     with heartbeat(f"train labeller: embedding {len(rows):,} docs"):
         x, _ = emb_model.encode([d["text"] for _, d in rows])
     if len(set(y[~held].tolist())) < 2:
-        raise ValueError("embedding head: the training split needs ≥ 2 classes")
+        raise LabelerError("embedding head: the training split needs ≥ 2 classes")
     clf = LogisticRegression(C=c, max_iter=2000)
     clf.fit(x[~held], y[~held])
     classes = [str(k) for k in clf.classes_]
@@ -465,9 +465,9 @@ def run_train_job(
     job = dict(_expand(dict(job), out or base, base))
     typ = job.pop("type", None)
     if typ not in TRAIN_TYPES:
-        raise ValueError(f"train: type must be one of {TRAIN_TYPES}, got {typ!r}")
+        raise LabelerError(f"train: type must be one of {TRAIN_TYPES}, got {typ!r}")
     if "out" not in job:
-        raise ValueError(f"train ({typ}): needs 'out' (the model file to write)")
+        raise LabelerError(f"train ({typ}): needs 'out' (the model file to write)")
     model_out = resolve_path(job.pop("out"), base)
     spec_path = report_path(model_out)
     ident = {"type": typ, **job}
@@ -478,7 +478,7 @@ def run_train_job(
 
     def docs(key: str, where_key: str | None = None) -> Iterator[dict]:
         if key not in job:
-            raise ValueError(f"train ({typ}): needs {key!r}")
+            raise LabelerError(f"train ({typ}): needs {key!r}")
         spec = input_spec(job.pop(key))
         it = iter_documents(spec, base)
         it = where_filter(it, job.pop(where_key, None)) if where_key else it
@@ -552,7 +552,7 @@ def run_train_job(
                 **common,
             )
     if job:
-        raise ValueError(f"train ({typ}): unknown options {sorted(job)}")
+        raise LabelerError(f"train ({typ}): unknown options {sorted(job)}")
     atomic_write_text(
         spec_path,
         json.dumps({"job": json.loads(json.dumps(ident, default=str)), "report": rep}, indent=1),

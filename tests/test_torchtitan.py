@@ -63,7 +63,26 @@ def test_checkpoint_manager_restores_the_loader_exactly(titan_setup, mds_ds):
 
 
 def test_batches_are_torchtitan_batches(titan_setup, mds_ds):
-    inputs, labels = next(iter(_build(mds_ds, titan_setup, 0, 1, 0)))
+    from torchtitan.components.tokenizer import HuggingFaceTokenizer
+    from torchtitan.trainer import Trainer
+
+    from quadmix_stream.loaders.torchtitan import QuaDMixTitanDataLoader
+
+    # the trainer's config takes it as its dataloader; build() with the trainer's arguments
+    config = Trainer.Config(
+        dataloader=QuaDMixTitanDataLoader.Config(
+            dataset_path=str(mds_ds), params=str(titan_setup / "p.json")
+        )
+    )
+    loader = config.dataloader.build(
+        dp_world_size=1,
+        dp_rank=0,
+        tokenizer=HuggingFaceTokenizer.Config().build(tokenizer_path=str(titan_setup / "tok")),
+        seq_len=16,
+        local_batch_size=2,
+        snapshot_every_n_steps=None,
+    )
+    inputs, labels = next(iter(loader))
     assert set(inputs) == {"input"}  # other keys would become model-forward kwargs
     assert inputs["input"].shape == labels.shape == (2, 16)
     assert (inputs["input"][:, 1:] == labels[:, :-1]).all()  # next-token labels

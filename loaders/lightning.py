@@ -75,7 +75,9 @@ class QuaDMixDataModule(pl.LightningDataModule):
     Train with ``max_steps`` (the stream is infinite). The same world size, workers and params
     on resume continue item for item; another topology (or new params with
     ``resume_with_new_params=True``) re-deals the rest of the epoch from the saved global
-    state. A subclass that overrides ``on_before_batch_transfer`` must call ``super()`` first.
+    state. A subclass that overrides ``on_before_batch_transfer`` must call ``super()`` first
+    (and, as always when a DataModule defines that hook, Lightning then ignores the
+    LightningModule's own).
     """
 
     def __init__(
@@ -120,7 +122,9 @@ class QuaDMixDataModule(pl.LightningDataModule):
         # (and for validation batches, which are not tagged).
         if isinstance(batch, _Tagged):
             self._consumed = batch.state
-            return batch.batch
+            batch = batch.batch
+            if self.trainer is not None:  # Lightning's precision cast skipped the wrapped batch
+                batch = self.trainer.precision_plugin.convert_input(batch)
         return batch
 
     def state_dict(self) -> dict[str, Any]:

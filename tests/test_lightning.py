@@ -130,3 +130,17 @@ def test_finite_stream_is_refused(mds_ds, tmp_path):
     dm = QuaDMixDataModule(lambda: QuaDMixDataset(mds_ds, params), batch_size=2)
     with pytest.raises(ValueError, match="infinite=True"):
         dm.train_dataloader()
+
+
+def test_unwrapped_batch_gets_lightnings_precision_cast():
+    """The tag hides the batch from Lightning's input cast; the DataModule applies it."""
+    import lightning.pytorch as pl
+    import torch
+
+    from quadmix_stream.loaders.lightning import QuaDMixDataModule, _Tagged
+
+    dm = QuaDMixDataModule(lambda: None, batch_size=2)
+    dm.trainer = pl.Trainer(accelerator="cpu", precision="bf16-true", logger=False)
+    batch = dm.on_before_batch_transfer(_Tagged({"x": torch.ones(2)}, {"s": 1}), 0)
+    assert batch["x"].dtype == torch.bfloat16
+    assert dm._consumed == {"s": 1}

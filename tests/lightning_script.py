@@ -1,18 +1,20 @@
-"""A Lightning DDP run (CPU, gloo, Lightning's own launcher) over a QuaDMix stream.
+"""A Lightning run (CPU; DDP with gloo and Lightning's own launcher) over a QuaDMix stream.
 
     python lightning_script.py DATASET PARAMS OUT STEPS WORKERS DEVICES MODE [CKPT]
 
 Every ``training_step`` appends the documents of its batch (``epoch``, ``key``, ``copy``) to
 ``OUT/consumed-rank{R}.jsonl`` under the step number, so a test can compare what the model
 consumed in an interrupted-and-resumed run with an uninterrupted one. A checkpoint is saved
-every ``EVERY`` steps. ``MODE`` is ``datamodule`` (:class:`QuaDMixDataModule`) or ``stateful``
-(a plain ``StatefulDataLoader`` returned from ``train_dataloader``: what Lightning does with it
-on its own). ``CKPT``: resume from that checkpoint.
+every ``EVERY`` steps (environment ``CKPT_EVERY``, default 4). ``MODE``: ``datamodule`` (:class:`QuaDMixDataModule`, infinite stream,
+``STEPS`` steps); ``finite`` (the same over a finite stream for ``STEPS`` epochs, with a
+checkpoint at each epoch's end too); ``stateful`` (a plain ``StatefulDataLoader`` returned
+from ``train_dataloader``: what Lightning does with it on its own). ``CKPT``: resume from it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,7 +28,7 @@ from quadmix_stream.dataset import QuaDMixDataset
 from quadmix_stream.loaders.lightning import QuaDMixDataModule
 from quadmix_stream.loaders.stateful import make_loader
 
-EVERY = 4
+EVERY = int(os.environ.get("CKPT_EVERY", "4"))
 BATCH = 3
 
 
@@ -68,35 +70,41 @@ def main() -> None:
     dataset, params, out, steps, workers, devices, mode = sys.argv[1:8]
     ckpt = sys.argv[8] if len(sys.argv) > 8 else None
     out_dir = Path(out)
+    finite = mode == "finite"
 
     def make() -> QuaDMixDataset:
-        return QuaDMixDataset(dataset, params, seed=5, infinite=True)
+        return QuaDMixDataset(dataset, params, seed=5, infinite=not finite)
 
     dm = (
-        QuaDMixDataModule(make, BATCH, int(workers))
-        if mode == "datamodule"
-        else PlainStateful(make, int(workers))
+        PlainStateful(make, int(workers))
+        if mode == "stateful"
+        else QuaDMixDataModule(make, BATCH, int(workers))
     )
+    saves = [
+        ModelCheckpoint(
+            dirpath=out_dir / "ckpt", filename="{step}", every_n_train_steps=EVERY, save_top_k=-1
+        )
+    ]
+    if finite:  # and at the end of every epoch
+        saves.append(
+            ModelCheckpoint(dirpath=out_dir / "ckpt", filename="end-{epoch}", save_top_k=-1)
+        )
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=int(devices),
         strategy="ddp" if int(devices) > 1 else "auto",
-        max_steps=int(steps),
+        max_steps=-1 if finite else int(steps),
+        max_epochs=int(steps) if finite else None,
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=out,
-        callbacks=[
-            ModelCheckpoint(
-                dirpath=out_dir / "ckpt",
-                filename="{step}",
-                every_n_train_steps=EVERY,
-                save_top_k=-1,
-            )
-        ],
+        callbacks=saves,
     )
-    trainer.fit(Recorder(out_dir, 0.05 if ckpt is None else 0.0), datamodule=dm, ckpt_path=ckpt)
-    if trainer.global_rank == 0 and mode == "datamodule":
+    # slow steps leave a test time to kill the run at a step of its choice
+    step_time = 0.05 if mode == "datamodule" and ckpt is None else 0.0
+    trainer.fit(Recorder(out_dir, step_time), datamodule=dm, ckpt_path=ckpt)
+    if trainer.global_rank == 0 and mode != "stateful":
         (out_dir / "resume.json").write_text(json.dumps({"exact": dm.exact_resume}))
 
 

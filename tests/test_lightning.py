@@ -4,6 +4,7 @@ batches of the uninterrupted run (nothing lost, nothing repeated)."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import signal
@@ -122,14 +123,40 @@ def test_ddp_sigkill_and_resume_consumes_the_same_batches(tmp_path, mds_ds):
     assert len(docs) == len(set(docs)) == 2 * STEPS * 3
 
 
-def test_finite_stream_is_refused(mds_ds, tmp_path):
-    from quadmix_stream.loaders.lightning import QuaDMixDataModule
+@pytest.fixture(scope="module")
+def small_ds(tmp_path_factory) -> tuple[Path, Path]:
+    from quadmix_stream.synth import synth
 
-    params = tmp_path / "p.json"
-    wide_params(mds_ds).save(params)
-    dm = QuaDMixDataModule(lambda: QuaDMixDataset(mds_ds, params), batch_size=2)
-    with pytest.raises(ValueError, match="infinite=True"):
-        dm.train_dataloader()
+    root = tmp_path_factory.mktemp("pl-small")
+    synth(root / "ds", "mds", docs_per_domain=12, seed=0, rows_per_shard=30)
+    wide_params(root / "ds", seed=4).save(root / "p.json")
+    return root / "ds", root / "p.json"
+
+
+@pytest.mark.slow
+def test_finite_epochs_resume_exactly_mid_epoch_and_after_an_epochs_last_batch(tmp_path, small_ds):
+    ds, params = small_ds
+    n0 = -(-len(list(QuaDMixDataset(ds, params, seed=5))) // 3)  # batches in epoch 0
+    env = {**os.environ, "CKPT_EVERY": str(n0)}  # checkpoints at epoch 0's last batch, ...
+
+    def run(out: Path, *ckpt: str) -> dict[int, list]:
+        out.mkdir()
+        args = [sys.executable, str(SCRIPT), str(ds), str(params), str(out), "3", "1", "1"]
+        r = subprocess.run(
+            [*args, "finite", *ckpt], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert json.loads((out / "resume.json").read_text()) == {"exact": True if ckpt else None}
+        return _by_step(_records(out, 0))
+
+    full = run(tmp_path / "full")
+    epochs = [full[s][0][0] for s in sorted(full)]  # one stream epoch per Lightning epoch
+    assert epochs[:n0] == [0] * n0 and sorted(set(epochs)) == [0, 1, 2]
+    assert epochs[2 * n0 - 1] == epochs[2 * n0] == 1  # ... and in the middle of epoch 1
+    for step in (n0, 2 * n0):
+        got = run(tmp_path / f"from-{step}", str(tmp_path / "full" / "ckpt" / f"step={step}.ckpt"))
+        assert sorted(got) == list(range(step, len(full))), step
+        assert all(got[s] == full[s] for s in got), step
 
 
 def test_unwrapped_batch_gets_lightnings_precision_cast():

@@ -47,13 +47,19 @@ def _inner(dataset: QuaDMixDataset | PackedDataset) -> QuaDMixDataset:
     return dataset.dataset if isinstance(dataset, PackedDataset) else dataset
 
 
-def checkpoint_loader(loader: Any) -> dict[str, Any]:
+def checkpoint_loader(loader: Any, state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything needed to resume the loader: call on every rank (it all-gathers).
+
+    Args:
+        loader: the ``StatefulDataLoader`` of this rank.
+        state: this rank's loader state to save instead of ``loader.state_dict()`` (e.g. a
+            snapshot taken when the last *consumed* batch was yielded, when the training loop
+            fetches ahead of what it has consumed).
 
     Returns (identical on all ranks, save it from rank 0) each rank's own loader state for an
     exact resume, the global state for any other topology or params, and what they were for.
     """
-    mine = loader.state_dict()
+    mine = loader.state_dict() if state is None else state
     rank, world = _world()
     per_rank: list[Any] = [None] * world
     if world > 1:

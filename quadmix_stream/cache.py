@@ -63,7 +63,7 @@ def cooperative(
     """
     final = folder / f"{name}.npz"
     if final.exists():
-        return load_arrays(final)
+        return load_arrays(final)  # (the caller releases what it frees)
     parts = folder / f"{name}.parts"
     parts.mkdir(parents=True, exist_ok=True)
     # Start at a different chunk in each process so that they rarely contend for one lock.

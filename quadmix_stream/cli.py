@@ -72,10 +72,7 @@ _USER_ERRORS_ELSEWHERE = {
 #: is shown as one line. Transitional: each should raise a ``UserError`` subclass and leave the list.
 _PLAIN_VALUE_ERRORS_FROM = frozenset(
     {
-        "quadmix_stream.dataset",
-        "quadmix_stream.order",
         "quadmix_stream.packing",
-        "quadmix_stream.selection",
         "quadmix_stream.tokenizer",
         "quadmix_stream.search.data",
         "quadmix_stream.search.features",

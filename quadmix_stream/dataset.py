@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from quadmix_stream.dockey import DocKey
+from quadmix_stream.errors import UserError
 from quadmix_stream.labels import Manifest
 from quadmix_stream.order import (
     EpochSequence,
@@ -54,7 +55,7 @@ BALANCES = ("drop", "pad", None)
 def _resolve_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is not None or world_size is not None:
         if rank is None or world_size is None or not 0 <= rank < world_size:
-            raise ValueError(
+            raise UserError(
                 f"give both rank and world_size with 0 ≤ rank < world_size (got {rank}, {world_size})"
             )
         return rank, world_size
@@ -122,9 +123,9 @@ class QuaDMixDataset(IterableDataset):
     ) -> None:
         super().__init__()
         if balance not in BALANCES:
-            raise ValueError(f"balance must be one of {BALANCES}, got {balance!r}")
+            raise UserError(f"balance must be one of {BALANCES}, got {balance!r}")
         if shuffle_block_shards is not None and int(shuffle_block_shards) < 1:
-            raise ValueError(
+            raise UserError(
                 f"shuffle_block_shards must be ≥ 1 or None, got {shuffle_block_shards!r}"
             )
         self.root = Path(dataset)
@@ -344,7 +345,7 @@ class QuaDMixDataset(IterableDataset):
         seq = self.sequence(epoch, pieces)
         if self.infinite and pieces is None and seq.total == 0:
             # every consumer sees the same totals, so every rank stops here: nobody waits
-            raise ValueError(
+            raise UserError(
                 f"{self.root}: the params select no document in epoch {epoch} (every realised "
                 "count is 0); an infinite stream would wait forever. Check the params "
                 "(`quadmix-stream inspect --params`)."

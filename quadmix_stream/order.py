@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.hashing import SALT_ORDER, SALT_SHARDS, hash64
 
 COPY_BITS = 8
@@ -270,7 +271,7 @@ def balanced_length(total: int, consumers: int, balance: str | None) -> int:
         return total - total % consumers
     if balance == "pad":
         return -(-total // consumers) * consumers
-    raise ValueError(f"balance must be 'drop', 'pad' or None, got {balance!r}")
+    raise UserError(f"balance must be 'drop', 'pad' or None, got {balance!r}")
 
 
 def consumer_range(length: int, consumer: int, consumers: int) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.hashing import SALT_SAMPLE, hash64
 from quadmix_stream.labels import DatasetLabels, Manifest
 from quadmix_stream.params import SamplingParams
@@ -54,9 +55,9 @@ class RankConfig:
 
     def __post_init__(self) -> None:
         if self.method not in RANK_METHODS:
-            raise ValueError(f"rank method must be one of {RANK_METHODS}, got {self.method!r}")
+            raise UserError(f"rank method must be one of {RANK_METHODS}, got {self.method!r}")
         if self.sample_per_domain < 1 or self.grid < 2:
-            raise ValueError("sample_per_domain must be ≥ 1 and grid ≥ 2")
+            raise UserError("sample_per_domain must be ≥ 1 and grid ≥ 2")
 
     @property
     def per_domain(self) -> int | None:

@@ -21,6 +21,7 @@ import copy
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.order import (
     EpochSequence,
     Piece,
@@ -34,7 +35,7 @@ STATE_MARK = "quadmix_state"
 STATE_VERSION = 2
 
 
-class StateError(ValueError):
+class StateError(UserError):
     """A loader state that cannot be used with this dataset / configuration."""
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quadmix_stream.cache import Throttle, cooperative
+from quadmix_stream.cache import Throttle, cooperative, release_free_memory
+from quadmix_stream.errors import UserError
 from quadmix_stream.hashing import SALT_SAMPLE, hash64
 from quadmix_stream.labels import LabelError, Manifest, ShardLabels, read_shard_labels, shard_starts
 from quadmix_stream.order import MAX_COPIES
@@ -117,7 +118,7 @@ class PoolTables:
             lab = self.labels(shard)
             c = realize(self.expected(shard, params), lab.key, seed, epoch)
             if c.size and c.max() > MAX_COPIES:
-                raise ValueError(
+                raise UserError(
                     f"shard {self.manifest.shards[shard].name!r}: a document gets {int(c.max())} "
                     f"copies under these params; at most {MAX_COPIES} are supported (lower η)"
                 )
@@ -205,6 +206,7 @@ class PoolTables:
             if len(self._models) >= 4:
                 self._models.pop(next(iter(self._models)))
             self._models[fp] = RankModel.build(self.reference(), params, self.config)
+            release_free_memory()  # the reference is transient: only the model stays
         return self._models[fp]
 
     def totals(self, params: SamplingParams, seed: int, epoch: int) -> np.ndarray:

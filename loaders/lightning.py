@@ -23,10 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-try:  # the `lightning` package; the standalone `pytorch_lightning` has the same classes
-    import lightning.pytorch as pl
-except ImportError:  # pragma: no cover - depends on which distribution is installed
-    import pytorch_lightning as pl
+import lightning.pytorch as pl  # the `lightning` distribution (declared in pyproject)
 
 from quadmix_stream.dataset import QuaDMixDataset
 from quadmix_stream.loaders.stateful import checkpoint_loader, make_loader, restore_loader

@@ -187,8 +187,21 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
     t = time.perf_counter()
     target = _target(raw.get("target") or {"synthetic": {}}, base, out)
     evals = _evals(raw.get("evals"), base, out)
-    cfg = SearchConfig.load(base / raw["search"]).replace(
-        dataset=str(data), target=str(target), out=str(out / "search"), synth=None
+    cfg = SearchConfig.load(base / raw["search"])
+    # the flow's evaluation sets that the search's objective or constraints name
+    wanted = (set(cfg.objective) | set(cfg.constraints)) - {"target"}
+    missing = sorted(wanted - set(evals) - set(cfg.evals))
+    if missing:
+        raise RecipeError(
+            f"search: objective/constraints name {missing}, which neither the flow's `evals:` "
+            "nor the search recipe's `evals:` define"
+        )
+    cfg = cfg.replace(
+        dataset=str(data),
+        target=str(target),
+        out=str(out / "search"),
+        synth=None,
+        evals={**cfg.evals, **{k: v for k, v in evals.items() if k in wanted}},
     )
     _log(f"search: {base / raw['search']} → {out / 'search'}")
     run_all(cfg, out / "search")
@@ -268,17 +281,25 @@ def _train_all(
 
 
 def _same_run_or_fail(folder: Path, body: dict[str, Any], params: Path) -> None:
-    """Resume a training folder only for the same settings and the same params file.
+    """Resume a training folder only for the same settings and the same sampling parameters.
 
     A re-run after editing ``train:`` (or after a new search changed θ*) must not quietly
-    continue old checkpoints under new settings.
+    continue old checkpoints under new settings. The params are compared by what changes the
+    stream (not provenance or timestamps: a resumed search rewrites params.json unchanged).
     """
-    from quadmix_stream.io import sha256_file
+    from quadmix_stream.search.proxy import stream_fingerprint
 
-    ident = json.loads(json.dumps({"train": body, "params_sha256": sha256_file(params)}))
+    fp = stream_fingerprint(SamplingParams.load(params))
+    ident = json.loads(json.dumps({"train": body, "params_stream": fp}))
     path = folder / "flow-train.json"
     if path.exists():
-        if json.loads(path.read_text()) != ident:
+        old = json.loads(path.read_text())
+        if "params_sha256" in old:  # written before params were compared by stream
+            from quadmix_stream.io import sha256_file
+
+            same = old.pop("params_sha256") == sha256_file(params)
+            old["params_stream"] = fp if same else None
+        if old != ident:
             raise RecipeError(
                 f"{folder} was trained with other settings or another params file; delete the "
                 "folder to retrain it, or run the flow with another --out"

@@ -78,3 +78,18 @@ def to_params(
     return SamplingParams.from_vector(
         np.clip(vector, 0.0, None), domains, scorers, form, provenance, renormalize=True
     )
+
+
+def toward(
+    anchors: np.ndarray, fresh: np.ndarray, reach: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Points between anchors and fresh proposals, at most ``reach`` of the way (CLIMB-style
+    local search: ``reach`` shrinks round after round).
+
+    Row i moves a random anchor a fraction u ~ U(0, reach) of the way to ``fresh[i]``. A convex
+    combination of two points of the space stays in it: α rows stay on the simplex, λ, ω, η, ε
+    stay in their ranges, and domain-mixture θ stay domain mixtures.
+    """
+    pick = anchors[rng.integers(len(anchors), size=len(fresh))]
+    u = rng.uniform(0.0, reach, size=(len(fresh), 1))
+    return pick + u * (fresh - pick)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
+from quadmix_stream.flow import _same_run_or_fail
 from quadmix_stream.labelling.train import run_train_job
 from quadmix_stream.params import SamplingParams
+from quadmix_stream.recipe import RecipeError
 from quadmix_stream.search.proxy import stream_fingerprint
 
 from .test_labelling_support import synth_docs, write_jsonl
@@ -42,3 +46,17 @@ def test_a_labeller_is_not_retrained_for_another_spelling_of_its_input(tmp_path:
     # the same spelling with other content is another job
     write_jsonl(src, synth_docs(30, seed=4))
     assert run_train_job(job, tmp_path)[2]
+
+
+def test_a_flow_training_resumes_when_only_the_params_provenance_changed(tmp_path: Path):
+    p = SamplingParams.keep_all(["a", "b"], ["q"])
+    path = tmp_path / "params.json"
+    p.save(path)
+    body = {"train": {"steps": 10}}
+    _same_run_or_fail(tmp_path / "train", body, path)
+    # a resumed search rewrites params.json: new time stamp, same stream → same training
+    dataclasses.replace(p, extra={"search": {"selected": "later"}}, provenance="again").save(path)
+    _same_run_or_fail(tmp_path / "train", body, path)
+    dataclasses.replace(p, omega=[1.0, 0.5]).save(path)  # another stream: refused
+    with pytest.raises(RecipeError, match="another params file"):
+        _same_run_or_fail(tmp_path / "train", body, path)

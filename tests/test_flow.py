@@ -15,6 +15,7 @@ from quadmix_stream.flow import run_flow
 from quadmix_stream.hashing import doc_key
 from quadmix_stream.labels import Manifest, load_labels
 from quadmix_stream.recipe import RecipeError
+from quadmix_stream.search.runfolder import RunFolder
 from quadmix_stream.synth import iter_docs
 
 
@@ -63,6 +64,7 @@ def _flow(tmp: Path) -> Path:
             "regressor": {"features": "profile", "kfold": 2},
             "select": {"n": 2000, "top_k": 3},
             "regmix": {"proposals": 12},
+            "objective": {"target": 1.0, "general": 0.5},  # the flow passes its `general` set
             "evaluate": False,
         }
     }
@@ -130,8 +132,26 @@ def test_flow_holds_out_evaluates_every_set_and_reports_seeds(tmp_path):
     report = (out / "report.md").read_text()
     assert "| random | " in report and " ± " in report and (out / "results.png").exists()
     assert (out / "train-quadmix-seed1" / "log.jsonl").exists()
-    # a re-run resumes every step; with other training settings it refuses the old checkpoints
+    _, y, recs = RunFolder(out / "search").table()
+    for v, r in zip(y, recs, strict=True):  # the search minimised target + 0.5 · general
+        assert v == pytest.approx(r["losses"]["target"] + 0.5 * r["losses"]["general"])
+    # a re-run resumes every step (the search rewrites nothing the trainings depend on) …
     recipe = tmp_path / "flow.yaml"
+
+    def trained() -> dict:  # every log record but the resume events
+        return {
+            p.parent.name: [x for x in p.read_text().splitlines() if '"resume"' not in x]
+            for p in out.glob("train-*/log.jsonl")
+        }
+
+    before = trained()
+    run_flow(recipe)
+    assert trained() == before
+    assert (
+        json.loads((out / "results.json").read_text())["quadmix"]["seeds"]
+        == res["quadmix"]["seeds"]
+    )
+    # … and with other training settings it refuses the old checkpoints
     body = yaml.safe_load(recipe.read_text())
     body["train"]["train"]["steps"] = 6
     recipe.write_text(yaml.safe_dump(body))

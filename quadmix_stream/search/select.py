@@ -266,9 +266,11 @@ def ship(folder: RunFolder) -> dict:
             "objective": float(y[i]),
             "losses": _losses(recs[i]),
         }
-    if STAR not in measured:
+    if STAR not in evals:
         raise ValueError(f"{folder.path}: θ* has no measured proxy yet (run `evaluate`)")
     bounds, notes = {}, []
+    if STAR not in measured:
+        notes.append(f"θ*'s proxy failed ({evals[STAR].get('reason')})")
     for s, b in cfg.constraints.items():
         if isinstance(b, str):
             if b not in measured:
@@ -286,7 +288,8 @@ def ship(folder: RunFolder) -> dict:
         notes.append("no measured contender meets every constraint; the best overall ships")
     pool_ = feasible or measured
     best = min(pool_, key=lambda k: (pool_[k]["objective"], k != STAR))
-    v, sv = measured[best]["objective"], measured[STAR]["objective"]
+    v = measured[best]["objective"]
+    sv = measured[STAR]["objective"] if STAR in measured else math.nan
     base = {
         k: w["objective"]
         for k, w in measured.items()
@@ -295,8 +298,8 @@ def ship(folder: RunFolder) -> dict:
     best_base = min(base, key=base.get) if base else None
     what = "θ* (mean of the top-k predicted)" if best == STAR else best
     text = (
-        f"quadmix-stream search {folder.path.resolve()}: shipped: {what}, the lowest measured proxy objective {v:.4f} of {len(measured)} "
-        f"measured (θ* {sv:.4f}"
+        f"quadmix-stream search {folder.path.resolve()}: shipped: {what}, the lowest measured "
+        f"proxy objective {v:.4f} of {len(measured)} measured (θ* {sv:.4f}"
         + ("" if best == STAR else f", {sv - v:.4f} worse than {best}")
         + (f"; best baseline {best_base} {base[best_base]:.4f}" if best_base else "")
         + ")"

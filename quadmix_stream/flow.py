@@ -30,7 +30,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from quadmix_stream.io import atomic_write_text
 from quadmix_stream.labels import DatasetLabels, Manifest, load_labels
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.recipe import RecipeError, build, read_yaml
+
+if TYPE_CHECKING:
+    from quadmix_stream.search.config import SearchConfig
 
 
 def _log(msg: str) -> None:
@@ -148,6 +151,20 @@ def _target(spec: dict[str, Any], base: Path, out: Path) -> Path:
     return path
 
 
+def _search_config(path: Path, evals: dict[str, str]) -> SearchConfig:
+    """The search recipe, given the flow's evaluation sets its objective or constraints name."""
+    from quadmix_stream.search.config import SearchConfig
+
+    body = dict(read_yaml(path))
+    body = dict(body.get("search", body))
+    named = set(body.get("objective") or {}) | set(body.get("constraints") or {})
+    own = dict(body.get("evals") or {})
+    add = {k: v for k, v in evals.items() if k in named and k not in own}
+    if add:
+        body["evals"] = {**own, **add}
+    return SearchConfig.from_dict(body, str(path))
+
+
 FLOW_KEYS = {"out", "label", "split", "target", "evals", "search", "train", "compare", "seeds"}
 
 
@@ -155,7 +172,6 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
     """Run every step of a flow recipe; returns the folder holding ``report.md``."""
     from quadmix_stream.labelling.pipeline import run_label
     from quadmix_stream.labelling.recipe import load_recipe
-    from quadmix_stream.search.config import SearchConfig
     from quadmix_stream.search.pipeline import run_all
 
     recipe = Path(recipe)
@@ -187,21 +203,8 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
     t = time.perf_counter()
     target = _target(raw.get("target") or {"synthetic": {}}, base, out)
     evals = _evals(raw.get("evals"), base, out)
-    cfg = SearchConfig.load(base / raw["search"])
-    # the flow's evaluation sets that the search's objective or constraints name
-    wanted = (set(cfg.objective) | set(cfg.constraints)) - {"target"}
-    missing = sorted(wanted - set(evals) - set(cfg.evals))
-    if missing:
-        raise RecipeError(
-            f"search: objective/constraints name {missing}, which neither the flow's `evals:` "
-            "nor the search recipe's `evals:` define"
-        )
-    cfg = cfg.replace(
-        dataset=str(data),
-        target=str(target),
-        out=str(out / "search"),
-        synth=None,
-        evals={**cfg.evals, **{k: v for k, v in evals.items() if k in wanted}},
+    cfg = _search_config(base / raw["search"], evals).replace(
+        dataset=str(data), target=str(target), out=str(out / "search"), synth=None
     )
     _log(f"search: {base / raw['search']} → {out / 'search'}")
     run_all(cfg, out / "search")

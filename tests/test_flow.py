@@ -138,15 +138,19 @@ def test_flow_holds_out_evaluates_every_set_and_reports_seeds(tmp_path):
     # a re-run resumes every step (the search rewrites nothing the trainings depend on) …
     recipe = tmp_path / "flow.yaml"
 
-    def trained() -> dict:  # every log record but the resume events
+    def records(event: str | None) -> dict:  # training steps (event None), or one event
         return {
-            p.parent.name: [x for x in p.read_text().splitlines() if '"resume"' not in x]
+            p.parent.name: [
+                x for x in map(json.loads, p.read_text().splitlines()) if x.get("event") == event
+            ]
             for p in out.glob("train-*/log.jsonl")
         }
 
-    before = trained()
+    before = records(None)
     run_flow(recipe)
-    assert trained() == before
+    assert records(None) == before  # no step trained again
+    resumed = [r for rs in records("resume").values() for r in rs]
+    assert len(resumed) == 4 and all(r["exact"] and "switch" not in r for r in resumed)
     assert (
         json.loads((out / "results.json").read_text())["quadmix"]["seeds"]
         == res["quadmix"]["seeds"]

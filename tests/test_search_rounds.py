@@ -18,6 +18,7 @@ from quadmix_stream.search.pipeline import (
 )
 from quadmix_stream.search.runfolder import RunFolder
 from quadmix_stream.search.select import boundary
+from quadmix_stream.search.space import spread_best
 
 from .test_search_pipeline import tiny_config
 
@@ -148,3 +149,11 @@ def test_a_best_region_at_a_range_bound_is_flagged(mds_ds, tmp_path):
     folder = step_propose(tmp_path / "run2", wide, log=lambda s: None)
     best[:, omega] = 1.0
     assert all(b["param"] != "omega" for b in boundary(folder, best))
+
+
+def test_a_round_spreads_its_proxies_over_the_anchors():
+    pred = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    groups = np.array([0, 0, 0, 0, 1, 2, 1])
+    assert spread_best(pred, groups, 3).tolist() == [0, 4, 5]  # one per anchor, best first
+    assert spread_best(pred, groups, 6).tolist() == [0, 1, 2, 4, 5, 6]  # caps, then the best
+    assert spread_best(pred, np.zeros(7, dtype=int), 2).tolist() == [0, 1]

@@ -248,6 +248,7 @@ def step_round(
     redone from its drawn proposals, which never change); a finished round trains nothing.
     """
     from quadmix_stream.search.select import load_predictor, local_candidates
+    from quadmix_stream.search.space import spread_best
 
     folder = RunFolder(path, dataset)
     rc = folder.config.rounds
@@ -261,9 +262,12 @@ def step_round(
         pool = Pool(folder.dataset)
         pred = load_predictor(folder, pool)
         reach = rc.shrink ** (r - 1)
-        cand = local_candidates(folder, pred, pool, rc.candidates, reach, batch_seed(rc.seed, r))
+        cand, anchor = local_candidates(
+            folder, pred, pool, rc.candidates, reach, batch_seed(rc.seed, r)
+        )
         p = pred.predict(cand)
-        new = cand[np.argsort(p, kind="stable")[: rc.n]]
+        pick = spread_best(p, anchor, rc.n)
+        new = cand[pick]
         ids, batches, theta = folder.proposals()
         start = int(ids.max()) + 1
         folder.write_proposals(
@@ -273,8 +277,9 @@ def step_round(
             np.concatenate([rounds, np.full(len(new), r)]),
         )
         log(
-            f"round {r}: {len(new)} θ near the best (reach {reach:.3g}), predicted "
-            f"{p.min():.4f}–{np.sort(p)[len(new) - 1]:.4f} by {pred.metrics['chosen']}"
+            f"round {r}: {len(new)} θ near the best (reach {reach:.3g}, from "
+            f"{len(np.unique(anchor[pick]))} anchors), predicted {p[pick].min():.4f}–"
+            f"{p[pick].max():.4f} by {pred.metrics['chosen']}"
         )
     step_proxies(path, dataset, group, device, threads, log=log)
     best = best_per_round(RunFolder(path, dataset))

@@ -67,8 +67,9 @@ def anchors(folder: RunFolder, predictor: Predictor, pool: Pool, top: int, seed:
 
 def local_candidates(
     folder: RunFolder, predictor: Predictor, pool: Pool, n: int, reach: float, seed: int
-) -> np.ndarray:
-    """``n`` points between the anchors and fresh proposals, at most ``reach`` of the way."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` points between the anchors and fresh proposals, at most ``reach`` of the way, and
+    the index of each one's anchor."""
     cfg = folder.config
     a = anchors(folder, predictor, pool, cfg.rounds.top, batch_seed(seed, 0))
     fresh = propose(
@@ -137,7 +138,7 @@ def select(folder: RunFolder, pool: Pool | None = None) -> dict:
     local = 0
     if cfg.rounds.k > 0:
         reach = cfg.rounds.shrink**cfg.rounds.k
-        near = local_candidates(
+        near, _ = local_candidates(
             folder,
             predictor,
             pool,

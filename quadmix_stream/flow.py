@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +44,9 @@ from quadmix_stream.labels import DatasetLabels, Manifest, load_labels
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.progress import fmt_duration
 from quadmix_stream.recipe import RecipeError, build, read_yaml
+
+if TYPE_CHECKING:
+    from quadmix_stream.search.config import SearchConfig
 
 
 def _log(msg: str) -> None:
@@ -175,6 +178,20 @@ def _target(spec: dict[str, Any], base: Path, out: Path) -> Path:
     return path
 
 
+def _search_config(path: Path, evals: dict[str, str]) -> SearchConfig:
+    """The search recipe, given the flow's evaluation sets its objective or constraints name."""
+    from quadmix_stream.search.config import SearchConfig
+
+    body = dict(read_yaml(path))
+    body = dict(body.get("search", body))
+    named = set(body.get("objective") or {}) | set(body.get("constraints") or {})
+    own = dict(body.get("evals") or {})
+    add = {k: v for k, v in evals.items() if k in named and k not in own}
+    if add:
+        body["evals"] = {**own, **add}
+    return SearchConfig.from_dict(body, str(path))
+
+
 FLOW_KEYS = {"out", "label", "split", "target", "evals", "search", "train", "compare", "seeds"}
 
 
@@ -182,7 +199,6 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
     """Run every step of a flow recipe; returns the folder holding ``report.md``."""
     from quadmix_stream.labelling.pipeline import run_label
     from quadmix_stream.labelling.recipe import load_recipe
-    from quadmix_stream.search.config import SearchConfig
     from quadmix_stream.search.pipeline import run_all
 
     recipe = Path(recipe)
@@ -212,7 +228,7 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
     with _stage(out, "search", times):
         target = _target(raw.get("target") or {"synthetic": {}}, base, out)
         evals = _evals(raw.get("evals"), base, out)
-        cfg = SearchConfig.load(base / raw["search"]).replace(
+        cfg = _search_config(base / raw["search"], evals).replace(
             dataset=str(data), target=str(target), out=str(out / "search"), synth=None
         )
         _log(f"search: {base / raw['search']} → {out / 'search'}")
@@ -295,17 +311,25 @@ def _train_all(
 
 
 def _same_run_or_fail(folder: Path, body: dict[str, Any], params: Path) -> None:
-    """Resume a training folder only for the same settings and the same params file.
+    """Resume a training folder only for the same settings and the same sampling parameters.
 
     A re-run after editing ``train:`` (or after a new search changed θ*) must not quietly
-    continue old checkpoints under new settings.
+    continue old checkpoints under new settings. The params are compared by what changes the
+    stream (not provenance or timestamps: a resumed search rewrites params.json unchanged).
     """
-    from quadmix_stream.io import sha256_file
+    from quadmix_stream.search.proxy import stream_fingerprint
 
-    ident = json.loads(json.dumps({"train": body, "params_sha256": sha256_file(params)}))
+    fp = stream_fingerprint(SamplingParams.load(params))
+    ident = json.loads(json.dumps({"train": body, "params_stream": fp}))
     path = folder / "flow-train.json"
     if path.exists():
-        if json.loads(path.read_text()) != ident:
+        old = json.loads(path.read_text())
+        if "params_sha256" in old:  # written before params were compared by stream
+            from quadmix_stream.io import sha256_file
+
+            same = old.pop("params_sha256") == sha256_file(params)
+            old["params_stream"] = fp if same else None
+        if old != ident:
             raise RecipeError(
                 f"{folder} was trained with other settings or another params file; delete the "
                 "folder to retrain it, or run the flow with another --out"

@@ -15,6 +15,7 @@ from quadmix_stream.flow import run_flow
 from quadmix_stream.hashing import doc_key
 from quadmix_stream.labels import Manifest, load_labels
 from quadmix_stream.recipe import RecipeError
+from quadmix_stream.search.runfolder import RunFolder
 from quadmix_stream.synth import iter_docs
 
 
@@ -63,6 +64,7 @@ def _flow(tmp: Path) -> Path:
             "regressor": {"features": "profile", "kfold": 2},
             "select": {"n": 2000, "top_k": 3},
             "regmix": {"proposals": 12},
+            "objective": {"target": 1.0, "general": 0.5},  # the flow passes its `general` set
             "evaluate": False,
         }
     }
@@ -133,8 +135,30 @@ def test_flow_holds_out_evaluates_every_set_and_reports_seeds(tmp_path):
     first = json.loads((out / "times.json").read_text())
     assert set(first) == {"split", "label", "search"}
     assert "- train-quadmix-seed1: " in report and "- label: " in report
+    _, y, recs = RunFolder(out / "search").table()
+    for v, r in zip(y, recs, strict=True):  # the search minimised target + 0.5 · general
+        assert v == pytest.approx(r["losses"]["target"] + 0.5 * r["losses"]["general"])
     # a re-run resumes every step; with other training settings it refuses the old checkpoints
     recipe = tmp_path / "flow.yaml"
+
+    def records(event: str | None) -> dict:  # training steps (event None), or one event
+        return {
+            p.parent.name: [
+                x for x in map(json.loads, p.read_text().splitlines()) if x.get("event") == event
+            ]
+            for p in out.glob("train-*/log.jsonl")
+        }
+
+    before = records(None)
+    run_flow(recipe)
+    assert records(None) == before  # no step trained again
+    resumed = [r for rs in records("resume").values() for r in rs]
+    assert len(resumed) == 4 and all(r["exact"] and "switch" not in r for r in resumed)
+    assert (
+        json.loads((out / "results.json").read_text())["quadmix"]["seeds"]
+        == res["quadmix"]["seeds"]
+    )
+    # … and with other training settings it refuses the old checkpoints
     body = yaml.safe_load(recipe.read_text())
     body["train"]["train"]["steps"] = 6
     recipe.write_text(yaml.safe_dump(body))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from quadmix_stream.search.pipeline import (
     step_report,
 )
 from quadmix_stream.search.pool import Pool
+from quadmix_stream.search.proxy import stream_fingerprint
+from quadmix_stream.search.regressor import MODELS
 from quadmix_stream.search.runfolder import RunFolder, RunFolderError
 from quadmix_stream.synth import TARGET_DOMAINS
 
@@ -79,18 +82,27 @@ def _target_share(profile: dict) -> float:
 def test_pipeline_writes_params_report_and_plots(searched):
     params = SamplingParams.load(searched / "params.json")
     info = params.extra["search"]
-    assert (
-        str(searched.resolve()) in params.provenance
-        and "predicted target loss" in params.provenance
-    )
+    assert str(searched.resolve()) in params.provenance and "shipped: " in params.provenance
     assert info["candidates"] == 20000 and info["top_k"] == 10 and info["proxy_runs"] == 40
-    assert math.isfinite(info["predicted_loss"]) and "kfold" in info["regressor"]
+    assert math.isfinite(info["predicted_loss"]) and info["regressor"]["chosen"] == "lgbm/profile"
+    star = SamplingParams.load(searched / "candidates" / "theta-star.json")
+    assert "predicted objective" in star.provenance
+    assert sorted(f.stem for f in (searched / "candidates").glob("*.json")) == [
+        "cand-01",
+        "cand-02",
+        "cand-03",
+        "cand-04",
+        "theta-star",
+    ]
     rows = [json.loads(x) for x in (searched / "results.jsonl").read_text().splitlines()]
     assert [r["run"] for r in rows] == list(range(40)) and all(r["status"] == "ok" for r in rows)
     report = (searched / "report" / "report.md").read_text()
     for section in (
         "## Regressor",
+        "## Coverage",
+        "Distinct documents each proxy trained on",
         "## θ*",
+        "Shipped as params.json",
         "Throughput",
         "proxies/hour",
         "criteria-mix",
@@ -116,10 +128,11 @@ def test_pipeline_writes_params_report_and_plots(searched):
 @pytest.mark.slow
 def test_regressor_ranks_held_out_runs(searched):
     m = json.loads((searched / "model" / "metrics.json").read_text())
-    k = m["kfold"]["lgbm"]
+    k = m["scores"]["lgbm/profile"]["kfold"]
     assert k["n"] == 40 and k["spearman"] > 0.4, k
     assert k["mae"] < k["mae_of_mean"]
-    assert "theta_only" in m  # the paper's inputs, reported next to ours
+    # every model on the paper's inputs and on the profile, reported next to each other
+    assert set(m["scores"]) == {f"{a}/{b}" for a in MODELS for b in ("theta", "profile")}
     assert m["importance"][0]["feature"].startswith(("share[", "sigma[", "log_tokens"))
 
 
@@ -128,7 +141,7 @@ def test_theta_star_prefers_the_planted_domains_and_quality(searched, mds_ds):
     folder, pool = RunFolder(searched), Pool(mds_ds)
     _, _, theta = folder.proposals()
     props = [pool.profile(folder.params_of(t)) for t in theta]
-    star = pool.profile(SamplingParams.load(searched / "params.json"))
+    star = pool.profile(SamplingParams.load(searched / "candidates" / "theta-star.json"))
     assert _target_share(star) > np.median([_target_share(p) for p in props])
     assert _target_share(star) > 0.4  # the pool's share of the two target domains
     for scorer in ("clean", "noise_rate"):  # better-scored tokens (σ: 0 = best)
@@ -142,22 +155,51 @@ def test_theta_star_actual_loss_beats_the_median_proposal(searched):
     _, y, _ = RunFolder(searched).table()
     evals = RunFolder(searched).finished("evals")
     star = evals["theta-star"]
-    assert (
-        star["status"] == "ok"
-        and star["params_fingerprint"]
-        == SamplingParams.load(searched / "params.json").fingerprint()
-    )
+    params = SamplingParams.load(searched / "candidates" / "theta-star.json")
+    assert star["status"] == "ok" and star["stream_fingerprint"] == stream_fingerprint(params)
     assert star["loss"] < np.median(y), (star["loss"], np.median(y), y.min())
     assert star["loss"] < evals["random"]["loss"]
+
+
+@pytest.mark.slow
+def test_params_json_is_the_best_measured(searched):
+    """What ships is never worse than anything the search measured (θ*, candidates, baselines,
+    proxy runs), and it says which it is and by how much."""
+    folder = RunFolder(searched)
+    _, y, _ = folder.table()
+    measured = {k: v["loss"] for k, v in folder.finished("evals").items() if v["status"] == "ok"}
+    assert {"theta-star", "cand-01", "random", "criteria-mix", "regmix"} <= set(measured)
+    shipped = SamplingParams.load(searched / "params.json")
+    info = shipped.extra["search"]["shipped"]
+    best = min([*measured.values(), float(y.min())])
+    assert info["objective"] == pytest.approx(best)
+    assert info["margin_vs_theta_star"] == pytest.approx(measured["theta-star"] - best)
+    assert "shipped: " in shipped.provenance and f"{best:.4f}" in shipped.provenance
+    src = info["name"]
+    if src.startswith("run-"):
+        ids, _, theta = folder.proposals()
+        expect = folder.params_of(theta[list(ids).index(int(src[4:]))])
+    else:
+        sub = "baselines" if (searched / "baselines" / f"{src}.json").exists() else "candidates"
+        expect = SamplingParams.load(searched / sub / f"{src}.json")
+    assert stream_fingerprint(shipped) == stream_fingerprint(expect)
 
 
 @pytest.mark.slow
 def test_rerunning_steps_redoes_nothing(searched):
     before = {f.name: f.stat().st_mtime_ns for f in (searched / "proxies").glob("*.json")}
     evals = {f.name: f.stat().st_mtime_ns for f in (searched / "evals").glob("*.json")}
+    shipped = (searched / "params.json").read_bytes()
     summary = step_proxies(searched, log=lambda s: None)
     assert summary["trained"] == 0 and summary["runs"] == []
+    # select again: candidates are rewritten with a new `selected` time stamp; same streams
+    old = SamplingParams.load(searched / "candidates" / "theta-star.json")
+    time.sleep(1.1)
+    assert main(["search", "select", str(searched)]) == 0
+    new = SamplingParams.load(searched / "candidates" / "theta-star.json")
+    assert new.extra["search"]["selected"] != old.extra["search"]["selected"]
     assert main(["search", "evaluate", str(searched)]) == 0
+    assert (searched / "params.json").read_bytes() == shipped
     assert {f.name: f.stat().st_mtime_ns for f in (searched / "proxies").glob("*.json")} == before
     assert {f.name: f.stat().st_mtime_ns for f in (searched / "evals").glob("*.json")} == evals
     assert main(["search", "status", str(searched)]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from quadmix_stream.search.data import (
     SelectionError,
     TokenStream,
     check_selection,
+    eval_coverage,
     load_target_texts,
     open_stream,
     target_blocks,
@@ -88,7 +90,11 @@ def nothing(pool: Pool) -> SamplingParams:
 def test_shipped_recipes_parse():
     syn = SearchConfig.load(REPO / "recipes" / "search_synthetic.yaml")
     assert syn.space == "quadmix" and syn.regmix is not None and syn.proposals.n >= 32
-    assert syn.proxy.steps >= 16 and syn.regressor.features == "profile"
+    assert syn.proxy.steps >= 16 and syn.regressor.features == "auto"
+    assert syn.rounds.k >= 1 and syn.select.verify >= 1
+    for name in ("search_shared_corpus.yaml", "search_table1.yaml"):  # long documents
+        shared = SearchConfig.load(REPO / "recipes" / name)
+        assert 0 < shared.proxy.doc_tokens <= shared.proxy.tokens // 100, name
     gpu = SearchConfig.load(REPO / "recipes" / "search_gpu_paper_scale.yaml")
     assert gpu.proposals.n == 3000 and gpu.select.n == 100_000 and gpu.select.top_k == 10
     assert gpu.regressor.features == "theta" and gpu.proxy.group > 1
@@ -162,24 +168,56 @@ def test_regressor_recovers_a_planted_function(tmp_path):
     x = rng.uniform(size=(160, 8))
     y = 3 * (x[:, 0] - 0.5) ** 2 + x[:, 3] + rng.normal(0, 0.05, 160)
     names = [f"f{i}" for i in range(8)]
-    res = fit(x, y, names, SearchConfig(dataset="x").regressor)
-    rep = res.report
-    assert rep["kfold"]["lgbm"]["spearman"] > 0.8
-    assert rep["kfold"]["lgbm"]["mae"] < 0.5 * rep["kfold"]["lgbm"]["mae_of_mean"]
-    # the quadratic term defeats the linear baseline; LightGBM gets it
-    assert rep["kfold"]["lgbm"]["mae"] < rep["kfold"]["linear"]["mae"]
+    cfg = dataclasses.replace(SearchConfig(dataset="x").regressor, model="auto")
+    res = fit({"theta": x}, y, {"theta": names}, cfg)
+    rep, sc = res.report, res.report["scores"]
+    assert set(sc) == {"lgbm/theta", "linear/theta", "gp/theta"}
+    assert all(s["kfold"]["n"] == 160 and s["holdout"]["n"] == 32 for s in sc.values())
+    lg = sc["lgbm/theta"]["kfold"]
+    assert lg["spearman"] > 0.8 and lg["mae"] < 0.5 * lg["mae_of_mean"]
+    # the quadratic term defeats the linear model; LightGBM and the GP get it
+    assert lg["mae"] < sc["linear/theta"]["kfold"]["mae"]
+    assert sc["gp/theta"]["kfold"]["mae"] < sc["linear/theta"]["kfold"]["mae"]
+    best = max(sc, key=lambda k: sc[k]["kfold"]["spearman"])
+    assert rep["chosen"] == best and best != "linear/theta"
     assert {r["feature"] for r in rep["importance"][:2]} == {"f0", "f3"}
     curve = rep["learning_curve"]
     assert curve[0]["runs"] == 8 and curve[-1]["lgbm_mae"] < curve[0]["lgbm_mae"]
     save(res, tmp_path / "model")
-    pred = Predictor(tmp_path / "model")
-    np.testing.assert_allclose(pred.predict(x[:5]), res.booster.predict(x[:5]))
+    pred = Predictor(tmp_path / "model", cfg=cfg)
+    np.testing.assert_allclose(pred.predict(x[:5]), res.model.predict(x[:5]), rtol=1e-6)
     assert not list((tmp_path / "model").glob("*.pkl"))
+
+
+def test_the_regressor_inputs_are_picked_by_kfold(tmp_path):
+    """Raw inputs that are noise, a profile that carries the signal: the profile is chosen."""
+    rng = np.random.default_rng(1)
+    theta, profile = rng.uniform(size=(60, 6)), rng.uniform(size=(60, 3))
+    y = profile[:, 0] - 0.5 * profile[:, 2] + rng.normal(0, 0.02, 60)
+    cfg = dataclasses.replace(SearchConfig(dataset="x").regressor, model="auto")
+    xs = {"theta": theta, "profile": profile}
+    names = {"theta": [f"t{i}" for i in range(6)], "profile": ["p0", "p1", "p2"]}
+    res = fit(xs, y, names, cfg)
+    assert res.report["features"] == "profile" and len(res.report["scores"]) == 6
+    assert res.report["scores"]["linear/theta"]["kfold"]["spearman"] < 0.5
+    assert res.report["scores"][res.chosen]["kfold"]["spearman"] > 0.9
+    # a recipe that allows only θ and LightGBM gets them, whatever scores better
+    only = dataclasses.replace(cfg, model="lgbm")
+    assert fit(xs, y, names, only, ["theta"]).chosen == "lgbm/theta"
+    save(res, tmp_path / "model")
+    np.testing.assert_allclose(
+        Predictor(tmp_path / "model", cfg=cfg).predict(profile[:4]), res.model.predict(profile[:4])
+    )
 
 
 def test_regressor_needs_runs():
     with pytest.raises(ValueError, match="at least 8"):
-        fit(np.zeros((5, 3)), np.arange(5.0), ["a", "b", "c"], SearchConfig(dataset="x").regressor)
+        fit(
+            {"theta": np.zeros((5, 3))},
+            np.arange(5.0),
+            {"theta": ["a", "b", "c"]},
+            SearchConfig(dataset="x").regressor,
+        )
 
 
 # ---------------------------------------------------------------- data
@@ -301,3 +339,61 @@ def test_bench_proxies_prints_both_rates(mds_ds, capsys):
     out = capsys.readouterr().out
     assert "one at a time" in out and "batched (G=2" in out and "proxies/hour" in out
     assert "max |Δ loss|" in out
+
+
+# ---------------------------------------------------------------- coverage, eval sets, progress
+def test_document_windows_spread_a_budget_over_many_documents(mds_ds, pool, tok):
+    keep = SamplingParams.keep_all(pool.domains, pool.scorers)
+
+    def stream(cap: int) -> TokenStream:
+        ds = open_stream(mds_ds, keep, 0)
+        return TokenStream(ds, tok, 4, 32, 100, doc_tokens=cap, window_seed=0)
+
+    whole, capped = stream(0), stream(6)
+    for s in (whole, capped):
+        for _ in range(6):
+            s.next_batch()
+    assert len(capped.unique) > 2 * len(whole.unique)  # same tokens, more documents
+    s = stream(6)
+    pieces = list(itertools.islice(s._docs, 50))
+    assert all(len(p) <= 7 and p[-1] == tok.eos_id for p in pieces)  # window + end-of-text
+    again = list(itertools.islice(stream(6)._docs, 50))
+    assert pieces == again  # seeded: the same windows every time
+    full = tok.encode_docs(["x " * 400])[0]
+    w = [s._window(full, key, epoch) for key, epoch in ((1, 0), (1, 1), (2, 0))]
+    assert all(len(x) == 7 for x in w) and len({tuple(x) for x in w}) > 1  # offsets vary
+
+
+def test_proxies_score_every_eval_set_and_print_progress(mds_ds, tok, pool, tmp_path):
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(f'{{"text": "the cat sat on mat {i} ."}}\n' for i in range(40)))
+    target = mds_ds / "eval_sets" / "target.jsonl"
+    lines: list[str] = []
+    ctx2 = ProxyContext.create(mds_ds, tok, tiny_proxy(), target, {"general": general})
+    ctx2.progress, ctx2.progress_every = lines.append, 0.0
+    jobs = jobs_for(pool, 2)
+    seq = train_one(jobs[0], ctx2)
+    assert set(seq["losses"]) == {"target", "general"} and seq["loss"] == seq["losses"]["target"]
+    assert seq["losses"]["general"] != seq["losses"]["target"]
+    assert len(lines) == 8 and "step 8/8" in lines[-1] and "ETA" in lines[-1]
+    lines.clear()
+    bat = train_group(jobs, ctx2)
+    assert bat[0]["losses"]["general"] == pytest.approx(seq["losses"]["general"], rel=1e-4)
+    assert "group of 2" in lines[0] and "tokens/s" in lines[0]
+    only = ProxyContext.create(mds_ds, tok, tiny_proxy(), target)
+    assert train_one(jobs[0], only)["loss"] == pytest.approx(seq["loss"], rel=1e-6)
+
+
+def test_evaluation_can_spread_over_every_document(tok):
+    long_docs = [f"document {i} " + "word " * 300 for i in range(40)]
+    first = eval_coverage(long_docs, tok, max_tokens=2000)
+    spread = eval_coverage(long_docs, tok, max_tokens=2000, doc_tokens=40)
+    assert first["docs_used"] <= 8 and spread["docs_used"] == 40  # file order: a few documents
+    ids, mask = target_blocks(long_docs, tok, 32, 2000, doc_tokens=40)
+    assert int(mask.sum()) == spread["tokens"] == 40 * 41  # 40 tokens + end-of-text each
+    assert (ids == tok.eos_id).sum() >= 40
+    again, _ = target_blocks(long_docs, tok, 32, 2000, doc_tokens=40)
+    assert torch.equal(ids, again)  # seeded order
+    old, _ = target_blocks(long_docs, tok, 32, 2000)
+    head = [t for d in tok.encode_docs(long_docs[:8]) for t in d][:2000]
+    assert old.flatten()[: len(head)].tolist() == head  # doc_tokens=0: as before, file order

@@ -9,9 +9,11 @@ import subprocess
 STEPS = {
     "propose": "create/reopen the run folder (with --recipe), train the tokenizer, draw θ proposals",
     "proxies": "train the pending proxies (resumable; --nproc N spreads them over torchrun ranks)",
-    "fit": "fit LightGBM θ → loss; held-out/k-fold MAE and Spearman vs a linear baseline",
-    "select": "predict fresh proposals, θ* = mean of the best k → params.json; write baselines",
-    "evaluate": "train proxies on θ* and the baselines (actual loss next to the predicted one)",
+    "fit": "score LightGBM, ridge and a Gaussian process on θ and on the selection profile "
+    "(k-fold/held-out Spearman); keep the best",
+    "select": "predict fresh proposals, θ* = mean of the best k, the best candidates, baselines; "
+    "then (evaluate: true) train their proxies and ship the best measured as params.json",
+    "evaluate": "train proxies on θ*, the candidates and the baselines; ship the best measured",
     "report": "write report/report.md and its PNG plots",
     "status": "print what the run folder holds",
 }
@@ -41,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         )
         if step == "propose":
             s.add_argument("--recipe", help="recipe for a new run folder (or changed settings)")
-        if step in ("proxies", "evaluate"):
+        if step in ("proxies", "select", "evaluate"):
             _placement(s)
         if step == "proxies":
             s.add_argument("--limit", type=int, help="train at most this many proxies now")
@@ -99,8 +101,9 @@ def _step(a: argparse.Namespace) -> int:
         return subprocess.call(cmd)
     elif step == "proxies":
         pipeline.step_proxies(a.run_dir, a.dataset, a.group, a.device, a.threads, a.limit)
-    elif step == "evaluate":
-        pipeline.step_evaluate(a.run_dir, a.dataset, a.group, a.device, a.threads)
+    elif step in ("select", "evaluate"):
+        fn = pipeline.step_select if step == "select" else pipeline.step_evaluate
+        fn(a.run_dir, a.dataset, a.group, a.device, a.threads)
     elif step == "status":
         print(json.dumps(pipeline.summary(a.run_dir), indent=1))
     else:

@@ -455,12 +455,40 @@ def report_path(model: Path) -> Path:
     return model.parent / (model.name + ".train.json")
 
 
+def job_identity(job: Mapping[str, Any], base: Path) -> Any:
+    """What decides a trained model: the job with each input's files and each model path
+    replaced by content hashes, so ``a/../b`` and ``b`` (or a moved copy) are the same job."""
+    from quadmix_stream.labelling.inputs import expand_paths
+    from quadmix_stream.labelling.paths import content_hash
+
+    def walk(x: Any, name: str | None = None) -> Any:
+        if isinstance(x, Mapping):
+            d = {k: walk(v, k) for k, v in x.items()}
+            pats = x.get("paths")
+            if isinstance(pats, str | list):
+                try:
+                    files = expand_paths([pats] if isinstance(pats, str) else list(pats), base)
+                    d["paths"] = [content_hash(f) for f in files]
+                except (FileNotFoundError, ValueError):
+                    pass  # reported by name when the job reads its inputs
+            return d
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        if name == "model" and isinstance(x, str):
+            p = resolve_path(x, base)
+            return content_hash(p) if p.exists() else x
+        return x
+
+    return json.loads(json.dumps(walk(job), default=str))
+
+
 def run_train_job(
     job: Mapping[str, Any], base: Path, out: Path | None = None, force: bool = False
 ) -> tuple[Path, dict[str, Any], bool]:
     """Run one training job (a recipe ``train:`` entry); returns (model path, report, trained).
 
-    Skips the work when the model exists and its ``.train.json`` holds the same job spec.
+    Skips the work when the model exists and its ``.train.json`` holds the same job (inputs and
+    models compared by content, see :func:`job_identity`).
     """
     job = dict(_expand(dict(job), out or base, base))
     typ = job.pop("type", None)
@@ -470,10 +498,10 @@ def run_train_job(
         raise LabelerError(f"train ({typ}): needs 'out' (the model file to write)")
     model_out = resolve_path(job.pop("out"), base)
     spec_path = report_path(model_out)
-    ident = {"type": typ, **job}
+    ident = job_identity({"type": typ, **job}, base)
     if not force and model_out.exists() and spec_path.exists():
         saved = json.loads(spec_path.read_text())
-        if saved.get("job") == json.loads(json.dumps(ident, default=str)):
+        if saved.get("job") == ident:
             return model_out, saved.get("report", {}), False
 
     def docs(key: str, where_key: str | None = None) -> Iterator[dict]:
@@ -555,7 +583,7 @@ def run_train_job(
         raise LabelerError(f"train ({typ}): unknown options {sorted(job)}")
     atomic_write_text(
         spec_path,
-        json.dumps({"job": json.loads(json.dumps(ident, default=str)), "report": rep}, indent=1),
+        json.dumps({"job": ident, "report": rep}, indent=1),
     )
     return model_out, rep, True
 

@@ -5,13 +5,16 @@ A search lives in one *run folder* (:mod:`.runfolder`). Its steps are separate a
 ``propose``  freeze the recipe, check the dataset and target set, train (or copy) a tokenizer,
              draw θ proposals (Algorithm 1, or Dirichlet domain mixtures for the RegMix baseline);
 ``proxies``  train one small causal LM per θ on the QuaDMix stream for a fixed token budget and
-             measure its mean per-token loss on the target set (:mod:`.proxy`, several at once
-             with :mod:`.batched`; spread over ``torchrun`` ranks by ``quadmix_stream.trainers.proxy``);
-``fit``      LightGBM θ → loss with held-out and k-fold metrics against a linear baseline
-             (:mod:`.regressor`);
-``select``   100k fresh proposals, predict, θ* = mean of the best k, params.json (:mod:`.select`)
-             plus the baselines of DESIGN.md §3 (:mod:`.baselines`);
-``evaluate`` train proxies on θ* and the baselines (the check that the prediction holds);
+             measure its mean per-token loss on each evaluation set (:mod:`.proxy`, several at
+             once with :mod:`.batched`; spread over ``torchrun`` ranks by
+             ``quadmix_stream.trainers.proxy``); the objective is a weighted sum of those losses;
+rounds       (optional) refit, draw θ near the best, train them, repeat (``pipeline.step_round``);
+``fit``      LightGBM, ridge and a Gaussian process on θ and on the selection profile, scored by
+             held-out and k-fold Spearman; the best predicts (:mod:`.regressor`);
+``select``   100k fresh proposals, predict, θ* = mean of the best k, the best few candidates
+             (:mod:`.select`) plus the baselines of DESIGN.md §3 (:mod:`.baselines`);
+``evaluate`` train proxies on θ*, the candidates and the baselines; the best *measured* ships
+             as params.json;
 ``report``   markdown + PNG plots (:mod:`.report`).
 
 :mod:`.pipeline` runs the steps; ``quadmix-stream search …`` is the command line.

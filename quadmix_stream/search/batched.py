@@ -26,10 +26,11 @@ from quadmix_stream.search.data import SelectionError, TokenStream
 from quadmix_stream.search.proxy import (
     ProxyContext,
     ProxyJob,
+    Ticker,
     autocast,
     build_model,
     decay_mask,
-    diverged,
+    finish,
     lm_loss,
     lr_at,
     result,
@@ -109,6 +110,8 @@ def train_group(jobs: list[ProxyJob], ctx: ProxyContext) -> list[dict]:
         )
 
     zeros = torch.zeros(cfg.batch_size, cfg.seq_len, dtype=torch.long)
+    names = [jobs[i].name for i in members]
+    tick = Ticker(ctx, f"{names[0]}…{names[-1]} (group of {g})" if g > 1 else names[0], g)
     for step in range(cfg.steps):
         rows = []
         for j, st in enumerate(streams):
@@ -135,6 +138,8 @@ def train_group(jobs: list[ProxyJob], ctx: ProxyContext) -> list[dict]:
         for j in torch.nonzero(alive & ~torch.isfinite(last)).flatten().tolist():
             fail(j, f"diverged: training loss {float(last[j])} at step {step}")
         _step(params, opt, alive.to(dev), cfg.grad_clip)
+        live = last[alive & torch.isfinite(last)]
+        tick(step, float(live.mean()) if len(live) else float("nan"))
 
     losses = evaluate_group(skeleton, params, buffers, ctx)
     seconds = time.perf_counter() - t0  # the group's wall time, shared by its members
@@ -150,11 +155,7 @@ def train_group(jobs: list[ProxyJob], ctx: ProxyContext) -> list[dict]:
             **base,
             **stream_stats(streams[j]),
         )
-        why = diverged(losses[j], ctx.tokenizer.vocab_size)
-        if why:
-            out[i] = result(jobs[i], "failed", reason=why, **stats)
-        else:
-            out[i] = result(jobs[i], "ok", loss=losses[j], **stats)
+        out[i] = finish(jobs[i], {k: v[j] for k, v in losses.items()}, ctx, stats)
     del params, buffers, opt
     return out  # type: ignore[return-value]
 
@@ -184,8 +185,10 @@ def _step(params: dict, opt: torch.optim.Optimizer, alive: torch.Tensor, clip: f
 
 
 @torch.no_grad()
-def evaluate_group(skeleton, params: dict, buffers: dict, ctx: ProxyContext) -> list[float]:
-    """Mean per-token target loss of every stacked member (same blocks for all)."""
+def evaluate_group(
+    skeleton, params: dict, buffers: dict, ctx: ProxyContext
+) -> dict[str, list[float]]:
+    """Mean per-token loss of every stacked member on every evaluation set (same blocks for all)."""
 
     kwargs = {"attention_mask": ctx.attn_mask}
 
@@ -195,11 +198,14 @@ def evaluate_group(skeleton, params: dict, buffers: dict, ctx: ProxyContext) -> 
 
     fn = vmap(member, in_dims=(0, 0, None, None))
     g = next(iter(params.values())).shape[0]
-    acc = torch.zeros(g, 2, dtype=torch.float64, device=ctx.device)
     bs = ctx.cfg.eval_batch_size
-    for i in range(0, ctx.eval_ids.shape[0], bs):
-        ids = ctx.eval_ids[i : i + bs].to(ctx.device)
-        mask = ctx.eval_mask[i : i + bs].to(ctx.device)
-        with autocast(ctx.device):
-            acc += fn(params, buffers, ids, mask).double()
-    return (acc[:, 0] / acc[:, 1]).tolist()
+    out = {}
+    for name, (all_ids, all_mask) in ctx.evals.items():
+        acc = torch.zeros(g, 2, dtype=torch.float64, device=ctx.device)
+        for i in range(0, all_ids.shape[0], bs):
+            ids = all_ids[i : i + bs].to(ctx.device)
+            mask = all_mask[i : i + bs].to(ctx.device)
+            with autocast(ctx.device):
+                acc += fn(params, buffers, ids, mask).double()
+        out[name] = (acc[:, 0] / acc[:, 1]).tolist()
+    return out

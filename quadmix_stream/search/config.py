@@ -91,6 +91,9 @@ class ProxyConfig:
     init_seed: int = 0
     data_seed: int = 0
     eval_max_tokens: int = 1_000_000
+    #: 0: evaluate on the first ``eval_max_tokens`` tokens of each set in file order; N: at most
+    #: N tokens from each document, documents in a seeded order (covers many more documents)
+    eval_doc_tokens: int = 0
     eval_batch_size: int = 32
     #: "auto" (cuda when available, else cpu), "cpu", "cuda", "cuda:1", …
     device: str = "auto"
@@ -100,6 +103,10 @@ class ProxyConfig:
     max_epochs: int = 1000
     #: torch intra-op threads (0: leave torch's default)
     threads: int = 0
+    #: at most this many tokens of each drawn document (a window at a seeded offset, re-drawn
+    #: every epoch); 0 = whole documents. On long documents a small budget then covers many
+    #: documents instead of a handful (see the coverage section of the report)
+    doc_tokens: int = 0
 
     @property
     def steps(self) -> int:
@@ -112,7 +119,8 @@ class ProxyConfig:
 
 @dataclass(frozen=True)
 class RegressorConfig:
-    """LightGBM θ → loss; held-out split, k-fold below ``kfold_below`` runs, linear baseline."""
+    """θ → loss: LightGBM, ridge and a Gaussian process on θ and/or the selection profile, each
+    scored by held-out split and k-fold (below ``kfold_below`` runs); the best by k-fold predicts."""
 
     valid_fraction: float = 0.2
     kfold: int = 5
@@ -122,8 +130,11 @@ class RegressorConfig:
     lgbm: Mapping[str, Any] = field(default_factory=dict)
     #: ridge penalty of the linear baseline (features standardised)
     ridge_alpha: float = 1.0
-    #: regressor inputs: "theta" (the paper), "profile" or "theta+profile" (see search/features.py)
+    #: regressor inputs: "theta" (the paper), "profile", "theta+profile" (see search/features.py),
+    #: or "auto": compare "theta" and "profile" and keep the better by k-fold Spearman
     features: str = "theta"
+    #: "lgbm", "linear" (ridge), "gp" (Gaussian process) or "auto" (the best by k-fold Spearman)
+    model: str = "lgbm"
     #: labelled documents per domain used to compute profile features of candidates
     profile_sample: int = 2000
 
@@ -133,6 +144,26 @@ class SelectConfig:
     n: int = 100_000
     top_k: int = 10
     seed: int = 2
+    #: best predicted candidates trained next to θ* (and the baselines) before params.json is
+    #: written: the lowest *actual* proxy loss among all of them (and the proxy runs) is shipped
+    verify: int = 4
+
+
+@dataclass(frozen=True)
+class RoundsConfig:
+    """CLIMB-style refinement after the first fit: ``k`` rounds of ``n`` new proxies each.
+
+    Round r draws ``candidates`` points between an anchor (the ``top`` best actual runs and the
+    ``top`` best predicted fresh proposals) and a fresh proposal, at most ``shrink**(r-1)`` of the
+    way, predicts them with a regressor refit on every run so far, and trains the ``n`` best.
+    """
+
+    k: int = 0
+    n: int = 16
+    top: int = 4
+    candidates: int = 20_000
+    shrink: float = 0.5
+    seed: int = 4
 
 
 @dataclass(frozen=True)
@@ -168,7 +199,18 @@ class SearchConfig:
     select: SelectConfig = field(default_factory=SelectConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     regmix: RegmixConfig | None = None
-    #: train proxies on θ* and the baselines after selection
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    #: more evaluation sets of every proxy, name → JSONL path (``{dataset}`` expands)
+    evals: Mapping[str, str] = field(default_factory=dict)
+    #: what the search minimises: a weighted sum of eval-set losses ("target" is ``target``)
+    objective: Mapping[str, float] = field(default_factory=lambda: {"target": 1.0})
+    #: eval set → a bound on its proxy loss: a number, or a baseline's name ("random": no worse
+    #: than Random on that set); a shipped θ must meet every bound that some contender meets
+    constraints: Mapping[str, Any] = field(default_factory=dict)
+    #: warn when proxies saw a median of fewer documents than this
+    coverage_min_docs: int = 50
+    #: train proxies on θ*, the best candidates and the baselines after selection, and ship the
+    #: best measured (see ``select.verify``)
     evaluate: bool = True
     #: default run folder of ``search run``
     out: str | None = None
@@ -179,6 +221,13 @@ class SearchConfig:
     @property
     def target_path(self) -> Path:
         return Path(self.target.replace("{dataset}", self.dataset))
+
+    @property
+    def eval_paths(self) -> dict[str, Path]:
+        """Every evaluation set of the proxies: ``target`` first, then ``evals``."""
+        out = {"target": self.target_path}
+        out.update({k: Path(v.replace("{dataset}", self.dataset)) for k, v in self.evals.items()})
+        return out
 
     # ------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:
@@ -205,7 +254,8 @@ class SearchConfig:
     def proxy_identity(self) -> dict:
         """The settings that determine proxy results: changing any invalidates finished proxies."""
         d = self.to_dict()
-        return {k: d[k] for k in ("target", "space", "form", "proposals", "tokenizer", "proxy")}
+        keys = ("target", "evals", "space", "form", "proposals", "tokenizer", "proxy")
+        return {k: d[k] for k in keys}
 
 
 def _list(value: Any, where: str, n: int) -> list:
@@ -238,11 +288,34 @@ def _mapping(value: Any, where: str) -> dict:
     return dict(value)
 
 
+def _weights(value: Any, where: str) -> dict[str, float]:
+    return {str(k): _num(v, f"{where}.{k}") for k, v in _mapping(value, where).items()}
+
+
+def _paths(value: Any, where: str) -> dict[str, str]:
+    out = {}
+    for k, v in _mapping(value, where).items():
+        if not isinstance(v, str):
+            raise SearchConfigError(f"{where}.{k}: expected a path to a JSONL file, got {v!r}")
+        out[str(k)] = v
+    return out
+
+
+def _bounds(value: Any, where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in _mapping(value, where).items():
+        out[str(k)] = v if isinstance(v, str) else _num(v, f"{where}.{k}")
+    return out
+
+
 #: fields that need more than a scalar check (see :func:`quadmix_stream.recipe.build`)
 _CONVERT = {
     "ranges": _ranges,
     "betas": lambda v, where: tuple(_num(x, where) for x in _list(v, where, 2)),
     "lgbm": _mapping,
+    "evals": _paths,
+    "objective": _weights,
+    "constraints": _bounds,
 }
 
 
@@ -293,10 +366,38 @@ def _check(c: SearchConfig) -> None:
         raise SearchConfigError("proxy.warmup must be in [0, 1) and proxy.min_lr_ratio in [0, 1]")
     if c.select.top_k > c.select.n:
         raise SearchConfigError(f"select.top_k ({c.select.top_k}) > select.n ({c.select.n})")
-    if c.regressor.features not in ("theta", "profile", "theta+profile"):
+    if c.regressor.features not in ("theta", "profile", "theta+profile", "auto"):
         raise SearchConfigError(
-            f"regressor.features: 'theta', 'profile' or 'theta+profile', got {c.regressor.features!r}"
+            "regressor.features: 'theta', 'profile', 'theta+profile' or 'auto', got "
+            f"{c.regressor.features!r}"
         )
+    if c.regressor.model not in ("lgbm", "linear", "gp", "auto"):
+        raise SearchConfigError(
+            f"regressor.model: 'lgbm', 'linear', 'gp' or 'auto', got {c.regressor.model!r}"
+        )
+    sets = {"target", *c.evals}
+    if "target" in c.evals:
+        raise SearchConfigError("evals: 'target' is the search's target set; use another name")
+    if (
+        not c.objective
+        or any(w < 0 for w in c.objective.values())
+        or not any(w > 0 for w in c.objective.values())
+    ):
+        raise SearchConfigError(f"objective: non-negative weights, one > 0; got {c.objective}")
+    for what, names in (("objective", c.objective), ("constraints", c.constraints)):
+        unknown = sorted(set(names) - sets)
+        if unknown:
+            raise SearchConfigError(
+                f"{what}: unknown evaluation set(s) {unknown}; known: {sorted(sets)} "
+                "(add them under `evals:`)"
+            )
+    r = c.rounds
+    if r.k < 0 or r.n < 1 or r.top < 1 or r.candidates < r.n or not 0 < r.shrink <= 1:
+        raise SearchConfigError(
+            "rounds: need k ≥ 0, n ≥ 1, top ≥ 1, candidates ≥ n and 0 < shrink ≤ 1"
+        )
+    if x.doc_tokens < 0 or x.eval_doc_tokens < 0 or c.select.verify < 0 or c.coverage_min_docs < 0:
+        raise SearchConfigError("proxy.doc_tokens, select.verify and coverage_min_docs must be ≥ 0")
     if not 0 < c.regressor.valid_fraction < 1:
         raise SearchConfigError("regressor.valid_fraction: must be in (0, 1)")
     if not 0 < c.baselines.topk_fraction <= 1:

@@ -3,7 +3,10 @@
 The training stream is :class:`~quadmix_stream.dataset.QuaDMixDataset` for θ, one epoch after
 another (epochs re-draw the realised copies, exactly as ``infinite=True`` does), tokenized and
 packed into ``seq_len`` blocks with an end-of-text token after each document, until the token
-budget is reached; documents repeat when the selection is smaller than the budget. The epochs
+budget is reached; documents repeat when the selection is smaller than the budget. With
+``doc_tokens`` each drawn document contributes only a window of that many tokens (at an offset
+seeded by the stream seed, the document and the epoch), so a small budget spreads over many
+documents instead of a few long ones. The epochs
 are driven here (``set_epoch``) rather than with ``infinite=True`` so that a θ whose selection
 is empty is detected and reported instead of spinning forever.
 """
@@ -46,17 +49,19 @@ def expected_selection(ds) -> dict:
     }
 
 
-def check_selection(ds, budget_tokens: int, max_epochs: int) -> dict:
+def check_selection(ds, budget_tokens: int, max_epochs: int, doc_tokens: int = 0) -> dict:
     """Refuse θ that selects nothing, or so little that the budget needs > ``max_epochs`` epochs.
 
     Token counts here are the labels' (the labeller's tokenizer); the check is in documents and
     label tokens, so it is approximate for another tokenizer, and :class:`TokenStream` enforces
-    ``max_epochs`` exactly while streaming.
+    ``max_epochs`` exactly while streaming. With a per-document cap ``doc_tokens`` an epoch
+    yields at most ``doc_tokens`` tokens per document.
     """
     sel = expected_selection(ds)
     if sel["tokens"] <= 0 or sel["docs"] <= 0:
         raise SelectionError("θ selects nothing (0 expected tokens per epoch)")
-    need = budget_tokens / sel["tokens"]
+    per_epoch = sel["tokens"] if not doc_tokens else min(sel["tokens"], sel["docs"] * doc_tokens)
+    need = budget_tokens / per_epoch
     if need > max_epochs:
         raise SelectionError(
             f"θ selects {sel['tokens']:.0f} expected tokens per epoch; the budget of "
@@ -78,6 +83,8 @@ class TokenStream:
         chunk_docs: int = 64,
         cache: dict[int, list[int]] | None = None,
         cache_limit: int = 1_000_000,
+        doc_tokens: int = 0,
+        window_seed: int = 0,
     ) -> None:
         self.ds, self.tok = ds, tokenizer
         self.batch_size, self.seq_len = batch_size, seq_len
@@ -90,9 +97,10 @@ class TokenStream:
         # token ids by document key, shared by the proxies of a process (bounded)
         self.cache = {} if cache is None else cache
         self.cache_limit = cache_limit
+        self.doc_tokens, self.window_seed = doc_tokens, window_seed
         self._docs = self._doc_ids()
 
-    def _texts(self) -> Iterator[tuple[int, str]]:
+    def _texts(self) -> Iterator[tuple[int, str, int]]:
         empty_run = 0
         while True:
             if self.epochs >= self.max_epochs:
@@ -106,30 +114,40 @@ class TokenStream:
             for doc in self.ds:
                 n += 1
                 self.drawn += 1
-                yield int(doc["key"]), str(doc.get("text") or "")
+                yield int(doc["key"]), str(doc.get("text") or ""), self.epochs - 1
             empty_run = 0 if n else empty_run + 1
             if empty_run >= 20 and self.drawn == 0:
                 raise SelectionError("θ selected no document in 20 epochs")
 
     def _doc_ids(self) -> Iterator[list[int]]:
-        batch: list[tuple[int, str]] = []
+        batch: list[tuple[int, str, int]] = []
         for item in self._texts():
             batch.append(item)
             if len(batch) == self.chunk:
                 yield from self._encode(batch)
                 batch = []
 
-    def _encode(self, batch: list[tuple[int, str]]) -> Iterator[list[int]]:
-        todo = [(k, t) for k, t in batch if k not in self.cache]
+    def _encode(self, batch: list[tuple[int, str, int]]) -> Iterator[list[int]]:
+        todo = [(k, t) for k, t, _ in batch if k not in self.cache]
         fresh = dict(
             zip((k for k, _ in todo), self.tok.encode_docs([t for _, t in todo]), strict=True)
         )
         if len(self.cache) < self.cache_limit:
             self.cache.update(fresh)
-        for key, _ in batch:
+        for key, _, epoch in batch:
             self.docs += 1
             self.unique.add(key)
-            yield fresh[key] if key in fresh else self.cache[key]
+            ids = fresh[key] if key in fresh else self.cache[key]
+            yield self._window(ids, key, epoch) if self.doc_tokens else ids
+
+    def _window(self, ids: list[int], key: int, epoch: int) -> list[int]:
+        """At most ``doc_tokens`` consecutive tokens of a document (then its end-of-text)."""
+        body = len(ids) - 1  # the last id is the end-of-text token
+        if body <= self.doc_tokens:
+            return ids
+        seq = np.random.SeedSequence([self.window_seed, int(key) & (2**64 - 1), epoch])
+        start = int(np.random.default_rng(seq).integers(0, body - self.doc_tokens + 1))
+        return ids[start : start + self.doc_tokens] + ids[-1:]
 
     def next_batch(self) -> torch.Tensor:
         need = self.batch_size * self.seq_len
@@ -165,20 +183,23 @@ def load_target_texts(path: str | Path) -> list[str]:
 
 
 def target_blocks(
-    texts: list[str], tokenizer: TextTokenizer, seq_len: int, max_tokens: int
+    texts: list[str],
+    tokenizer: TextTokenizer,
+    seq_len: int,
+    max_tokens: int,
+    doc_tokens: int = 0,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The target set as ``(blocks, mask)``: documents packed like training, cut at ``max_tokens``.
+    """An evaluation set as ``(blocks, mask)``: documents packed like training, cut at ``max_tokens``.
 
-    The last block is padded; ``mask`` marks real tokens. The loss of a block counts the
-    prediction of every real token after the first of its block.
+    ``doc_tokens = 0`` takes the documents in file order (the first ``max_tokens`` tokens of the
+    file: on long documents, only the first few). ``doc_tokens > 0`` takes at most that many
+    tokens from the start of each document, documents in a seeded random order, so the budget
+    covers ``max_tokens / doc_tokens`` documents spread over the whole set (see
+    :func:`eval_coverage`). The last block is padded; ``mask`` marks real tokens. The loss of a
+    block counts the prediction of every real token after the first of its block.
     """
-    ids: list[int] = []
-    for chunk in range(0, len(texts), 256):
-        for doc in tokenizer.encode_docs(texts[chunk : chunk + 256]):
-            ids.extend(doc)
-        if len(ids) >= max_tokens:
-            break
-    ids = ids[:max_tokens]
+    ids = _eval_ids(texts, tokenizer, max_tokens, doc_tokens, seed)[0]
     n = -(-len(ids) // seq_len)
     blocks = np.full(n * seq_len, tokenizer.eos_id, dtype=np.int64)
     blocks[: len(ids)] = ids
@@ -188,3 +209,31 @@ def target_blocks(
         torch.from_numpy(blocks).view(n, seq_len),
         torch.from_numpy(mask).view(n, seq_len),
     )
+
+
+def eval_coverage(
+    texts: list[str], tokenizer: TextTokenizer, max_tokens: int, doc_tokens: int = 0, seed: int = 0
+) -> dict:
+    """How much of an evaluation set :func:`target_blocks` reads: documents and tokens."""
+    ids, used = _eval_ids(texts, tokenizer, max_tokens, doc_tokens, seed)
+    return {"docs": len(texts), "docs_used": used, "tokens": len(ids)}
+
+
+def _eval_ids(
+    texts: list[str], tokenizer: TextTokenizer, max_tokens: int, doc_tokens: int, seed: int
+) -> tuple[list[int], int]:
+    order = np.arange(len(texts))
+    if doc_tokens:
+        order = np.random.default_rng(seed).permutation(len(texts))
+    ids: list[int] = []
+    used = 0
+    for chunk in range(0, len(order), 256):
+        docs = tokenizer.encode_docs([texts[i] for i in order[chunk : chunk + 256]])
+        for doc in docs:
+            if len(ids) >= max_tokens:
+                break
+            ids.extend(doc[:-1][:doc_tokens] + doc[-1:] if doc_tokens else doc)
+            used += 1
+        if len(ids) >= max_tokens:
+            break
+    return ids[:max_tokens], used

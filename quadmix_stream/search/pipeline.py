@@ -1,8 +1,9 @@
 """The search steps on a run folder, and ``run_all`` for a whole recipe.
 
 Each step is idempotent and resumable: ``propose`` only adds missing proposals, ``proxies``
-only trains proxies without a result, ``evaluate`` only trains what is missing or stale; ``fit``,
-``select`` and ``report`` are cheap and recomputed from the tables each time.
+only trains proxies without a result, a search round only draws its proposals once and trains
+what is missing, ``evaluate`` only trains what is missing or stale (a contender whose stream
+changed); ``fit``, ``select`` and ``report`` are cheap and recomputed from the tables each time.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import numpy as np
 
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.search import regressor
-from quadmix_stream.search.config import ProposalConfig, SearchConfig, TokenizerConfig
+from quadmix_stream.search.config import (
+    ProposalConfig,
+    RoundsConfig,
+    SearchConfig,
+    TokenizerConfig,
+)
 from quadmix_stream.search.data import load_target_texts
 from quadmix_stream.search.pool import Pool
 from quadmix_stream.search.runfolder import RunFolder, RunFolderError, read_jsonl
@@ -24,11 +30,13 @@ from quadmix_stream.search.tokenizer import run_tokenizer_path
 
 Log = Callable[[str], None]
 REGMIX = "regmix"
+#: proposal batch of search round r is ROUND_BATCH + r (its seed; round-0 batches are 0, 1, …)
+ROUND_BATCH = 100_000
 
 
 # ---------------------------------------------------------------- propose
 def regmix_config(cfg: SearchConfig, parent: Path) -> SearchConfig:
-    """The nested RegMix-style search: same dataset, target, tokenizer and proxies."""
+    """The nested RegMix-style search: same dataset, target, objective, tokenizer and proxies."""
     assert cfg.regmix is not None
     return cfg.replace(
         space="domain_mixture",
@@ -39,6 +47,7 @@ def regmix_config(cfg: SearchConfig, parent: Path) -> SearchConfig:
             path=str(run_tokenizer_path(parent).resolve()), eos_token=cfg.tokenizer.eos_token
         ),
         regmix=None,
+        rounds=RoundsConfig(),
         evaluate=False,
         out=None,
     )
@@ -50,7 +59,10 @@ def step_propose(
     dataset: str | Path | None = None,
     log: Log = print,
 ) -> RunFolder:
-    """Create/reopen the run folder, prepare the tokenizer, draw the missing proposals."""
+    """Create/reopen the run folder, prepare the tokenizer, draw the missing proposals.
+
+    Only round-0 proposals count against ``proposals.n``; search rounds append their own.
+    """
     path = Path(path)
     if cfg is not None:
         folder = RunFolder.create(path, cfg)
@@ -58,20 +70,26 @@ def step_propose(
         folder = RunFolder(path, dataset)
     cfg = folder.config
     texts = load_target_texts(folder.target)  # a target set without text is refused here
+    for name, p in folder.eval_paths.items():
+        if name != "target":
+            load_target_texts(p)
     if not folder.tokenizer_path.exists():
         from quadmix_stream.search.tokenizer import prepare_tokenizer
 
         info = prepare_tokenizer(cfg.tokenizer, folder.dataset, folder.path)
         folder.update_meta(tokenizer=info)
         log(f"tokenizer: {info['how']} (vocab {info['vocab_size']})")
+    log_eval_coverage(folder, log)
     pool = Pool(folder.dataset)
     try:
         ids, batches, theta = folder.proposals()
+        rounds = folder.rounds()
     except RunFolderError:
         ids, batches, theta = np.zeros(0, np.int64), np.zeros(0, np.int64), None
-    have, want = len(ids), cfg.proposals.n
+        rounds = np.zeros(0, np.int64)
+    have, want = int((rounds == 0).sum()), cfg.proposals.n
     if have < want:
-        b = int(batches.max()) + 1 if have else 0
+        b = int(batches[rounds == 0].max()) + 1 if have else 0
         new = propose(
             cfg.space,
             cfg.proposals,
@@ -81,10 +99,12 @@ def step_propose(
             folder.scorers,
             pool.domain_tokens,
         )
+        start = int(ids.max()) + 1 if len(ids) else 0
         theta = new if theta is None else np.concatenate([theta, new])
-        ids = np.arange(want, dtype=np.int64)
+        ids = np.concatenate([ids, np.arange(start, start + want - have, dtype=np.int64)])
         batches = np.concatenate([batches, np.full(want - have, b, dtype=np.int64)])
-        folder.write_proposals(ids, batches, theta)
+        rounds = np.concatenate([rounds, np.zeros(want - have, dtype=np.int64)])
+        folder.write_proposals(ids, batches, theta, rounds)
         log(f"{path}: {want - have} new {cfg.space} proposals (total {want})")
     else:
         log(f"{path}: {have} proposals already drawn (recipe asks for {want})")
@@ -94,7 +114,57 @@ def step_propose(
     return folder
 
 
+def log_eval_coverage(folder: RunFolder, log: Log) -> dict:
+    """How many documents of each evaluation set the proxies are scored on (kept in search.json)."""
+    from quadmix_stream.search.data import eval_coverage
+    from quadmix_stream.search.tokenizer import TextTokenizer
+
+    p = folder.config.proxy
+    tok = TextTokenizer(folder.tokenizer_path, folder.config.tokenizer.eos_token)
+    out = {}
+    for name, path in folder.eval_paths.items():
+        texts = load_target_texts(path)
+        c = eval_coverage(texts, tok, p.eval_max_tokens, p.eval_doc_tokens, p.data_seed)
+        out[name] = c
+        how = f"at most {p.eval_doc_tokens} tokens each" if p.eval_doc_tokens else "in file order"
+        log(
+            f"eval set {name}: proxies are scored on {c['tokens']:,} tokens from {c['docs_used']} "
+            f"of its {c['docs']} documents ({how})"
+        )
+        if c["docs_used"] < min(c["docs"], 50):
+            log(
+                f"WARNING: eval set {name}: only {c['docs_used']} of {c['docs']} documents are "
+                "scored; set proxy.eval_doc_tokens (e.g. 64) or raise proxy.eval_max_tokens"
+            )
+    folder.update_meta(eval_coverage=out)
+    return out
+
+
 # ---------------------------------------------------------------- proxies
+def coverage_lines(folder: RunFolder) -> list[str]:
+    """Documents per proxy (min/median), and a warning when the median is below the threshold."""
+    cov = folder.coverage()
+    if cov is None:
+        return []
+    out = [
+        f"documents per proxy: min {cov['min']}, median {cov['median']:.0f}, max {cov['max']} "
+        f"({cov['proxies']} proxies)"
+    ]
+    if cov["median"] < cov["threshold"]:
+        cap = folder.config.proxy.doc_tokens
+        fix = (
+            f"lower proxy.doc_tokens (now {cap})"
+            if cap
+            else "set proxy.doc_tokens (e.g. 128) so each proxy trains on windows of many documents"
+        )
+        out.append(
+            f"WARNING: proxies saw a median of {cov['median']:.0f} documents (< "
+            f"coverage_min_docs={cov['threshold']}): a proxy's loss then reflects which few "
+            f"documents were drawn more than θ; {fix}, or raise proxy.tokens"
+        )
+    return out
+
+
 def step_proxies(
     path: str | Path,
     dataset: str | Path | None = None,
@@ -120,11 +190,15 @@ def step_proxies(
             f"failed) in {summary['seconds']:.1f}s on {summary['device']}, group {summary['group']}: "
             f"{summary['proxies_per_hour']:.0f} proxies/hour"
         )
+    for line in coverage_lines(folder):
+        log(line)
     return summary
 
 
 # ---------------------------------------------------------------- fit
 def step_fit(path: str | Path, dataset: str | Path | None = None, log: Log = print) -> dict:
+    """Score LightGBM, ridge and a Gaussian process on θ and on the selection profile; keep the
+    best allowed pair by k-fold Spearman, refit on every run (``model/``)."""
     from quadmix_stream.search.features import Featurizer
 
     folder = RunFolder(path, dataset)
@@ -132,49 +206,124 @@ def step_fit(path: str | Path, dataset: str | Path | None = None, log: Log = pri
     x, y, _ = folder.table()
     done = folder.finished()
     failed = sum(r.get("status") != "ok" for r in done.values())
-    feat = Featurizer(rc.features, Pool(folder.dataset), folder.config.form, rc.profile_sample)
-    res = regressor.fit(feat(x), y, feat.names, rc)
+    pool = Pool(folder.dataset)
+    kinds = ["theta", "profile"] if rc.features == "auto" else [rc.features]
+    xs, names = {}, {}
+    for kind in dict.fromkeys([*kinds, "theta", "profile"]):  # both always, for the report
+        feat = Featurizer(kind, pool, folder.config.form, rc.profile_sample)
+        xs[kind], names[kind] = feat(x), feat.names
+    res = regressor.fit(xs, y, names, rc, kinds)
     rep = res.report
-    rep.update(features=rc.features, failed_runs=failed)
-    if rc.features != "theta":  # the paper's inputs, for comparison
-        th = regressor.validate(x, y, rc)
-        rep["theta_only"] = {k: th[k] for k in ("holdout", "kfold") if k in th}
+    rep.update(failed_runs=failed, objective=dict(folder.config.objective))
     regressor.save(res, folder.sub("model"))
-    for split in ("holdout", "kfold"):
-        if split in rep:
-            for name in ("lgbm", "linear"):
-                m = rep[split][name]
-                log(
-                    f"{split:<8} {name:<6} n={m['n']:<4} MAE {m['mae']:.4f} (predicting the mean: "
-                    f"{m['mae_of_mean']:.4f})  Spearman {m['spearman']:+.3f}   [{rc.features}]"
-                )
-            if "theta_only" in rep and split in rep["theta_only"]:
-                m = rep["theta_only"][split]["lgbm"]
-                log(
-                    f"{split:<8} lgbm   n={m['n']:<4} MAE {m['mae']:.4f}"
-                    f"{'':<26}Spearman {m['spearman']:+.3f}   [theta only, for comparison]"
-                )
+    split = "kfold" if "kfold" in rep else "holdout"
+    for kk, sc in rep["scores"].items():
+        m = sc[split]
+        mark = "  ← chosen" if kk == rep["chosen"] else ""
+        log(
+            f"{split:<8} {kk:<15} n={m['n']:<4} MAE {m['mae']:.4f} (mean: {m['mae_of_mean']:.4f})"
+            f"  Spearman {m['spearman']:+.3f}  (held-out {sc['holdout']['spearman']:+.3f}){mark}"
+        )
     top = ", ".join(f"{r['feature']} {r['gain']:.2f}" for r in rep["importance"][:5])
-    log(f"fitted on {rep['n_runs']} runs ({failed} failed runs excluded); top features: {top}")
+    log(
+        f"fitted {rep['chosen']} on {rep['n_runs']} runs ({failed} failed runs excluded); "
+        f"LightGBM's top features: {top}"
+    )
     return rep
 
 
+# ---------------------------------------------------------------- rounds
+def step_round(
+    path: str | Path,
+    r: int,
+    dataset: str | Path | None = None,
+    group: int | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+    log: Log = print,
+) -> dict:
+    """Search round ``r`` (1, 2, …): refit on every run, draw ``rounds.n`` θ near the best, train.
+
+    Resumable: a round whose proposals are drawn only trains what is missing (a killed round is
+    redone from its drawn proposals, which never change); a finished round trains nothing.
+    """
+    from quadmix_stream.search.select import load_predictor, local_candidates
+    from quadmix_stream.search.space import spread_best
+
+    folder = RunFolder(path, dataset)
+    rc = folder.config.rounds
+    rounds = folder.rounds()
+    if not (rounds == r).any():
+        if r > 1 and not (rounds == r - 1).any():
+            raise RunFolderError(f"{path}: round {r - 1} was never drawn; run the rounds in order")
+        if folder.pending():
+            step_proxies(path, dataset, group, device, threads, log=log)
+        step_fit(path, dataset, log=lambda s: None)
+        pool = Pool(folder.dataset)
+        pred = load_predictor(folder, pool)
+        reach = rc.shrink ** (r - 1)
+        cand, anchor = local_candidates(
+            folder, pred, pool, rc.candidates, reach, batch_seed(rc.seed, r)
+        )
+        p = pred.predict(cand)
+        pick = spread_best(p, anchor, rc.n)
+        new = cand[pick]
+        ids, batches, theta = folder.proposals()
+        start = int(ids.max()) + 1
+        folder.write_proposals(
+            np.concatenate([ids, np.arange(start, start + len(new))]),
+            np.concatenate([batches, np.full(len(new), ROUND_BATCH + r)]),
+            np.concatenate([theta, new]),
+            np.concatenate([rounds, np.full(len(new), r)]),
+        )
+        log(
+            f"round {r}: {len(new)} θ near the best (reach {reach:.3g}, from "
+            f"{len(np.unique(anchor[pick]))} anchors), predicted {p[pick].min():.4f}–"
+            f"{p[pick].max():.4f} by {pred.metrics['chosen']}"
+        )
+    step_proxies(path, dataset, group, device, threads, log=log)
+    best = best_per_round(RunFolder(path, dataset))
+    log("best actual objective per round: " + ", ".join(f"{k} {v:.4f}" for k, v in best.items()))
+    return best
+
+
+def best_per_round(folder: RunFolder) -> dict[int, float]:
+    """The lowest actual objective of each round's proxies (round 0: the recipe's proposals)."""
+    _, y, recs = folder.table()
+    out: dict[int, float] = {}
+    for v, rec in zip(y, recs, strict=True):
+        out[rec["round"]] = min(out.get(rec["round"], np.inf), float(v))
+    return dict(sorted(out.items()))
+
+
 # ---------------------------------------------------------------- select (+ baselines)
-def step_select(path: str | Path, dataset: str | Path | None = None, log: Log = print) -> dict:
+def step_select(
+    path: str | Path,
+    dataset: str | Path | None = None,
+    group: int | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+    log: Log = print,
+) -> dict:
+    """θ*, the best candidates and the baselines; with ``evaluate`` (default) their proxies are
+    trained and the best measured ships as params.json."""
     from quadmix_stream.search.baselines import all_baselines
-    from quadmix_stream.search.select import select
+    from quadmix_stream.search.select import select, write_star_only
 
     folder = RunFolder(path, dataset)
     pool = Pool(folder.dataset)
     sel = select(folder, pool)
     log(
-        f"θ* = mean of the best {sel['top_k']} of {sel['candidates']} candidates: predicted loss "
-        f"{sel['predicted_loss']:.4f} (candidates: min {sel['candidate_prediction']['min']:.4f}, "
-        f"median {sel['candidate_prediction']['median']:.4f}; proxy runs: min "
+        f"θ* = mean of the best {sel['top_k']} of {sel['candidates']} candidates "
+        f"({sel['local_candidates']} near the best runs): predicted {sel['predicted_loss']:.4f} "
+        f"(candidates: min {sel['candidate_prediction']['min']:.4f}, median "
+        f"{sel['candidate_prediction']['median']:.4f}; proxy runs: min "
         f"{sel['proxy_loss']['min']:.4f}, median {sel['proxy_loss']['median']:.4f})"
     )
     share = ", ".join(f"{d} {v:.2f}" for d, v in sel["profile"]["token_share"].items())
-    log(f"θ* expected token shares: {share}  → {folder.path / 'params.json'}")
+    log(f"θ* expected token shares: {share}")
+    for b in sel["boundary"]:
+        log(f"WARNING: {b['message']}")
     if folder.config.space == "quadmix":
         bdir = folder.sub("baselines")
         b = folder.config.baselines
@@ -186,19 +335,14 @@ def step_select(path: str | Path, dataset: str | Path | None = None, log: Log = 
             rp = dataclasses.replace(rp, provenance="baseline: RegMix-style " + rp.provenance)
             rp.save(bdir / "regmix.json")
         log(f"baselines: {sorted(p.stem for p in bdir.glob('*.json'))} → {bdir}")
+    if folder.config.evaluate:
+        step_evaluate(path, dataset, group, device, threads, log=log)
+    else:
+        write_star_only(folder)
     return sel
 
 
 # ---------------------------------------------------------------- evaluate
-def evaluation_targets(folder: RunFolder) -> dict[str, SamplingParams]:
-    out = {}
-    if (folder.path / "params.json").exists():
-        out["theta-star"] = SamplingParams.load(folder.path / "params.json")
-    for f in sorted((folder.path / "baselines").glob("*.json")):
-        out[f.stem] = SamplingParams.load(f)
-    return out
-
-
 def step_evaluate(
     path: str | Path,
     dataset: str | Path | None = None,
@@ -206,22 +350,25 @@ def step_evaluate(
     device: str | None = None,
     threads: int | None = None,
     log: Log = print,
-) -> dict[str, dict]:
-    """Train proxies on θ* and the baselines (skips those already evaluated for the same θ)."""
-    from quadmix_stream.search.proxy import ProxyJob
+) -> dict:
+    """Train proxies on θ*, the verified candidates and the baselines (skipping those already
+    trained on the same stream), then ship the best measured as params.json."""
+    from quadmix_stream.search.proxy import ProxyJob, stream_fingerprint
     from quadmix_stream.search.runner import context, run_jobs
+    from quadmix_stream.search.select import contenders, ship
 
     folder = RunFolder(path, dataset)
-    targets = evaluation_targets(folder)
+    targets = contenders(folder)
     if not targets:
         raise RunFolderError(f"{path}: nothing to evaluate (run `select` first)")
     done = folder.finished("evals")
     jobs = [
         ProxyJob(name, p, {"evaluation": name})
         for name, p in targets.items()
-        if done.get(name, {}).get("params_fingerprint") != p.fingerprint()
+        if done.get(name, {}).get("stream_fingerprint") != stream_fingerprint(p)
     ]
     if jobs:
+        log(f"evaluate: training {len(jobs)} proxies ({', '.join(j.name for j in jobs)})")
         ctx = context(folder, device, threads)
         run_jobs(
             jobs,
@@ -230,14 +377,26 @@ def step_evaluate(
             lambda r: folder.record(r, "evals"),
             log,
         )
+    else:
+        log(f"evaluate: all {len(targets)} contenders already measured on their streams")
     evals = folder.finished("evals")
     _, y, _ = folder.table()
     for name in targets:
         r = evals[name]
-        val = f"{r['loss']:.4f}" if r["status"] == "ok" else f"failed: {r.get('reason')}"
-        log(f"{name:<16} actual proxy loss {val}")
-    log(f"proposals' proxy loss: min {y.min():.4f}, median {np.median(y):.4f}")
-    return {k: evals[k] for k in targets}
+        if r["status"] == "ok":
+            per = ", ".join(f"{k} {v:.4f}" for k, v in _losses_of(r).items())
+            val = f"{folder.objective(r):.4f}" + (f" ({per})" if len(_losses_of(r)) > 1 else "")
+        else:
+            val = f"failed: {r.get('reason')}"
+        log(f"{name:<16} actual proxy objective {val}")
+    log(f"proposals' proxy objective: min {y.min():.4f}, median {np.median(y):.4f}")
+    shipped = ship(folder)
+    log(f"{shipped['text']} → {folder.path / 'params.json'}")
+    return {k: evals[k] for k in targets} | {"shipped": shipped}
+
+
+def _losses_of(rec: dict) -> dict[str, float]:
+    return dict(rec.get("losses") or {"target": rec["loss"]})
 
 
 # ---------------------------------------------------------------- report
@@ -286,10 +445,11 @@ def run_all(
         step_fit(nested, log=log)
         step_select(nested, log=log)
     log("--- QuaDMix search")
+    for r in range(1, cfg.rounds.k + 1):
+        log(f"--- search round {r} of {cfg.rounds.k}")
+        step_round(out, r, **kw)
     step_fit(out, log=log)
-    step_select(out, log=log)
-    if cfg.evaluate:
-        step_evaluate(out, **kw)
+    step_select(out, **kw)
     step_report(out, log=log)
     return out
 
@@ -307,7 +467,9 @@ def summary(path: str | Path) -> dict:
         "finished": len(done),
         "ok": len(done) - len(failed),
         "failed": failed,
-        "fitted": (folder.path / "model" / "lgbm.txt").exists(),
+        "fitted": (folder.path / "model" / "metrics.json").exists(),
+        "rounds": {str(k): v for k, v in best_per_round(folder).items()},
+        "coverage": folder.coverage(),
         "selected": (folder.path / "params.json").exists(),
         "evaluated": sorted(folder.finished("evals")),
         "results_rows": len(read_jsonl(folder.path / "results.jsonl")),
@@ -320,6 +482,7 @@ __all__ = [
     "step_propose",
     "step_proxies",
     "step_fit",
+    "step_round",
     "step_select",
     "step_evaluate",
     "step_report",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,11 @@ class ProxyJob:
 
 @dataclass
 class ProxyContext:
-    """What every proxy of a search shares: dataset, tokenizer, settings, target blocks."""
+    """What every proxy of a search shares: dataset, tokenizer, settings, evaluation blocks.
+
+    ``evals`` maps each evaluation set (``target`` first) to its ``(blocks, mask)``;
+    ``progress`` (when set) receives a line every ``progress_every`` seconds of training.
+    """
 
     dataset: Path
     tokenizer: TextTokenizer
@@ -142,23 +147,47 @@ class ProxyContext:
     eval_mask: torch.Tensor
     attn_mask: torch.Tensor | None = None
     token_cache: dict[int, list[int]] = field(default_factory=dict)
+    evals: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    progress: Callable[[str], None] | None = None
+    progress_every: float = 10.0
+
+    def __post_init__(self) -> None:
+        self.evals = {"target": (self.eval_ids, self.eval_mask), **self.evals}
 
     @classmethod
     def create(
-        cls, dataset: str | Path, tokenizer: TextTokenizer, cfg: ProxyConfig, target: str | Path
+        cls,
+        dataset: str | Path,
+        tokenizer: TextTokenizer,
+        cfg: ProxyConfig,
+        target: str | Path,
+        evals: dict[str, Path] | None = None,
     ) -> ProxyContext:
         device = resolve_device(cfg.device)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
-        ids, mask = target_blocks(
-            load_target_texts(target), tokenizer, cfg.seq_len, cfg.eval_max_tokens
+
+        def blocks(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+            texts = load_target_texts(path)
+            return target_blocks(
+                texts,
+                tokenizer,
+                cfg.seq_len,
+                cfg.eval_max_tokens,
+                cfg.eval_doc_tokens,
+                cfg.data_seed,
+            )
+
+        ids, mask = blocks(target)
+        more = {k: blocks(v) for k, v in (evals or {}).items() if k != "target"}
+        return cls(
+            Path(dataset), tokenizer, cfg, device, ids, mask, causal_mask(cfg, device), evals=more
         )
-        return cls(Path(dataset), tokenizer, cfg, device, ids, mask, causal_mask(cfg, device))
 
     def stream(self, job: ProxyJob) -> tuple[TokenStream, dict]:
         """θ's token stream, after refusing a θ that selects (almost) nothing."""
         ds = open_stream(self.dataset, job.params, self.cfg.data_seed)
-        sel = check_selection(ds, self.cfg.tokens, self.cfg.max_epochs)
+        sel = check_selection(ds, self.cfg.tokens, self.cfg.max_epochs, self.cfg.doc_tokens)
         stream = TokenStream(
             ds,
             self.tokenizer,
@@ -166,8 +195,32 @@ class ProxyContext:
             self.cfg.seq_len,
             self.cfg.max_epochs,
             cache=self.token_cache,
+            doc_tokens=self.cfg.doc_tokens,
+            window_seed=self.cfg.data_seed,
         )
         return stream, sel
+
+
+class Ticker:
+    """A progress line every ``every`` seconds: step, training loss, tokens/s, ETA."""
+
+    def __init__(self, ctx: ProxyContext, what: str, members: int = 1) -> None:
+        self.ctx, self.what, self.members = ctx, what, members
+        self.t0 = self.last = time.perf_counter()
+
+    def __call__(self, step: int, loss: float) -> None:
+        now = time.perf_counter()
+        if self.ctx.progress is None or now - self.last < self.ctx.progress_every:
+            return
+        self.last = now
+        cfg = self.ctx.cfg
+        done = step + 1
+        rate = done * cfg.batch_size * cfg.seq_len * self.members / (now - self.t0)
+        eta = (now - self.t0) / done * (cfg.steps - done)
+        self.ctx.progress(
+            f"  {self.what}: step {done}/{cfg.steps}, train loss {loss:.3f}, "
+            f"{rate:,.0f} tokens/s, ETA {eta:.0f}s"
+        )
 
 
 def diverged(loss: float, vocab_size: int) -> str | None:
@@ -180,11 +233,24 @@ def diverged(loss: float, vocab_size: int) -> str | None:
     return None
 
 
+def stream_fingerprint(params: SamplingParams) -> str:
+    """A hash of what changes θ's stream (names, form, α, λ, ω, η, ε), not of its provenance or
+    ``extra`` (which hold timestamps and notes): the key that says "this θ was already trained"."""
+    import hashlib
+    import json
+
+    d = params.to_dict()
+    d.pop("provenance", None)
+    d.pop("extra", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def result(job: ProxyJob, status: str, **kw: Any) -> dict:
     return {
         "name": job.name,
         "status": status,
         "params_fingerprint": job.params.fingerprint(),
+        "stream_fingerprint": stream_fingerprint(job.params),
         **job.info,
         **kw,
     }
@@ -196,22 +262,25 @@ def stream_stats(stream: TokenStream) -> dict:
 
 # ---------------------------------------------------------------- one proxy, start to end
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, ctx: ProxyContext) -> float:
-    """Mean per-token loss of ``model`` on the target blocks."""
+def evaluate(model: torch.nn.Module, ctx: ProxyContext) -> dict[str, float]:
+    """Mean per-token loss of ``model`` on every evaluation set (``target`` first)."""
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    count = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    out = {}
     bs = ctx.cfg.eval_batch_size
-    for i in range(0, ctx.eval_ids.shape[0], bs):
-        ids = ctx.eval_ids[i : i + bs].to(ctx.device)
-        mask = ctx.eval_mask[i : i + bs].to(ctx.device)
-        with autocast(ctx.device):
-            logits = model(input_ids=ids, attention_mask=ctx.attn_mask).logits
-        s, c = lm_loss(logits, ids, mask)
-        total += s.double()
-        count += c.double()
+    for name, (all_ids, all_mask) in ctx.evals.items():
+        total = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        count = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        for i in range(0, all_ids.shape[0], bs):
+            ids = all_ids[i : i + bs].to(ctx.device)
+            mask = all_mask[i : i + bs].to(ctx.device)
+            with autocast(ctx.device):
+                logits = model(input_ids=ids, attention_mask=ctx.attn_mask).logits
+            s, c = lm_loss(logits, ids, mask)
+            total += s.double()
+            count += c.double()
+        out[name] = float(total / count)
     model.train()
-    return float(total / count)
+    return out
 
 
 def train_one(job: ProxyJob, ctx: ProxyContext) -> dict:
@@ -235,6 +304,7 @@ def train_one(job: ProxyJob, ctx: ProxyContext) -> dict:
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, foreach=True)
     base = dict(mode="sequential", device=str(dev), expected=sel, steps=cfg.steps)
     last = float("nan")
+    tick = Ticker(ctx, job.name)
     try:
         for step in range(cfg.steps):
             batch = stream.next_batch().to(dev, non_blocking=True)
@@ -262,13 +332,21 @@ def train_one(job: ProxyJob, ctx: ProxyContext) -> dict:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
+            tick(step, last)
     except SelectionError as e:
         return result(job, "failed", reason=str(e), seconds=time.perf_counter() - t0, **base)
-    loss = evaluate(model, ctx)
+    losses = evaluate(model, ctx)
     stats = dict(train_loss=last, tokens=cfg.steps * cfg.batch_size * cfg.seq_len)
     stats.update(stream_stats(stream), seconds=time.perf_counter() - t0, **base)
     del model, opt
-    why = diverged(loss, ctx.tokenizer.vocab_size)
+    return finish(job, losses, ctx, stats)
+
+
+def finish(job: ProxyJob, losses: dict[str, float], ctx: ProxyContext, stats: dict) -> dict:
+    """The record of a trained proxy: ``loss`` is the target loss, ``losses`` every set's."""
+    why = next(
+        (w for w in (diverged(v, ctx.tokenizer.vocab_size) for v in losses.values()) if w), None
+    )
     if why:
-        return result(job, "failed", reason=why, **stats)
-    return result(job, "ok", loss=loss, **stats)
+        return result(job, "failed", reason=why, losses=losses, **stats)
+    return result(job, "ok", loss=losses["target"], losses=losses, **stats)

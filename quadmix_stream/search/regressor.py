@@ -1,21 +1,27 @@
-"""The regressor θ → target loss: LightGBM (as in the paper and RegMix) against a linear baseline.
+"""The regressor θ → objective: three scikit-learn-style models on two kinds of inputs, scored on
+runs they did not see, the best by k-fold Spearman used for selection.
 
-Honest evaluation, on runs the model did not see:
+Models: **LightGBM** (the paper's and RegMix's choice), **ridge** regression on standardised
+features (linear) and a **Gaussian process** (Matern 5/2 + white noise, standardised features:
+smooth, data-efficient at a few dozen runs). Inputs: the raw θ vector (the paper's) and the
+expected selection profile of θ on the pool (:mod:`.features`), and ``theta+profile`` when the
+recipe asks for it. Every model × inputs pair is scored by
 
 * **held-out split**: a seeded ``valid_fraction`` of the successful runs (paper: 200 of 3000);
-* **k-fold** (when there are fewer than ``kfold_below`` runs): every run is predicted once by a
-  model trained on the other folds, so the metrics use all runs at small scale;
-* **learning curve**: MAE/Spearman of models trained on growing random subsets of the runs,
-  scored on the runs left out ("how many proxies do I need?");
-* the same for a ridge regression on standardised θ (the linear baseline).
+* **k-fold** (when there are fewer than ``kfold_below`` runs): out-of-fold predictions of every
+  run (``sklearn.model_selection.cross_val_predict``), so the metrics use all runs at small scale.
 
-The model used for selection is then refit on all successful runs. Models are stored as text
-(LightGBM's own model format and JSON): nothing is pickled.
+The pair with the best k-fold Spearman (held-out when there is no k-fold) among those the recipe
+allows (``regressor.model``/``features``, ``auto`` = any) is refit on all runs and predicts. A
+learning curve (error vs number of runs) is drawn for LightGBM and ridge on the chosen inputs.
+Nothing is pickled: LightGBM is stored in its own text format; ridge and the Gaussian process are
+refit on load from ``train.json`` (the stored training table; both fits are deterministic).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +32,7 @@ from quadmix_stream.io import atomic_write_text
 from quadmix_stream.search.config import RegressorConfig
 
 MIN_RUNS = 8
+MODELS = ("lgbm", "linear", "gp")
 
 
 def lgbm_params(n: int, cfg: RegressorConfig) -> dict:
@@ -49,45 +56,35 @@ def lgbm_params(n: int, cfg: RegressorConfig) -> dict:
     return {**base, **dict(cfg.lgbm)}
 
 
-# ---------------------------------------------------------------- the two models
-class Linear:
-    """Ridge regression on standardised features (closed form; constant features ignored)."""
+def make_model(name: str, n: int, cfg: RegressorConfig):
+    """An unfitted scikit-learn-compatible regressor ``name`` for ``n`` training runs."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-    def __init__(self, mean=None, scale=None, coef=None, intercept: float = 0.0) -> None:
-        self.mean, self.scale, self.coef, self.intercept = mean, scale, coef, intercept
+    if name == "lgbm":
+        import lightgbm as lgb
 
-    def fit(self, x: np.ndarray, y: np.ndarray, alpha: float) -> Linear:
-        self.mean = x.mean(0)
-        sd = x.std(0)
-        self.scale = np.where(sd > 1e-12, sd, 1.0)
-        z = (x - self.mean) / self.scale
-        self.intercept = float(y.mean())
-        a = z.T @ z + alpha * np.eye(z.shape[1])
-        self.coef = np.linalg.solve(a, z.T @ (y - self.intercept))
-        return self
+        return lgb.LGBMRegressor(**lgbm_params(n, cfg))
+    if name == "linear":
+        from sklearn.linear_model import Ridge
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return ((np.atleast_2d(x) - self.mean) / self.scale) @ self.coef + self.intercept
+        return make_pipeline(StandardScaler(), Ridge(alpha=cfg.ridge_alpha))
+    if name == "gp":
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
-    def to_dict(self) -> dict:
-        return {
-            "mean": self.mean.tolist(),
-            "scale": self.scale.tolist(),
-            "coef": self.coef.tolist(),
-            "intercept": self.intercept,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Linear:
-        return cls(np.array(d["mean"]), np.array(d["scale"]), np.array(d["coef"]), d["intercept"])
+        kernel = ConstantKernel(1.0, (1e-3, 1e3)) * Matern(1.0, (1e-2, 1e3), nu=2.5) + WhiteKernel(
+            0.1, (1e-6, 1e1)
+        )
+        gp = GaussianProcessRegressor(kernel, normalize_y=True, random_state=cfg.seed)
+        return make_pipeline(StandardScaler(), gp)
+    raise ValueError(f"unknown regressor model {name!r}; expected one of {MODELS}")
 
 
-def fit_lgbm(x: np.ndarray, y: np.ndarray, cfg: RegressorConfig, n_total: int | None = None):
-    import lightgbm as lgb
-
-    model = lgb.LGBMRegressor(**lgbm_params(n_total or len(y), cfg))
-    model.fit(x, y)
-    return model
+def fit_model(name: str, x: np.ndarray, y: np.ndarray, cfg: RegressorConfig, n: int | None = None):
+    with warnings.catch_warnings():  # GP hyper-parameters at a bound; LightGBM feature names
+        warnings.simplefilter("ignore")
+        return make_model(name, n or len(y), cfg).fit(x, y)
 
 
 def metrics(y: np.ndarray, pred: np.ndarray) -> dict:
@@ -101,73 +98,103 @@ def metrics(y: np.ndarray, pred: np.ndarray) -> dict:
     }
 
 
+def key(model: str, features: str) -> str:
+    return f"{model}/{features}"
+
+
 # ---------------------------------------------------------------- evaluation
 @dataclass
 class FitResult:
-    booster: object  # lightgbm.Booster of the model refit on all runs
-    linear: Linear
-    report: dict  # metrics, predictions on held-out runs, learning curve, importance
+    model: object  # the chosen model, refit on all runs
+    chosen: str  # "model/features"
+    x: np.ndarray  # the chosen features of every run (what the model was fitted on)
+    y: np.ndarray
+    report: dict  # scores of every pair, predictions on held-out runs, learning curve, importance
 
 
-def validate(x: np.ndarray, y: np.ndarray, cfg: RegressorConfig) -> dict:
-    """Held-out split and (few runs) k-fold metrics of LightGBM and the linear baseline."""
+def validate(xs: dict[str, np.ndarray], y: np.ndarray, cfg: RegressorConfig) -> dict:
+    """Held-out split and (few runs) k-fold scores of every model on every kind of inputs."""
+    from sklearn.model_selection import KFold, cross_val_predict
+
     n = len(y)
     if n < MIN_RUNS:
         raise ValueError(
             f"fit: {n} successful proxy runs; at least {MIN_RUNS} are needed to fit and validate "
             "a regressor (train more proxies: raise proposals.n and run `proxies` again)"
         )
-    rng = np.random.default_rng(cfg.seed)
-    perm = rng.permutation(n)
+    perm = np.random.default_rng(cfg.seed).permutation(n)
     n_valid = int(max(2, round(cfg.valid_fraction * n)))
     valid, train = np.sort(perm[:n_valid]), np.sort(perm[n_valid:])
-    rep: dict = {"n_runs": n, "n_train": len(train), "n_valid": len(valid)}
-    p_lg = fit_lgbm(x[train], y[train], cfg, n).predict(x[valid])
-    p_lin = Linear().fit(x[train], y[train], cfg.ridge_alpha).predict(x[valid])
-    rep["holdout"] = {"lgbm": metrics(y[valid], p_lg), "linear": metrics(y[valid], p_lin)}
-    rep["holdout_predictions"] = {
-        "index": valid.tolist(),
-        "actual": y[valid].tolist(),
-        "lgbm": p_lg.tolist(),
-        "linear": p_lin.tolist(),
-    }
-    if n < cfg.kfold_below:
+    rep: dict = {"n_runs": n, "n_train": len(train), "n_valid": len(valid), "scores": {}}
+    rep["holdout_predictions"] = {"index": valid.tolist(), "actual": y[valid].tolist()}
+    kfold = n < cfg.kfold_below
+    if kfold:
         k = int(min(cfg.kfold, n))
-        folds = np.array_split(rng.permutation(n), k)
-        oof_lg, oof_lin = np.empty(n), np.empty(n)
-        for f in folds:
-            tr = np.setdiff1d(np.arange(n), f)
-            oof_lg[f] = fit_lgbm(x[tr], y[tr], cfg, n).predict(x[f])
-            oof_lin[f] = Linear().fit(x[tr], y[tr], cfg.ridge_alpha).predict(x[f])
-        rep["kfold"] = {"k": k, "lgbm": metrics(y, oof_lg), "linear": metrics(y, oof_lin)}
-        rep["kfold_predictions"] = {
-            "actual": y.tolist(),
-            "lgbm": oof_lg.tolist(),
-            "linear": oof_lin.tolist(),
-        }
+        rep["kfold"] = {"k": k}
+        rep["kfold_predictions"] = {"actual": y.tolist()}
+        cv = KFold(k, shuffle=True, random_state=cfg.seed)
+    for kind, x in xs.items():
+        for name in MODELS:
+            kk = key(name, kind)
+            p = fit_model(name, x[train], y[train], cfg, n).predict(x[valid])
+            score = {"model": name, "features": kind, "holdout": metrics(y[valid], p)}
+            rep["holdout_predictions"][kk] = p.tolist()
+            if kfold:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    oof = cross_val_predict(make_model(name, n, cfg), x, y, cv=cv)
+                score["kfold"] = metrics(y, oof)
+                rep["kfold_predictions"][kk] = oof.tolist()
+            rep["scores"][kk] = score
     return rep
 
 
-def fit(x: np.ndarray, y: np.ndarray, names: list[str], cfg: RegressorConfig) -> FitResult:
-    """Validate, draw the learning curve, refit on all runs; importance of the final model."""
+def choose(rep: dict, models: list[str], kinds: list[str]) -> str:
+    """The allowed pair with the best k-fold (else held-out) Spearman; ties: lower MAE."""
+    split = "kfold" if "kfold" in rep else "holdout"
+
+    def rank(kk: str) -> tuple[float, float]:
+        m = rep["scores"][kk][split]
+        rho = m["spearman"] if np.isfinite(m["spearman"]) else -np.inf
+        return (-rho, m["mae"])
+
+    allowed = [key(m, f) for f in kinds for m in models]
+    return min(allowed, key=rank)
+
+
+def fit(
+    xs: dict[str, np.ndarray],
+    y: np.ndarray,
+    names: dict[str, list[str]],
+    cfg: RegressorConfig,
+    kinds: list[str] | None = None,
+) -> FitResult:
+    """Score every pair, pick one (``kinds``: inputs it may use; default every kind given),
+    refit it on all runs; LightGBM's importance and the learning curve on the chosen inputs."""
     n = len(y)
-    rep = validate(x, y, cfg)
+    rep = validate(xs, y, cfg)
+    models = list(MODELS) if cfg.model == "auto" else [cfg.model]
+    chosen = choose(rep, models, kinds or list(xs))
+    name, kind = chosen.split("/")
+    x = xs[kind]
+    rep.update(chosen=chosen, model=name, features=kind)
     rep["learning_curve"] = learning_curve(x, y, cfg)
-    final = fit_lgbm(x, y, cfg, n)
-    gain = final.booster_.feature_importance(importance_type="gain")
-    split = final.booster_.feature_importance(importance_type="split")
+    lg = fit_model("lgbm", x, y, cfg, n)
+    gain = lg.booster_.feature_importance(importance_type="gain")
+    split = lg.booster_.feature_importance(importance_type="split")
     tot = float(gain.sum()) or 1.0
     rep["importance"] = sorted(
         (
             {"feature": nm, "gain": float(g) / tot, "splits": int(s)}
-            for nm, g, s in zip(names, gain, split, strict=True)
+            for nm, g, s in zip(names[kind], gain, split, strict=True)
         ),
         key=lambda r: -r["gain"],
     )
-    rep["feature_names"] = list(names)
+    rep["feature_names"] = list(names[kind])
     rep["lgbm_params"] = lgbm_params(n, cfg)
     rep["loss"] = {"min": float(y.min()), "median": float(np.median(y)), "max": float(y.max())}
-    return FitResult(final.booster_, Linear().fit(x, y, cfg.ridge_alpha), rep)
+    final = lg if name == "lgbm" else fit_model(name, x, y, cfg, n)
+    return FitResult(final, chosen, x, y, rep)
 
 
 def learning_curve(
@@ -187,11 +214,8 @@ def learning_curve(
         for _ in range(repeats):
             perm = rng.permutation(n)
             tr, te = perm[:s], perm[s:]
-            for name, pred in (
-                ("lgbm", fit_lgbm(x[tr], y[tr], cfg, s).predict(x[te])),
-                ("linear", Linear().fit(x[tr], y[tr], cfg.ridge_alpha).predict(x[te])),
-            ):
-                m = metrics(y[te], pred)
+            for name in ("lgbm", "linear"):
+                m = metrics(y[te], fit_model(name, x[tr], y[tr], cfg, s).predict(x[te]))
                 acc.setdefault(f"{name}_mae", []).append(m["mae"])
                 acc.setdefault(f"{name}_spearman", []).append(m["spearman"])
                 acc.setdefault("mae_of_mean", []).append(m["mae_of_mean"])
@@ -199,40 +223,60 @@ def learning_curve(
     return out
 
 
+def headline(metrics_: dict) -> dict:
+    """The chosen pair's k-fold (else held-out) metrics."""
+    score = metrics_["scores"][metrics_["chosen"]]
+    return score.get("kfold", score["holdout"])
+
+
 # ---------------------------------------------------------------- persistence
 def save(result: FitResult, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "lgbm.txt", result.booster.model_to_string())
-    atomic_write_text(folder / "linear.json", json.dumps(result.linear.to_dict()) + "\n")
+    if result.chosen.startswith("lgbm/"):
+        atomic_write_text(folder / "lgbm.txt", result.model.booster_.model_to_string())
+    else:
+        (folder / "lgbm.txt").unlink(missing_ok=True)
+    train = {"x": result.x.tolist(), "y": result.y.tolist()}
+    atomic_write_text(folder / "train.json", json.dumps(train) + "\n")
     atomic_write_text(folder / "metrics.json", json.dumps(result.report, indent=1) + "\n")
 
 
 class Predictor:
-    """The fitted models of a run folder, loaded from text (LightGBM model file, JSON).
+    """The chosen model of a run folder, loaded from text (LightGBM model file, JSON table).
 
-    ``featurize`` maps θ vectors to the features the models were fitted on (see :mod:`.features`).
+    ``featurize`` maps θ vectors to the features the model was fitted on (see :mod:`.features`).
     """
 
-    def __init__(self, folder: Path, featurize=None) -> None:
-        import lightgbm as lgb
-
-        path = folder / "lgbm.txt"
-        if not path.exists():
+    def __init__(self, folder: Path, featurize=None, cfg: RegressorConfig | None = None) -> None:
+        path = folder / "metrics.json"
+        if not path.exists() or not (folder / "train.json").exists():
             raise FileNotFoundError(f"{folder}: no fitted regressor (run the `fit` step)")
-        self.booster = lgb.Booster(model_str=path.read_text())
-        self.linear = Linear.from_dict(json.loads((folder / "linear.json").read_text()))
-        self.metrics = json.loads((folder / "metrics.json").read_text())
+        self.metrics = json.loads(path.read_text())
+        self.cfg = cfg or RegressorConfig()
+        train = json.loads((folder / "train.json").read_text())
+        self._x, self._y = np.array(train["x"], dtype=np.float64), np.array(train["y"])
+        self.name = self.metrics["model"]
+        if self.name == "lgbm":
+            import lightgbm as lgb
+
+            self.model = lgb.Booster(model_str=(folder / "lgbm.txt").read_text())
+        else:
+            self.model = fit_model(self.name, self._x, self._y, self.cfg)
+        self._linear = None
         self.featurize = featurize or (lambda v: np.atleast_2d(v))
 
     def predict(self, theta: np.ndarray, chunk: int = 16384) -> np.ndarray:
-        """LightGBM's predicted loss of each θ vector."""
+        """The chosen model's predicted objective of each θ vector."""
         theta = np.atleast_2d(theta)
         return np.concatenate(
             [
-                self.booster.predict(self.featurize(theta[i : i + chunk]))
+                self.model.predict(self.featurize(theta[i : i + chunk]))
                 for i in range(0, len(theta), chunk)
             ]
         )
 
     def predict_linear(self, theta: np.ndarray) -> np.ndarray:
-        return self.linear.predict(self.featurize(np.atleast_2d(theta)))
+        """Ridge on the same inputs (a second opinion on θ*)."""
+        if self._linear is None:
+            self._linear = fit_model("linear", self._x, self._y, self.cfg)
+        return self._linear.predict(self.featurize(np.atleast_2d(theta)))

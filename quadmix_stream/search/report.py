@@ -47,22 +47,43 @@ def _f(x: float | None, nd: int = 4) -> str:
 
 # ---------------------------------------------------------------- plots
 def plot_pred_vs_actual(metrics: dict, out: Path) -> str:
+    """Out-of-fold (else held-out) predictions of the chosen model and of ridge on its inputs."""
     plt = _plt()
-    kind = "kfold_predictions" if "kfold_predictions" in metrics else "holdout_predictions"
-    pr = metrics[kind]
+    split = "kfold" if "kfold_predictions" in metrics else "holdout"
+    pr = metrics[f"{split}_predictions"]
     fig, ax = plt.subplots(figsize=(5, 5))
     y = np.array(pr["actual"])
-    for name, marker in (("lgbm", "o"), ("linear", "x")):
-        split = "kfold" if kind.startswith("kfold") else "holdout"
-        rho = metrics[split][name]["spearman"]
-        ax.scatter(y, pr[name], marker=marker, alpha=0.7, label=f"{name} (Spearman {rho:+.2f})")
-    lo, hi = float(min(y.min(), *pr["lgbm"])), float(max(y.max(), *pr["lgbm"]))
+    chosen = metrics["chosen"]
+    shown = dict.fromkeys([chosen, f"linear/{metrics['features']}"])
+    for kk, marker in zip(shown, ("o", "x"), strict=False):
+        rho = metrics["scores"][kk][split]["spearman"]
+        ax.scatter(y, pr[kk], marker=marker, alpha=0.7, label=f"{kk} (Spearman {rho:+.2f})")
+    lo, hi = float(min(y.min(), *pr[chosen])), float(max(y.max(), *pr[chosen]))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-    what = "out-of-fold (k-fold)" if kind.startswith("kfold") else "held-out split"
+    what = "out-of-fold (k-fold)" if split == "kfold" else "held-out split"
     ax.set(
-        xlabel="actual proxy loss", ylabel="predicted loss", title=f"Predicted vs actual, {what}"
+        xlabel="actual proxy objective", ylabel="predicted", title=f"Predicted vs actual, {what}"
     )
     ax.legend()
+    return _save(fig, out)
+
+
+def plot_rounds(best: dict[int, float], marks: dict[str, float], out: Path) -> str:
+    """Best actual proxy objective per search round, with θ* and the baselines as lines."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rounds = list(best)
+    ax.plot(rounds, list(best.values()), "o-", label="best proxy run of the round")
+    ax.plot(rounds, np.minimum.accumulate(list(best.values())), "k:", label="best so far")
+    for i, (name, v) in enumerate(marks.items()):
+        ax.axhline(v, color=f"C{i + 1}", lw=1, label=f"{name} {v:.3f}")
+    ax.set(
+        xlabel="round (0: the recipe's proposals)",
+        ylabel="actual proxy objective",
+        title="Search rounds",
+        xticks=rounds,
+    )
+    ax.legend(fontsize=8)
     return _save(fig, out)
 
 
@@ -91,7 +112,7 @@ def plot_importance(metrics: dict, out: Path, top: int = 20) -> str:
     imp = metrics["importance"][:top][::-1]
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(imp) + 1))
     ax.barh([r["feature"] for r in imp], [r["gain"] for r in imp])
-    ax.set(xlabel="share of LightGBM gain", title="Feature importance (θ → loss)")
+    ax.set(xlabel="share of LightGBM gain", title="Feature importance (inputs → objective)")
     return _save(fig, out)
 
 
@@ -125,7 +146,7 @@ def plot_losses(losses: np.ndarray, marks: dict[str, float], out: Path) -> str:
     ax.hist(losses, bins=min(30, max(5, len(losses) // 3)), color="lightgrey", label="proposals")
     for i, (name, v) in enumerate(marks.items()):
         ax.axvline(v, color=f"C{i}", lw=2, label=f"{name} {v:.3f}")
-    ax.set(xlabel="proxy target loss", ylabel="runs", title="Actual proxy losses")
+    ax.set(xlabel="proxy objective", ylabel="runs", title="Actual proxy objective")
     ax.legend(fontsize=8)
     return _save(fig, out)
 
@@ -185,6 +206,37 @@ def write_report(folder: RunFolder) -> Path:
                 rows,
             )
         ]
+    obj = " + ".join(f"{w:g}·{k}" for k, w in cfg.objective.items())
+    md += [
+        "",
+        f"Objective (lower is better): **{obj}** (proxy losses on the evaluation sets "
+        f"{sorted(folder.eval_paths)})"
+        + (
+            "; constraints: " + ", ".join(f"{k} ≤ {v}" for k, v in cfg.constraints.items())
+            if cfg.constraints
+            else ""
+        )
+        + ".",
+    ]
+    md += ["", "## Coverage: documents per proxy and per evaluation set", ""]
+    for name, c in folder.meta.get("eval_coverage", {}).items():
+        md.append(
+            f"- eval set `{name}`: {c['tokens']:,} tokens from {c['docs_used']} of its "
+            f"{c['docs']} documents"
+        )
+    md.append("")
+    cov = folder.coverage()
+    if cov:
+        cap = f"{p.doc_tokens} tokens per document" if p.doc_tokens else "whole documents"
+        md += [
+            f"Distinct documents each proxy trained on ({cap}): min {cov['min']}, median "
+            f"{cov['median']:.0f}, max {cov['max']} over {cov['proxies']} proxies.",
+        ]
+        from quadmix_stream.search.pipeline import coverage_lines
+
+        warn = coverage_lines(folder)[1:]
+        if warn:
+            md += ["", f"**{warn[0]}**"]
     if failed:
         md += ["", "Failed proxies (excluded from the fit):", ""]
         md += [
@@ -199,39 +251,28 @@ def write_report(folder: RunFolder) -> Path:
     if mpath.exists():
         metrics = json.loads(mpath.read_text())
         rows = []
-        kind = metrics.get("features", "theta")
-        for feats, rep in ((kind, metrics), ("theta", metrics.get("theta_only"))):
-            if rep is None:  # theta_only exists when the inputs are not θ alone
-                continue
+        for kk, sc in metrics["scores"].items():
             for split in ("holdout", "kfold"):
-                if split not in rep:
+                if split not in sc:
                     continue
-                for name in ("lgbm", "linear"):
-                    m = rep[split][name]
-                    label = (
-                        "holdout"
-                        if split == "holdout"
-                        else f"{rep['kfold']['k']}-fold (out-of-fold)"
-                    )
-                    rows.append(
-                        [
-                            name,
-                            feats,
-                            label,
-                            str(m["n"]),
-                            _f(m["mae"]),
-                            _f(m["mae_of_mean"]),
-                            _f(m["spearman"], 3),
-                        ]
-                    )
-        md += ["## Regressor θ → loss (on runs it did not see)", ""]
+                m = sc[split]
+                label = "holdout" if split == "holdout" else f"{metrics['kfold']['k']}-fold"
+                rows.append(
+                    [
+                        sc["model"] + (" **(chosen)**" if kk == metrics["chosen"] else ""),
+                        sc["features"],
+                        label,
+                        str(m["n"]),
+                        _f(m["mae"]),
+                        _f(m["mae_of_mean"]),
+                        _f(m["spearman"], 3),
+                    ]
+                )
+        md += ["## Regressor inputs → objective (on runs it did not see)", ""]
         md += [
-            f"Inputs: **{kind}** (see `quadmix_stream/search/features.py`)"
-            + (
-                "; rows marked `theta` use the paper's raw θ inputs, for comparison."
-                if kind != "theta"
-                else "."
-            ),
+            "LightGBM, ridge (linear) and a Gaussian process, each on the raw θ (the paper's "
+            "inputs) and on the selection profile (`quadmix_stream/search/features.py`); the "
+            f"best allowed by k-fold Spearman predicts: **{metrics['chosen']}**.",
             "",
         ]
         md += [
@@ -248,7 +289,9 @@ def write_report(folder: RunFolder) -> Path:
                 rows,
             )
         ]
-        head = metrics.get("kfold", metrics["holdout"])["lgbm"]["spearman"]
+        from quadmix_stream.search.regressor import headline
+
+        head = headline(metrics)["spearman"]
         if not (head >= WEAK_SPEARMAN):
             md += [
                 "",
@@ -262,7 +305,7 @@ def write_report(folder: RunFolder) -> Path:
             f"![predicted vs actual]({plot_pred_vs_actual(metrics, out / 'pred_vs_actual.png')})",
             f"![error vs runs]({curve})" if curve else "",
             "",
-            "Top features (share of LightGBM gain):",
+            f"Top features (share of gain of LightGBM on the {metrics['features']} inputs):",
             "",
             _table(
                 ["feature", "gain", "splits"],
@@ -276,22 +319,90 @@ def write_report(folder: RunFolder) -> Path:
             "",
         ]
 
+    # ---- rounds
+    from quadmix_stream.search.pipeline import best_per_round
+
+    best = best_per_round(folder) if len(y) else {}
+    evals_ok = {
+        k: folder.objective(v)
+        for k, v in folder.finished("evals").items()
+        if v.get("status") == "ok"
+    }
+    if len(best) > 1:
+        rounds = folder.rounds()
+        marks = {k: v for k, v in evals_ok.items() if k in ("theta-star", "random")}
+        md += [
+            "## Search rounds",
+            "",
+            _table(
+                ["round", "proxies", "best actual objective", "best so far"],
+                [
+                    [
+                        str(r),
+                        str(int((rounds == r).sum())),
+                        _f(v),
+                        _f(min(list(best.values())[: i + 1])),
+                    ]
+                    for i, (r, v) in enumerate(best.items())
+                ],
+            ),
+            "",
+            f"![rounds]({plot_rounds(best, marks, out / 'rounds.png')})",
+            "",
+        ]
+
     # ---- θ*, baselines, actual losses
     spath = folder.path / "params.json"
-    if spath.exists():
-        star = SamplingParams.load(spath).reorder(domains, scorers)
+    cpath = folder.path / "candidates" / "theta-star.json"
+    if spath.exists() and cpath.exists():
+        star = SamplingParams.load(cpath).reorder(domains, scorers)
         sel = json.loads((folder.path / "selection.json").read_text())
         evals = folder.finished("evals")
         md += [
             "## θ*",
             "",
-            f"Mean of the best {sel['top_k']} of {sel['candidates']:,} fresh proposals. Predicted "
-            f"loss of θ* {_f(sel['predicted_loss'])} (linear model: {_f(sel['predicted_loss_linear'])}); "
+            f"Mean of the best {sel['top_k']} of {sel['candidates']:,} fresh proposals "
+            f"({sel.get('local_candidates', 0):,} of them near the best runs). Predicted "
+            f"objective of θ* {_f(sel['predicted_loss'])} (ridge: {_f(sel['predicted_loss_linear'])}); "
             f"its top-{sel['top_k']} candidates were predicted "
             f"{_f(min(sel['top_k_predicted']))}–{_f(max(sel['top_k_predicted']))}. Proxy runs: best "
             f"{_f(float(y.min()))}, median {_f(float(np.median(y)))}.",
             "",
         ]
+        for b in sel.get("boundary", []):
+            md += [f"**Range boundary**: {b['message']}.", ""]
+        shipped = sel.get("shipped")
+        if shipped:
+            sets = sorted({s_ for v in shipped["measured"].values() for s_ in v["losses"]})
+            md += [
+                f"**Shipped as params.json: {shipped['name']}** (measured objective "
+                f"{_f(shipped['objective'])}; θ* {_f(shipped['theta_star_objective'])}, "
+                f"margin {_f(shipped['margin_vs_theta_star'])}"
+                + (
+                    f"; best baseline {shipped['best_baseline']} "
+                    f"{_f(shipped['best_baseline_objective'])}"
+                    if shipped.get("best_baseline")
+                    else ""
+                )
+                + "). Every measured contender (the best proxy run is the lowest of many noisy "
+                "measurements, so its figure is optimistic):",
+                "",
+                _table(
+                    ["contender", "objective"] + [f"{s_} loss" for s_ in sets],
+                    [
+                        [k + (" **(shipped)**" if k == shipped["name"] else ""), _f(v["objective"])]
+                        + [_f(v["losses"].get(s_)) for s_ in sets]
+                        for k, v in sorted(
+                            shipped["measured"].items(), key=lambda kv: kv[1]["objective"]
+                        )
+                    ],
+                ),
+                "",
+            ]
+            for note in shipped.get("notes", []):
+                md += [f"**Note**: {note}.", ""]
+        elif not cfg.evaluate:
+            md += ["params.json is θ*, not verified by a proxy (`evaluate: false`).", ""]
         compare = {"pool (random)": SamplingParams.keep_all(domains, scorers), "θ*": star}
         for f in sorted((folder.path / "baselines").glob("*.json")):
             if f.stem != "random":
@@ -302,7 +413,7 @@ def write_report(folder: RunFolder) -> Path:
             key = {"pool (random)": "random", "θ*": "theta-star"}.get(name, name)
             ev = evals.get(key)
             actual = (
-                _f(ev["loss"])
+                _f(folder.objective(ev))
                 if ev and ev["status"] == "ok"
                 else (f"failed ({ev.get('reason')})" if ev else "—")
             )
@@ -316,7 +427,9 @@ def write_report(folder: RunFolder) -> Path:
             "selected tokens per scorer (0 = best), and the actual proxy loss when evaluated:",
             "",
             _table(
-                ["params", "actual loss", "tokens/epoch"] + domains + [f"σ {s}" for s in scorers],
+                ["params", "actual objective", "tokens/epoch"]
+                + domains
+                + [f"σ {s}" for s in scorers],
                 rows,
             ),
             "",
@@ -337,13 +450,13 @@ def write_report(folder: RunFolder) -> Path:
         md.append(
             f"![mixture]({plot_mixture(shares, star.alpha, domains, scorers, out / 'mixture.png')})"
         )
-        marks = {k: float(v["loss"]) for k, v in evals.items() if v.get("status") == "ok"}
+        marks = {k: v for k, v in evals_ok.items() if not k.startswith("cand-")}
         if len(y):
             md += ["", f"![losses]({plot_losses(y, marks, out / 'losses.png')})", ""]
     md += [
         "",
-        "Notes: losses are mean per-token cross-entropy (nats) of the proxies on the target set with "
-        "the run's tokenizer. Held-out metrics come from models that did not see those runs; the "
+        "Notes: losses are mean per-token cross-entropy (nats) of the proxies on each evaluation "
+        "set with the run's tokenizer; the objective is their weighted sum. Held-out metrics come from models that did not see those runs; the "
         "model used for selection is refit on all successful runs.",
         "",
     ]

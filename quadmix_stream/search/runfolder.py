@@ -4,13 +4,16 @@ Layout::
 
     search.json          frozen settings, dataset fingerprint, target-set hash, feature names
     tokenizer.json       the proxies' tokenizer
-    proposals.jsonl      θ table: {"run": i, "batch": b, "theta": [...]} per line
+    proposals.jsonl      θ table: {"run": i, "batch": b, "round": r, "theta": [...]} per line
+                         (round 0: the recipe's proposals; 1, 2, …: search rounds)
     proxies/run-00012.json   one proxy result each (status ok/failed, loss, timings, reason)
     results.jsonl        all proxy results, rebuilt from proxies/ after each proxies step
     logs/proxies-*.json  one record per proxies invocation (rank, runs trained, wall time)
     model/               lgbm.txt (LightGBM text model), linear.json, metrics.json
-    params.json          θ* with provenance; selection.json (top-k and predictions)
-    baselines/*.json     baseline params; evals/*.json proxy results of θ* and baselines
+    params.json          what ships: the best *measured* of θ*, the verified candidates, the
+                         baselines and the proxy runs, with provenance; selection.json
+    candidates/*.json    θ* (mean of the best k predicted) and the best predicted candidates
+    baselines/*.json     baseline params; evals/*.json proxy results of candidates and baselines
     report/report.md     the report and its PNG plots
     regmix/              the RegMix-style domain-only search (a nested run folder)
 
@@ -60,6 +63,30 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def objective_of(rec: dict, weights: dict[str, float]) -> float:
+    """Σ weight · loss of the record's eval sets; NaN for a failed record or a missing set."""
+    if rec.get("status") != "ok":
+        return float("nan")
+    losses = dict(rec.get("losses") or {})
+    losses.setdefault("target", rec.get("loss", float("nan")))
+    total = 0.0
+    for name, w in weights.items():
+        if w:
+            total += w * float(losses.get(name, float("nan")))
+    return total
+
+
+def _eval_hashes(cfg: SearchConfig) -> dict[str, dict]:
+    out = {}
+    for name, p in cfg.eval_paths.items():
+        if name == "target":
+            continue
+        if not p.is_file():
+            raise FileNotFoundError(f"evaluation set {name} ({p}): no such file")
+        out[name] = {"path": str(p.resolve()), "sha256": sha256_file(p)}
+    return out
+
+
 class RunFolder:
     """An existing run folder, checked against its dataset and target set on open."""
 
@@ -107,6 +134,7 @@ class RunFolder:
                 "rows": m.rows,
             },
             "target": {"path": str(target.resolve()), "sha256": sha256_file(target)},
+            "evals": _eval_hashes(cfg),
             "features": SamplingParams.vector_names(m.domains, m.scorer_names),
             **(extra or {}),
         }
@@ -126,6 +154,16 @@ class RunFolder:
                     f"{path}: the target set changed since this search started "
                     f"({old['target']['path']}); use a new run folder"
                 )
+            changed = sorted(
+                k
+                for k, v in meta["evals"].items()
+                if old.get("evals", {}).get(k, {}).get("sha256", v["sha256"]) != v["sha256"]
+            )
+            if changed:
+                raise RunFolderError(
+                    f"{path}: evaluation set(s) {changed} changed since this search started; "
+                    "use a new run folder"
+                )
             old_cfg = SearchConfig.from_dict(old["config"], str(meta_path))
             new_cfg = SearchConfig.from_dict(meta["config"], "recipe")
             a, b = old_cfg.proxy_identity(), new_cfg.proxy_identity()
@@ -143,6 +181,7 @@ class RunFolder:
         return cls(path)
 
     def check_dataset(self, dataset: str | Path) -> None:
+        """Refuse a dataset whose fingerprint, or a target set whose content, changed."""
         d = self.meta["dataset"]
         try:
             fp = Manifest.load(dataset).fingerprint()
@@ -174,6 +213,13 @@ class RunFolder:
         return Path(self.meta["target"]["path"])
 
     @property
+    def eval_paths(self) -> dict[str, Path]:
+        """Every evaluation set of the proxies (``target`` first), as recorded at creation."""
+        out = {"target": self.target}
+        out.update({k: Path(v["path"]) for k, v in self.meta.get("evals", {}).items()})
+        return out
+
+    @property
     def tokenizer_path(self) -> Path:
         from quadmix_stream.search.tokenizer import run_tokenizer_path
 
@@ -194,12 +240,24 @@ class RunFolder:
         batches = np.array([r["batch"] for r in rows], dtype=np.int64)
         return ids, batches, np.array([r["theta"] for r in rows], dtype=np.float64)
 
-    def write_proposals(self, ids: np.ndarray, batches: np.ndarray, theta: np.ndarray) -> None:
+    def rounds(self) -> np.ndarray:
+        """The search round of every proposal (0: the recipe's proposals), in proposal order."""
+        rows = read_jsonl(self.path / "proposals.jsonl")
+        return np.array([r.get("round", 0) for r in rows], dtype=np.int64)
+
+    def write_proposals(
+        self,
+        ids: np.ndarray,
+        batches: np.ndarray,
+        theta: np.ndarray,
+        rounds: np.ndarray | None = None,
+    ) -> None:
+        rounds = np.zeros(len(ids), np.int64) if rounds is None else rounds
         write_jsonl(
             self.path / "proposals.jsonl",
             (
-                {"run": int(i), "batch": int(b), "theta": [float(x) for x in t]}
-                for i, b, t in zip(ids, batches, theta, strict=True)
+                {"run": int(i), "batch": int(b), "round": int(r), "theta": [float(x) for x in t]}
+                for i, b, r, t in zip(ids, batches, rounds, theta, strict=True)
             ),
         )
 
@@ -248,18 +306,45 @@ class RunFolder:
         write_jsonl(self.path / "results.jsonl", rows)
         return rows
 
+    def objective(self, rec: dict) -> float:
+        """The search's objective of a proxy record (NaN when failed or a set is missing)."""
+        return objective_of(rec, self.config.objective)
+
     def table(self) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-        """(θ matrix, loss vector, records) of the successful proxies, in run order."""
+        """(θ matrix, objective vector, records) of the successful proxies, in run order.
+
+        The objective is the recipe's weighted sum of eval-set losses (the target loss alone
+        by default), recomputed from each record's per-set losses.
+        """
         ids, _, theta = self.proposals()
+        rounds = self.rounds()
         done = self.finished()
         keep, loss, recs = [], [], []
         for k, i in enumerate(ids):
             rec = done.get(self.run_name(int(i)))
-            if rec and rec.get("status") == "ok" and np.isfinite(rec.get("loss", np.nan)):
+            value = self.objective(rec) if rec else float("nan")
+            if np.isfinite(value):
                 keep.append(k)
-                loss.append(float(rec["loss"]))
-                recs.append(dict(rec, run=int(i)))
+                loss.append(value)
+                recs.append(dict(rec, run=int(i), round=int(rounds[k])))
         return theta[keep], np.array(loss), recs
+
+    def coverage(self) -> dict | None:
+        """Documents per successful proxy (distinct documents it trained on): min and median."""
+        docs = [
+            r["unique_docs"]
+            for r in self.finished().values()
+            if r.get("status") == "ok" and "unique_docs" in r
+        ]
+        if not docs:
+            return None
+        return {
+            "proxies": len(docs),
+            "min": int(min(docs)),
+            "median": float(np.median(docs)),
+            "max": int(max(docs)),
+            "threshold": self.config.coverage_min_docs,
+        }
 
     def log(self, rec: dict) -> None:
         rank = rec.get("rank", 0)

@@ -31,7 +31,7 @@ def context(
 
         cfg = dataclasses.replace(cfg, **changes)
     tok = TextTokenizer(folder.tokenizer_path, folder.config.tokenizer.eos_token)
-    return ProxyContext.create(folder.dataset, tok, cfg, folder.target)
+    return ProxyContext.create(folder.dataset, tok, cfg, folder.target, folder.eval_paths)
 
 
 def run_jobs(
@@ -41,8 +41,14 @@ def run_jobs(
     on_result: Callable[[dict], None],
     progress: Callable[[str], None] | None = None,
 ) -> list[dict]:
-    """Train ``jobs`` (``group`` at a time with :func:`.batched.train_group` when > 1)."""
+    """Train ``jobs`` (``group`` at a time with :func:`.batched.train_group` when > 1).
+
+    ``progress`` gets one line per finished proxy and, while training, a line every
+    ``ctx.progress_every`` seconds (step, training loss, tokens/s, ETA).
+    """
     out = []
+    if progress is not None:
+        ctx.progress = progress
     for start in range(0, len(jobs), max(1, group)):
         chunk = jobs[start : start + max(1, group)]
         recs = [train_one(chunk[0], ctx)] if group <= 1 else train_group(chunk, ctx)

@@ -1,49 +1,127 @@
-"""Selection: N fresh proposals, predicted by the regressor; θ* = element-wise mean of the best k.
+"""Selection: predict fresh proposals, θ* = element-wise mean of the best k; then ship the best
+*measured* θ, never one worse than something the search measured.
 
-As in the paper (100,000 candidates, k = 10). The mean of α rows that are on the simplex stays
-on the simplex; θ* is re-predicted as a check (averaging can land between good regions), and
-params.json records where it came from: run folder, predicted loss, regressor metrics.
+As in the paper (100,000 candidates, k = 10). With search rounds, the candidates also include
+points near the best runs (within the last round's reach, see :func:`.space.toward`). The mean
+of α rows on the simplex stays on the simplex; θ* is re-predicted as a check (averaging can land
+between good regions). The ``select.verify`` best predicted candidates are written next to θ*
+(``candidates/``); after their proxies and the baselines' are trained (``evaluate``),
+:func:`ship` writes as ``params.json`` the lowest actual proxy objective among θ*, the verified
+candidates, the baselines and every proxy run, and says which and by how much.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
+from quadmix_stream.params import DEFAULT_RANGES, SamplingParams
 from quadmix_stream.search.pool import Pool
-from quadmix_stream.search.regressor import Predictor
+from quadmix_stream.search.proxy import stream_fingerprint
+from quadmix_stream.search.regressor import Predictor, headline
 from quadmix_stream.search.runfolder import RunFolder, now, write_json
-from quadmix_stream.search.space import batch_seed, propose, to_params
+from quadmix_stream.search.space import batch_seed, propose, to_params, toward
 
 #: proposal batch index of the selection candidates (proxy proposals use batches 0, 1, …)
 CANDIDATE_BATCH = 1_000_000
-
-
-def headline_metrics(metrics: dict) -> dict:
-    """The regressor's held-out figures that travel with θ*."""
-    out = {"n_runs": metrics["n_runs"], "holdout": metrics["holdout"]}
-    if "kfold" in metrics:
-        out["kfold"] = metrics["kfold"]
-    return out
+#: proposal batch of the local candidates near the best runs
+LOCAL_BATCH = 1_000_001
+STAR = "theta-star"
+#: a bound counts as hit when the best region's values lie this close to it (share of the range)
+EDGE = 0.05
 
 
 def load_predictor(folder: RunFolder, pool: Pool) -> Predictor:
     """The run folder's fitted regressor with the features it was fitted on."""
     from quadmix_stream.search.features import Featurizer
 
-    pred = Predictor(folder.path / "model")
+    pred = Predictor(folder.path / "model", cfg=folder.config.regressor)
     kind = pred.metrics.get("features", "theta")
     sample = folder.config.regressor.profile_sample
     pred.featurize = Featurizer(kind, pool, folder.config.form, sample)
     return pred
 
 
-def info_features(predictor: Predictor) -> str:
-    return str(predictor.metrics.get("features", "theta"))
+def anchors(folder: RunFolder, predictor: Predictor, pool: Pool, top: int, seed: int) -> np.ndarray:
+    """The ``top`` best runs by actual objective and the ``top`` best predicted of fresh
+    proposals: where a local search starts."""
+    cfg = folder.config
+    x, y, _ = folder.table()
+    best = x[np.argsort(y, kind="stable")[:top]]
+    fresh = propose(
+        cfg.space,
+        cfg.proposals,
+        cfg.rounds.candidates,
+        seed,
+        folder.domains,
+        folder.scorers,
+        pool.domain_tokens,
+    )
+    pred = predictor.predict(fresh)
+    return np.concatenate([best, fresh[np.argsort(pred, kind="stable")[:top]]])
+
+
+def local_candidates(
+    folder: RunFolder, predictor: Predictor, pool: Pool, n: int, reach: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` points between the anchors and fresh proposals, at most ``reach`` of the way, and
+    the index of each one's anchor."""
+    cfg = folder.config
+    a = anchors(folder, predictor, pool, cfg.rounds.top, batch_seed(seed, 0))
+    fresh = propose(
+        cfg.space,
+        cfg.proposals,
+        n,
+        batch_seed(seed, 1),
+        folder.domains,
+        folder.scorers,
+        pool.domain_tokens,
+    )
+    return toward(a, fresh, reach, np.random.default_rng(batch_seed(seed, 2)))
+
+
+def boundary(folder: RunFolder, best: np.ndarray) -> list[dict]:
+    """Parameters whose best region sits at the upper end of its proposal range.
+
+    ``best``: θ rows of the best region (the top-k predicted). A parameter is flagged when at
+    least half of its per-domain values there lie within 5% of the range's top, and the range
+    can be widened (ω is a rank fraction: its range ends at 1).
+    """
+    cfg = folder.config
+    if cfg.space != "quadmix":
+        return []
+    m, n = len(folder.domains), len(folder.scorers)
+    rg = {**DEFAULT_RANGES, **cfg.proposals.ranges}
+    out = []
+    for j, k in enumerate(("lam", "omega", "eta", "eps")):
+        lo, hi = rg[k]
+        if hi <= lo or (k == "omega" and hi >= 1.0):
+            continue
+        vals = best[:, m * n + j * m : m * n + (j + 1) * m]
+        share = float(np.mean(vals >= hi - EDGE * (hi - lo)))
+        if share >= 0.5:
+            wider = min(1.0, 2 * hi) if k == "omega" else 2 * hi
+            out.append(
+                {
+                    "param": k,
+                    "high": hi,
+                    "share_at_bound": share,
+                    "message": (
+                        f"{k} sits at its upper bound {hi:g} in the best region ({share:.0%} of "
+                        f"the top candidates' per-domain values within {EDGE:.0%} of it): widen "
+                        f"proposals.ranges.{k} (e.g. [{lo:g}, {wider:g}]) and search again"
+                    ),
+                }
+            )
+    return out
 
 
 def select(folder: RunFolder, pool: Pool | None = None) -> dict:
+    """θ* and the best predicted candidates → ``candidates/`` and ``selection.json``."""
     cfg = folder.config
     pool = pool or Pool(folder.dataset)
     predictor = load_predictor(folder, pool)
@@ -57,52 +135,224 @@ def select(folder: RunFolder, pool: Pool | None = None) -> dict:
         folder.scorers,
         pool.domain_tokens,
     )
+    local = 0
+    if cfg.rounds.k > 0:
+        reach = cfg.rounds.shrink**cfg.rounds.k
+        near, _ = local_candidates(
+            folder,
+            predictor,
+            pool,
+            cfg.rounds.candidates,
+            reach,
+            batch_seed(cfg.select.seed, LOCAL_BATCH),
+        )
+        cand, local = np.concatenate([cand, near]), len(near)
     pred = predictor.predict(cand)
-    top = np.argsort(pred, kind="stable")[:k]
+    order = np.argsort(pred, kind="stable")
+    top = order[:k]
     theta = cand[top].mean(axis=0)
     params = to_params(theta, folder.domains, folder.scorers, cfg.form)
     vec = params.to_vector()
     star_pred = float(predictor.predict(vec[None])[0])
     star_lin = float(predictor.predict_linear(vec[None])[0])
     _, y, _ = folder.table()
-    head = headline_metrics(predictor.metrics)
-    held = head.get("kfold", head["holdout"])["lgbm"]
+    met = predictor.metrics
+    held = headline(met)
+    model = f"{met['model']} on {met['features']} features"
     provenance = (
-        f"quadmix-stream search ({cfg.space}): θ* = element-wise mean of the {k} best of {n} "
-        f"fresh proposals by LightGBM ({info_features(predictor)} features) fitted on {len(y)} "
-        f"proxy runs in {folder.path.resolve()}; "
-        f"predicted target loss {star_pred:.4f} (best proxy run {y.min():.4f}, median "
-        f"{np.median(y):.4f}); regressor on held-out runs: Spearman {held['spearman']:.3f}, "
-        f"MAE {held['mae']:.4f}"
+        f"quadmix-stream search ({cfg.space}): θ* = element-wise mean of the {k} best of "
+        f"{len(cand)} fresh proposals by {model} (chosen by k-fold Spearman) fitted on {len(y)} "
+        f"proxy runs in {folder.path.resolve()}; predicted objective {star_pred:.4f} (best proxy "
+        f"run {y.min():.4f}, median {np.median(y):.4f}); regressor on held-out runs: Spearman "
+        f"{held['spearman']:.3f}, MAE {held['mae']:.4f}"
     )
     info = {
         "run_folder": str(folder.path.resolve()),
         "dataset_fingerprint": folder.meta["dataset"]["fingerprint"],
         "space": cfg.space,
-        "features": predictor.metrics.get("features", "theta"),
-        "candidates": n,
+        "model": met["model"],
+        "features": met["features"],
+        "objective": dict(cfg.objective),
+        "candidates": int(len(cand)),
+        "local_candidates": local,
         "top_k": k,
         "predicted_loss": star_pred,
         "predicted_loss_linear": star_lin,
         "top_k_predicted": [float(pred[i]) for i in top],
         "proxy_runs": int(len(y)),
         "proxy_loss": {"min": float(y.min()), "median": float(np.median(y))},
-        "regressor": head,
+        "regressor": {"chosen": met["chosen"], "n_runs": met["n_runs"], "headline": held},
         "selected": now(),
     }
-    params = replace(params, provenance=provenance, extra={"search": info})
-    params.save(folder.path / "params.json")
+    star = replace(params, provenance=provenance, extra={"search": info})
+    cdir = folder.sub("candidates")
+    for f in cdir.glob("*.json"):
+        f.unlink()
+    star.save(cdir / f"{STAR}.json")
+    seen = {stream_fingerprint(star)}
+    verified = []
+    for i in order:
+        if len(verified) >= cfg.select.verify:
+            break
+        p = to_params(cand[i], folder.domains, folder.scorers, cfg.form)
+        if stream_fingerprint(p) in seen:
+            continue
+        seen.add(stream_fingerprint(p))
+        name = f"cand-{len(verified) + 1:02d}"
+        p = replace(
+            p,
+            provenance=f"search candidate {name}: predicted objective {pred[i]:.4f} "
+            f"(rank {len(verified) + 1} of {len(cand)} by {model})",
+        )
+        p.save(cdir / f"{name}.json")
+        verified.append({"name": name, "predicted": float(pred[i])})
     sel = {
         **info,
         "theta": vec.tolist(),
         "theta_names": folder.meta["features"],
+        "verify": verified,
         "candidate_prediction": {
             "min": float(pred.min()),
             "median": float(np.median(pred)),
             "max": float(pred.max()),
         },
+        "boundary": boundary(folder, cand[top]),
         "profile": pool.profile(params),
         "pool_profile": pool.pool_profile(),
     }
     write_json(folder.path / "selection.json", sel)
     return sel
+
+
+# ---------------------------------------------------------------- ship the best measured
+def contenders(folder: RunFolder) -> dict[str, SamplingParams]:
+    """θ*, the verified candidates and the baselines, by name (what ``evaluate`` trains)."""
+    out = {}
+    for sub in ("candidates", "baselines"):
+        for f in sorted((folder.path / sub).glob("*.json")):
+            out[f.stem] = SamplingParams.load(f)
+    return out
+
+
+def _losses(rec: dict) -> dict[str, float]:
+    losses = dict(rec.get("losses") or {})
+    losses.setdefault("target", rec.get("loss", math.nan))
+    return losses
+
+
+def ship(folder: RunFolder) -> dict:
+    """Write as ``params.json`` the contender with the lowest measured objective.
+
+    Contenders: every evaluated params file (θ*, candidates, baselines) whose proxy was trained
+    on exactly its stream, and the best proxy run of the search. Constraints (``constraints:``)
+    drop contenders whose loss on a set exceeds the bound (a number, or a measured baseline's
+    loss on that set); when no contender meets them all, the best overall ships with a warning.
+    """
+    cfg = folder.config
+    evals = folder.finished("evals")
+    measured: dict[str, dict] = {}
+    for name, p in contenders(folder).items():
+        rec = evals.get(name)
+        if rec and rec.get("stream_fingerprint") == stream_fingerprint(p):
+            value = folder.objective(rec)
+            if math.isfinite(value):
+                measured[name] = {"params": p, "objective": value, "losses": _losses(rec)}
+    x, y, recs = folder.table()
+    if len(y):
+        i = int(np.argmin(y))
+        name = folder.run_name(recs[i]["run"])
+        prov = f"search proxy run {recs[i]['run']} (round {recs[i].get('round', 0)})"
+        measured[name] = {
+            "params": folder.params_of(x[i], prov),
+            "objective": float(y[i]),
+            "losses": _losses(recs[i]),
+        }
+    if STAR not in evals:
+        raise ValueError(f"{folder.path}: θ* has no measured proxy yet (run `evaluate`)")
+    bounds, notes = {}, []
+    if STAR not in measured:
+        notes.append(f"θ*'s proxy failed ({evals[STAR].get('reason')})")
+    for s, b in cfg.constraints.items():
+        if isinstance(b, str):
+            if b not in measured:
+                notes.append(f"constraint {s} ≤ {b}: {b} was not measured; not applied")
+                continue
+            bounds[s] = (measured[b]["losses"].get(s, math.nan), b)
+        else:
+            bounds[s] = (float(b), f"{float(b):g}")
+    feasible = {
+        k: v
+        for k, v in measured.items()
+        if all(v["losses"].get(s, math.inf) <= ref + 1e-12 for s, (ref, _) in bounds.items())
+    }
+    if bounds and not feasible:
+        notes.append("no measured contender meets every constraint; the best overall ships")
+    pool_ = feasible or measured
+    best = min(pool_, key=lambda k: (pool_[k]["objective"], k != STAR))
+    v = measured[best]["objective"]
+    sv = measured[STAR]["objective"] if STAR in measured else math.nan
+    base = {
+        k: w["objective"]
+        for k, w in measured.items()
+        if (folder.path / "baselines" / f"{k}.json").exists()
+    }
+    best_base = min(base, key=base.get) if base else None
+    what = "θ* (mean of the top-k predicted)" if best == STAR else best
+    text = (
+        f"quadmix-stream search {folder.path.resolve()}: shipped: {what}, the lowest measured "
+        f"proxy objective {v:.4f} of {len(measured)} measured (θ* {sv:.4f}"
+        + ("" if best == STAR else f", {sv - v:.4f} worse than {best}")
+        + (f"; best baseline {best_base} {base[best_base]:.4f}" if best_base else "")
+        + ")"
+        + (
+            f"; constraints: {', '.join(f'{s} ≤ {lbl}' for s, (_, lbl) in bounds.items())}"
+            if bounds
+            else ""
+        )
+        + ("; " + "; ".join(notes) if notes else "")
+    )
+    star = SamplingParams.load(folder.path / "candidates" / f"{STAR}.json")
+    info = dict(star.extra.get("search", {}))
+    info["shipped"] = {
+        "name": best,
+        "objective": v,
+        "theta_star_objective": sv,
+        "margin_vs_theta_star": sv - v,
+        "best_baseline": best_base,
+        "best_baseline_objective": base.get(best_base) if best_base else None,
+        "constraints": {s: {"bound": ref, "from": lbl} for s, (ref, lbl) in bounds.items()},
+        "notes": notes,
+        "measured": {
+            k: {"objective": w["objective"], "losses": w["losses"]} for k, w in measured.items()
+        },
+    }
+    src = measured[best]["params"]
+    provenance = f"{text}. {src.provenance}" if best != STAR else f"{text}. {star.provenance}"
+    save_params(replace(src, provenance=provenance, extra={"search": info}), folder.path)
+    sel_path = folder.path / "selection.json"
+    sel = json.loads(sel_path.read_text())
+    sel["shipped"] = info["shipped"]
+    write_json(sel_path, sel)
+    return {"text": text, **info["shipped"]}
+
+
+def write_star_only(folder: RunFolder) -> None:
+    """``evaluate: false``: θ* ships unmeasured (its provenance says so)."""
+    path: Path = folder.path / "candidates" / f"{STAR}.json"
+    star = SamplingParams.load(path)
+    note = "not verified by a proxy (evaluate: false); "
+    save_params(replace(star, provenance=note + star.provenance), folder.path)
+
+
+def save_params(params: SamplingParams, run_dir: Path) -> None:
+    """Write ``params.json`` unless it already holds the same stream with the same provenance
+    (a resumed search then leaves the file, and its timestamp, as they were)."""
+    path = run_dir / "params.json"
+    if path.exists():
+        old = SamplingParams.load(path)
+        if (
+            stream_fingerprint(old) == stream_fingerprint(params)
+            and old.provenance == params.provenance
+        ):
+            return
+    params.save(path)

@@ -78,3 +78,38 @@ def to_params(
     return SamplingParams.from_vector(
         np.clip(vector, 0.0, None), domains, scorers, form, provenance, renormalize=True
     )
+
+
+def toward(
+    anchors: np.ndarray, fresh: np.ndarray, reach: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Points between anchors and fresh proposals, at most ``reach`` of the way (CLIMB-style
+    local search: ``reach`` shrinks round after round).
+
+    Row i moves a random anchor a fraction u ~ U(0, reach) of the way to ``fresh[i]``. A convex
+    combination of two points of the space stays in it: α rows stay on the simplex, λ, ω, η, ε
+    stay in their ranges, and domain-mixture θ stay domain mixtures. Returns the points and the
+    index of each one's anchor.
+    """
+    which = rng.integers(len(anchors), size=len(fresh))
+    pick = anchors[which]
+    u = rng.uniform(0.0, reach, size=(len(fresh), 1))
+    return pick + u * (fresh - pick), which
+
+
+def spread_best(pred: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
+    """Indices of ``n`` of the best predicted, at most ⌈n / groups⌉ from any one group (anchor)
+    while others have candidates left: the best points of one anchor are near-copies, which
+    would train the same stream n times. Short groups leave their places to the best others."""
+    order = np.argsort(pred, kind="stable")
+    cap = -(-n // max(1, len(np.unique(groups))))
+    taken: dict[int, int] = {}
+    out: list[int] = []
+    for i in order:
+        g = int(groups[i])
+        if taken.get(g, 0) < cap and len(out) < n:
+            taken[g] = taken.get(g, 0) + 1
+            out.append(int(i))
+    chosen = set(out)
+    out += [int(i) for i in order if int(i) not in chosen][: n - len(out)]
+    return np.array(sorted(out, key=lambda i: pred[i]), dtype=np.int64)

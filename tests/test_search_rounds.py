@@ -1,0 +1,159 @@
+"""Search rounds, a multi-set objective with a constraint, coverage and range-boundary warnings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quadmix_stream.params import SamplingParams
+from quadmix_stream.search.pipeline import (
+    best_per_round,
+    coverage_lines,
+    run_all,
+    step_propose,
+    step_round,
+)
+from quadmix_stream.search.runfolder import RunFolder
+from quadmix_stream.search.select import boundary
+from quadmix_stream.search.space import spread_best
+
+from .test_search_pipeline import tiny_config
+
+
+def general_set(path: Path) -> Path:
+    """An evaluation set unlike the target (plain prose)."""
+    words = "the river runs past an old mill where children play in summer".split()
+    rng = np.random.default_rng(0)
+    lines = [" ".join(rng.choice(words, 30)) for _ in range(60)]
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    return path
+
+
+def rounds_config(dataset: Path, general: Path, **over):
+    base = {
+        "proposals": {"n": 16},
+        "rounds": {"k": 2, "n": 8, "top": 3, "candidates": 2000, "shrink": 0.5},
+        "evals": {"general": str(general)},
+        "objective": {"target": 1.0, "general": 0.5},
+        "constraints": {"general": "random"},
+        "select": {"n": 4000, "top_k": 5, "verify": 2},
+        "regressor": {"features": "auto", "model": "auto"},
+        "coverage_min_docs": 10_000,
+    }
+    return tiny_config(dataset, **{**base, **over}).replace(regmix=None)
+
+
+@pytest.fixture(scope="module")
+def rounds_run(mds_ds, tmp_path_factory) -> tuple[Path, list[str]]:
+    root = tmp_path_factory.mktemp("rounds")
+    cfg = rounds_config(mds_ds, general_set(root / "general.jsonl"))
+    lines: list[str] = []
+    out = run_all(cfg, root / "run", log=lines.append)
+    return out, lines
+
+
+@pytest.mark.slow
+def test_rounds_add_proposals_near_the_best_and_resume(rounds_run):
+    out, lines = rounds_run
+    folder = RunFolder(out)
+    assert folder.rounds().tolist() == [0] * 16 + [1] * 8 + [2] * 8
+    ids, _, theta = folder.proposals()
+    assert ids.tolist() == list(range(32)) and len(folder.finished()) == 32
+    best = best_per_round(folder)
+    assert set(best) == {0, 1, 2} and all(np.isfinite(v) for v in best.values())
+    assert any(line.startswith("best actual objective per round") for line in lines)
+    # round 2 stays closer to the anchors than round 1 (its reach is half)
+    x, y, _ = folder.table()
+    top = x[np.argsort(y)[:3]]
+    dist = [np.abs(theta[folder.rounds() == r][:, None] - top[None]).sum(-1).min(1) for r in (1, 2)]
+    assert np.median(dist[1]) < np.median(dist[0])
+    # a finished round is never redone; a killed one (a result missing) trains only that proxy
+    stamps = {f.name: f.stat().st_mtime_ns for f in (out / "proxies").glob("*.json")}
+    step_round(out, 1, log=lambda s: None)
+    assert {f.name: f.stat().st_mtime_ns for f in (out / "proxies").glob("*.json")} == stamps
+    (out / "proxies" / "run-00030.json").unlink()
+    step_round(out, 2, log=lambda s: None)
+    assert folder.rounds().tolist() == [0] * 16 + [1] * 8 + [2] * 8
+    after = {f.name: f.stat().st_mtime_ns for f in (out / "proxies").glob("*.json")}
+    assert {k for k in after if after[k] != stamps.get(k)} == {"run-00030.json"}
+    np.testing.assert_array_equal(folder.proposals()[2], theta)
+
+
+@pytest.mark.slow
+def test_objective_is_a_weighted_sum_and_the_constraint_holds(rounds_run):
+    out, _ = rounds_run
+    folder = RunFolder(out)
+    _, y, recs = folder.table()
+    for v, r in zip(y, recs, strict=True):
+        assert set(r["losses"]) == {"target", "general"}
+        assert v == pytest.approx(r["losses"]["target"] + 0.5 * r["losses"]["general"])
+    shipped = SamplingParams.load(out / "params.json").extra["search"]["shipped"]
+    random_general = shipped["measured"]["random"]["losses"]["general"]
+    assert shipped["constraints"]["general"]["from"] == "random"
+    assert shipped["measured"][shipped["name"]]["losses"]["general"] <= random_general + 1e-12
+    feasible = [
+        m["objective"]
+        for m in shipped["measured"].values()
+        if m["losses"]["general"] <= random_general + 1e-12
+    ]
+    assert shipped["objective"] == pytest.approx(min(feasible))
+    report = (out / "report" / "report.md").read_text()
+    for text in ("## Search rounds", "(rounds.png)", "1·target + 0.5·general", "general ≤ random"):
+        assert text in report, text
+    assert (out / "report" / "rounds.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_coverage_is_reported_and_warned(rounds_run):
+    out, lines = rounds_run
+    cov = RunFolder(out).coverage()
+    assert cov["proxies"] == 32 and 0 < cov["min"] <= cov["median"] <= cov["max"]
+    assert any(line.startswith("documents per proxy: min") for line in lines)
+    warn = [line for line in lines if line.startswith("WARNING: proxies saw a median")]
+    assert warn and "proxy.doc_tokens" in warn[-1]  # the threshold (10,000) is above any median
+    assert "WARNING: proxies saw a median" in (out / "report" / "report.md").read_text()
+
+
+def test_no_coverage_warning_above_the_threshold(mds_ds, tmp_path):
+    cfg = tiny_config(mds_ds, proposals={"n": 2}, coverage_min_docs=20).replace(regmix=None)
+    folder = step_propose(tmp_path / "run", cfg, log=lambda s: None)
+    for i, docs in enumerate((30, 50)):
+        folder.record(
+            {"name": folder.run_name(i), "status": "ok", "loss": 1.0, "unique_docs": docs}
+        )
+    assert coverage_lines(folder) == ["documents per proxy: min 30, median 40, max 50 (2 proxies)"]
+    folder.record({"name": folder.run_name(1), "status": "ok", "loss": 1.0, "unique_docs": 8})
+    assert "median of 19 documents (< coverage_min_docs=20)" in coverage_lines(folder)[1]
+
+
+def test_a_best_region_at_a_range_bound_is_flagged(mds_ds, tmp_path):
+    ranges = {"lam": [0, 100], "omega": [0, 0.1], "eta": [0, 1], "eps": [0, 0.02]}
+    cfg = tiny_config(mds_ds, proposals={"n": 2, "ranges": ranges}).replace(regmix=None)
+    folder = step_propose(tmp_path / "run", cfg, log=lambda s: None)
+    m, n = len(folder.domains), len(folder.scorers)
+    best = np.tile(folder.proposals()[2][:1], (10, 1))
+    omega = slice(m * n + m, m * n + 2 * m)
+    best[:, omega] = 0.05
+    assert boundary(folder, best) == [] or all(
+        b["param"] != "omega" for b in boundary(folder, best)
+    )
+    best[:, omega] = 0.099  # the best region presses on ω's cap
+    flags = {b["param"]: b for b in boundary(folder, best)}
+    assert "omega" in flags and "widen proposals.ranges.omega" in flags["omega"]["message"]
+    assert "[0, 0.2]" in flags["omega"]["message"]
+    # ω's range ending at 1 cannot be widened: no flag
+    wide = tiny_config(mds_ds, proposals={"n": 2}).replace(regmix=None)
+    folder = step_propose(tmp_path / "run2", wide, log=lambda s: None)
+    best[:, omega] = 1.0
+    assert all(b["param"] != "omega" for b in boundary(folder, best))
+
+
+def test_a_round_spreads_its_proxies_over_the_anchors():
+    pred = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    groups = np.array([0, 0, 0, 0, 1, 2, 1])
+    assert spread_best(pred, groups, 3).tolist() == [0, 4, 5]  # one per anchor, best first
+    assert spread_best(pred, groups, 6).tolist() == [0, 1, 2, 4, 5, 6]  # caps, then the best
+    assert spread_best(pred, np.zeros(7, dtype=int), 2).tolist() == [0, 1]

@@ -30,8 +30,9 @@ class PackedDataset(IterableDataset):
     """Fixed-length token blocks from a :class:`QuaDMixDataset` (each rank/worker packs its share).
 
     ``labels`` is an unshifted copy of ``input_ids`` (Hugging Face causal LMs shift internally).
-    Across several ranks the inner stream must be ``infinite=True`` (a finite one is refused: its
-    ranks would yield different numbers of blocks and hang DDP).
+    Across several ranks the inner stream must be ``infinite=True`` (a finite balanced one is
+    refused: its ranks would yield different numbers of blocks and hang DDP; ``balance=None``
+    says the ranks do not synchronise).
 
     Items: ``input_ids`` and ``labels`` (LongTensor ``[seq_len]``) and ``domain_tokens``
     (LongTensor ``[M]``: how many of the block's tokens came from each domain, for logging the
@@ -113,13 +114,15 @@ class PackedDataset(IterableDataset):
 
     # ------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        if not self.dataset.infinite and self.dataset.world_size > 1:
+        ds = self.dataset
+        if not ds.infinite and ds.world_size > 1 and ds.balance is not None:
             # Balancing equalises documents per consumer, not blocks: ranks would yield different
             # numbers of blocks and a DDP all-reduce would wait forever on the last ones.
             raise UserError(
                 "PackedDataset over a finite QuaDMixDataset cannot give every rank the same number "
                 "of blocks; use QuaDMixDataset(..., infinite=True) and train for a number of steps "
-                "(as the trainer, the HF, Lightning and torchtitan integrations do)"
+                "(as the trainer, the HF, Lightning and torchtitan integrations do), or "
+                "balance=None if your ranks do not synchronise per batch"
             )
         info = get_worker_info()
         workers, worker = (1, 0) if info is None else (info.num_workers, info.id)

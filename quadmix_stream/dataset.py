@@ -22,7 +22,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from quadmix_stream.dockey import DocKey
 from quadmix_stream.errors import UserError
-from quadmix_stream.labels import Manifest
+from quadmix_stream.labels import LabelError, Manifest
 from quadmix_stream.order import (
     EpochSequence,
     Piece,
@@ -35,7 +35,7 @@ from quadmix_stream.order import (
 )
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.selection import RankConfig
-from quadmix_stream.shards import ShardReader, mds_index, open_shard
+from quadmix_stream.shards import ShardReader, ShardReadError, mds_index, open_shard, read_error
 from quadmix_stream.state import (
     STATE_MARK,
     STATE_VERSION,
@@ -413,8 +413,8 @@ class QuaDMixDataset(IterableDataset):
             ):
                 reader = readers.get(shard)
                 if reader is None:
-                    reader = readers[shard] = self._open(shard)
-                doc = reader.read(lrow)
+                    reader = readers[shard] = self._open(shard, lrow)
+                doc = self._read_one(reader, shard, lrow)
                 self.reads += 1
                 doc.update(
                     key=DocKey(kk),  # collates as a list under default_collate (uint64)
@@ -437,20 +437,35 @@ class QuaDMixDataset(IterableDataset):
         The dict also has ``domain_id`` and ``tokens`` from the labels.
         """
         shard, local = self.tables.shard_of_row(row)
-        reader = self._open(shard)
+        reader = self._open(shard, local)
         try:
-            doc = reader.read(local)
+            doc = self._read_one(reader, shard, local)
         finally:
             reader.close()
         lab = self.tables.labels(shard)
         doc.update(domain_id=int(lab.domain[local]), tokens=int(lab.tokens[local]))
         return doc
 
-    def _open(self, shard: int) -> ShardReader:
+    def _open(self, shard: int, row: int) -> ShardReader:
         if self._mds is None and self.manifest.format == "mds":
             self._mds = mds_index(self.root)
         lab = self.tables.labels(shard)
-        return open_shard(self.root, self.manifest, shard, lab.offset, lab.length, self._mds)
+        try:
+            return open_shard(self.root, self.manifest, shard, lab.offset, lab.length, self._mds)
+        except ShardReadError:
+            raise
+        except LabelError:
+            raise
+        except Exception as e:  # a corrupt file: one error naming it, not a decoder's traceback
+            raise read_error(self.manifest.shards[shard].name, row, e) from e
+
+    def _read_one(self, reader: ShardReader, shard: int, row: int) -> dict[str, Any]:
+        try:
+            return reader.read(row)
+        except ShardReadError:
+            raise
+        except Exception as e:
+            raise read_error(self.manifest.shards[shard].name, row, e) from e
 
     # ------------------------------------------------------------ observability
     def expected_mixture(self, epoch: int | None = None) -> dict[str, dict[str, float]]:

@@ -386,10 +386,12 @@ def read_shard_labels(
         raise LabelError(
             f"shard {entry.name!r}: field 'shard_bytes' is {entry.shard_bytes} in the manifest but the file has {size} bytes (shard changed after labelling?)"
         )
-    if verify_shard and sha256_file(shard_path) != entry.shard_sha256:
-        raise LabelError(
-            f"shard {entry.name!r}: field 'shard_sha256' does not match the file (shard changed after labelling?)"
-        )
+    if verify_shard and _identity(shard_path, entry.shard_sha256) not in _VERIFIED:
+        if sha256_file(shard_path) != entry.shard_sha256:
+            raise LabelError(
+                f"shard {entry.name!r}: field 'shard_sha256' does not match the file (shard changed after labelling?)"
+            )
+        _VERIFIED.add(_identity(shard_path, entry.shard_sha256))
     side = root / entry.sidecar
     if side.exists():
         ident = _identity(side, entry.sidecar_sha256)

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from quadmix_stream.dataset import QuaDMixDataset
+from quadmix_stream.errors import UserError
 from quadmix_stream.state import find_states, is_state, merge_states
 from quadmix_stream.tokenizer import TextTokenizer
 
@@ -27,6 +28,11 @@ PACKED_MARK = "quadmix_packed_state"
 
 class PackedDataset(IterableDataset):
     """Fixed-length token blocks from a :class:`QuaDMixDataset` (each rank/worker packs its share).
+
+    ``labels`` is an unshifted copy of ``input_ids`` (Hugging Face causal LMs shift internally).
+    Across several ranks the inner stream must be ``infinite=True`` (a finite balanced one is
+    refused: its ranks would yield different numbers of blocks and hang DDP; ``balance=None``
+    says the ranks do not synchronise).
 
     Items: ``input_ids`` and ``labels`` (LongTensor ``[seq_len]``) and ``domain_tokens``
     (LongTensor ``[M]``: how many of the block's tokens came from each domain, for logging the
@@ -108,6 +114,16 @@ class PackedDataset(IterableDataset):
 
     # ------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        ds = self.dataset
+        if not ds.infinite and ds.world_size > 1 and ds.balance is not None:
+            # Balancing equalises documents per consumer, not blocks: ranks would yield different
+            # numbers of blocks and a DDP all-reduce would wait forever on the last ones.
+            raise UserError(
+                "PackedDataset over a finite QuaDMixDataset cannot give every rank the same number "
+                "of blocks; use QuaDMixDataset(..., infinite=True) and train for a number of steps "
+                "(as the trainer, the HF, Lightning and torchtitan integrations do), or "
+                "balance=None if your ranks do not synchronise per batch"
+            )
         info = get_worker_info()
         workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
         consumer = self.dataset.rank * workers + worker

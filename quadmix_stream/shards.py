@@ -344,6 +344,19 @@ class DatasetWriter:
 
 
 # ---------------------------------------------------------------- readers
+class ShardReadError(LabelError):
+    """A shard whose bytes cannot be read or decoded: names the shard file and the row."""
+
+
+def read_error(shard: str, row: int | None, e: BaseException) -> ShardReadError:
+    """One error type for every format's read/decode failure (zstd, UTF-8, JSON, tar, MDS)."""
+    where = f"shard {shard!r}" + ("" if row is None else f", row {row}")
+    return ShardReadError(
+        f"{where}: cannot be read ({type(e).__name__}: {e}); the file is corrupt or changed after "
+        "labelling (verify_shards=True hashes each shard on first use)"
+    )
+
+
 class ShardReader:
     """Reads single rows of one shard; ``rows_read`` counts decoded rows (for tests/benchmarks)."""
 

@@ -366,3 +366,70 @@ def test_refuses_state_of_another_dataset(mds_ds, jsonl_ds):
     other = make(jsonl_ds)
     with pytest.raises(StateError, match="loader state is for dataset"):
         other.load_state_dict(ds.state_dict())
+
+
+# ---------------------------------------------------------------- bad input and misuse
+def test_params_that_select_nothing_fail_at_start_on_every_rank(mds_ds):
+    from quadmix_stream.params import domain_mixture
+
+    m = Manifest.load(mds_ds)
+    none = domain_mixture(m.domains, m.scorer_names, [0.0] * len(m.domains))
+    for rank in range(2):  # every rank sees the same totals, so every rank stops: no DDP wait
+        ds = make(mds_ds, none, infinite=True, rank=rank, world_size=2)
+        with pytest.raises(ValueError, match="select no document"):
+            next(iter(ds))
+
+
+def test_corrupt_shard_mid_stream_is_one_error_naming_shard_and_row(tmp_path):
+    from quadmix_stream.shards import ShardReadError
+    from quadmix_stream.synth import synth
+
+    root = tmp_path / "ds"
+    synth(root, "mds", docs_per_domain=40, rows_per_shard=50)
+    m = Manifest.load(root)
+    keep = SamplingParams.keep_all(m.domains, m.scorer_names)
+    entry = m.shards[1]
+    path = root / entry.name
+    data = bytearray(path.read_bytes())
+    n = int(np.frombuffer(bytes(data[:4]), np.uint32)[0])
+    offsets = np.frombuffer(bytes(data[4 : 8 + 4 * n]), np.uint32)
+    for r in range(n):  # same size, so the manifest's size check passes: bytes not UTF-8
+        b = int(offsets[r + 1])
+        data[b - 8 : b] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+    ds = make(root, keep, balance=None, shuffle_block_shards=1)
+    with pytest.raises(ShardReadError, match=rf"shard '{entry.name}', row \d+: cannot be read"):
+        list(ds)
+    verified = make(root, keep, balance=None, verify_shards=True)
+    with pytest.raises(LabelError, match="shard_sha256"):  # the cheap check, on first use
+        list(verified)
+
+
+def test_hand_edited_states_are_refused(mds_ds):
+    ds = make(mds_ds, rank=0, world_size=2)
+    it = iter(ds)
+    next(it)
+    good = ds.state_dict()
+    with pytest.raises(StateError, match="field 'dataset' is missing"):
+        make(mds_ds).load_state_dict({"quadmix_state": 2})
+    bad = json.loads(json.dumps(good))
+    bad["progress"] = {"0": [0, -5]}
+    with pytest.raises(StateError, match="not \\[epoch ≥ 0, items ≥ 0\\]"):
+        make(mds_ds, rank=0, world_size=2).load_state_dict(bad)
+    old = {**good, "quadmix_state": 1}
+    with pytest.raises(StateError, match="version 1"):
+        make(mds_ds).load_state_dict(old)
+
+
+def test_finite_packed_stream_across_ranks_is_refused(mds_ds, tmp_path):
+    from quadmix_stream.packing import PackedDataset
+    from quadmix_stream.synth import iter_docs
+    from quadmix_stream.tokenizer import TextTokenizer, train_tokenizer
+
+    train_tokenizer((d["text"] for d, *_ in iter_docs(10, seed=5)), 200, tmp_path / "tok.json")
+    tok = TextTokenizer(tmp_path / "tok.json")
+    packed = PackedDataset(make(mds_ds, rank=0, world_size=2), tok, 16)
+    with pytest.raises(ValueError, match="infinite=True"):
+        next(iter(packed))
+    ok = PackedDataset(make(mds_ds, rank=0, world_size=2, infinite=True), tok, 16)
+    assert next(iter(ok))["input_ids"].shape == (16,)

@@ -63,17 +63,17 @@ def test_exact_resume_mid_document(jsonl_ds, tok, stop):
 def test_elastic_resume_keeps_every_token(jsonl_ds, tok):
     states, head = [], []
     for rank in range(2):
-        ds = packed(jsonl_ds, tok, rank=rank, world_size=2)
+        ds = packed(jsonl_ds, tok, rank=rank, world_size=2, balance=None)
         it = iter(ds)
         head += flat([next(it) for _ in range(5 + rank)])
         states.append(ds.state_dict())
     state = gather_state(states)
     rest = []
     for rank in range(3):
-        ds = packed(jsonl_ds, tok, rank=rank, world_size=3)
+        ds = packed(jsonl_ds, tok, rank=rank, world_size=3, balance=None)
         ds.load_state_dict(state)
         rest += flat(list(ds))
-    everything = flat(list(packed(jsonl_ds, tok)))
+    everything = flat(list(packed(jsonl_ds, tok, balance=None)))
     # the same tokens, up to each consumer's last partial block of the epoch (< seq_len each):
     # the single uninterrupted consumer leaves one, the three resumed consumers three
     missing = Counter(everything) - Counter(head + rest)

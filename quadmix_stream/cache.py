@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import io
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,8 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise
     except Exception as e:  # a cache file damaged outside our atomic writes
         raise OSError(f"cache file {path} is unreadable ({e}); delete it to recompute") from None
 
@@ -85,9 +88,15 @@ def cooperative(
                     done_here += 1
                     if on_progress is not None:
                         on_progress(done_here, n_chunks)
-    result = combine([load_arrays(parts / f"{i}.npz") for i in range(n_chunks)])
+    try:
+        result = combine([load_arrays(parts / f"{i}.npz") for i in range(n_chunks)])
+    except FileNotFoundError:  # another process finished first and removed the parts
+        if final.exists():
+            return load_arrays(final)
+        raise
     if not final.exists():
         save_arrays(final, result)
+        shutil.rmtree(parts, ignore_errors=True)  # the result is final: the parts are clutter
     release_free_memory()  # a pass leaves freed heap behind; a long-lived worker should not keep it
     return result
 

@@ -132,3 +132,44 @@ def test_one_pool_pass_per_node(many_shards_ds, tmp_path):
     after = next((tmp_path / "pools").rglob("totals-*.npz")).stat().st_mtime_ns
     assert before == after  # read, not recomputed
     assert int(t.sum()) == sum(int(a.counts(s, 0).sum()) for s in range(a.tables.n_shards))
+
+
+def test_a_pass_survives_a_process_killed_holding_a_chunk(tmp_path):
+    """A chunk's holder dies (SIGKILL): its flock goes with it and another process computes it."""
+    import signal
+    import sys
+    import time
+
+    from quadmix_stream.cache import cooperative
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time, pathlib\n"
+            f"p = pathlib.Path({str(tmp_path)!r}) / 'sq.parts'\n"
+            "p.mkdir(parents=True, exist_ok=True)\n"
+            "f = open(p / '1.lock', 'a'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+            "print('held', flush=True); time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    calls = []
+
+    def compute(i: int) -> dict:
+        calls.append(i)
+        return {"v": np.array([i * i])}
+
+    def combine(parts: list) -> dict:
+        return {"v": np.concatenate([p["v"] for p in parts])}
+
+    time.sleep(0.2)
+    holder.send_signal(signal.SIGKILL)  # dies holding chunk 1, which it never wrote
+    holder.wait()
+    out = cooperative(tmp_path, "sq", 3, compute, combine)
+    assert out["v"].tolist() == [0, 1, 4] and sorted(calls) == [0, 1, 2]
+    assert (tmp_path / "sq.npz").exists() and not (tmp_path / "sq.parts").exists()
+    again = cooperative(tmp_path, "sq", 3, compute, combine)  # cached: nothing recomputed
+    assert again["v"].tolist() == [0, 1, 4] and len(calls) == 3

@@ -138,6 +138,7 @@ def test_a_pass_survives_a_process_killed_holding_a_chunk(tmp_path):
     """A chunk's holder dies (SIGKILL): its flock goes with it and another process computes it."""
     import signal
     import sys
+    import threading
     import time
 
     from quadmix_stream.cache import cooperative
@@ -165,10 +166,13 @@ def test_a_pass_survives_a_process_killed_holding_a_chunk(tmp_path):
     def combine(parts: list) -> dict:
         return {"v": np.concatenate([p["v"] for p in parts])}
 
-    time.sleep(0.2)
-    holder.send_signal(signal.SIGKILL)  # dies holding chunk 1, which it never wrote
-    holder.wait()
+    # it dies (SIGKILL) holding chunk 1 while we wait for that chunk: we then compute it
+    killer = threading.Timer(1.0, lambda: holder.send_signal(signal.SIGKILL))
+    killer.start()
+    t0 = time.monotonic()
     out = cooperative(tmp_path, "sq", 3, compute, combine)
+    holder.wait()
+    assert time.monotonic() - t0 >= 0.9  # it really waited for the holder
     assert out["v"].tolist() == [0, 1, 4] and sorted(calls) == [0, 1, 2]
     assert (tmp_path / "sq.npz").exists() and not (tmp_path / "sq.parts").exists()
     again = cooperative(tmp_path, "sq", 3, compute, combine)  # cached: nothing recomputed

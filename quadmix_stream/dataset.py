@@ -189,6 +189,10 @@ class QuaDMixDataset(IterableDataset):
                 self._sequences.popitem(last=False)
         return seq
 
+    def epoch_total(self, epoch: int) -> int:
+        """Items of a whole ``epoch`` over all consumers (before balancing), from the cached totals."""
+        return int(self.tables.totals(self.params, self.seed, epoch).sum())
+
     def counts(self, shard: int, epoch: int, params: SamplingParams | None = None) -> np.ndarray:
         """Realised copies (uint8) of each document of one shard in ``epoch``."""
         p = self.params if params is None else self._aligned(params)

@@ -192,7 +192,7 @@ def test_hash_same_in_another_process():
 @pytest.mark.parametrize("form", ["multiplicative", "exponent"])
 def test_prepared_pipeline_equals_equations(form):
     from quadmix_stream.params import SamplingParams
-    from quadmix_stream.selection import PreparedLabels, RankConfig
+    from quadmix_stream.selection import RankConfig, RankModel, Reference, expected_of
 
     rng = np.random.default_rng(0)
     n, m = 30_000, 4
@@ -203,7 +203,17 @@ def test_prepared_pipeline_equals_equations(form):
     )[0]
     r = rank_exact(merge_quality(sig, dom, p.alpha), dom, tok)
     want = expected_copies(r, p.lam[dom], p.omega[dom], p.eta[dom], p.eps[dom], form)
-    assert np.array_equal(PreparedLabels.build(sig, dom, tok, keys, m).expected(p), want)
+    exact = RankConfig()  # every domain (≤ 50,000 documents) fits in the reference: exact Eq. 2
+    ref = Reference.of_arrays(sig, dom, tok, keys, m, exact)
+    assert ref.complete.all()
+    got = expected_of(sig, dom, p, RankModel.build(ref, p, exact))
+    assert np.allclose(got, want, rtol=0, atol=1e-9)  # equal up to float summation order
     cfg = RankConfig(method="table", sample_per_domain=n)  # whole pool: only the grid approximates
-    approx = PreparedLabels.build(sig, dom, tok, keys, m, cfg).expected(p, cfg)
+    ref_t = Reference.of_arrays(sig, dom, tok, keys, m, cfg)
+    approx = expected_of(sig, dom, p, RankModel.build(ref_t, p, cfg))
     assert np.abs(approx - want).mean() < 0.01
+    small = RankConfig(sample_per_domain=2_000)  # a bounded sample: the paper's approximation
+    ref_s = Reference.of_arrays(sig, dom, tok, keys, m, small)
+    assert not ref_s.complete.any() and ref_s.domain.size < 3 * 2_000 * m
+    sampled = expected_of(sig, dom, p, RankModel.build(ref_s, p, small))
+    assert np.abs(sampled - want).mean() < 0.05

@@ -241,7 +241,9 @@ def test_agent_death_stops_ranks_and_a_resume_keeps_one_record_per_step(env):
     killed_log = read_log(out / "log.jsonl")
     logged = _steps_logged(out)
     assert max(logged) < 2000
-    assert max(_ckpt_steps(out)) <= at_kill + 4  # at most the one being written at the kill
+    # ranks notice within one 1-s poll of their parent: at most the checkpoint being written at
+    # the kill and the one after it (checkpoint_every=4) on a loaded machine
+    assert max(_ckpt_steps(out)) <= at_kill + 8
     # resume on one process for a few steps: the records past the checkpoint are dropped once
     ck = max(_ckpt_steps(out))
     p = subprocess.run(

@@ -50,6 +50,7 @@ from quadmix_stream.state import (
 from quadmix_stream.tables import PoolTables
 
 BALANCES = ("drop", "pad", None)
+READ_CHUNK = 4096  # items turned into Python objects at a time
 
 
 def _resolve_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -141,6 +142,7 @@ class QuaDMixDataset(IterableDataset):
         self.epoch = 0
         self.fingerprint = self.manifest.fingerprint()
         self.tables = PoolTables(self.root, self.manifest, rank_config, cache_dir, verify_shards)
+        self.tables.keep_shards = max(8, min(self.block_shards, 32) + 4)  # a window's labels
         self._resume: dict | None = None
         self._rebased: tuple[int, dict[str, list]] | None = None
         self._mds: dict[str, dict] | None = None  # MDS index.json entries, read once per process
@@ -405,32 +407,35 @@ class QuaDMixDataset(IterableDataset):
         names = self.manifest.domains
         readers: dict[int, ShardReader] = {}
         try:
-            for row, k, shard, lrow, d, t, kk in zip(
-                rows.tolist(),
-                ks.tolist(),
-                shards.tolist(),
-                local.tolist(),
-                dom.tolist(),
-                tok.tolist(),
-                key.tolist(),
-                strict=True,
-            ):
-                reader = readers.get(shard)
-                if reader is None:
-                    reader = readers[shard] = self._open(shard, lrow)
-                doc = self._read_one(reader, shard, lrow)
-                self.reads += 1
-                doc.update(
-                    key=DocKey(kk),  # collates as a list under default_collate (uint64)
-                    row=row,
-                    domain=names[d],
-                    domain_id=d,
-                    tokens=t,
-                    copy=k,
-                    epoch=epoch,
-                )
-                live["consumed"] += 1
-                yield doc
+            # Python objects for a chunk at a time: a window can hold millions of items
+            for c in range(0, ids.size, READ_CHUNK):
+                sl = slice(c, c + READ_CHUNK)
+                for row, k, shard, lrow, d, t, kk in zip(
+                    rows[sl].tolist(),
+                    ks[sl].tolist(),
+                    shards[sl].tolist(),
+                    local[sl].tolist(),
+                    dom[sl].tolist(),
+                    tok[sl].tolist(),
+                    key[sl].tolist(),
+                    strict=True,
+                ):
+                    reader = readers.get(shard)
+                    if reader is None:
+                        reader = readers[shard] = self._open(shard, lrow)
+                    doc = self._read_one(reader, shard, lrow)
+                    self.reads += 1
+                    doc.update(
+                        key=DocKey(kk),  # collates as a list under default_collate (uint64)
+                        row=row,
+                        domain=names[d],
+                        domain_id=d,
+                        tokens=t,
+                        copy=k,
+                        epoch=epoch,
+                    )
+                    live["consumed"] += 1
+                    yield doc
         finally:
             for r in readers.values():
                 r.close()

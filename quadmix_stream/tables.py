@@ -69,6 +69,7 @@ class PoolTables:
         per = max(1, CHUNK_ROWS // max(1, int(np.diff(self.shard_start).max())))
         self.chunk_bounds = list(range(0, self.n_shards, per)) + [self.n_shards]
         self._labels: OrderedDict[int, ShardLabels] = OrderedDict()
+        self.keep_shards = 8  # shards whose labels stay in memory (LRU)
         self._counts: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._models: dict[str, RankModel] = {}
         self._totals: OrderedDict[tuple, np.ndarray] = OrderedDict()
@@ -98,7 +99,7 @@ class PoolTables:
         if lab is None:
             lab = read_shard_labels(self.root, self.manifest, shard, self.verify_shards)
             self._labels[shard] = lab
-            if len(self._labels) > 8:
+            if len(self._labels) > self.keep_shards:
                 self._labels.popitem(last=False)
         else:
             self._labels.move_to_end(shard)

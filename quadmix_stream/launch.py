@@ -5,9 +5,12 @@ from __future__ import annotations
 import sys
 
 
-def torchrun_command(nproc: int, *args: str) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc_per_node N ARGS`` (one process: no torchrun)."""
-    if nproc <= 1:
+def torchrun_command(nproc: int, *args: str, always: bool = False) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node N ARGS``.
+
+    One process runs without torchrun unless ``always`` (then it opens a process group too).
+    """
+    if nproc <= 1 and not always:
         return [sys.executable, *args]
     return [
         sys.executable,

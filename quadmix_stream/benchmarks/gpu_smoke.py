@@ -126,17 +126,9 @@ def toy_recipe(full: Path, work: Path) -> Path:
 
 def trainer_command(recipe: Path) -> list[str]:
     """torchrun with ONE rank: the trainer then opens a process group (NCCL on a GPU)."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "1",
-        "-m",
-        "quadmix_stream.trainers.pretrain",
-        str(recipe),
-    ]
+    from quadmix_stream.launch import torchrun_command
+
+    return torchrun_command(1, "-m", "quadmix_stream.trainers.pretrain", str(recipe), always=True)
 
 
 def proxies_command(ds: Path, steps: int, dry: bool, vocab: int) -> list[str]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from quadmix_stream.labels import DatasetLabels, Manifest, load_labels
 from quadmix_stream.params import SamplingParams
-from quadmix_stream.selection import Selection, sigma_scores
+from quadmix_stream.selection import RankConfig, Reference, Selection, sigma_scores
 
 
 class Pool:
@@ -34,9 +34,16 @@ class Pool:
         lab = self.labels
         return np.bincount(lab.domain, weights=lab.tokens, minlength=len(self.domains))
 
+    @cached_property
+    def reference(self) -> Reference:
+        """Eq. 2's reference sample, as the stream builds it (once per pool, not per θ)."""
+        return Reference.of_labels(self.labels, self.manifest, RankConfig())
+
     def selection(self, params: SamplingParams, seed: int = 0) -> Selection:
         params = params.reorder(self.domains, self.scorers)
-        return Selection(self.labels, self.manifest, params, seed, sigma=self.sigma)
+        return Selection(
+            self.labels, self.manifest, params, seed, sigma=self.sigma, reference=self.reference
+        )
 
     def profile(self, params: SamplingParams) -> dict:
         """Expected selection of θ per epoch: tokens, per-domain token share, and per scorer the

@@ -75,15 +75,22 @@ def cooperative(
     done_here = 0
     for blocking in (False, True):
         for i in order:
+            if final.exists():  # another process finished (and may have removed the parts)
+                return load_arrays(final)
             part = parts / f"{i}.npz"
             if part.exists():
                 continue
-            with open(parts / f"{i}.lock", "a") as fh:
+            parts.mkdir(parents=True, exist_ok=True)
+            try:
+                fh = open(parts / f"{i}.lock", "a")  # noqa: SIM115 (closed by the with below)
+            except FileNotFoundError:  # removed by a process that wrote `final` meanwhile
+                continue
+            with fh:
                 try:
                     fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
                 except BlockingIOError:
                     continue  # another process holds it: take the next one, wait in pass 2
-                if not part.exists():  # (its holder may have died: then we compute it)
+                if not part.exists() and not final.exists():  # (its holder may have died)
                     save_arrays(part, compute(i))
                     done_here += 1
                     if on_progress is not None:

@@ -461,9 +461,7 @@ class QuaDMixDataset(IterableDataset):
         lab = self.tables.labels(shard)
         try:
             return open_shard(self.root, self.manifest, shard, lab.offset, lab.length, self._mds)
-        except ShardReadError:
-            raise
-        except LabelError:
+        except LabelError:  # already names the shard (ShardReadError is one too)
             raise
         except Exception as e:  # a corrupt file: one error naming it, not a decoder's traceback
             raise read_error(self.manifest.shards[shard].name, row, e) from e

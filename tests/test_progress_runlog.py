@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 
 import pytest
@@ -20,7 +21,9 @@ def test_progress_plain_lines_every_interval_with_eta():
     time.sleep(0.06)
     p.update(1, loss=2.5, tokens_per_s=12345.6)
     (line,) = s.getvalue().splitlines()
-    assert line.startswith("[job] step 4/10 (40%) | loss 2.5 | tokens/s 12,346 | elapsed 0s")
+    assert re.match(
+        r"\[job\] step 4/10 \(40%\) \| loss 2\.5 \| tokens/s 12,346 \| elapsed \d+s", line
+    )
     assert "| ETA " in line
     p.close()
     last = s.getvalue().splitlines()[-1]
@@ -79,9 +82,9 @@ def test_heartbeat_lines_while_a_call_runs_and_counted_closes():
     with heartbeat("child", every_s=0.2, stream=s):
         time.sleep(0.5)
     lines = s.getvalue().splitlines()
-    assert lines[0] == "[child] running, elapsed 0s" and len(lines) >= 3
+    assert re.fullmatch(r"\[child\] running, elapsed \d+s", lines[0]) and len(lines) >= 3
     assert lines[-1].startswith("[child] done in ")
     s = io.StringIO()
     p = Progress("read", unit="doc", every_s=60, stream=s)
     assert sum(counted(range(7), p)) == 21
-    assert s.getvalue().startswith("[read] doc 7 | elapsed 0s | ")
+    assert re.match(r"\[read\] doc 7 \| elapsed \d+s \| ", s.getvalue())

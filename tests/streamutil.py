@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
 from typing import Any
 
@@ -87,3 +88,22 @@ def mixture_of(ds: QuaDMixDataset, pairs) -> np.ndarray:
         i = index[k]
         tok[lab.domain[i]] += lab.tokens[i]
     return tok / max(tok.sum(), 1)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL torchrun and all its workers at once.
+
+    torchrun starts every worker in a session of its own, so killing torchrun's process group
+    leaves the workers running (and writing checkpoints) after the "kill".
+    """
+    import psutil
+
+    parent = psutil.Process(pid)
+    procs = [parent, *parent.children(recursive=True)]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=30)
+    assert not alive, f"processes survived SIGKILL: {alive}"

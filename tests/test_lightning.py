@@ -7,7 +7,6 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import pytest
 
 from quadmix_stream.dataset import QuaDMixDataset
 
-from .streamutil import wide_params
+from .streamutil import kill_tree, wide_params
 
 pytest.importorskip("lightning")
 
@@ -44,21 +43,6 @@ def _cmd(ds: Path, params: Path, out: Path, *extra: str) -> list[str]:
 def _run(args: list[str]) -> None:
     r = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL the launcher, the other rank and every DataLoader worker at once."""
-    import psutil
-
-    parent = psutil.Process(pid)
-    procs = [parent, *parent.children(recursive=True)]
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=30)
-    assert not alive, f"processes survived SIGKILL: {alive}"
 
 
 def _records(out: Path, rank: int) -> list[dict]:
@@ -98,7 +82,7 @@ def test_ddp_sigkill_and_resume_consumes_the_same_batches(tmp_path, mds_ds):
         if any(r["step"] >= kill_at for r in _records(out, 0)):
             break
         time.sleep(0.02)
-    _kill_tree(proc.pid)
+    kill_tree(proc.pid)
     proc.wait()
     before = [_records(out, rank) for rank in (0, 1)]
     assert max(r["step"] for r in before[0]) < STEPS - 1, f"finished before the kill ({kill_at=})"

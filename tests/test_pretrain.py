@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -20,7 +19,7 @@ from quadmix_stream.launch import torchrun_command
 from quadmix_stream.packing import decode_doc_id
 from quadmix_stream.params import SamplingParams
 
-from .streamutil import favouring
+from .streamutil import favouring, kill_tree
 
 pytestmark = pytest.mark.slow
 STEPS = 14
@@ -33,25 +32,6 @@ def _cmd(nproc: int, recipe: Path, *extra: str) -> list[str]:
 def _run(nproc: int, recipe: Path, *extra: str) -> None:
     r = subprocess.run(_cmd(nproc, recipe, *extra), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL torchrun and all its workers at once.
-
-    torchrun starts every worker in a session of its own, so killing torchrun's process group
-    leaves the workers running (and writing checkpoints) after the "kill".
-    """
-    import psutil
-
-    parent = psutil.Process(pid)
-    procs = [parent, *parent.children(recursive=True)]
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=30)
-    assert not alive, f"processes survived SIGKILL: {alive}"
 
 
 def _log(out: Path) -> list[dict]:
@@ -120,7 +100,7 @@ def test_kill_and_resume_continues_exactly(setup):
         ):
             break
         time.sleep(0.2)
-    _kill_tree(proc.pid)  # torchrun and its workers, mid-run
+    kill_tree(proc.pid)  # torchrun and its workers, mid-run
     proc.wait()
     done = max(x["step"] for x in _log(out) if "loss" in x)
     assert done < STEPS, "the run finished before it could be killed"

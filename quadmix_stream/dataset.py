@@ -13,6 +13,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from quadmix_stream.dockey import DocKey
 from quadmix_stream.errors import UserError
-from quadmix_stream.labels import LabelError, Manifest
+from quadmix_stream.labels import LabelError, Manifest, ShardLabels
 from quadmix_stream.order import (
     EpochSequence,
     Piece,
@@ -47,6 +48,7 @@ from quadmix_stream.state import (
     rebase,
     validate_state,
 )
+from quadmix_stream.storage import StorageConfig, StorageError, Store
 from quadmix_stream.tables import PoolTables
 
 BALANCES = ("drop", "pad", None)
@@ -104,6 +106,9 @@ class QuaDMixDataset(IterableDataset):
         verify_shards: hash each shard file on its first use in each process.
         cache_dir: where pool-wide tables are cached (default ``$QUADMIX_CACHE`` or
             ~/.cache/quadmix-stream); node-local is right.
+        storage: how a remote dataset (``s3://…``, ``gs://…``) is read: local cache folder and
+            its size limit, retries, when to read byte ranges (:class:`StorageConfig`). Each
+            consumer fetches the shards of its next window while the current one streams.
     """
 
     def __init__(
@@ -121,6 +126,7 @@ class QuaDMixDataset(IterableDataset):
         rank_config: RankConfig = RankConfig(),
         verify_shards: bool = False,
         cache_dir: str | Path | None = None,
+        storage: StorageConfig | None = None,
     ) -> None:
         super().__init__()
         if balance not in BALANCES:
@@ -129,8 +135,9 @@ class QuaDMixDataset(IterableDataset):
             raise UserError(
                 f"shuffle_block_shards must be ≥ 1 or None, got {shuffle_block_shards!r}"
             )
-        self.root = Path(dataset)
-        self.manifest = Manifest.load(self.root)
+        self.store = Store(dataset, storage)
+        self.root = self.store.url  # for messages
+        self.manifest = Manifest.load(self.store)
         self.params = params if isinstance(params, SamplingParams) else SamplingParams.load(params)
         self.params = self._aligned(self.params)
         self.seed, self.infinite, self.balance = int(seed), bool(infinite), balance
@@ -141,14 +148,16 @@ class QuaDMixDataset(IterableDataset):
         self.rank_config = rank_config
         self.epoch = 0
         self.fingerprint = self.manifest.fingerprint()
-        self.tables = PoolTables(self.root, self.manifest, rank_config, cache_dir, verify_shards)
-        self.tables.keep_shards = max(8, min(self.block_shards, 32) + 4)  # a window's labels
+        self.tables = PoolTables(self.store, self.manifest, rank_config, cache_dir, verify_shards)
+        # the labels of the window being read and of the next one
+        self.tables.keep_shards = max(8, 2 * min(self.block_shards, 32) + 4)
         self._resume: dict | None = None
         self._rebased: tuple[int, dict[str, list]] | None = None
         self._mds: dict[str, dict] | None = None  # MDS index.json entries, read once per process
         self._live: dict | None = None  # progress of the iteration running in this process
         self._sequences: OrderedDict[tuple, EpochSequence] = OrderedDict()
         self._prefetch: threading.Thread | None = None
+        self._fetcher: ThreadPoolExecutor | None = None  # remote: the next window's shards
         self.reads = 0  # rows read by this process (decide-before-decode is testable)
 
     def _aligned(self, params: SamplingParams) -> SamplingParams:
@@ -162,6 +171,7 @@ class QuaDMixDataset(IterableDataset):
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)
         d["_sequences"], d["_live"], d["_mds"], d["_prefetch"] = OrderedDict(), None, None, None
+        d["_fetcher"] = None
         return d
 
     # ------------------------------------------------------------ the epoch's sequence
@@ -366,15 +376,24 @@ class QuaDMixDataset(IterableDataset):
             runs.append(
                 (self.sequence(epoch + 1), max(a, seq.total) - seq.total, b - seq.total, epoch + 1)
             )
+        todo = []  # (items of a window, epoch) still to emit, after the resume skip
         for s, lo, hi, e in runs:
             for win in s.windows(lo, hi, self.block_shards):
                 size = s.window_size(win)
                 if skip >= size:
                     skip -= size
                     continue
-                ids = s.window_items(win)[1][skip:]
+                todo.append((s, win, skip, e))
                 skip = 0
-                yield from self._read(ids, e, live)
+        ahead = None  # remote: the next window's items and its shards being fetched
+        for i, (s, win, first, e) in enumerate(todo):
+            ids, readers = ahead if ahead is not None else (s.window_items(win)[1][first:], None)
+            ahead = None
+            if self.store.remote and i + 1 < len(todo):
+                ns, nwin, nfirst, _ = todo[i + 1]
+                nids = ns.window_items(nwin)[1][nfirst:]
+                ahead = (nids, self._fetch_window(nids))
+            yield from self._read(ids, e, live, readers)
 
     def _prefetch_totals(self, epoch: int) -> None:
         """Compute the next epoch's per-shard totals in the background (cooperatively with the
@@ -392,11 +411,37 @@ class QuaDMixDataset(IterableDataset):
         self._prefetch = threading.Thread(target=work, name="quadmix-next-epoch", daemon=True)
         self._prefetch.start()
 
-    def _read(self, ids: np.ndarray, epoch: int, live: dict) -> Iterator[dict[str, Any]]:
-        tables = self.tables
+    def _shard_rows(self, ids: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(global rows, copy indices, shards, rows within the shard) of items."""
         rows, ks = split_ids(ids)
-        shards = np.searchsorted(tables.shard_start, rows, side="right") - 1
-        local = rows - tables.shard_start[shards]
+        shards = np.searchsorted(self.tables.shard_start, rows, side="right") - 1
+        return rows, ks, shards, rows - self.tables.shard_start[shards]
+
+    def _fetch_window(self, ids: np.ndarray) -> dict[int, Future]:
+        """Start opening (fetching) every shard of a window's items in background threads."""
+        if self._fetcher is None:
+            self._fetcher = ThreadPoolExecutor(
+                self.store.config.prefetch_threads, thread_name_prefix="quadmix-fetch"
+            )
+        _, _, shards, local = self._shard_rows(ids)
+        self._mds_index()
+        out = {}
+        for s in np.unique(shards).tolist():
+            rows = local[shards == s]
+            # labels here, in this thread: the tables' caches are not shared with the fetchers
+            lab = self.tables.labels(s)
+            out[s] = self._fetcher.submit(self._open, s, int(rows[0]), rows, lab)
+        return out
+
+    def _read(
+        self,
+        ids: np.ndarray,
+        epoch: int,
+        live: dict,
+        fetching: dict[int, Future] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        tables = self.tables
+        rows, ks, shards, local = self._shard_rows(ids)
         dom = np.empty(ids.size, dtype=np.int64)
         tok = np.empty(ids.size, dtype=np.int64)
         key = np.empty(ids.size, dtype=np.uint64)
@@ -406,6 +451,8 @@ class QuaDMixDataset(IterableDataset):
             dom[m], tok[m], key[m] = lab.domain[local[m]], lab.tokens[local[m]], lab.key[local[m]]
         names = self.manifest.domains
         readers: dict[int, ShardReader] = {}
+        if self.store.remote and fetching is None:  # the first window: fetched here, in parallel
+            fetching = self._fetch_window(ids)
         try:
             # Python objects for a chunk at a time: a window can hold millions of items
             for c in range(0, ids.size, READ_CHUNK):
@@ -422,7 +469,10 @@ class QuaDMixDataset(IterableDataset):
                 ):
                     reader = readers.get(shard)
                     if reader is None:
-                        reader = readers[shard] = self._open(shard, lrow)
+                        if fetching is not None:
+                            reader = readers[shard] = fetching.pop(shard).result()
+                        else:
+                            reader = readers[shard] = self._open(shard, lrow)
                     doc = self._read_one(reader, shard, lrow)
                     self.reads += 1
                     doc.update(
@@ -439,6 +489,8 @@ class QuaDMixDataset(IterableDataset):
         finally:
             for r in readers.values():
                 r.close()
+            for f in (fetching or {}).values():  # stopped early: close what was fetched
+                f.add_done_callback(_close_reader)
 
     def read_row(self, row: int) -> dict[str, Any]:
         """Read one document by global row (e.g. to restore a partly packed document).
@@ -455,13 +507,26 @@ class QuaDMixDataset(IterableDataset):
         doc.update(domain_id=int(lab.domain[local]), tokens=int(lab.tokens[local]))
         return doc
 
-    def _open(self, shard: int, row: int) -> ShardReader:
+    def _mds_index(self) -> dict[str, dict] | None:
         if self._mds is None and self.manifest.format == "mds":
-            self._mds = mds_index(self.root)
-        lab = self.tables.labels(shard)
+            self._mds = mds_index(self.store)
+        return self._mds
+
+    def _open(
+        self,
+        shard: int,
+        row: int,
+        rows: np.ndarray | None = None,
+        lab: ShardLabels | None = None,
+    ) -> ShardReader:
+        """A reader of one shard (``rows``: the rows about to be read, for range reads)."""
+        self._mds_index()
+        lab = lab if lab is not None else self.tables.labels(shard)
         try:
-            return open_shard(self.root, self.manifest, shard, lab.offset, lab.length, self._mds)
-        except LabelError:  # already names the shard (ShardReadError is one too)
+            return open_shard(
+                self.store, self.manifest, shard, lab.offset, lab.length, self._mds, rows
+            )
+        except (LabelError, StorageError):  # already name the shard or its URL
             raise
         except Exception as e:  # a corrupt file: one error naming it, not a decoder's traceback
             raise read_error(self.manifest.shards[shard].name, row, e) from e
@@ -484,6 +549,11 @@ class QuaDMixDataset(IterableDataset):
         return {
             d: {k: float(v[i]) for k, v in mix.items()} for i, d in enumerate(self.manifest.domains)
         }
+
+
+def _close_reader(f: Future) -> None:
+    if not f.cancelled() and f.exception() is None:
+        f.result().close()
 
 
 def collate_docs(items: list[dict[str, Any]]) -> dict[str, list[Any]]:

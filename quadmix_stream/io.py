@@ -10,6 +10,13 @@ from pathlib import Path
 from quadmix_stream.errors import UnsafePathError
 
 
+def default_cache_dir() -> Path:
+    """Node-local cache (decompressed shards, pool tables, remote files): ``$QUADMIX_CACHE`` or
+    ~/.cache/quadmix-stream."""
+    env = os.environ.get("QUADMIX_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "quadmix-stream"
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
     path = Path(path)

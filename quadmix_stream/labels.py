@@ -21,6 +21,7 @@ import numpy as np
 from quadmix_stream.errors import UserError
 from quadmix_stream.io import atomic_write_bytes, atomic_write_text, check_inside, sha256_file
 from quadmix_stream.sampling import SigmaTable
+from quadmix_stream.storage import StorageError, Store, as_store
 from quadmix_stream.validate import (
     expect_bool,
     expect_int,
@@ -29,7 +30,6 @@ from quadmix_stream.validate import (
     expect_numbers,
     expect_object,
     expect_str,
-    read_json,
 )
 
 MANIFEST_NAME = "quadmix.json"
@@ -173,7 +173,7 @@ class ShardEntry:
     shard_bytes: int
 
     @classmethod
-    def from_dict(cls, x: object, where: str, root: Path) -> ShardEntry:
+    def from_dict(cls, x: object, where: str, root: str | Path) -> ShardEntry:
         """A shard entry of a manifest, validated; its file names must stay inside ``root``."""
         if (  # the common, valid case: nothing built per field (manifests list 100k shards)
             type(x) is dict
@@ -248,15 +248,18 @@ class Manifest:
         atomic_write_text(Path(root) / MANIFEST_NAME, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
-    def load(cls, root: str | Path) -> Manifest:
-        """Read and validate ``root/quadmix.json``; every problem is a :class:`LabelError` naming
-        the file and the field (``shards[3].rows``, ``sigma['q'].knots[7]``, ...)."""
-        path = Path(root) / MANIFEST_NAME
-        if not path.exists():
-            raise LabelError(
-                f"{root}: no {MANIFEST_NAME}; is this a labelled dataset? (see `quadmix-stream label`)"
-            )
-        d = read_json(path, LabelError, "manifest")
+    def load(cls, root: str | Path | Store) -> Manifest:
+        """Read and validate ``root/quadmix.json`` (``root``: a folder, a URL or a
+        :class:`Store`); every problem is a :class:`LabelError` naming the file and the field
+        (``shards[3].rows``, ``sigma['q'].knots[7]``, ...)."""
+        store = as_store(root)
+        path = store.where(MANIFEST_NAME)
+        d = store.read_json(
+            MANIFEST_NAME,
+            LabelError,
+            "manifest",
+            missing=f"{store}: no {MANIFEST_NAME}; is this a labelled dataset? (see `quadmix-stream label`)",
+        )
         d = expect_object(
             d,
             f"{path}",
@@ -282,9 +285,8 @@ class Manifest:
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
             raise LabelError(f"{path}: scorers: duplicate names {dup}")
-        root = Path(root)
         shards = [
-            ShardEntry.from_dict(s, f"{path}: shards[{i}]", root)
+            ShardEntry.from_dict(s, f"{path}: shards[{i}]", store.url)
             for i, s in enumerate(expect_list(d["shards"], f"{path}: shards", LabelError))
         ]
         seen: dict[str, int] = {}
@@ -365,7 +367,7 @@ def _identity(path: Path, sha256: str) -> tuple:
 
 
 def read_shard_labels(
-    root: str | Path, manifest: Manifest, index: int, verify_shard: bool = False
+    root: str | Path | Store, manifest: Manifest, index: int, verify_shard: bool = False
 ) -> ShardLabels:
     """Read and validate the labels of one shard (nothing else of the pool is touched).
 
@@ -373,11 +375,28 @@ def read_shard_labels(
     file identity, so a long run does not re-hash), its row count matches, scores are finite,
     domain ids are known, tokens are not negative; the shard file exists with the recorded size
     (and, with ``verify_shard``, the recorded sha256). Any failure names the shard and the field.
+    On object storage the sidecar is fetched into the node's cache and verified as it lands; the
+    shard's size and hash are checked when the stream fetches it.
     """
-    root = Path(root)
+    store = as_store(root)
     entry = manifest.shards[index]
-    names = manifest.scorer_names
-    m = len(manifest.domains)
+    if store.remote:
+        try:
+            side = store.fetch(entry.sidecar, sha256=entry.sidecar_sha256)
+        except StorageError as e:
+            raise LabelError(f"shard {entry.name!r}: sidecar {e}") from None
+        try:
+            lab = read_sidecar(side, entry.name, manifest.scorer_names)
+        finally:
+            store.release(side)
+    else:
+        lab = _read_local_labels(store.path(""), entry, manifest.scorer_names, verify_shard)
+    return _checked(lab, manifest, entry)
+
+
+def _read_local_labels(
+    root: Path, entry: ShardEntry, names: list[str], verify_shard: bool
+) -> ShardLabels:
     shard_path = root / entry.name
     if not shard_path.exists():
         raise LabelError(f"shard {entry.name!r}: shard file is missing")
@@ -401,7 +420,12 @@ def read_shard_labels(
                     f"shard {entry.name!r}: field 'sidecar_sha256' does not match {entry.sidecar} (sidecar corrupted or from another run)"
                 )
             _VERIFIED.add(ident)
-    lab = read_sidecar(side, entry.name, names)
+    return read_sidecar(side, entry.name, names)
+
+
+def _checked(lab: ShardLabels, manifest: Manifest, entry: ShardEntry) -> ShardLabels:
+    """The sidecar's content checks (row count, finite scores, known domains, tokens ≥ 0)."""
+    names, m = manifest.scorer_names, len(manifest.domains)
     if lab.rows != entry.rows:
         raise LabelError(
             f"shard {entry.name!r}: field 'rows' is {entry.rows} in the manifest but the sidecar has {lab.rows}"
@@ -434,12 +458,14 @@ def shard_starts(manifest: Manifest) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
 
 
-def load_labels(root: str | Path, manifest: Manifest, verify_shards: bool = False) -> DatasetLabels:
+def load_labels(
+    root: str | Path | Store, manifest: Manifest, verify_shards: bool = False
+) -> DatasetLabels:
     """Read and validate every sidecar of a dataset (the whole pool: for tools on small pools).
 
     The stream never calls this: it reads one shard's labels at a time (:func:`read_shard_labels`).
     """
-    root = Path(root)
+    root = as_store(root)
     if not manifest.shards:
         raise LabelError(f"{root}: the manifest lists no shards")
     parts = [

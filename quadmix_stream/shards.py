@@ -23,7 +23,13 @@ import numpy as np
 import zstandard
 
 from quadmix_stream.hashing import doc_key
-from quadmix_stream.io import atomic_write_bytes, atomic_write_text, check_inside, sha256_file
+from quadmix_stream.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_inside,
+    default_cache_dir,
+    sha256_file,
+)
 from quadmix_stream.labels import (
     FORMATS,
     LabelError,
@@ -34,7 +40,8 @@ from quadmix_stream.labels import (
     write_sidecar,
 )
 from quadmix_stream.sampling import build_sigma_table
-from quadmix_stream.validate import expect_list, expect_object, read_json
+from quadmix_stream.storage import Store, as_store
+from quadmix_stream.validate import expect_list, expect_object
 
 MDS_COLUMNS = {"id": "str", "text": "str", "meta": "json"}
 
@@ -370,12 +377,6 @@ class ShardReader:
         pass
 
 
-def default_cache_dir() -> Path:
-    """Where compressed shards are decompressed once: ``$QUADMIX_CACHE`` or ~/.cache/quadmix-stream."""
-    env = os.environ.get("QUADMIX_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "quadmix-stream"
-
-
 def _decompressed(path: Path, sha256: str, cache_dir: Path) -> Path:
     """A decompressed copy of a zstd shard in the cache, keyed by the shard's content hash.
 
@@ -419,7 +420,7 @@ class MDSShardReader(ShardReader):
 
     def __init__(
         self,
-        root: Path,
+        path: Path,
         name: str,
         index_entry: dict,
         sha256: str = "",
@@ -428,24 +429,8 @@ class MDSShardReader(ShardReader):
         super().__init__()
         import mmap
 
-        from streaming.base.format.mds.reader import MDSReader
-
-        unsafe = [
-            c
-            for c, enc in zip(
-                index_entry.get("column_names", []),
-                index_entry.get("column_encodings", []),
-                strict=False,
-            )
-            if enc == "pkl"
-        ]
-        if unsafe:  # decoding would unpickle data we did not write
-            raise LabelError(
-                f"shard {name!r}: MDS columns {unsafe} are pickled; refusing to unpickle untrusted data (re-encode them as json/str)"
-            )
-        self.decoder = MDSReader.from_json(str(root), None, index_entry)
+        self.decoder = mds_decoder(name, index_entry)
         self.name = name
-        path = root / name
         if name.endswith(".zstd"):
             path = _decompressed(
                 path, sha256 or sha256_file(path), cache_dir or default_cache_dir()
@@ -457,16 +442,42 @@ class MDSShardReader(ShardReader):
 
     def read(self, row: int) -> dict[str, Any]:
         self.rows_read += 1
-        raw = bytes(self.buf[self.offsets[row] : self.offsets[row + 1]])
-        s = self.decoder.decode_sample(raw)
-        if "id" in s and "meta" in s:
-            return {"id": s["id"], "text": s["text"], "meta": s["meta"]}
-        return mds_doc(s, self.name, row)
+        return mds_sample_doc(
+            self.decoder, bytes(self.buf[self.offsets[row] : self.offsets[row + 1]]), self.name, row
+        )
 
     def close(self) -> None:
         self.offsets = None  # drop views of the map before closing it
         self.buf.release()
         self.file.close()
+
+
+def mds_decoder(name: str, index_entry: dict) -> Any:
+    """mosaicml-streaming's sample decoder for one MDS shard (pickled columns are refused)."""
+    from streaming.base.format.mds.reader import MDSReader
+
+    unsafe = [
+        c
+        for c, enc in zip(
+            index_entry.get("column_names", []),
+            index_entry.get("column_encodings", []),
+            strict=False,
+        )
+        if enc == "pkl"
+    ]
+    if unsafe:  # decoding would unpickle data we did not write
+        raise LabelError(
+            f"shard {name!r}: MDS columns {unsafe} are pickled; refusing to unpickle untrusted data (re-encode them as json/str)"
+        )
+    return MDSReader.from_json("", None, index_entry)  # decodes bytes; never opens a file
+
+
+def mds_sample_doc(decoder: Any, raw: bytes, name: str, row: int) -> dict[str, Any]:
+    """One MDS sample's bytes → a document dict."""
+    s = decoder.decode_sample(raw)
+    if "id" in s and "meta" in s:
+        return {"id": s["id"], "text": s["text"], "meta": s["meta"]}
+    return mds_doc(s, name, row)
 
 
 class TarShardReader(ShardReader):
@@ -489,30 +500,35 @@ class TarShardReader(ShardReader):
         self.rows_read += 1
         self.file.seek(int(self.offset[row]))
         data = self.file.read(int(self.length[row]))
-        if self.members is not None:
-            return webdataset_doc(
-                data, self.members.get("text_ext", "txt"), self.members.get("json_ext", "json")
-            )
-        members: dict[str, bytes] = {}
-        pos = 0
-        while pos + 512 <= len(data):
-            hdr = data[pos : pos + 512]
-            name = hdr[:100].rstrip(b"\0").decode()
-            if not name:
-                break
-            size = int(hdr[124:136].strip(b"\0 ") or b"0", 8)
-            members[name.rsplit(".", 1)[-1]] = data[pos + 512 : pos + 512 + size]
-            pos += 512 + (size + 511) // 512 * 512
-        if "txt" not in members or "json" not in members:
-            raise LabelError(
-                f"{self.file.name}: sample at byte {self.offset[row]} (row {row}) is not a txt+json pair; tar and sidecar disagree"
-            )
-        meta = json.loads(members["json"])
-        doc_id = meta.pop("id")
-        return {"id": doc_id, "text": members["txt"].decode("utf-8"), "meta": meta}
+        return tar_sample_doc(data, self.members, self.file.name, int(self.offset[row]), row)
 
     def close(self) -> None:
         self.file.close()
+
+
+def tar_sample_doc(
+    data: bytes, members: dict[str, Any] | None, where: str, offset: int, row: int
+) -> dict[str, Any]:
+    """One tar sample's bytes → a document dict (``members``: a WebDataset not written by us)."""
+    if members is not None:
+        return webdataset_doc(data, members.get("text_ext", "txt"), members.get("json_ext", "json"))
+    found: dict[str, bytes] = {}
+    pos = 0
+    while pos + 512 <= len(data):
+        hdr = data[pos : pos + 512]
+        name = hdr[:100].rstrip(b"\0").decode()
+        if not name:
+            break
+        size = int(hdr[124:136].strip(b"\0 ") or b"0", 8)
+        found[name.rsplit(".", 1)[-1]] = data[pos + 512 : pos + 512 + size]
+        pos += 512 + (size + 511) // 512 * 512
+    if "txt" not in found or "json" not in found:
+        raise LabelError(
+            f"{where}: sample at byte {offset} (row {row}) is not a txt+json pair; tar and sidecar disagree"
+        )
+    meta = json.loads(found["json"])
+    doc_id = meta.pop("id")
+    return {"id": doc_id, "text": found["txt"].decode("utf-8"), "meta": meta}
 
 
 class JsonlShardReader(ShardReader):
@@ -704,19 +720,23 @@ class ArrowShardReader(ShardReader):
         self.arrays, self.table = [], None
 
 
-def mds_index(root: str | Path) -> dict[str, dict]:
+def mds_index(root: str | Path | Store) -> dict[str, dict]:
     """Map shard file name → its entry in the MDS ``index.json`` (validated).
 
     Every ``basename`` must name a file inside ``root`` (no absolute paths, no ``..``): the
     labeller writes each shard's sidecar beside it. Errors are :class:`LabelError` naming the file
     and the field.
     """
-    root = Path(root)
-    path = root / "index.json"
-    if not path.exists():
-        raise LabelError(f"{root}: MDS dataset has no index.json")
+    store = as_store(root)
+    path = store.where("index.json")
     d = expect_object(
-        read_json(path, LabelError, "MDS index"), str(path), LabelError, ("shards",), None
+        store.read_json(
+            "index.json", LabelError, "MDS index", missing=f"{store}: MDS dataset has no index.json"
+        ),
+        path,
+        LabelError,
+        ("shards",),
+        None,
     )
     out = {}
     for i, s in enumerate(expect_list(d["shards"], f"{path}: shards", LabelError)):
@@ -730,35 +750,178 @@ def mds_index(root: str | Path) -> dict[str, dict]:
             if s.get(key):
                 part = expect_object(s[key], f"{where}.{key}", LabelError, ("basename",), None)
                 name = part["basename"]
-                check_inside(root, name, f"{where}.{key}.basename", LabelError)
+                check_inside(store.url, name, f"{where}.{key}.basename", LabelError)
                 out[name] = s
     return out
 
 
+class PinnedReader(ShardReader):
+    """A reader of a remote shard's cached copy; closing it lets the cache evict the copy."""
+
+    def __init__(self, inner: ShardReader, store: Store, path: Path) -> None:
+        super().__init__()
+        self.inner, self.store, self.path = inner, store, path
+
+    def read(self, row: int) -> dict[str, Any]:
+        self.rows_read += 1
+        return self.inner.read(row)
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            self.store.release(self.path)
+
+
+class RangeShardReader(ShardReader):
+    """The rows of one remote shard the stream needs, fetched as byte ranges, decoded on read."""
+
+    def __init__(self, data: dict[int, bytes], decode: Any) -> None:
+        super().__init__()
+        self.data, self.decode = data, decode
+
+    def read(self, row: int) -> dict[str, Any]:
+        self.rows_read += 1
+        return self.decode(self.data[row], row)
+
+
+# Ranges with a hole of at most this many bytes are fetched as one request (pyarrow's
+# CacheOptions default for the same trade-off: a request costs a round trip, a hole costs bytes).
+RANGE_MERGE_GAP = 8192
+
+
+def _row_spans(
+    store: Store,
+    manifest: Manifest,
+    i: int,
+    rows: np.ndarray,
+    offset: np.ndarray | None,
+    length: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Byte spans of ``rows`` of shard ``i`` where the format allows range reads, else None."""
+    entry = manifest.shards[i]
+    if manifest.format == "tar" and offset is not None and not entry.name.endswith((".gz", ".tgz")):
+        start = offset[rows].astype(np.int64)
+        return start, start + length[rows]
+    if manifest.format == "mds" and not entry.name.endswith(".zstd"):
+        # the shard's offsets table: u32 count, then count + 1 u32 sample offsets
+        head = store.read_ranges(entry.name, [(0, 4 * (entry.rows + 2))])[0]
+        offs = np.frombuffer(head, np.uint32, offset=4).astype(np.int64)
+        if int(np.frombuffer(head, np.uint32, count=1)[0]) != entry.rows:
+            raise LabelError(
+                f"shard {entry.name!r}: its offsets table does not list {entry.rows} rows"
+            )
+        return offs[rows], offs[rows + 1]
+    return None
+
+
+def _read_spans(
+    store: Store, name: str, rows: np.ndarray, start: np.ndarray, end: np.ndarray
+) -> dict[int, bytes]:
+    """Fetch the spans (merged where close) and cut them back into rows."""
+    o = np.argsort(start, kind="stable")
+    rows, start, end = rows[o], start[o], end[o]
+    merged: list[tuple[int, int]] = []
+    for a, b in zip(start.tolist(), end.tolist(), strict=True):
+        if merged and a - merged[-1][1] <= RANGE_MERGE_GAP:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    blobs = store.read_ranges(name, merged)
+    first = np.array([m[0] for m in merged], dtype=np.int64)
+    which = np.searchsorted(first, start, side="right") - 1
+    out: dict[int, bytes] = {}
+    for r, a, b, w in zip(rows.tolist(), start.tolist(), end.tolist(), which.tolist(), strict=True):
+        base = merged[w][0]
+        out[r] = blobs[w][a - base : b - base]
+    return out
+
+
+def _sample_decoder(
+    manifest: Manifest, name: str, idx: dict | None, offset: np.ndarray | None, where: str
+) -> Any:
+    """(sample bytes, row) → document, for a shard read by byte ranges."""
+    if manifest.format == "mds":
+        dec = mds_decoder(name, idx[name])
+
+        def decode(raw: bytes, row: int) -> dict[str, Any]:
+            return mds_sample_doc(dec, raw, name, row)
+
+        return decode
+    members = manifest.extra.get("tar_members")
+
+    def decode_tar(raw: bytes, row: int) -> dict[str, Any]:
+        return tar_sample_doc(raw, members, where, int(offset[row]), row)
+
+    return decode_tar
+
+
 def open_shard(
-    root: str | Path,
+    root: str | Path | Store,
     manifest: Manifest,
     shard_index: int,
     offset: np.ndarray | None = None,
     length: np.ndarray | None = None,
     _mds_index: dict[str, dict] | None = None,
+    rows: np.ndarray | None = None,
 ) -> ShardReader:
-    """A row reader for shard ``shard_index`` of a labelled dataset."""
-    root = Path(root)
-    name = manifest.shards[shard_index].name
-    path = root / name
-    if not path.exists():
-        raise LabelError(f"shard {name!r}: shard file is missing")
+    """A row reader for shard ``shard_index`` of a labelled dataset.
+
+    On object storage, ``rows`` (the rows about to be read) lets a sparse selection fetch only
+    their bytes (MDS without compression, tar): when they are under the store's
+    ``range_fraction`` of the shard. Otherwise the shard is fetched whole into the node's cache.
+    """
+    store = as_store(root)
+    entry = manifest.shards[shard_index]
+    name = entry.name
     if manifest.format == "mds":
-        idx = _mds_index if _mds_index is not None else mds_index(root)
+        idx = _mds_index if _mds_index is not None else mds_index(store)
         if name not in idx:
-            raise LabelError(f"shard {name!r}: not listed in {root}/index.json")
-        return MDSShardReader(root, name, idx[name], manifest.shards[shard_index].shard_sha256)
+            raise LabelError(f"shard {name!r}: not listed in {store.where('index.json')}")
+    if not store.remote:
+        path = store.path(name)
+        if not path.exists():
+            raise LabelError(f"shard {name!r}: shard file is missing")
+        return _open_local(
+            path, manifest, shard_index, offset, length, idx if manifest.format == "mds" else None
+        )
+    frac = store.config.range_fraction
+    if rows is not None and entry.rows and len(rows) < frac * entry.rows:
+        rows = np.unique(rows)
+        spans = _row_spans(store, manifest, shard_index, rows, offset, length)
+        if spans is not None and int((spans[1] - spans[0]).sum()) < frac * entry.shard_bytes:
+            decode = _sample_decoder(
+                manifest, name, idx if manifest.format == "mds" else None, offset, store.where(name)
+            )
+            return RangeShardReader(_read_spans(store, name, rows, *spans), decode)
+    path = store.fetch(name, size=entry.shard_bytes, sha256=entry.shard_sha256)
+    try:
+        inner = _open_local(
+            path, manifest, shard_index, offset, length, idx if manifest.format == "mds" else None
+        )
+    except BaseException:
+        store.release(path)
+        raise
+    return PinnedReader(inner, store, path)
+
+
+def _open_local(
+    path: Path,
+    manifest: Manifest,
+    shard_index: int,
+    offset: np.ndarray | None,
+    length: np.ndarray | None,
+    idx: dict[str, dict] | None,
+) -> ShardReader:
+    entry = manifest.shards[shard_index]
+    name = entry.name
+    if manifest.format == "mds":
+        return MDSShardReader(path, name, idx[name], entry.shard_sha256)
     if manifest.format == "tar":
         if offset is None or length is None:
             raise LabelError(f"shard {name!r}: tar reads need the sidecar's byte offsets")
         if name.endswith((".gz", ".tgz")):  # gzip cannot seek: a decompressed copy, cached once
-            path = _gunzipped(path, manifest.shards[shard_index].shard_sha256, default_cache_dir())
+            path = _gunzipped(path, entry.shard_sha256, default_cache_dir())
         return TarShardReader(path, offset, length, manifest.extra.get("tar_members"))
     if manifest.format in ("parquet", "arrow"):
         cls = ParquetShardReader if manifest.format == "parquet" else ArrowShardReader

@@ -35,6 +35,7 @@ from quadmix_stream.selection import (
     sigma_scores,
 )
 from quadmix_stream.shards import default_cache_dir
+from quadmix_stream.storage import Store, as_store
 
 CHUNK_ROWS = 1 << 21  # rows per chunk of a pool-wide pass (each chunk is one unit of work)
 
@@ -43,7 +44,7 @@ class PoolTables:
     """Per-shard labels and counts, and the pool's global tables, for one labelled dataset.
 
     Args:
-        root: dataset folder.
+        root: dataset folder, URL or :class:`Store`.
         manifest: its manifest.
         config: how Eq. 2 is computed.
         cache_dir: where pool-wide results are cached (default :func:`default_cache_dir`); a
@@ -53,13 +54,13 @@ class PoolTables:
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | Store,
         manifest: Manifest,
         config: RankConfig = RankConfig(),
         cache_dir: str | Path | None = None,
         verify_shards: bool = False,
     ) -> None:
-        self.root, self.manifest, self.config = Path(root), manifest, config
+        self.root, self.manifest, self.config = as_store(root), manifest, config
         self.verify_shards = verify_shards
         self.n_shards = len(manifest.shards)
         if not self.n_shards:

@@ -64,6 +64,12 @@ def read_json(path: str | Path, error: type[Exception], what: str) -> Any:
         raise error(f"{path}: is a folder, expected a {what} (a JSON file)") from None
     except OSError as e:
         raise error(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    return parse_json(data, path, error, what)
+
+
+def parse_json(data: bytes, path: str | Path, error: type[Exception], what: str) -> Any:
+    """Parse a JSON file's bytes (read by :func:`read_json` or fetched from object storage);
+    every failure is ``error`` naming ``path``."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -185,15 +185,25 @@ class Store:
     def fs(self) -> Any:
         """The fsspec filesystem, created in each process on first use (clients do not fork)."""
         if self._fs is None or self._pid != os.getpid():
-            import fsspec
-
-            opts = dict(self.config.storage_options)
-            endpoint = os.environ.get("S3_ENDPOINT_URL")
-            if self.protocol in ("s3", "s3a") and endpoint and "endpoint_url" not in opts:
-                opts.setdefault("client_kwargs", {}).setdefault("endpoint_url", endpoint)
-            self._fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **opts)
-            self._pid = os.getpid()
+            if self._pid != os.getpid():  # a forked child: the parent's lock state is not ours
+                self._init_process()
+            with self._lock:
+                if self._fs is None:
+                    self._fs = self._connect()
         return self._fs
+
+    def _connect(self) -> Any:
+        import fsspec
+
+        opts = dict(self.config.storage_options)
+        endpoint = os.environ.get("S3_ENDPOINT_URL")  # mosaicml-streaming's variable
+        if self.protocol in ("s3", "s3a") and endpoint and "endpoint_url" not in opts:
+            opts.setdefault("client_kwargs", {}).setdefault("endpoint_url", endpoint)
+        fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **opts)
+        if hasattr(fs, "connect"):
+            # s3fs: make the client once; concurrent first calls would each build one (slow)
+            fs.connect()
+        return fs
 
     # ------------------------------------------------------------ requests
     def _retry(self, name: str, fn: Callable[[], T], missing_ok: bool = False) -> T:
@@ -312,10 +322,12 @@ class Store:
             return self.path(name)
         tag = hashlib.sha256(f"{name}\0{sha256 or ''}".encode()).hexdigest()[:16]
         local = self.folder / f"{tag}-{name.replace('/', '_')}"
-        for _ in range(3):  # a file evicted between download and pin is fetched again
-            if not local.exists():
-                self._download(name, local, size, sha256)
+        for _ in range(3):  # a file evicted by another process before we pin it: fetch again
             if self._pin(local):
+                return local
+            self._download(name, local, size, sha256)
+            if self._pin(local):
+                self._evict()  # after pinning: the file just fetched is not a candidate
                 return local
         raise StorageError(
             f"{self.where(name)}: the cache folder {self.folder} evicts it as soon as it "
@@ -331,9 +343,11 @@ class Store:
             if pin is None:
                 return
             pin[1] -= 1
-            if pin[1] == 0:
-                del self._pins[str(path)]
-                os.close(pin[0])
+            if pin[1] > 0:
+                return
+            del self._pins[str(path)]
+            os.close(pin[0])
+        self._evict()
 
     def _pin(self, local: Path) -> bool:
         with self._lock:
@@ -383,10 +397,10 @@ class Store:
                 break
             finally:
                 Path(tmp).unlink(missing_ok=True)
-        self._evict()
 
     def _evict(self) -> None:
-        """Remove least recently used files until the folder fits ``cache_limit``."""
+        """Remove least recently used files until the folder fits ``cache_limit`` (files pinned
+        here or, through their ``flock``, in another process are kept)."""
         if self.limit is None:
             return
         entries = []
@@ -403,7 +417,9 @@ class Store:
         for _, nbytes, path in sorted(entries):
             if total <= self.limit:
                 break
-            if path in self._pins:
+            with self._lock:
+                pinned = path in self._pins
+            if pinned:
                 continue
             try:
                 fd = os.open(path, os.O_RDONLY)

@@ -53,6 +53,7 @@ from quadmix_stream.runguard import (
     under_torchrun,
     write_file_atomic,
 )
+from quadmix_stream.storage import StorageConfig
 from quadmix_stream.trainers.runlog import LoggingConfig, RunLogger, truncate_log
 
 
@@ -68,6 +69,8 @@ class DataConfig:
     workers: int = 1
     shuffle_block_shards: int | None = 256
     track_docs: bool = False  # log the (epoch, row, copy) of documents started in each step
+    # a remote dataset (s3://…): bytes its node-local cache may hold, e.g. "64gb" (None: no limit)
+    cache_limit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,7 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
         infinite=True,
         shuffle_block_shards=d.shuffle_block_shards,
         resume_with_new_params=params_changed,
+        storage=StorageConfig(cache_limit=d.cache_limit),
     )
     packed = PackedDataset(ds, tok, d.seq_len, track_docs=d.track_docs)
 

@@ -97,6 +97,9 @@ class StorageConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
 
+_INHERITED: list[Any] = []  # clients a forked process inherited (never used, never closed)
+
+
 class _Truncated(OSError):
     """A response shorter than asked for (a dropped connection the client did not notice)."""
 
@@ -150,6 +153,10 @@ class Store:
         self._init_process()
 
     def _init_process(self) -> None:
+        if getattr(self, "_fs", None) is not None:
+            # a forked child: the parent's client belongs to the parent's event loop; closing
+            # it here would fail noisily, so it is kept, unused, until the process ends
+            _INHERITED.append(self._fs)
         self._fs: Any = None
         self._pid = os.getpid()
         self._lock = threading.Lock()

@@ -48,14 +48,18 @@ def _measure(proxy, make: Callable[[], Iterable]) -> dict[str, float]:
 
 
 def run(
-    work: str | None, docs_per_domain: int, rows_per_shard: int, latencies: list[float]
+    work: str | None,
+    docs_per_domain: int,
+    rows_per_shard: int,
+    latencies: list[float],
+    corpus: str | None = None,
 ) -> list[dict]:
     """Run the benchmark; returns one row per (latency, reader)."""
     import torch
     from streaming import StreamingDataset
     from torch.utils.data import DataLoader
 
-    from quadmix_stream.benchmarks.corpus import write_corpus
+    from quadmix_stream.benchmarks.corpus import iter_shared_corpus, write_corpus
     from quadmix_stream.benchmarks.s3local import FaultProxy, LocalS3
     from quadmix_stream.dataset import QuaDMixDataset, collate_docs
     from quadmix_stream.storage import StorageConfig
@@ -66,7 +70,10 @@ def run(
     mds = tmp / "mds"
     if not (mds / "quadmix.json").exists():
         shutil.rmtree(mds, ignore_errors=True)
-        docs = [d for d, *_ in iter_docs(docs_per_domain, seed=0)]
+        if corpus:
+            docs = list(iter_shared_corpus(corpus))
+        else:
+            docs = [d for d, *_ in iter_docs(docs_per_domain, seed=0)]
         print(f"writing {len(docs):,} documents as uncompressed MDS under {mds} …", flush=True)
         write_corpus(mds, "mds", iter(docs), rows_per_shard=rows_per_shard)
     m = Manifest.load(mds)

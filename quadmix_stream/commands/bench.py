@@ -78,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "ratios (b)/(a) items/s, (c)/(b) bytes, (c)/(b) items/s. Needs the dev extra (moto)."
         ),
     )
+    rm.add_argument("--corpus", help="folder of *.jsonl.gz documents, e.g. ../shared/data/corpus")
     rm.add_argument("--work", help="folder for the shards and caches (shards reused when present)")
     rm.add_argument("--docs-per-domain", type=int, default=4000, help="synthetic corpus size")
     rm.add_argument("--rows-per-shard", type=int, default=2000, help="documents per MDS shard")
@@ -93,7 +94,7 @@ def _bench_remote(a: argparse.Namespace) -> int:
     from quadmix_stream.benchmarks.remote import run
 
     lat = [float(x) / 1000 for x in a.latency_ms.split(",") if x.strip()]
-    run(a.work, a.docs_per_domain, a.rows_per_shard, lat)
+    run(a.work, a.docs_per_domain, a.rows_per_shard, lat, a.corpus)
     return 0
 
 

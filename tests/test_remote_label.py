@@ -1,4 +1,4 @@
-"""Labelling on object storage, against a real S3 API (moto's server on loopback).
+"""Labelling on object storage, against a real S3 API (moto's server on loopback: LocalS3).
 
 * shards in a bucket are labelled in place, and the stream over the bucket yields exactly what
   the same shards labelled locally yield;
@@ -16,13 +16,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,48 +42,30 @@ pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
 BUCKET = "qms-label"
-ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+_NOT_OURS = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
 
 
 # ---------------------------------------------------------------- a real S3 API on loopback
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def server() -> Iterator:
+    """moto's S3 server on 127.0.0.1; the AWS_* variables point every client at it (this
+    process, and the subprocesses it starts)."""
+    from quadmix_stream.benchmarks.s3local import LocalS3
+
+    with LocalS3() as srv, pytest.MonkeyPatch.context() as mp:
+        for k, v in srv.env().items():
+            mp.setenv(k, v)
+        for k in (*_NOT_OURS, "S3_ENDPOINT_URL"):
+            mp.delenv(k, raising=False)
+        yield srv
 
 
 @pytest.fixture(scope="module")
-def s3() -> Iterator:
-    """moto's S3 server on 127.0.0.1 (a free port), one bucket; the AWS_* variables point every
-    client (this process and the subprocesses it starts) at it. Yields an s3fs filesystem."""
-    from moto.server import ThreadedMotoServer
+def s3(server) -> Any:
+    """An s3fs filesystem on the local server, for the tests' own checks."""
+    import s3fs
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in {**ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
-            mp.setenv(k, v)
-        mp.delenv("AWS_PROFILE", raising=False)
-        mp.delenv("S3_ENDPOINT_URL", raising=False)
-        import s3fs
-
-        fs = s3fs.S3FileSystem(skip_instance_cache=True)
-        fs.mkdir(BUCKET)
-        try:
-            yield fs
-        finally:
-            server.stop()
-
-
-def _upload(fs, local: Path, url: str) -> None:
-    for p in sorted(local.rglob("*")):
-        if p.is_file():
-            fs.pipe_file(f"{url}/{p.relative_to(local).as_posix()}", p.read_bytes())
+    return s3fs.S3FileSystem(skip_instance_cache=True, **server.storage_options())
 
 
 def _bucket_files(fs, url: str) -> dict[str, bytes]:
@@ -137,6 +119,7 @@ def _params(m: Manifest):
 
 # ---------------------------------------------------------------- tests
 def test_label_remote_mds_in_place_streams_like_local(
+    server,
     s3,
     plain_mds: Path,
     labelled_local: Path,
@@ -148,7 +131,7 @@ def test_label_remote_mds_in_place_streams_like_local(
     from quadmix_stream.labelling.remote import default_scratch
 
     url = f"s3://{BUCKET}/inplace"
-    _upload(s3, plain_mds, url)
+    server.upload_dir(plain_mds, url)
     rec = _shards_recipe(tmp_path / "r.yaml", ft_models, url, io_workers=1)
     assert main(["label", str(rec)]) == 0
     assert f"dataset: {url} (mds, 8 shards, 80 documents" in capsys.readouterr().out
@@ -156,7 +139,7 @@ def test_label_remote_mds_in_place_streams_like_local(
     assert _bucket_files(s3, url) == dataset_files(labelled_local)
     # every shard was fetched, read and deleted: nothing is left in the local scratch folder
     scratch = default_scratch(url)
-    assert not [p for p in scratch.rglob("*") if p.is_file()] if scratch.exists() else True
+    assert not (scratch.exists() and [p for p in scratch.rglob("*") if p.is_file()])
 
     m = Manifest.load(url)
     p = _params(m)
@@ -179,6 +162,7 @@ def _records(fs, url: str) -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_kill_mid_run_then_resume_on_another_machine(
+    server,
     s3,
     plain_mds: Path,
     labelled_local: Path,
@@ -188,7 +172,7 @@ def test_kill_mid_run_then_resume_on_another_machine(
     monkeypatch,
 ) -> None:
     url = f"s3://{BUCKET}/killed"
-    _upload(s3, plain_mds, url)
+    server.upload_dir(plain_mds, url)
     rec = _shards_recipe(tmp_path / "r.yaml", ft_models, url, io_workers=1)
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     env["QUADMIX_CACHE"] = str(tmp_path / "cache-machine-a")
@@ -239,6 +223,7 @@ def test_kill_mid_run_then_resume_on_another_machine(
 
 
 def test_raw_remote_input_gives_the_local_dataset(
+    server,
     s3,
     ft_models,  # noqa: F811
     tmp_path: Path,
@@ -253,7 +238,7 @@ def test_raw_remote_input_gives_the_local_dataset(
         body = "".join(json.dumps(d) + "\n" for d in part).encode()
         (raw / f"part-{k}.jsonl.gz").write_bytes(gzip.compress(body, mtime=0))
     pq.write_table(pa.Table.from_pylist(docs[28:]), raw / "part-2.parquet", row_group_size=5)
-    _upload(s3, raw, f"s3://{BUCKET}/raw")
+    server.upload_dir(raw, f"s3://{BUCKET}/raw")
 
     def label(inputs: list[str], out: str, name: str) -> None:
         d = recipe_dict(ft_models, Path("unused"))

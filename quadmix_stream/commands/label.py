@@ -20,14 +20,31 @@ def register(sub: argparse._SubParsersAction) -> None:
             "rewritten; existing columns become labels with field labellers. The "
             "manifest (σ tables over the whole pool) is written last. Resumable: re-running skips "
             "finished shards, and recomputes only columns whose labeller changed. Distributed: "
-            "`torchrun --nproc_per_node N -m quadmix_stream.cli label RECIPE`."
+            "`torchrun --nproc_per_node N -m quadmix_stream.cli label RECIPE`. "
+            "Object storage: --shards, --input and --out also take URLs (s3://bucket/prefix, "
+            "gs://... with gcsfs; credentials from the client's usual configuration, an "
+            "S3-compatible endpoint from AWS_ENDPOINT_URL). Shards in a bucket are labelled in "
+            "place: each is fetched into the local cache, read and deleted, and its sidecar is "
+            "written beside it; the run's records (.quadmix-label/) live in the bucket too, so "
+            "a killed run resumes from any machine, and the manifest is written last."
         ),
     )
     p.add_argument("recipe", nargs="?", help="YAML recipe (optional when flags say everything)")
-    p.add_argument("--out", help="output folder (overrides output.dir)")
+    p.add_argument(
+        "--out", metavar="DIR|URL", help="output folder or s3://… prefix (overrides output.dir)"
+    )
     g = p.add_argument_group("input (each replaces the recipe's input)")
-    g.add_argument("--input", nargs="+", metavar="GLOB", help="raw document files")
-    g.add_argument("--shards", metavar="DIR", help="existing shards to label in place")
+    g.add_argument(
+        "--input",
+        nargs="+",
+        metavar="GLOB",
+        help='raw document files; URLs are globbed remotely and streamed ("s3://b/raw/*.jsonl.gz")',
+    )
+    g.add_argument(
+        "--shards",
+        metavar="DIR|URL",
+        help="existing shards to label in place: a folder or an s3://… prefix",
+    )
     g.add_argument(
         "--text-field", help="text field of raw documents / Parquet/Arrow column (default: text)"
     )
@@ -103,19 +120,23 @@ def _where(items: list[str] | None) -> dict | None:
 def _label(a: argparse.Namespace) -> int:
     from quadmix_stream.labelling.pipeline import RunResult, run_label
     from quadmix_stream.labelling.recipe import Recipe, load_recipe, parse_kv
+    from quadmix_stream.storage import is_remote
+
+    def where(x: str) -> str:
+        return x.rstrip("/") if is_remote(x) else str(Path(x).resolve())
 
     r = load_recipe(a.recipe) if a.recipe else Recipe(base=Path.cwd())
     if a.input or a.shards:
         from quadmix_stream.labelling.inputs import InputSpec
 
-        r.input = InputSpec(paths=[str(Path(x).resolve()) for x in a.input or []])
+        r.input = InputSpec(paths=[x if is_remote(x) else where(x) for x in a.input or []])
         if a.shards:
-            r.input = InputSpec(shards=str(Path(a.shards).resolve()))
+            r.input = InputSpec(shards=where(a.shards))
     for flag, attr in (("text_field", "text_field"), ("id_field", "id_field"), ("limit", "limit")):
         if getattr(a, flag) is not None:
             setattr(r.input, attr, getattr(a, flag))
     if a.out:
-        r.out = Path(a.out).resolve()
+        r.out = where(a.out) if is_remote(a.out) else Path(a.out).resolve()
     if a.format:
         r.format = a.format
     if a.rows_per_shard:

@@ -4,10 +4,13 @@ Two modes:
 
 * ``new``: raw documents (JSONL, JSONL.gz, JSONL.zst, Parquet, or the built-in synthetic
   generator) are cut into units of at most ``rows_per_shard`` input rows of one file; each unit
-  becomes one new output shard.
+  becomes one new output shard. Files may be local or on object storage (``s3://bucket/*.jsonl.gz``:
+  globbed with fsspec and streamed, see :mod:`.remote`).
 * ``sidecar``: existing shards (a labelled dataset, an MDS dataset, WebDataset tars (also
   ``.tar.gz``), our JSONL.zst shards, Parquet files or Hugging Face ``save_to_disk`` Arrow files)
-  are labelled in place; each shard is one unit and gets a sidecar beside it.
+  are labelled in place; each shard is one unit and gets a sidecar beside it. The shards may be
+  on object storage (``s3://bucket/ds``): each is fetched, read and deleted locally, and its
+  sidecar is written beside it in the bucket.
 
 The plan (list of units) is a pure function of the inputs and options, so every rank derives the
 same one and a re-run can check it is resuming the same job. Reading a unit returns flat
@@ -35,6 +38,7 @@ from quadmix_stream.labelling.issues import Issues, clean_str, decode_bytes, fix
 from quadmix_stream.labelling.labelers import get_field
 from quadmix_stream.labels import MANIFEST_NAME, LabelError, Manifest
 from quadmix_stream.recipe import RecipeError
+from quadmix_stream.storage import is_remote
 
 RAW_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".parquet")
 SHARD_FORMATS = ("auto", "mds", "tar", "jsonl", "parquet", "arrow")
@@ -101,10 +105,23 @@ class InputSpec:
 
 
 # ---------------------------------------------------------------- raw files
-def expand_paths(patterns: list[str], base: Path | None = None) -> list[Path]:
-    """Sorted, de-duplicated files matching ``patterns`` (relative ones against ``base``)."""
-    out: list[Path] = []
+def _basename(path: str | Path) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def expand_paths(patterns: list[str], base: Path | None = None) -> list[Path | str]:
+    """Sorted, de-duplicated files matching ``patterns`` (relative ones against ``base``).
+
+    A pattern that is a URL (``s3://bucket/raw/*.jsonl.gz``) is globbed with the fsspec
+    filesystem; its files are returned as URL strings, local ones as resolved paths.
+    """
+    out: list[Path | str] = []
     for pat in patterns:
+        if is_remote(pat):
+            from quadmix_stream.labelling.remote import expand_remote
+
+            out.extend(expand_remote(pat, RAW_SUFFIXES))
+            continue
         p = Path(pat).expanduser()
         if base is not None and not p.is_absolute():
             p = base / p
@@ -119,21 +136,27 @@ def expand_paths(patterns: list[str], base: Path | None = None) -> list[Path]:
                 out.extend(hp_files)
             else:
                 out.append(hp)
-    seen: set[Path] = set()
-    uniq = []
-    for p in out:
-        r = p.resolve()
+    seen: set[Path | str] = set()
+    uniq: list[Path | str] = []
+    for f in out:
+        r = f.resolve() if isinstance(f, Path) else f
         if r not in seen:
             seen.add(r)
             uniq.append(r)
-    for p in uniq:
-        if not p.name.endswith(RAW_SUFFIXES):
-            raise RecipeError(f"input: {p} is not one of {RAW_SUFFIXES}")
+    for f in uniq:
+        if not _basename(f).endswith(RAW_SUFFIXES):
+            raise RecipeError(f"input: {f} is not one of {RAW_SUFFIXES}")
     return uniq
 
 
-def open_lines(path: Path) -> IO[bytes]:
-    """A binary line stream over a (possibly gzip/zstd-compressed) JSONL file."""
+def open_lines(path: Path | str) -> IO[bytes]:
+    """A binary line stream over a (possibly gzip/zstd-compressed) JSONL file, local or remote
+    (a URL: streamed through fsspec, decompressed on the fly)."""
+    if is_remote(path):
+        from quadmix_stream.labelling.remote import open_remote
+
+        return open_remote(str(path))
+    path = Path(path)
     name = path.name
     if name.endswith(".gz"):
         return gzip.open(path, "rb")  # type: ignore[return-value]
@@ -145,18 +168,42 @@ def open_lines(path: Path) -> IO[bytes]:
     return open(path, "rb")  # noqa: SIM115
 
 
-def count_rows(path: Path, every: int, limit: int | None = None) -> tuple[int, list[int]]:
+def input_size(path: Path | str) -> int:
+    """Bytes of a raw input file, local or remote (part of a run's plan)."""
+    if is_remote(path):
+        from quadmix_stream.labelling.remote import remote_size
+
+        return remote_size(str(path))
+    return Path(path).stat().st_size
+
+
+def open_parquet(path: Path | str) -> Any:
+    """A ``pyarrow.parquet.ParquetFile`` over a local or remote file (remote: ranged reads of
+    the footer and the row groups asked for). Close it with ``.close(force=True)``."""
+    import pyarrow.parquet as pq
+
+    if is_remote(path):
+        from quadmix_stream.labelling.remote import open_remote
+
+        return pq.ParquetFile(open_remote(str(path), compression=None))
+    return pq.ParquetFile(path)
+
+
+def count_rows(path: Path | str, every: int, limit: int | None = None) -> tuple[int, list[int]]:
     """(rows, byte offset of rows 0, every, 2·every, ...) of a raw file (offsets: plain JSONL only).
 
     A JSONL row is a line (blank and invalid lines included: they keep their place so locations in
     reports are line numbers).
     """
-    if path.name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        n = pq.ParquetFile(path).metadata.num_rows
+    name = _basename(path)
+    if name.endswith(".parquet"):
+        pf = open_parquet(path)
+        try:
+            n = pf.metadata.num_rows
+        finally:
+            pf.close(force=True)
         return (min(n, limit) if limit is not None else n), []
-    plain = not path.name.endswith((".gz", ".zst"))
+    plain = not name.endswith((".gz", ".zst"))
     offsets: list[int] = []
     n, pos = 0, 0
     try:
@@ -276,7 +323,7 @@ def _deep_clean(x: Any) -> tuple[Any, bool]:
 class LineCursor:
     """Sequential reader of one compressed/plain JSONL file that can continue across units."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
         self.path = path
         self.stream: IO[bytes] | None = None
         self.line = 0
@@ -324,8 +371,9 @@ def read_raw_unit(
     docs: list[dict[str, Any]] = []
     if unit.source == "synthetic":
         return _read_synthetic(unit, spec, issues, cursors), issues
-    path = Path(unit.source)
-    if path.name.endswith(".parquet"):
+    path: Path | str = unit.source if is_remote(unit.source) else Path(unit.source)
+    name = _basename(path)
+    if name.endswith(".parquet"):
         return _read_parquet(unit, spec, issues), issues
     cur = cursors.get(unit.source)
     if cur is None:
@@ -333,7 +381,6 @@ def read_raw_unit(
             c.close()
         cursors.clear()
         cur = cursors[unit.source] = LineCursor(path)
-    name = path.name
     for lineno, line in cur.read(unit):
         where = f"{name}:{lineno + 1}"
         if not line.strip():
@@ -356,24 +403,25 @@ def read_raw_unit(
 
 
 def _read_parquet(unit: Unit, spec: InputSpec, issues: Issues) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    path = Path(unit.source)
-    pf = pq.ParquetFile(path)
-    md = pf.metadata
-    groups, first, row0 = [], None, 0
-    for g in range(md.num_row_groups):
-        n = md.row_group(g).num_rows
-        if row0 + n > unit.start and row0 < unit.stop:
-            groups.append(g)
-            first = row0 if first is None else first
-        row0 += n
-    if not groups:
-        return []
-    table = pf.read_row_groups(groups).slice(unit.start - first, unit.stop - unit.start)
+    name = _basename(unit.source)
+    pf = open_parquet(unit.source)
+    try:
+        md = pf.metadata
+        groups, first, row0 = [], None, 0
+        for g in range(md.num_row_groups):
+            n = md.row_group(g).num_rows
+            if row0 + n > unit.start and row0 < unit.stop:
+                groups.append(g)
+                first = row0 if first is None else first
+            row0 += n
+        if not groups:
+            return []
+        table = pf.read_row_groups(groups).slice(unit.start - first, unit.stop - unit.start)
+    finally:
+        pf.close(force=True)
     docs = []
     for i, rec in enumerate(table.to_pylist()):
-        doc = normalize_doc(rec, f"{path.name}:row{unit.start + i}", spec, issues)
+        doc = normalize_doc(rec, f"{name}:row{unit.start + i}", spec, issues)
         if doc is not None:
             docs.append(doc)
     return docs
@@ -543,11 +591,13 @@ def read_shard_unit(
     spec: InputSpec,
     mds_entries: dict[str, dict] | None,
     need_fields: bool = True,
+    cache_dir: Path | None = None,
 ) -> tuple[list[dict[str, Any]], Issues, tuple[list[int], list[int]] | None]:
     """Every row of an existing shard as a flat document, with issues and (tar) byte offsets.
 
     Rows are never dropped: the sidecar must stay row-aligned with the shard. Parquet/Arrow
     shards read only the text and id columns unless ``need_fields`` (a labeller reads fields).
+    ``cache_dir``: where a ``.tar.gz`` shard is decompressed (default: the node's cache).
     """
     from quadmix_stream.shards import JsonlShardReader, scan_tar, webdataset_members
 
@@ -578,7 +628,7 @@ def read_shard_unit(
             from quadmix_stream.io import sha256_file
             from quadmix_stream.shards import _gunzipped, default_cache_dir
 
-            path = _gunzipped(path, sha256_file(path), default_cache_dir())
+            path = _gunzipped(path, sha256_file(path), cache_dir or default_cache_dir())
         samples = scan_tar(path)
         offs, lens = [], []
         with open(path, "rb") as f:
@@ -656,7 +706,13 @@ def _flat(d: dict[str, Any], where: str, issues: Issues) -> dict[str, Any]:
     return doc
 
 
-def plan_shards(root: Path, fmt: str) -> tuple[str, list[Unit], dict[str, Any]]:
-    """(format, units, extra) of a sidecar-mode run over the shards in ``root``."""
-    fmt, names, extra = detect_shards(root, fmt)
+def plan_shards(root: Path | Any, fmt: str) -> tuple[str, list[Unit], dict[str, Any]]:
+    """(format, units, extra) of a sidecar-mode run over the shards in ``root`` (a folder, or
+    a :class:`~quadmix_stream.labelling.remote.RemoteRoot`)."""
+    from quadmix_stream.labelling.remote import RemoteRoot, detect_remote_shards
+
+    if isinstance(root, RemoteRoot):
+        fmt, names, extra = detect_remote_shards(root, fmt)
+    else:
+        fmt, names, extra = detect_shards(Path(getattr(root, "path", root)), fmt)
     return fmt, [Unit(i, name) for i, name in enumerate(names)], extra

@@ -13,10 +13,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quadmix_stream.io import atomic_write_bytes, sha256_file
 from quadmix_stream.shards import _JsonlBackend, _sidecar_name, _TarBackend, split_doc
+
+if TYPE_CHECKING:
+    from quadmix_stream.labelling.remote import Root
 
 OUTPUT_FORMATS = ("mds", "tar", "jsonl")
 
@@ -102,8 +105,9 @@ def _done(root: Path, name: str) -> WrittenShard:
     return WrittenShard(name, _sidecar_name(name), sha256_file(path), path.stat().st_size)
 
 
-def write_mds_index(root: Path, entries: Sequence[dict[str, Any]]) -> None:
-    """The MDS ``index.json`` listing ``entries`` in order (atomically)."""
-    from quadmix_stream.io import atomic_write_text
+def write_mds_index(root: Path | Root, entries: Sequence[dict[str, Any]]) -> None:
+    """The MDS ``index.json`` listing ``entries`` in order (atomically: a rename, or one PUT)."""
+    from quadmix_stream.labelling.remote import as_root
 
-    atomic_write_text(root / "index.json", json.dumps({"shards": list(entries), "version": 2}))
+    data = json.dumps({"shards": list(entries), "version": 2}).encode("utf-8")
+    as_root(root).write_bytes("index.json", data)

@@ -10,11 +10,15 @@ Guarantees:
   recomputes exactly those columns (checking that the documents still match the sidecar's keys).
 * **Distributed**: under ``torchrun`` rank 0 plans (and trains), ranks label contiguous blocks of
   the pending units, and rank 0 merges once every rank reports success.
+* **Object storage**: the dataset (``--shards s3://bucket/ds``, ``--out s3://…``) may be a URL;
+  shards, sidecars, records and the manifest are then written there in that order, one PUT each
+  (see :mod:`.remote`), and a re-run on any machine resumes from the records in the bucket.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sys
@@ -27,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from quadmix_stream.labelling.dist import World, init_world, split_units
-from quadmix_stream.labelling.inputs import Unit, plan_raw, plan_shards
+from quadmix_stream.labelling.inputs import Unit, input_size, plan_raw, plan_shards
 from quadmix_stream.labelling.issues import Issues
 from quadmix_stream.labelling.labelers import Labeler, build_labeler
 from quadmix_stream.labelling.outputs import WrittenShard
@@ -40,12 +44,12 @@ from quadmix_stream.labelling.records import (
     merge,
     shard_dict,
     unit_state,
-    work_dir,
-    write_json,
     write_record,
+    write_root_json,
 )
+from quadmix_stream.labelling.remote import WORK_DIR, LocalRoot, Root, as_root, shard_columns
 from quadmix_stream.labelling.worker import IOConfig, IOHelper, Task
-from quadmix_stream.labels import LabelError, Manifest, ScorerInfo, ShardLabels, write_sidecar
+from quadmix_stream.labels import LabelError, Manifest, ScorerInfo, ShardLabels
 from quadmix_stream.recipe import RecipeError
 
 
@@ -167,15 +171,17 @@ class Plan:
 
 
 def make_plan(recipe: Recipe) -> Plan:
+    """The run's units from its inputs (local files or URLs; shards listed once)."""
     spec = recipe.input
     if spec.mode == "sidecar":
         assert recipe.out is not None
-        fmt, units, extra = plan_shards(recipe.out, spec.shard_format)
-        inputs = [[u.source, (recipe.out / u.source).stat().st_size] for u in units]
+        root = as_root(recipe.out)
+        fmt, units, extra = plan_shards(root, spec.shard_format)
+        inputs = [[u.source, root.size(u.source)] for u in units]
         return Plan("sidecar", fmt, None, 0, units, inputs, extra)
     units = plan_raw(spec, recipe.rows_per_shard, recipe.base)
     paths = sorted({u.source for u in units})
-    inputs = [[p, Path(p).stat().st_size if p != "synthetic" else 0] for p in paths]
+    inputs = [[p, input_size(p) if p != "synthetic" else 0] for p in paths]
     if spec.synthetic is not None:
         inputs = [["synthetic", json.dumps(spec.synthetic, sort_keys=True)]]
     comp = recipe.compression if recipe.format == "mds" else None
@@ -185,12 +191,13 @@ def make_plan(recipe: Recipe) -> Plan:
 _OUR_FILES = ("shard.", "index.json", "quadmix.json")
 
 
-def check_out_dir(root: Path, plan: Plan) -> None:
+def check_out_dir(root: Path | Root, plan: Plan) -> None:
     """Refuse to mix runs: the folder must be new, or hold a run of the same plan."""
-    wd = work_dir(root)
-    saved = wd / "plan.json"
-    if saved.exists():
-        old = json.loads(saved.read_text())
+    root = as_root(root)
+    saved = f"{WORK_DIR}/plan.json"
+    data = root.read_bytes(saved)
+    if data is not None:
+        old = json.loads(data)
         if old != json.loads(json.dumps(plan.ident())):
             again = (
                 "To add or change labellers of that dataset, re-run the recipe (or flags) that "
@@ -200,21 +207,21 @@ def check_out_dir(root: Path, plan: Plan) -> None:
                 raise FileExistsError(
                     f"{root} was labelled by a run with another plan ({old.get('mode')} mode, or "
                     f"its shards changed). {again} To label these shards in place afresh, remove "
-                    f"{saved.parent} (its run records) first."
+                    f"{root.where(WORK_DIR)} (its run records) first."
                 )
             raise FileExistsError(
                 f"{root} holds a labelling run with another plan (inputs, format, "
                 f"rows_per_shard or input files changed); use another --out. {again}"
             )
         return
-    if plan.mode == "new" and root.exists():
-        ours = [p.name for p in root.iterdir() if p.name.startswith(_OUR_FILES)]
+    if plan.mode == "new":
+        ours = [n for n in root.top_names() if n.startswith(_OUR_FILES)]
         if ours:
             raise FileExistsError(
                 f"{root} already holds shards ({ours[0]}, ...) that this run did not plan; "
                 "refusing to mix datasets (use another --out)"
             )
-    write_json(saved, plan.ident())
+    write_root_json(root, saved, plan.ident())
 
 
 # ---------------------------------------------------------------- results
@@ -241,7 +248,7 @@ class RankStats:
 class RunResult:
     """Returned on every rank; ``manifest`` and ``summary`` on rank 0 only."""
 
-    root: Path
+    root: Path | str
     world: int
     planned: int
     skipped: int
@@ -297,8 +304,11 @@ class RunResult:
 
 
 # ---------------------------------------------------------------- labelling one unit
-def _read_old_sidecar(path: Path) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as z:
+def _read_old_sidecar(root: Root, name: str) -> dict[str, Any]:
+    data = root.read_bytes(name)
+    if data is None:
+        raise LabelError(f"{root.where(name)}: label sidecar is missing")
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
         cols = {k: z[k] for k in z.files}
     cols["scorers"] = json.loads(cols["scorers"].tobytes().decode())
     return cols
@@ -368,8 +378,8 @@ def run_label(
     log = log or sys.stderr
     t_start = time.perf_counter()
     recipe.check()
-    root = recipe.out
-    assert root is not None
+    assert recipe.out is not None
+    root = as_root(recipe.out)
     check_model_paths(recipe)  # on every rank, before anything (the output folder) is created
     world = init_world(recipe.barrier_timeout_s)
     helper = IOHelper(recipe.io_workers)  # starts importing now, in parallel with the setup
@@ -378,6 +388,7 @@ def run_label(
     finally:
         helper.close()
         world.close()
+        root.close()
 
 
 def _guard(world: World, fn: Any, *args: Any) -> Any:
@@ -398,7 +409,7 @@ def _guard(world: World, fn: Any, *args: Any) -> Any:
 
 def _run(
     recipe: Recipe,
-    root: Path,
+    root: Root,
     world: World,
     helper: IOHelper,
     status_only: bool,
@@ -416,7 +427,8 @@ def _run(
             from quadmix_stream.labelling.train import format_report, run_train_job
 
             for job in recipe.train:
-                model, rep, trained = run_train_job(job, recipe.base, root, force=retrain)
+                out = root.path if isinstance(root, LocalRoot) else None  # remote: no {out}
+                model, rep, trained = run_train_job(job, recipe.base, out, force=retrain)
                 print(("trained " if trained else "reusing ") + format_report(model, rep), file=log)
 
     _guard(world, train)
@@ -425,8 +437,9 @@ def _run(
 
     def load() -> tuple[LabelerSet, Plan | None]:
         # rank 0's helper plans (counting input rows) while this process loads the models
+        if rank0 or root.remote:  # remote: every node clears what its killed processes left
+            root.prepare()
         if rank0:
-            root.mkdir(parents=True, exist_ok=True)
             helper.call_async(make_plan, recipe)
         labs = build_labelers(recipe)
         labs.columns()  # fingerprints (model hashes) now, in parallel with the plan
@@ -447,7 +460,8 @@ def _run(
     def states() -> list[UnitState] | None:
         if not rank0:
             return None
-        return [unit_state(root, u.index, current, names) for u in plan.units]
+        root.refresh()
+        return root.map(lambda u: unit_state(root, u.index, current, names), plan.units)
 
     all_states: list[UnitState] = world.broadcast(_guard(world, states))
     if status_only:
@@ -491,8 +505,9 @@ def _run(
 
     merged = _guard(world, finish)
     phases["merge"] = time.perf_counter() - t
+    assert recipe.out is not None
     res = RunResult(
-        root,
+        recipe.out,
         world.size,
         len(plan.units),
         sum(s.status == "done" for s in all_states),
@@ -504,31 +519,36 @@ def _run(
     )
     if merged is not None:
         res.manifest, res.issues = merged
-        write_json(
-            work_dir(root) / "last_run.json",
+        write_root_json(
+            root,
+            f"{WORK_DIR}/last_run.json",
             {"summary": res.summary(), "stats": [asdict(s) for s in gathered]},
         )
     return res
 
 
-def _relative_to(x: Any, root: Path) -> Any:
+def _relative_to(x: Any, root: Root) -> Any:
     """Model paths inside the dataset folder are recorded relative to it (portable manifests)."""
+    if not isinstance(root, LocalRoot):
+        return x  # models are local files; the dataset is not
+    return _relative_to_path(x, root.path)
+
+
+def _relative_to_path(x: Any, root: Path) -> Any:
     if isinstance(x, str):
         prefix = str(root.resolve()) + "/"
         return x[len(prefix) :] if x.startswith(prefix) else x
     if isinstance(x, list):
-        return [_relative_to(v, root) for v in x]
+        return [_relative_to_path(v, root) for v in x]
     if isinstance(x, dict):
-        return {k: _relative_to(v, root) for k, v in x.items()}
+        return {k: _relative_to_path(v, root) for k, v in x.items()}
     return x
 
 
-def _table_columns(recipe: Recipe, root: Path, plan: Plan) -> dict[str, Any]:
+def _table_columns(recipe: Recipe, root: Root, plan: Plan) -> dict[str, Any]:
     """How the loader turns Parquet/Arrow rows into documents (as labelling did)."""
-    from quadmix_stream.labelling.inputs import table_columns
-
     spec = recipe.input
-    names = table_columns(root / plan.units[0].source, plan.format)
+    names = shard_columns(root, plan.units[0].source, plan.format)
     return {
         "text_column": spec.text_field,
         "id_column": spec.id_field if spec.id_field in names else None,
@@ -541,22 +561,24 @@ def _foreign_tar(recipe: Recipe, plan: Plan) -> bool:
     return not (had_manifest and defaults)
 
 
-def _gather_stats(world: World, root: Path, stats: RankStats) -> list[RankStats]:
-    wd = work_dir(root) / "ranks"
-    write_json(wd / f"rank-{world.rank:05d}.json", asdict(stats))
+def _gather_stats(world: World, root: Root, stats: RankStats) -> list[RankStats]:
+    wd = f"{WORK_DIR}/ranks"
+    write_root_json(root, f"{wd}/rank-{world.rank:05d}.json", asdict(stats))
     world.all_ok(True)
     if world.rank != 0:
         return [stats]
     out = []
     for r in range(world.size):
-        d = json.loads((wd / f"rank-{r:05d}.json").read_text())
-        out.append(RankStats(**d))
+        data = root.read_bytes(f"{wd}/rank-{r:05d}.json")
+        if data is None:
+            raise LabelError(f"{root.where(f'{wd}/rank-{r:05d}.json')}: rank {r} left no stats")
+        out.append(RankStats(**json.loads(data)))
     return out
 
 
 def _label_units(
     recipe: Recipe,
-    root: Path,
+    root: Root,
     plan: Plan,
     labs: LabelerSet,
     mine: list[UnitState],
@@ -576,7 +598,7 @@ def _label_units(
     need_fields = any(lab.needs_docs for lab in labs.all)
     cfg = IOConfig(
         plan.mode,
-        str(root),
+        root.url,
         recipe.input,
         plan.format,
         plan.compression,
@@ -642,21 +664,22 @@ def _label_units(
 
 
 def _commit(
-    root: Path,
+    root: Root,
     plan: Plan,
     labs: LabelerSet,
     st: UnitState,
     shard: WrittenShard | None,
     p: dict[str, Any],
 ) -> None:
-    """Write the unit's sidecar, then its record (the commit)."""
+    """Write the unit's sidecar, then its record (the commit): on object storage two PUTs in
+    that order, so a record never names a sidecar that is not in the bucket."""
     idx, keys, values, issues = p["idx"], p["keys"], p["values"], p["issues"]
     names = labs.scorer_names
     n = int(keys.size)
     if st.status == "stale":  # keep the current columns, replace the stale ones
         rec = st.record
         assert rec is not None and rec.shard is not None
-        old = _read_old_sidecar(root / rec.shard["sidecar"])
+        old = _read_old_sidecar(root, rec.shard["sidecar"])
         if not np.array_equal(old["key"], keys):
             raise LabelError(
                 f"shard {rec.shard['name']!r}: its documents no longer match the sidecar's keys "
@@ -692,7 +715,7 @@ def _commit(
         offset=np.asarray(shard.offset, dtype=np.int64) if shard.offset is not None else None,
         length=np.asarray(shard.length, dtype=np.int64) if shard.length is not None else None,
     )
-    side_sha = write_sidecar(root / shard.sidecar, labels, names)
+    side_sha = root.write_sidecar(shard.sidecar, labels, names)
     write_record(
         root,
         Record(

@@ -21,6 +21,10 @@ Example (``recipes/label_synthetic.yaml`` has a complete one)::
 Relative paths are taken against the recipe's folder; ``{out}`` is the output folder (in input
 paths, training jobs and labellers) and
 ``{recipe_dir}`` the recipe's folder; ``package://pkg/path`` is a file inside an installed package.
+
+Inputs, ``input.shards`` and ``output.dir`` may be object-storage URLs (``s3://bucket/prefix``,
+see :mod:`.remote`); labeller models and training outputs stay local files, so a recipe with a
+remote output cannot use ``{out}`` in its training jobs or labellers.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import yaml
 from quadmix_stream.labelling.inputs import InputSpec
 from quadmix_stream.labelling.outputs import OUTPUT_FORMATS
 from quadmix_stream.recipe import RecipeError
+from quadmix_stream.storage import is_remote
 
 _TOP = {"name", "input", "output", "domains", "unknown_domain", "train", "labelers", "run"}
 _OUTPUT = {"dir", "format", "rows_per_shard", "compression"}
@@ -44,12 +49,15 @@ RESERVED = ("domain", "tokens")
 
 @dataclass
 class Recipe:
-    """A parsed, validated labelling recipe (paths not yet resolved against ``out``)."""
+    """A parsed, validated labelling recipe (paths not yet resolved against ``out``).
+
+    ``out`` is a local folder (a resolved path) or an object-storage URL (a string).
+    """
 
     name: str = "label"
     base: Path = field(default_factory=Path.cwd)
     input: InputSpec = field(default_factory=InputSpec)
-    out: Path | None = None
+    out: Path | str | None = None
     format: str = "mds"
     rows_per_shard: int = 2000
     compression: str | None = None
@@ -82,6 +90,15 @@ class Recipe:
             else:
                 raise RecipeError("output: give output.dir in the recipe or --out")
         self.input.paths = self.expand(list(self.input.paths or []))
+        if is_remote(self.out):
+            self.out = str(self.out).rstrip("/")
+            used = [x for x in (self.train, self.domain, self.tokens, self.scorers) if x]
+            if "{out}" in repr(used):
+                raise RecipeError(
+                    f"output {self.out} is on object storage, but the recipe's training jobs or "
+                    "labellers use {out}: models are local files; put them in a local folder "
+                    "(e.g. {recipe_dir}/models/...)"
+                )
         if self.input.shards and _resolve(self.input.shards, self.base) != self.out:
             raise RecipeError(
                 f"input.shards labels shards in place: the output folder is the shards' folder "
@@ -114,7 +131,9 @@ class Recipe:
             raise RecipeError(f"labelers.scorers: duplicate names {dup}")
 
 
-def _resolve(p: str | Path, base: Path) -> Path:
+def _resolve(p: str | Path, base: Path) -> Path | str:
+    if is_remote(p):
+        return str(p).rstrip("/")  # a URL: as given, without a trailing slash
     q = Path(p).expanduser()
     return (q if q.is_absolute() else base / q).resolve()
 

@@ -17,19 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from quadmix_stream.io import atomic_write_text, resolve_inside, sha256_file
+from quadmix_stream.io import atomic_write_text
 from quadmix_stream.labelling.issues import Issues
 from quadmix_stream.labelling.outputs import WrittenShard, write_mds_index
+from quadmix_stream.labelling.remote import WORK_DIR, Root, as_root
 from quadmix_stream.labels import (
     LabelError,
     Manifest,
     ScorerInfo,
     ShardEntry,
-    read_sidecar,
 )
 from quadmix_stream.sampling import build_sigma_table
-
-WORK_DIR = ".quadmix-label"
 
 
 @dataclass
@@ -54,22 +52,27 @@ def work_dir(root: Path) -> Path:
     return root / WORK_DIR
 
 
+def record_name(unit: int) -> str:
+    """A unit's commit record, relative to the dataset root."""
+    return f"{WORK_DIR}/done/unit-{unit:05d}.json"
+
+
 def record_path(root: Path, unit: int) -> Path:
-    return work_dir(root) / "done" / f"unit-{unit:05d}.json"
+    return root / record_name(unit)
 
 
-def write_record(root: Path, rec: Record) -> None:
-    """Commit a unit (atomic)."""
-    atomic_write_text(record_path(root, rec.unit), rec.to_json())
+def write_record(root: Path | Root, rec: Record) -> None:
+    """Commit a unit (atomic: a local rename, or one PUT on object storage)."""
+    as_root(root).write_bytes(record_name(rec.unit), rec.to_json().encode("utf-8"))
 
 
-def read_record(root: Path, unit: int) -> Record | None:
-    p = record_path(root, unit)
-    if not p.exists():
+def read_record(root: Path | Root, unit: int) -> Record | None:
+    data = as_root(root).read_bytes(record_name(unit))
+    if data is None:
         return None
     try:
-        return Record(**json.loads(p.read_text()))
-    except (json.JSONDecodeError, TypeError):
+        return Record(**json.loads(data))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
         return None  # a damaged record means: redo the unit
 
 
@@ -91,21 +94,25 @@ class UnitState:
     why: str = ""
 
 
-def unit_state(root: Path, unit: int, current: dict[str, str], scorers: list[str]) -> UnitState:
+def unit_state(
+    root: Path | Root, unit: int, current: dict[str, str], scorers: list[str]
+) -> UnitState:
     """Compare a unit's record (and its files) with the current labellers' fingerprints."""
+    root = as_root(root)
     rec = read_record(root, unit)
     if rec is None:
         return UnitState(unit, "pending")
     if rec.shard is not None:
         # names read back from a file: they must stay in the dataset folder (a sidecar is
         # written at the recorded name when a stale column is recomputed)
-        where = f"{record_path(root, unit)}: shard"
-        shard = resolve_inside(root, rec.shard["name"], f"{where}.name", LabelError)
-        side = resolve_inside(root, rec.shard["sidecar"], f"{where}.sidecar", LabelError)
-        if not shard.exists() or shard.stat().st_size != rec.shard["bytes"]:
-            return UnitState(unit, "pending", why=f"{shard.name} missing or changed")
-        if not side.exists() or sha256_file(side) != rec.sidecar_sha256:
-            return UnitState(unit, "pending", why=f"{side.name} missing or changed")
+        where = f"{root.where(record_name(unit))}: shard"
+        shard, side = rec.shard["name"], rec.shard["sidecar"]
+        root.check_name(shard, f"{where}.name")
+        root.check_name(side, f"{where}.sidecar")
+        if root.size(shard) != rec.shard["bytes"]:
+            return UnitState(unit, "pending", why=f"{_base(shard)} missing or changed")
+        if root.sha256(side) != rec.sidecar_sha256:
+            return UnitState(unit, "pending", why=f"{_base(side)} missing or changed")
     stale = [c for c, fp in current.items() if rec.columns.get(c) != fp]
     if rec.rows == 0:
         stale = []  # nothing to relabel in an empty unit
@@ -116,10 +123,20 @@ def unit_state(root: Path, unit: int, current: dict[str, str], scorers: list[str
     return UnitState(unit, "done", [], rec)
 
 
-def clean_tmp(root: Path) -> int:
-    """Remove temp files a killed run left (``.name.XXXX.tmp`` from atomic writes, MDS temp dirs)."""
+def _base(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+def clean_tmp(root: Path | Root) -> int:
+    """Remove temp files a killed run left (``.name.XXXX.tmp`` from atomic writes, MDS temp dirs;
+    on object storage, the scratch folders of killed processes: PUTs leave no temp objects)."""
     import shutil
 
+    root = as_root(root)
+    if root.remote:
+        root.prepare()
+        return 0
+    root = root.path  # type: ignore[union-attr]
     n = 0
     for d in (root, work_dir(root), work_dir(root) / "done", work_dir(root) / "tmp"):
         if not d.is_dir():
@@ -135,7 +152,7 @@ def clean_tmp(root: Path) -> int:
 
 
 def merge(
-    root: Path,
+    root: Path | Root,
     fmt: str,
     mode: str,
     n_units: int,
@@ -146,25 +163,40 @@ def merge(
 ) -> tuple[Manifest, Issues]:
     """Build and save the manifest from every unit's record (rank 0, after all ranks finished).
 
+    The manifest is written last (after the MDS ``index.json`` of new shards): a dataset whose
+    manifest exists has every sidecar it names, whole and with the recorded hash. On object
+    storage the units are checked and their sidecars read :data:`REMOTE_THREADS` at a time.
+
     Raises :class:`LabelError` when a unit is unfinished or has a stale column.
     """
+    root = as_root(root)
     names = [s.name for s in scorers]
     entries: list[ShardEntry] = []
     mds_entries: list[dict] = []
     issues = Issues()
     scores, tokens, keys, where = [], [], [], []
-    for u in range(n_units):
+    root.refresh()  # every rank has committed: list sizes anew
+
+    def load(u: int) -> tuple[UnitState, Any]:
         st = unit_state(root, u, current, names)
         if st.status != "done":
             what = f"stale columns {st.stale}" if st.status == "stale" else "not finished"
             raise LabelError(f"unit {u}: {what} {st.why}".strip())
         rec = st.record
         assert rec is not None
-        issues.update(rec.issues)
         if rec.shard is None or rec.rows == 0:
+            return st, None
+        s = rec.shard
+        return st, root.read_sidecar(s["sidecar"], s["name"], names, rec.sidecar_sha256)
+
+    for st, lab in root.map(load, range(n_units)):
+        rec = st.record
+        assert rec is not None
+        issues.update(rec.issues)
+        if lab is None:
             continue
         s = rec.shard
-        lab = read_sidecar(root / s["sidecar"], s["name"], names)
+        assert s is not None
         if lab.rows != rec.rows:
             raise LabelError(f"shard {s['name']!r}: sidecar has {lab.rows} rows, record {rec.rows}")
         entries.append(
@@ -179,7 +211,7 @@ def merge(
         keys.append(lab.key)
         where.append(s["name"])
     if not entries:
-        raise LabelError(f"{root}: no documents were labelled (every unit is empty)")
+        raise LabelError(f"{root.url}: no documents were labelled (every unit is empty)")
     sc = np.concatenate(scores)
     tk = np.concatenate(tokens)
     ky = np.concatenate(keys)
@@ -197,9 +229,18 @@ def merge(
     extra = dict(extra)
     extra.setdefault("labelling", {})["issues"] = issues.to_dict()
     manifest = Manifest(fmt, list(domains), list(scorers), entries, sigma, extra)
-    manifest.save(root)  # last: a folder without a manifest is an unfinished dataset
+    root.save_manifest(manifest)  # last: a folder without a manifest is an unfinished dataset
     return manifest, issues
 
 
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode("utf-8")
+
+
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
+    atomic_write_text(path, _json_bytes(obj).decode("utf-8"))
+
+
+def write_root_json(root: Path | Root, name: str, obj: Any) -> None:
+    """Write a JSON work file (``.quadmix-label/…``) of a local or remote dataset root."""
+    as_root(root).write_bytes(name, _json_bytes(obj))

@@ -468,7 +468,8 @@ def job_identity(job: Mapping[str, Any], base: Path) -> Any:
             if isinstance(pats, str | list):
                 try:
                     files = expand_paths([pats] if isinstance(pats, str) else list(pats), base)
-                    d["paths"] = [content_hash(f) for f in files]
+                    # a remote file by its URL (object stores version by name)
+                    d["paths"] = [content_hash(f) if isinstance(f, Path) else f for f in files]
                 except (FileNotFoundError, ValueError):
                     pass  # reported by name when the job reads its inputs
             return d

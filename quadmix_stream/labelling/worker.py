@@ -8,6 +8,10 @@ overlap with inference. For each unit it sends two messages, in order:
 * ``("shard", index, WrittenShard | None, seconds)``: the payload is on disk (or, in place, hashed).
 
 With ``io_workers: 0`` the same producer runs inline (no process), which gives identical results.
+On object storage (:class:`~.remote.RemoteRoot`) the producer fetches each existing shard into
+a private local folder, reads and hashes it there and deletes it; a new shard is written there,
+uploaded (one PUT) and deleted before its ``shard`` message: the payload is in the bucket before
+the unit's sidecar and record are committed.
 The helper dies with its parent (``PR_SET_PDEATHSIG``), so a killed run leaves no writer behind.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import sys
 import time
@@ -35,6 +40,7 @@ from quadmix_stream.labelling.inputs import (
     read_shard_unit,
 )
 from quadmix_stream.labelling.outputs import WrittenShard, existing_shard, write_shard
+from quadmix_stream.labelling.remote import RemoteRoot, as_root
 from quadmix_stream.labels import LabelError
 
 
@@ -43,7 +49,7 @@ class IOConfig:
     """Everything the producer needs (picklable: it crosses into the helper process)."""
 
     mode: str  # "new" | "sidecar"
-    root: str
+    root: str  # a folder or a URL
     spec: InputSpec
     format: str
     compression: str | None
@@ -59,7 +65,10 @@ class Task:
 
 def produce(tasks: list[Task], cfg: IOConfig) -> Iterator[tuple]:
     """Messages for ``tasks`` in order (see the module docstring)."""
-    root = Path(cfg.root)
+    where = as_root(cfg.root)
+    remote = where if isinstance(where, RemoteRoot) else None
+    # the folder the shards are read from / written to: the dataset's, or a local stage
+    root = remote.stage_dir if remote is not None else Path(cfg.root)
     cursors: dict[str, LineCursor] = {}
     try:
         for task in tasks:
@@ -69,9 +78,14 @@ def produce(tasks: list[Task], cfg: IOConfig) -> Iterator[tuple]:
             if cfg.mode == "new":
                 docs, issues = read_raw_unit(u, cfg.spec, cursors)
             else:
+                if remote is not None:
+                    remote.stage(u.source)
+                gunzip = remote.proc_dir / "gunzip" if remote is not None else None
                 docs, issues, offsets = read_shard_unit(
-                    root, cfg.format, u.source, cfg.spec, cfg.mds_entries, cfg.need_fields
+                    root, cfg.format, u.source, cfg.spec, cfg.mds_entries, cfg.need_fields, gunzip
                 )
+                if gunzip is not None:
+                    shutil.rmtree(gunzip, ignore_errors=True)
             ids = [d["id"] for d in docs]
             texts = [d["text"] for d in docs]
             keys = np.fromiter((doc_key(i) for i in ids), dtype=np.uint64, count=len(ids))
@@ -85,8 +99,14 @@ def produce(tasks: list[Task], cfg: IOConfig) -> Iterator[tuple]:
             shard: WrittenShard | None
             if cfg.mode == "sidecar":
                 shard = existing_shard(root, u.source, offsets)
+                if remote is not None:
+                    remote.unstage(u.source)
             elif task.write_payload:
+                if remote is not None:
+                    root.mkdir(parents=True, exist_ok=True)
                 shard = write_shard(root, cfg.format, u.index, docs, cfg.compression)
+                if remote is not None and shard is not None:
+                    remote.upload_staged(shard.name)  # in the bucket before its commit
             else:
                 shard = None  # the pipeline takes it from the unit's existing record
             del docs
@@ -94,6 +114,8 @@ def produce(tasks: list[Task], cfg: IOConfig) -> Iterator[tuple]:
     finally:
         for c in cursors.values():
             c.close()
+        if remote is not None:
+            remote.close()
 
 
 def _die_with_parent() -> None:

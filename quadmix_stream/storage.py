@@ -213,7 +213,7 @@ class Store:
         return fs
 
     # ------------------------------------------------------------ requests
-    def _retry(self, name: str, fn: Callable[[], T], missing_ok: bool = False) -> T:
+    def retry(self, name: str, fn: Callable[[], T], missing_ok: bool = False) -> T:
         """``fn()`` retried on transient failures; ``missing_ok``: a missing file re-raises
         ``FileNotFoundError`` (for callers that word their own message)."""
         delay = self.config.backoff_s
@@ -246,7 +246,7 @@ class Store:
     def exists(self, name: str) -> bool:
         if not self.remote:
             return self.path(name).exists()
-        return bool(self._retry(name, lambda: self.fs.exists(self.where(name))))
+        return bool(self.retry(name, lambda: self.fs.exists(self.where(name))))
 
     def read_bytes(self, name: str) -> bytes:
         """A whole (small) file: a manifest, an index.
@@ -258,7 +258,7 @@ class Store:
         if not self.remote:
             return self.path(name).read_bytes()
         url = self.where(name)
-        data = self._retry(name, lambda: self.fs.cat_file(url), missing_ok=True)
+        data = self.retry(name, lambda: self.fs.cat_file(url), missing_ok=True)
         self.bytes_fetched += len(data)
         return data
 
@@ -296,7 +296,7 @@ class Store:
             if err is not None:  # the good ranges are kept; only the rest is asked again
                 raise err
 
-        self._retry(name, get)
+        self.retry(name, get)
         return out  # type: ignore[return-value]
 
     def read_json(
@@ -389,7 +389,7 @@ class Store:
                     if size is not None and got != size:
                         raise _Truncated(f"got {got} of {size} bytes")
 
-                self._retry(name, get)
+                self.retry(name, get)
                 n = os.path.getsize(tmp)
                 if sha256 and sha256_file(tmp) != sha256:
                     bad_hash += 1
@@ -454,7 +454,7 @@ class Store:
 
             atomic_write_bytes(self.path(name), data)
             return
-        self._retry(name, lambda: self.fs.pipe_file(self.where(name), data))
+        self.retry(name, lambda: self.fs.pipe_file(self.where(name), data))
 
 
 def as_store(root: str | Path | Store) -> Store:

@@ -229,7 +229,7 @@ class RemoteRoot:
             except FileNotFoundError:
                 return {}
 
-        found = self.store._retry("", find)
+        found = self.store.retry("", find)
         sizes = {}
         for path, info in found.items():
             if info.get("type", "file") == "file" and path.startswith(base + "/"):
@@ -482,10 +482,10 @@ def expand_remote(pattern: str, suffixes: tuple[str, ...]) -> list[str]:
         return p if "://" in p else f"{scheme}://{p}"
 
     if any(c in pattern for c in "*?["):
-        hits = store._retry(pattern, lambda: sorted(fs.glob(pattern)))
+        hits = store.retry(pattern, lambda: sorted(fs.glob(pattern)))
     else:
         path = fs._strip_protocol(pattern)
-        hits = [path] if store._retry(pattern, lambda: fs.exists(path)) else []
+        hits = [path] if store.retry(pattern, lambda: fs.exists(path)) else []
     out: list[str] = []
     for h in hits:
 
@@ -495,8 +495,8 @@ def expand_remote(pattern: str, suffixes: tuple[str, ...]) -> list[str]:
         def ls(h: str = h) -> list[str]:
             return sorted(fs.ls(h, detail=False))
 
-        if store._retry(h, isdir):
-            out.extend(full(x) for x in store._retry(h, ls) if x.endswith(suffixes))
+        if store.retry(h, isdir):
+            out.extend(full(x) for x in store.retry(h, ls) if x.endswith(suffixes))
         else:
             out.append(full(h))
     if not out:
@@ -507,7 +507,7 @@ def expand_remote(pattern: str, suffixes: tuple[str, ...]) -> list[str]:
 def remote_size(url: str) -> int:
     """Bytes of a remote file (retried)."""
     store = _store_for(url)
-    return int(store._retry(url, lambda: store.fs.size(url)))
+    return int(store.retry(url, lambda: store.fs.size(url)))
 
 
 def open_remote(url: str, compression: str | None = "infer") -> IO[bytes]:

@@ -23,6 +23,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from quadmix_stream.dockey import DocKey
 from quadmix_stream.errors import UserError
+from quadmix_stream.hashing import doc_key
 from quadmix_stream.labels import LabelError, Manifest, ShardLabels
 from quadmix_stream.order import (
     EpochSequence,
@@ -474,6 +475,7 @@ class QuaDMixDataset(IterableDataset):
                         else:
                             reader = readers[shard] = self._open(shard, lrow)
                     doc = self._read_one(reader, shard, lrow)
+                    self._check_key(doc, kk, shard, lrow)
                     self.reads += 1
                     doc.update(
                         key=DocKey(kk),  # collates as a list under default_collate (uint64)
@@ -504,6 +506,7 @@ class QuaDMixDataset(IterableDataset):
         finally:
             reader.close()
         lab = self.tables.labels(shard)
+        self._check_key(doc, int(lab.key[local]), shard, local)
         doc.update(domain_id=int(lab.domain[local]), tokens=int(lab.tokens[local]))
         return doc
 
@@ -530,6 +533,17 @@ class QuaDMixDataset(IterableDataset):
             raise
         except Exception as e:  # a corrupt file: one error naming it, not a decoder's traceback
             raise read_error(self.manifest.shards[shard].name, row, e) from e
+
+    def _check_key(self, doc: dict[str, Any], key: int, shard: int, row: int) -> None:
+        """The labels used for this document are its own: the sidecar's key is the hash of the
+        id read from the shard (a sidecar swapped with another shard's fails here, not silently).
+        """
+        if doc_key(str(doc["id"])) != key:
+            raise LabelError(
+                f"shard {self.manifest.shards[shard].name!r}, row {row}: the sidecar's key does "
+                f"not match the document read there (id {str(doc['id'])[:80]!r}); the sidecar "
+                "belongs to another shard or the shard changed after labelling (relabel it)"
+            )
 
     def _read_one(self, reader: ShardReader, shard: int, row: int) -> dict[str, Any]:
         try:

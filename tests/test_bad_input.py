@@ -483,3 +483,24 @@ def test_every_third_party_import_is_a_declared_dependency():
 def test_no_private_mdswriter_api():
     src = (REPO / "quadmix_stream" / "shards.py").read_text()
     assert "._reset_cache(" not in src and ".flush_shard(" not in src
+
+
+@pytest.mark.parametrize("fmt", ["mds", "jsonl"])
+def test_swapped_sidecars_with_rewritten_hashes_are_caught(tmp_path, fmt, mds_ds, jsonl_ds):
+    """#13 item 9: labels must belong to the documents they are used for. Two sidecars of
+    shards with the same row count, swapped, with the manifest's hashes rewritten to match:
+    every per-file check passes, and the stream catches the mismatch at the first row read."""
+    from quadmix_stream.dataset import QuaDMixDataset
+
+    root = tmp_path / "ds"
+    shutil.copytree(mds_ds if fmt == "mds" else jsonl_ds, root)
+    d = json.loads((root / "quadmix.json").read_text())
+    a, b = d["shards"][0], d["shards"][1]
+    assert a["rows"] == b["rows"]
+    a["sidecar"], b["sidecar"] = b["sidecar"], a["sidecar"]
+    a["sidecar_sha256"], b["sidecar_sha256"] = b["sidecar_sha256"], a["sidecar_sha256"]
+    (root / "quadmix.json").write_text(json.dumps(d))
+    m = Manifest.load(root)
+    ds = QuaDMixDataset(root, SamplingParams.keep_all(m.domains, m.scorer_names), balance=None)
+    with pytest.raises(LabelError, match=r"row \d+: the sidecar's key does not match"):
+        list(ds)

@@ -97,7 +97,31 @@ class StorageConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
 
-_INHERITED: list[Any] = []  # clients a forked process inherited (never used, never closed)
+# (pid, protocol, options, environment) → fsspec filesystem. A forked child keeps its parent's
+# clients here, never used and never closed: they belong to the parent's event loop, and closing
+# them in the child fails noisily.
+_CLIENTS: dict[tuple, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+_S3_ENDPOINT_VARS = (
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "S3_ENDPOINT_URL",
+    "FSSPEC_S3_ENDPOINT_URL",
+)
+
+
+def _reset_lock() -> None:
+    global _CLIENTS_LOCK
+    _CLIENTS_LOCK = threading.Lock()  # a fork while another thread held it must not deadlock
+
+
+os.register_at_fork(after_in_child=_reset_lock)
+
+
+def _env_key() -> str:
+    """The environment variables that decide where a client goes and who it is."""
+    names = sorted(k for k in os.environ if k.startswith(("AWS_", "S3_", "GOOGLE_", "FSSPEC_")))
+    return hashlib.sha256(repr([(k, os.environ[k]) for k in names]).encode()).hexdigest()
 
 
 class _Truncated(OSError):
@@ -153,11 +177,7 @@ class Store:
         self._init_process()
 
     def _init_process(self) -> None:
-        if getattr(self, "_fs", None) is not None:
-            # a forked child: the parent's client belongs to the parent's event loop; closing
-            # it here would fail noisily, so it is kept, unused, until the process ends
-            _INHERITED.append(self._fs)
-        self._fs: Any = None
+        self._fs: Any = None  # a parent's client stays in _CLIENTS, unused (see there)
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._pins: dict[str, list] = {}  # cached path → [fd, count]
@@ -200,16 +220,28 @@ class Store:
         return self._fs
 
     def _connect(self) -> Any:
-        import fsspec
-
         opts = dict(self.config.storage_options)
-        endpoint = os.environ.get("S3_ENDPOINT_URL")  # mosaicml-streaming's variable
-        if self.protocol in ("s3", "s3a") and endpoint and "endpoint_url" not in opts:
-            opts.setdefault("client_kwargs", {}).setdefault("endpoint_url", endpoint)
-        fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **opts)
-        if hasattr(fs, "connect"):
-            # s3fs: make the client once; concurrent first calls would each build one (slow)
-            fs.connect()
+        given = "endpoint_url" in opts or "endpoint_url" in opts.get("client_kwargs", {})
+        if self.protocol in ("s3", "s3a") and not given:
+            # read now, not when fsspec was imported (fsspec's config copies
+            # FSSPEC_S3_ENDPOINT_URL at import); S3_ENDPOINT_URL is mosaicml-streaming's name
+            for var in _S3_ENDPOINT_VARS:
+                if os.environ.get(var):
+                    opts["endpoint_url"] = os.environ[var]
+                    break
+        # one client per process and options: making one costs ~0.5 s (the search opens a
+        # dataset per proxy); the environment is part of the key (endpoints, credentials)
+        key = (os.getpid(), self.protocol, repr(sorted(opts.items())), _env_key())
+        with _CLIENTS_LOCK:
+            fs = _CLIENTS.get(key)
+            if fs is None:
+                import fsspec
+
+                fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **opts)
+                if hasattr(fs, "connect"):
+                    # s3fs: make the client once; concurrent first calls would each build one
+                    fs.connect()
+                _CLIENTS[key] = fs
         return fs
 
     # ------------------------------------------------------------ requests

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from quadmix_stream.formats import open_shard
 from quadmix_stream.hashing import doc_key
 from quadmix_stream.labels import (
     LabelError,
@@ -18,7 +19,7 @@ from quadmix_stream.labels import (
     read_sidecar,
     write_sidecar,
 )
-from quadmix_stream.shards import DatasetWriter, open_shard
+from quadmix_stream.shards import DatasetWriter
 
 
 def _write(root: Path, fmt: str, n: int = 25) -> list[dict]:

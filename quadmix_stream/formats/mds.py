@@ -6,11 +6,12 @@ followed by the columns' bytes, in column-name order.
 
 Writing needs no ``streaming`` import: :func:`encode_shard` produces the bytes and ``index.json``
 entry of ``streaming.MDSWriter(columns=MDS_COLUMNS)`` (a test compares them), cut into shards at
-our row counts (``MDSWriter`` cuts by size only). Importing ``streaming`` pulls in torch,
-transformers and sklearn (about 10 s on a 2-core box), so the labelling's helper processes read
-whole shards with :func:`read_shard`, which decodes only text, JSON and numeric columns and never
-unpickles. The stream's row reader (:class:`MDSShardReader`) decodes samples with streaming's own
-decoder (every encoding it knows), refusing pickled columns.
+our row counts (``MDSWriter`` cuts by size only). Reading splits a sample into its columns in one
+place (:class:`MDSColumns`), under two policies: the labelling's helper processes read whole
+shards with :func:`read_shard` without importing ``streaming`` (it pulls in torch, transformers
+and sklearn: about 10 s on a 2-core box), decoding only text, JSON and numeric columns; the
+stream's row reader (:class:`MDSShardReader`) returns what ``streaming``'s ``MDSReader`` returns,
+every encoding it knows. Neither ever unpickles.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -45,9 +46,6 @@ from quadmix_stream.io import (
 from quadmix_stream.labels import LabelError
 from quadmix_stream.storage import Store, as_store
 from quadmix_stream.validate import expect_list, expect_object
-
-if TYPE_CHECKING:
-    from streaming.base.format.mds.reader import MDSReader
 
 #: Our columns, as DatasetWriter writes them (MDSWriter sorts them by name).
 MDS_COLUMNS = {"id": "str", "text": "str", "meta": "json"}
@@ -202,6 +200,72 @@ def mds_index(root: str | Path | Store) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------- reading
+class MDSColumns:
+    """Decodes the samples of one MDS shard: the one place MDS sample bytes are taken apart.
+
+    A sample is the ``uint32`` sizes of its variable-size columns, then each column's bytes.
+    ``strict`` (the stream) gives what ``streaming``'s ``MDSReader.decode_sample`` gives: ``str``
+    and ``json`` decoded here, every other encoding by ``streaming``'s own coder; the index
+    entry is checked as ``MDSReader.from_json`` checks it and pickled columns are refused. Not
+    ``strict`` (the labelling, no ``streaming`` import): ``str`` with replacement characters,
+    ``str_*`` as text, numbers as Python scalars, other encodings left out.
+
+    Args:
+        name: the shard's file name (in errors).
+        entry: the shard's ``index.json`` entry.
+        strict: decode as ``streaming`` does (see above).
+    """
+
+    def __init__(self, name: str, entry: dict[str, Any], strict: bool) -> None:
+        self.names: list[str] = entry["column_names"]
+        self.encodings: list[str] = entry["column_encodings"]
+        self.sizes: list[int | None] = entry["column_sizes"]
+        self.strict = strict
+        self._coder: Any = None
+        if not strict:
+            return
+        unsafe = [c for c, e in zip(self.names, self.encodings, strict=False) if e == "pkl"]
+        if unsafe:  # decoding would unpickle data we did not write
+            raise LabelError(
+                f"shard {name!r}: MDS columns {unsafe} are pickled; refusing to unpickle untrusted "
+                "data (re-encode them as json/str)"
+            )
+        from streaming.base.format.mds.encodings import mds_decode
+        from streaming.base.format.mds.reader import MDSReader
+
+        MDSReader.from_json("", None, entry)  # streaming's checks of the entry; opens no file
+        self._coder = mds_decode
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        """One sample's bytes → {column: value}."""
+        sizes = []
+        idx = 0
+        # as MDSReader.decode_sample: a falsy size is variable (one zip over names and sizes)
+        for _, size in zip(self.names, self.sizes, strict=not self.strict):
+            if not size:
+                (size,) = np.frombuffer(data[idx : idx + 4], np.uint32)
+                idx += 4
+            sizes.append(int(size))
+        sample: dict[str, Any] = {}
+        # streaming zips leniently; our reader has always refused ragged column lists
+        for name, enc, size in zip(self.names, self.encodings, sizes, strict=not self.strict):
+            raw = data[idx : idx + size]
+            idx += size
+            if enc == "json":
+                sample[name] = json.loads(raw.decode("utf-8"))
+            elif enc == "str":
+                sample[name] = (
+                    raw.decode("utf-8") if self.strict else raw.decode("utf-8", "replace")
+                )
+            elif self.strict:
+                sample[name] = self._coder(enc, raw)
+            elif enc in ("str_int", "str_float", "str_decimal"):
+                sample[name] = raw.decode("utf-8")
+            elif enc in _FIXED:
+                sample[name] = np.frombuffer(raw, _FIXED[enc])[0].item()
+        return sample
+
+
 def read_shard(path: Path, entry: dict[str, Any]) -> list[dict[str, Any]]:
     """Every sample of an MDS shard as a dict of its decodable columns (no ``streaming`` import).
 
@@ -214,35 +278,10 @@ def read_shard(path: Path, entry: dict[str, Any]) -> list[dict[str, Any]]:
         if not str(comp).startswith("zstd"):
             raise LabelError(f"shard {path.name!r}: MDS compression {comp!r} is not supported here")
         data = zstd.decompress(data)
-    names = entry["column_names"]
-    encs = entry["column_encodings"]
-    fixed = entry["column_sizes"]
     n = int(np.frombuffer(data, np.uint32, count=1)[0])
     offs = np.frombuffer(data, np.uint32, count=n + 1, offset=4).astype(np.int64)
-    n_var = sum(1 for s in fixed if s is None)
-    out = []
-    mv = memoryview(data)
-    for i in range(n):
-        s = mv[offs[i] : offs[i + 1]]
-        var = np.frombuffer(s, np.uint32, count=n_var) if n_var else []
-        pos, k = 4 * n_var, 0
-        sample: dict[str, Any] = {}
-        for name, enc, size in zip(names, encs, fixed, strict=True):
-            if size is None:
-                size = int(var[k])
-                k += 1
-            raw = bytes(s[pos : pos + size])
-            pos += size
-            if enc == "str":
-                sample[name] = raw.decode("utf-8", "replace")
-            elif enc in ("str_int", "str_float", "str_decimal"):
-                sample[name] = raw.decode("utf-8")
-            elif enc == "json":
-                sample[name] = json.loads(raw.decode("utf-8"))
-            elif enc in _FIXED:
-                sample[name] = np.frombuffer(raw, _FIXED[enc])[0].item()
-        out.append(sample)
-    return out
+    cols = MDSColumns(path.name, entry, strict=False)
+    return [cols.decode(data[offs[i] : offs[i + 1]]) for i in range(n)]
 
 
 def mds_doc(sample: dict[str, Any], shard: str, row: int) -> dict[str, Any]:
@@ -262,30 +301,9 @@ def mds_doc(sample: dict[str, Any], shard: str, row: int) -> dict[str, Any]:
     return {"id": doc_id, "text": sample["text"], "meta": meta}
 
 
-def mds_decoder(name: str, index_entry: dict) -> MDSReader:
-    """mosaicml-streaming's sample decoder for one MDS shard (pickled columns are refused)."""
-    from streaming.base.format.mds.reader import MDSReader
-
-    unsafe = [
-        c
-        for c, enc in zip(
-            index_entry.get("column_names", []),
-            index_entry.get("column_encodings", []),
-            strict=False,
-        )
-        if enc == "pkl"
-    ]
-    if unsafe:  # decoding would unpickle data we did not write
-        raise LabelError(
-            f"shard {name!r}: MDS columns {unsafe} are pickled; refusing to unpickle untrusted "
-            "data (re-encode them as json/str)"
-        )
-    return MDSReader.from_json("", None, index_entry)  # decodes bytes; never opens a file
-
-
-def mds_sample_doc(decoder: MDSReader, raw: bytes, name: str, row: int) -> dict[str, Any]:
+def mds_sample_doc(columns: MDSColumns, raw: bytes, name: str, row: int) -> dict[str, Any]:
     """One MDS sample's bytes → a document dict."""
-    s = decoder.decode_sample(raw)
+    s = columns.decode(raw)
     if "id" in s and "meta" in s:
         return {"id": s["id"], "text": s["text"], "meta": s["meta"]}
     return mds_doc(s, name, row)
@@ -308,7 +326,7 @@ class MDSShardReader(ShardReader):
         super().__init__()
         import mmap
 
-        self.decoder = mds_decoder(name, index_entry)
+        self.decoder = MDSColumns(name, index_entry, strict=True)
         self.name = name
         if name.endswith(".zstd"):
             path = zstd_copy(path, sha256 or sha256_file(path), cache_dir or default_cache_dir())
@@ -357,7 +375,7 @@ class MDSFormat(ShardFormat):
 
     def sample_decoder(self, spec: ShardSpec, where: str) -> SampleDecoder:
         assert spec.mds_entry is not None
-        dec = mds_decoder(spec.name, spec.mds_entry)
+        dec = MDSColumns(spec.name, spec.mds_entry, strict=True)
         name = spec.name
 
         def decode(raw: bytes, row: int) -> dict[str, Any]:

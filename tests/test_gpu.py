@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,11 +26,14 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def _smoke(work: Path, *extra: str, timeout: int) -> dict:
+    # the script runs `python`: this interpreter's, as in an activated environment
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     r = subprocess.run(
         [str(ROOT / "scripts" / "gpu_smoke.sh"), "--work", str(work), *extra],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert "GPU smoke check " in r.stdout and " passed in " in r.stdout

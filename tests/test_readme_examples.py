@@ -56,6 +56,7 @@ def test_example_runs(workdir, name):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     if name == "hf-trainer":  # the resumed run continued the stream instead of restarting it
+        # (that it continues batch for batch is tests/test_hf_trainer.py's check)
         import torch
 
         def consumed(step: int) -> int:

@@ -4,6 +4,8 @@ A flow recipe names the step recipes it chains and where everything goes::
 
     out: runs/quickstart
     label: label_synthetic.yaml      # a `quadmix-stream label` recipe → {out}/data
+    # or, instead of `label:`, an already labelled dataset (a folder or s3://bucket/ds):
+    # dataset: s3://bucket/ds
     target: {synthetic: {docs: 200}} # or {path: some.jsonl}: the search's target set
     search: search_synthetic.yaml    # a `quadmix-stream search` recipe → {out}/search
     train:                           # a pretrain recipe body (dataset/params/eval_set filled in)
@@ -19,6 +21,11 @@ first and train every method with several seeds::
     target: {heldout: target}        # {out}/heldout/target.jsonl; the pool is {out}/heldout/pool
     evals: {general: {heldout: general}}   # more sets every trained model is evaluated on
     seeds: [0, 1, 2]                 # model init and data order; the report gives mean ± sd
+
+The dataset is ``{out}/data``, unless the labelling recipe labels shards in place
+(``input.shards``) or writes to object storage (``output.dir: s3://…``): then it is the dataset
+there, and the search and the trainings read it from there (a URL stays a URL; nothing is
+copied to ``{out}``). ``dataset:`` skips labelling and uses a labelled dataset as it is.
 
 Step recipes are relative to the flow recipe's folder. Every step resumes: labelling skips
 finished shards, the search skips finished proxies, training resumes from its last checkpoint.
@@ -41,6 +48,7 @@ import numpy as np
 
 from quadmix_stream.io import atomic_write_text
 from quadmix_stream.labels import DatasetLabels, Manifest, load_labels
+from quadmix_stream.locations import dataset_location
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.progress import fmt_duration
 from quadmix_stream.recipe import RecipeError, build, read_yaml
@@ -192,13 +200,58 @@ def _search_config(path: Path, evals: dict[str, str]) -> SearchConfig:
     return SearchConfig.from_dict(body, str(path))
 
 
-FLOW_KEYS = {"out", "label", "split", "target", "evals", "search", "train", "compare", "seeds"}
+FLOW_KEYS = {
+    "out",
+    "label",
+    "dataset",
+    "split",
+    "target",
+    "evals",
+    "search",
+    "train",
+    "compare",
+    "seeds",
+}
+
+
+def _label(raw: dict[str, Any], base: Path, out: Path) -> str | Path:
+    """Label the pool, or take the recipe's labelled ``dataset:``; returns where the dataset is.
+
+    New shards go to ``{out}/data``. A labelling recipe that labels shards in place, or writes
+    to object storage, keeps its own location: the dataset is then a folder elsewhere or a URL
+    (kept as the string, never copied into ``{out}``).
+    """
+    from quadmix_stream.labelling.pipeline import run_label
+    from quadmix_stream.labelling.recipe import load_recipe
+    from quadmix_stream.storage import is_remote
+
+    if "dataset" in raw:
+        given = raw["dataset"]
+        if "label" in raw:
+            raise RecipeError("give `label:` (a labelling recipe) or `dataset:`, not both")
+        if not isinstance(given, str) or not given.strip():
+            raise RecipeError(f"dataset: a labelled dataset's folder or URL, got {given!r}")
+        data = dataset_location(given)
+        if isinstance(data, Path):  # relative to the recipe's folder, like the step recipes
+            data = (base / data.expanduser()).resolve()
+        m = Manifest.load(data)  # a missing or unlabelled dataset fails here, not mid-flow
+        _log(f"dataset: {data} ({m.rows} labelled documents; no labelling step)")
+        return data
+    if "label" not in raw:
+        raise RecipeError("give `label:` (a labelling recipe) or `dataset:` (a labelled dataset)")
+    lr = load_recipe(base / raw["label"])
+    if not lr.input.shards and not (lr.out is not None and is_remote(lr.out)):
+        lr.out = out / "data"
+    _log(f"label: {base / raw['label']} → {lr.out or 'the shards, in place'}")
+    labelled = run_label(lr)  # checks the recipe: `lr.out` is now set (the shards' folder)
+    if getattr(labelled, "manifest", None) is not None:
+        print(labelled.summary(), flush=True)  # throughput per labeller, issues found
+    assert lr.out is not None
+    return dataset_location(lr.out)
 
 
 def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
     """Run every step of a flow recipe; returns the folder holding ``report.md``."""
-    from quadmix_stream.labelling.pipeline import run_label
-    from quadmix_stream.labelling.recipe import load_recipe
     from quadmix_stream.search.pipeline import run_all
 
     recipe = Path(recipe)
@@ -216,14 +269,8 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
         with _stage(out, "split", times):
             _split(raw["split"], base, out)
 
-    data = out / "data"
     with _stage(out, "label", times):
-        lr = load_recipe(base / raw["label"])
-        lr.out = data
-        _log(f"label: {base / raw['label']} → {data}")
-        labelled = run_label(lr)
-        if getattr(labelled, "manifest", None) is not None:
-            print(labelled.summary(), flush=True)  # throughput per labeller, issues found
+        data = _label(raw, base, out)
 
     with _stage(out, "search", times):
         target = _target(raw.get("target") or {"synthetic": {}}, base, out)
@@ -251,7 +298,7 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
 def _train_all(
     train_body: dict[str, Any],
     out: Path,
-    data: Path,
+    data: str | Path,
     runs: dict[str, Path],
     target: Path,
     evals: dict[str, str],
@@ -263,6 +310,7 @@ def _train_all(
     All runs share one tokenizer (trained once on the pool) so their losses are comparable.
     Returns ``{name: {"seeds": {seed: {eval name: final loss}}, "steps", "tokens"}}``.
     """
+    from quadmix_stream.storage import StorageConfig
     from quadmix_stream.tokenizer import pool_texts, train_tokenizer
     from quadmix_stream.trainers.pretrain import PretrainConfig, train
     from quadmix_stream.trainers.runlog import read_log, wall_time
@@ -273,7 +321,9 @@ def _train_all(
         tok = out / "tokenizer.json"
         if not tok.exists():
             _log(f"tokenizer: a BPE on the pool → {tok}")
-            train_tokenizer(pool_texts(data, 5000), int(data_body.get("vocab_size", 512)), tok)
+            storage = StorageConfig(cache_limit=data_body.get("cache_limit"))
+            texts = pool_texts(data, 5000, storage=storage)
+            train_tokenizer(texts, int(data_body.get("vocab_size", 512)), tok)
         data_body["tokenizer"] = str(tok)
     results: dict[str, dict[str, Any]] = {}
     n_runs, i_run = len(runs) * len(seeds), 0
@@ -400,18 +450,20 @@ def plot_results(results: dict[str, dict[str, Any]], path: Path) -> Path:
 
 def write_report(
     out: Path,
-    data: Path,
+    data: str | Path,
     runs: dict[str, Path],
     results: dict[str, dict[str, Any]],
     times: dict[str, float],
 ) -> Path:
     from quadmix_stream.inspect import format_report, inspect_dataset
     from quadmix_stream.plots import plot_selection
+    from quadmix_stream.storage import Store
 
-    m = Manifest.load(data)
+    store = Store(data)  # one client for every read of a remote dataset's labels below
+    m = Manifest.load(store)
     seeds = sorted({s for r in results.values() for s in r["seeds"]})
     sets = list(next(iter(next(iter(results.values()))["seeds"].values())).keys())
-    lab = load_labels(data, m)
+    lab = load_labels(store, m)
     for name, p in runs.items():
         results[name]["selected"] = selected_tokens(lab, m, SamplingParams.load(p))
     first = next(iter(results.values()))
@@ -445,7 +497,7 @@ def write_report(
     atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=str))
     for name, p in runs.items():
         params = SamplingParams.load(p).reorder(m.domains, m.scorer_names)
-        png = plot_selection(data, params, out / f"selection-{name}.png")
+        png = plot_selection(store, params, out / f"selection-{name}.png")
         lines += [
             "",
             f"## Selection: {name}",
@@ -453,7 +505,7 @@ def write_report(
             f"![{name}]({png.name})",
             "",
             "```",
-            format_report(inspect_dataset(data, params)),
+            format_report(inspect_dataset(store, params)),
             "```",
         ]
     lines += [

@@ -10,26 +10,31 @@ import numpy as np
 from quadmix_stream.labels import LabelError, Manifest, load_labels
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.selection import Selection
+from quadmix_stream.storage import Store, as_store
 
 HIST_BINS = ("0", "1", "2", "3", "4+")
 
 
 def inspect_dataset(
-    root: str | Path, params: SamplingParams | None = None, seed: int = 0, epoch: int = 0
+    root: str | Path | Store, params: SamplingParams | None = None, seed: int = 0, epoch: int = 0
 ) -> dict[str, Any]:
     """Per-domain statistics of a labelled dataset, and of a selection when ``params`` is given.
 
     Returns a JSON-able dict: ``domains`` (docs, tokens, share of tokens; with params also
     expected selected docs/tokens, realised docs/tokens at ``epoch``, a repeat histogram and unique
     coverage), ``scorers`` (raw score quantiles) and ``totals``.
+
+    ``root`` is the dataset's folder, its URL (``s3://bucket/ds``: only the manifest and the
+    label sidecars are fetched, never a shard), or an open :class:`~quadmix_stream.storage.Store`.
     """
-    manifest = Manifest.load(root)
+    store = as_store(root)  # a remote dataset: one client for the manifest and the sidecars
+    manifest = Manifest.load(store)
     if manifest.rows == 0:  # no quantiles, ranks or mixtures of nothing
         raise LabelError(
             f"{root}: the dataset has 0 documents ({len(manifest.shards)} shard(s), all empty); "
             "nothing to inspect"
         )
-    lab = load_labels(root, manifest)
+    lab = load_labels(store, manifest)
     m = len(manifest.domains)
     docs = np.bincount(lab.domain, minlength=m)
     toks = np.bincount(lab.domain, weights=lab.tokens, minlength=m)

@@ -10,19 +10,24 @@ from quadmix_stream.labels import Manifest, load_labels
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.sampling import expected_copies
 from quadmix_stream.selection import Selection
+from quadmix_stream.storage import Store, as_store
 
 
 def plot_selection(
-    root: str | Path, params: SamplingParams, out: str | Path, seed: int = 0, epoch: int = 0
+    root: str | Path | Store, params: SamplingParams, out: str | Path, seed: int = 0, epoch: int = 0
 ) -> Path:
-    """Write a PNG: left, S(r) per domain (Eq. 3); right, pool vs expected vs realised token shares."""
+    """Write a PNG: left, S(r) per domain (Eq. 3); right, pool vs expected vs realised token shares.
+
+    ``root``: the dataset's folder, its URL (labels only are fetched) or an open store.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    m = Manifest.load(root)
-    lab = load_labels(root, m)
+    store = as_store(root)  # a remote dataset: one client for the manifest and the sidecars
+    m = Manifest.load(store)
+    lab = load_labels(store, m)
     sel = Selection(lab, m, params, seed)
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     r = np.linspace(0, 1, 1001)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quadmix_stream.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from quadmix_stream.storage import StorageConfig
 
 EOS = "<|endoftext|>"
 _EOS_CANDIDATES = (EOS, "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
@@ -116,15 +119,30 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | Path) -> P
     return out
 
 
-def pool_texts(dataset: str | Path, max_docs: int, seed: int = 0) -> Iterable[str]:
-    """Up to ``max_docs`` texts of a labelled dataset's pool (every document once, shuffled)."""
+def pool_texts(
+    dataset: str | Path,
+    max_docs: int,
+    seed: int = 0,
+    storage: StorageConfig | None = None,
+) -> Iterable[str]:
+    """Up to ``max_docs`` texts of a labelled dataset's pool (every document once, shuffled).
+
+    Args:
+        dataset: the dataset's folder or URL (``s3://bucket/ds``).
+        max_docs: how many texts at most.
+        seed: the stream seed (which documents come first).
+        storage: how a remote dataset is read (the trainer's cache limit); ignored locally.
+    """
     from quadmix_stream.dataset import QuaDMixDataset
     from quadmix_stream.labels import Manifest
     from quadmix_stream.params import SamplingParams
+    from quadmix_stream.storage import Store
 
-    m = Manifest.load(dataset)
+    m = Manifest.load(Store(dataset, storage))
     keep = SamplingParams.keep_all(m.domains, m.scorer_names)
-    ds = QuaDMixDataset(dataset, keep, seed=seed, balance=None, rank=0, world_size=1)
+    ds = QuaDMixDataset(
+        dataset, keep, seed=seed, balance=None, rank=0, world_size=1, storage=storage
+    )
     for i, doc in enumerate(ds):
         if i >= max_docs:
             break

@@ -9,6 +9,10 @@ on a target set, logging of loss, tokens/s and realised vs expected per-domain t
 (``OUT/log.jsonl``; TensorBoard and Weights & Biases through the recipe's ``logging:`` section,
 see :mod:`quadmix_stream.trainers.runlog`), and a progress line every few seconds on rank 0.
 
+The dataset (``data.dataset``) is a folder or a URL (``s3://bucket/ds``, read through
+:mod:`quadmix_stream.storage` with a node-local cache bounded by ``data.cache_limit``); the log's
+``start`` event names it by location and manifest fingerprint. ``train.eval_set`` may be a URL too.
+
 Guards: the output folder must be writable (checked before any work), one trainer per folder
 (``OUT/.lock``), ranks exit when their torchrun agent dies, and a failed checkpoint write (disk
 full) stops every rank with the file's name, keeping the previous checkpoint.
@@ -183,9 +187,11 @@ def claim_out(out: Path, rank: int) -> RunLock | None:
 
 
 def eval_blocks(path: str, tok, seq_len: int, max_blocks: int) -> torch.Tensor:
-    texts = [
-        json.loads(line)["text"] for line in Path(path).read_text().splitlines() if line.strip()
-    ]
+    """The first ``max_blocks`` blocks of an evaluation set (a JSONL file, local or a URL)."""
+    from quadmix_stream.locations import read_location
+
+    lines = read_location(path).decode("utf-8").splitlines()
+    texts = [json.loads(line)["text"] for line in lines if line.strip()]
     if not any(t.strip() for t in texts):
         raise ValueError(f"eval set {path} has no text")
     ids = [t for doc in tok.encode_docs(texts) for t in doc]
@@ -269,10 +275,14 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
     lock = claim_out(out, rank)  # before any work: writable, and no other trainer in it
     log_path = out / "log.jsonl"
 
+    # a local folder or an object-storage URL (s3://…): never wrapped in Path, which would
+    # turn the URL into a relative folder name
+    storage = StorageConfig(cache_limit=d.cache_limit)
+
     # tokenizer: given, or a BPE trained on the pool once (rank 0) and shared through the folder
     tok_path = Path(d.tokenizer) if d.tokenizer else out / "tokenizer.json"
     if not d.tokenizer and rank == 0 and not tok_path.exists():
-        train_tokenizer(pool_texts(d.dataset, 5000), d.vocab_size, tok_path)
+        train_tokenizer(pool_texts(d.dataset, 5000, storage=storage), d.vocab_size, tok_path)
     if dist.is_initialized():
         dist.barrier()
     tok = TextTokenizer(tok_path)
@@ -301,7 +311,7 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
         infinite=True,
         shuffle_block_shards=d.shuffle_block_shards,
         resume_with_new_params=params_changed,
-        storage=StorageConfig(cache_limit=d.cache_limit),
+        storage=storage,
     )
     packed = PackedDataset(ds, tok, d.seq_len, track_docs=d.track_docs)
 
@@ -347,6 +357,8 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
                 "step": step,
                 "world": world,
                 "params": params.provenance,
+                # a remote dataset is named by its URL; the fingerprint says which labels
+                "dataset": {"location": ds.root, "fingerprint": ds.fingerprint},
                 "model_parameters": n_params,
                 "device": str(device),
             },

@@ -22,7 +22,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m quadmix_stream.trainers.proxy", description=__doc__)
     p.add_argument("run_dir")
     p.add_argument(
-        "--dataset", help="the dataset's current path, if it moved (fingerprint checked)"
+        "--dataset", help="the dataset's current folder or URL, if it moved (fingerprint checked)"
     )
     p.add_argument("--group", type=int, help="proxies trained at once per rank (default: recipe)")
     p.add_argument("--device", help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")

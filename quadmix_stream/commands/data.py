@@ -42,7 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "histogram and unique coverage for one (seed, epoch)."
         ),
     )
-    p.add_argument("dataset", help="labelled dataset folder (has quadmix.json)")
+    p.add_argument(
+        "dataset",
+        help="labelled dataset: a folder or a URL such as s3://bucket/ds (has quadmix.json)",
+    )
     p.add_argument("--params", help="params.json to evaluate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epoch", type=int, default=0)

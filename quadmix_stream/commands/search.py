@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         s = ssub.add_parser(step, help=text, description=text)
         s.add_argument("run_dir")
         s.add_argument(
-            "--dataset", help="the dataset's current path if it moved (its fingerprint is checked)"
+            "--dataset",
+            help="the dataset's current folder or URL if it moved (its fingerprint is checked)",
         )
         if step == "propose":
             s.add_argument("--recipe", help="recipe for a new run folder (or changed settings)")

@@ -23,7 +23,9 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
             "planted synthetic corpus is written to a temporary folder."
         ),
     )
-    p.add_argument("--dataset", help="labelled dataset (default: a temporary synthetic corpus)")
+    p.add_argument(
+        "--dataset", help="labelled dataset folder or URL (default: a temporary synthetic corpus)"
+    )
     p.add_argument("--target", help="target JSONL (default: DATASET/eval_sets/target.jsonl)")
     p.add_argument("--proxies", type=int, default=8)
     p.add_argument("--group", type=int, default=8, help="proxies per batched group")
@@ -55,6 +57,7 @@ def bench_proxies(a: argparse.Namespace) -> int:
     import torch
 
     from quadmix_stream.labels import Manifest
+    from quadmix_stream.locations import dataset_location, local_copy
     from quadmix_stream.params import SamplingParams
     from quadmix_stream.search.batched import train_group
     from quadmix_stream.search.config import ModelConfig, ProxyConfig, TokenizerConfig
@@ -70,12 +73,17 @@ def bench_proxies(a: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ds = Path(a.dataset) if a.dataset else tmp / "synthetic"
+        # a folder, or a URL kept as the string (its target set is fetched into tmp)
+        ds = dataset_location(a.dataset) if a.dataset else tmp / "synthetic"
         if not a.dataset:
             from quadmix_stream.synth import synth
 
             synth(ds, "mds", docs_per_domain=300, seed=0)
-        target = Path(a.target) if a.target else ds / "eval_sets" / "target.jsonl"
+        target = (
+            Path(a.target)
+            if a.target
+            else local_copy(f"{ds}/eval_sets/target.jsonl", tmp / "target.jsonl")
+        )
         prepare_tokenizer(TokenizerConfig(vocab_size=a.vocab, max_docs=2000), ds, tmp)
         tok = TextTokenizer(tmp / "tokenizer.json")
         cfg = ProxyConfig(

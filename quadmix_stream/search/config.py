@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quadmix_stream.locations import dataset_location, location_str
 from quadmix_stream.params import DEFAULT_RANGES
 from quadmix_stream.recipe import build, check_number
 from quadmix_stream.sampling import FORMS
@@ -218,15 +219,20 @@ class SearchConfig:
     def __post_init__(self) -> None:
         _check(self)
 
-    @property
-    def target_path(self) -> Path:
-        return Path(self.target.replace("{dataset}", self.dataset))
+    def _expand(self, path: str) -> str | Path:
+        # a remote dataset's URL stays a URL: its eval_sets/ are fetched by the run folder
+        return dataset_location(path.replace("{dataset}", location_str(self.dataset)))
 
     @property
-    def eval_paths(self) -> dict[str, Path]:
-        """Every evaluation set of the proxies: ``target`` first, then ``evals``."""
+    def target_path(self) -> str | Path:
+        """The target set: a local path, or a URL (e.g. a remote dataset's ``eval_sets/``)."""
+        return self._expand(self.target)
+
+    @property
+    def eval_paths(self) -> dict[str, str | Path]:
+        """Every evaluation set of the proxies: ``target`` first, then ``evals`` (paths or URLs)."""
         out = {"target": self.target_path}
-        out.update({k: Path(v.replace("{dataset}", self.dataset)) for k, v in self.evals.items()})
+        out.update({k: self._expand(v) for k, v in self.evals.items()})
         return out
 
     # ------------------------------------------------------------ (de)serialisation

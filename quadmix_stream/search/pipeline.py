@@ -20,6 +20,7 @@ from quadmix_stream.search.config import (
     ProposalConfig,
     RoundsConfig,
     SearchConfig,
+    SearchConfigError,
     TokenizerConfig,
 )
 from quadmix_stream.search.data import load_target_texts
@@ -411,9 +412,21 @@ def step_report(path: str | Path, dataset: str | Path | None = None, log: Log = 
 
 # ---------------------------------------------------------------- everything
 def ensure_dataset(cfg: SearchConfig, log: Log = print) -> None:
+    """Write the recipe's synthetic corpus (``synth:``) at ``dataset`` when it has no manifest."""
     from quadmix_stream.labels import MANIFEST_NAME
+    from quadmix_stream.storage import Store, is_remote
 
-    if (Path(cfg.dataset) / MANIFEST_NAME).exists() or cfg.synth is None:
+    if cfg.synth is None:
+        return
+    if is_remote(cfg.dataset):  # the corpus is written locally; uploading it is the user's call
+        if not Store(cfg.dataset).exists(MANIFEST_NAME):
+            raise SearchConfigError(
+                f"synth: {cfg.dataset} has no {MANIFEST_NAME}, and a synthetic corpus is written "
+                "to a local folder only; write it with `quadmix-stream synth DIR`, upload DIR, "
+                "or give a local dataset"
+            )
+        return
+    if (Path(cfg.dataset) / MANIFEST_NAME).exists():
         return
     from quadmix_stream.synth import synth
 

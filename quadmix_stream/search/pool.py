@@ -8,22 +8,31 @@ from pathlib import Path
 import numpy as np
 
 from quadmix_stream.labels import DatasetLabels, Manifest, load_labels
+from quadmix_stream.locations import dataset_location
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.selection import RankConfig, Reference, Selection, sigma_scores
+from quadmix_stream.storage import Store
 
 
 class Pool:
-    """Manifest, labels and σ-normalised scores of a dataset (label sidecars only, no payload)."""
+    """Manifest, labels and σ-normalised scores of a dataset (label sidecars only, no payload).
+
+    Args:
+        dataset: the dataset's folder, or its URL (``s3://bucket/ds``: the sidecars are fetched
+            into the node-local cache once).
+    """
 
     def __init__(self, dataset: str | Path) -> None:
-        self.root = Path(dataset)
-        self.manifest = Manifest.load(self.root)
+        self.root = dataset_location(dataset)
+        # one store for the manifest and the sidecars: a remote one opens one client, not two
+        self.store = Store(self.root)
+        self.manifest = Manifest.load(self.store)
         self.domains = list(self.manifest.domains)
         self.scorers = list(self.manifest.scorer_names)
 
     @cached_property
     def labels(self) -> DatasetLabels:
-        return load_labels(self.root, self.manifest)
+        return load_labels(self.store, self.manifest)
 
     @cached_property
     def sigma(self) -> np.ndarray:

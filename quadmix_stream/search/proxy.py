@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from quadmix_stream.locations import dataset_location
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.search.config import ProxyConfig
 from quadmix_stream.search.data import (
@@ -139,7 +140,7 @@ class ProxyContext:
     ``progress`` (when set) receives a line every ``progress_every`` seconds of training.
     """
 
-    dataset: Path
+    dataset: str | Path  # a folder, or a URL kept as the string (see quadmix_stream.locations)
     tokenizer: TextTokenizer
     cfg: ProxyConfig
     device: torch.device
@@ -181,7 +182,14 @@ class ProxyContext:
         ids, mask = blocks(target)
         more = {k: blocks(v) for k, v in (evals or {}).items() if k != "target"}
         return cls(
-            Path(dataset), tokenizer, cfg, device, ids, mask, causal_mask(cfg, device), evals=more
+            dataset_location(dataset),
+            tokenizer,
+            cfg,
+            device,
+            ids,
+            mask,
+            causal_mask(cfg, device),
+            evals=more,
         )
 
     def stream(self, job: ProxyJob) -> tuple[TokenStream, dict]:

@@ -2,7 +2,9 @@
 
 Layout::
 
-    search.json          frozen settings, dataset fingerprint, target-set hash, feature names
+    search.json          frozen settings, dataset location (folder or URL) and fingerprint,
+                         target-set hash, feature names
+    eval_sets/           local copies of target/evaluation sets given as URLs (NAME-SHA.jsonl)
     tokenizer.json       the proxies' tokenizer
     proposals.jsonl      θ table: {"run": i, "batch": b, "round": r, "theta": [...]} per line
                          (round 0: the recipe's proposals; 1, 2, …: search rounds)
@@ -25,6 +27,7 @@ processes write the same file (proxies are dealt to ranks), so nothing needs a l
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -32,10 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from quadmix_stream.io import atomic_write_text, sha256_file
+from quadmix_stream.io import atomic_write_bytes, atomic_write_text, sha256_file
 from quadmix_stream.labels import Manifest
+from quadmix_stream.locations import dataset_location, location_str, read_location
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.search.config import SearchConfig
+from quadmix_stream.storage import is_remote
 
 SCHEMA = "quadmix-stream/search"
 VERSION = 1
@@ -76,14 +81,35 @@ def objective_of(rec: dict, weights: dict[str, float]) -> float:
     return total
 
 
-def _eval_hashes(cfg: SearchConfig) -> dict[str, dict]:
+def _eval_set(name: str, location: str | Path, run_dir: Path, missing: str) -> dict:
+    """``{"path", "sha256"}`` of an evaluation set, plus ``"url"`` for one on object storage.
+
+    A URL (``{dataset}/eval_sets/target.jsonl`` of a remote dataset) is downloaded into
+    ``run_dir/eval_sets/NAME-SHA.jsonl``: proxies on every rank, re-runs and the hash check then
+    read a local file, and a copy named by its content is never overwritten by a changed object
+    (the change is reported against the copy the search started with).
+    """
+    if isinstance(location, Path):
+        if not location.is_file():
+            raise FileNotFoundError(missing)
+        return {"path": str(location.resolve()), "sha256": sha256_file(location)}
+    try:
+        data = read_location(location)
+    except FileNotFoundError:
+        raise FileNotFoundError(missing) from None
+    sha = hashlib.sha256(data).hexdigest()
+    local = run_dir / "eval_sets" / f"{name}-{sha[:16]}.jsonl"
+    if not local.is_file():
+        atomic_write_bytes(local, data)
+    return {"path": str(local.resolve()), "url": location, "sha256": sha}
+
+
+def _eval_hashes(cfg: SearchConfig, run_dir: Path) -> dict[str, dict]:
     out = {}
     for name, p in cfg.eval_paths.items():
         if name == "target":
             continue
-        if not p.is_file():
-            raise FileNotFoundError(f"evaluation set {name} ({p}): no such file")
-        out[name] = {"path": str(p.resolve()), "sha256": sha256_file(p)}
+        out[name] = _eval_set(name, p, run_dir, f"evaluation set {name} ({p}): no such file")
     return out
 
 
@@ -119,22 +145,23 @@ class RunFolder:
         path = Path(path)
         m = Manifest.load(cfg.dataset)
         target = cfg.target_path
-        if not target.is_file():
-            raise FileNotFoundError(f"target set {target}: no such file")
+        target_meta = _eval_set("target", target, path, f"target set {target}: no such file")
         meta = {
             "schema": SCHEMA,
             "version": VERSION,
             "created": now(),
             "config": cfg.to_dict(),
+            # a remote dataset is its URL (a local path would name this machine's cache)
             "dataset": {
-                "path": str(Path(cfg.dataset).resolve()),
+                "path": location_str(cfg.dataset, resolve=True),
+                "remote": is_remote(cfg.dataset),
                 "fingerprint": m.fingerprint(),
                 "domains": list(m.domains),
                 "scorers": list(m.scorer_names),
                 "rows": m.rows,
             },
-            "target": {"path": str(target.resolve()), "sha256": sha256_file(target)},
-            "evals": _eval_hashes(cfg),
+            "target": target_meta,
+            "evals": _eval_hashes(cfg, path),
             "features": SamplingParams.vector_names(m.domains, m.scorer_names),
             **(extra or {}),
         }
@@ -205,8 +232,9 @@ class RunFolder:
 
     # ------------------------------------------------------------ paths
     @property
-    def dataset(self) -> Path:
-        return Path(self.config.dataset)
+    def dataset(self) -> str | Path:
+        """The dataset's folder, or its URL as the string (never a ``Path``: it would mangle it)."""
+        return dataset_location(self.config.dataset)
 
     @property
     def target(self) -> Path:

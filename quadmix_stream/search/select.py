@@ -168,6 +168,7 @@ def select(folder: RunFolder, pool: Pool | None = None) -> dict:
     )
     info = {
         "run_folder": str(folder.path.resolve()),
+        "dataset": folder.meta["dataset"]["path"],  # the folder, or a remote dataset's URL
         "dataset_fingerprint": folder.meta["dataset"]["fingerprint"],
         "space": cfg.space,
         "model": met["model"],

@@ -23,6 +23,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from quadmix_stream.dockey import DocKey
 from quadmix_stream.errors import UserError
+from quadmix_stream.formats import ShardReader, ShardReadError, open_shard, read_error
+from quadmix_stream.formats.mds import mds_index
 from quadmix_stream.hashing import doc_key
 from quadmix_stream.labels import LabelError, Manifest, ShardLabels
 from quadmix_stream.order import (
@@ -37,7 +39,6 @@ from quadmix_stream.order import (
 )
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.selection import RankConfig
-from quadmix_stream.shards import ShardReader, ShardReadError, mds_index, open_shard, read_error
 from quadmix_stream.state import (
     STATE_MARK,
     STATE_VERSION,

@@ -6,7 +6,9 @@ rank r --Eq.3--> expected copies S --realize--> integer copies c. Nothing here d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -72,6 +74,32 @@ def build_sigma_table(
         uniq, mid = uniq[idx], mid[idx]
     knots = -uniq if higher_is_better else uniq
     return SigmaTable(knots=knots, levels=mid, higher_is_better=higher_is_better)
+
+
+class Oriented(Protocol):
+    """A scorer as σ tables need it (:class:`quadmix_stream.labels.ScorerInfo`)."""
+
+    name: str
+    higher_is_better: bool
+
+
+def build_sigma_tables(
+    scores: np.ndarray, tokens: np.ndarray, scorers: Sequence[Oriented]
+) -> dict[str, SigmaTable]:
+    """The σ table of every scorer over the whole pool: the one place a manifest's tables are built.
+
+    Args:
+        scores: (n_docs, n_scorers) raw scores, columns in ``scorers`` order.
+        tokens: token count of each document (weights).
+        scorers: name and orientation of each score column.
+
+    Returns:
+        scorer name → its table, in ``scorers`` order.
+    """
+    return {
+        s.name: build_sigma_table(scores[:, j], tokens, s.higher_is_better)
+        for j, s in enumerate(scorers)
+    }
 
 
 def apply_sigma(table: SigmaTable, raw: np.ndarray) -> np.ndarray:

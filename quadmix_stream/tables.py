@@ -21,6 +21,7 @@ import numpy as np
 from quadmix_stream.cache import Throttle, cooperative, release_free_memory
 from quadmix_stream.errors import UserError
 from quadmix_stream.hashing import SALT_SAMPLE, hash64
+from quadmix_stream.io import default_cache_dir
 from quadmix_stream.labels import LabelError, Manifest, ShardLabels, read_shard_labels, shard_starts
 from quadmix_stream.order import MAX_COPIES
 from quadmix_stream.params import SamplingParams
@@ -34,7 +35,6 @@ from quadmix_stream.selection import (
     reference_threshold,
     sigma_scores,
 )
-from quadmix_stream.shards import default_cache_dir
 from quadmix_stream.storage import Store, as_store
 
 CHUNK_ROWS = 1 << 21  # rows per chunk of a pool-wide pass (each chunk is one unit of work)

@@ -381,7 +381,7 @@ def test_params_that_select_nothing_fail_at_start_on_every_rank(mds_ds):
 
 
 def test_corrupt_shard_mid_stream_is_one_error_naming_shard_and_row(tmp_path):
-    from quadmix_stream.shards import ShardReadError
+    from quadmix_stream.formats import ShardReadError
     from quadmix_stream.synth import synth
 
     root = tmp_path / "ds"

@@ -129,8 +129,9 @@ def test_raw_inputs_jsonl_zst_parquet_and_bad_documents(tmp_path, ft_models):  #
     assert ex["missing_id"] == ["a.jsonl.zst:14"]
     assert m.rows == 40 + 8  # every document kept: 10 + 7 odd ones + 1 repeated, 20, 10
     lab = load_labels(out, m)
+    from quadmix_stream.formats import open_shard
+    from quadmix_stream.formats.mds import mds_index
     from quadmix_stream.labels import Manifest as _M  # noqa: F401
-    from quadmix_stream.shards import mds_index, open_shard
 
     rows = []
     idx = mds_index(out)
@@ -378,8 +379,7 @@ def test_mds_codec_matches_mdswriter(tmp_path, compression):
     DatasetWriter's MDS backend (which uses it) gives MDSWriter's shard and index.json."""
     from streaming import MDSWriter
 
-    from quadmix_stream.labelling.mds import encode_shard, read_shard
-    from quadmix_stream.shards import MDS_COLUMNS, _MDSBackend
+    from quadmix_stream.formats.mds import MDS_COLUMNS, MDSBackend, encode_shard, read_shard
 
     docs = [
         ("a/1", "héllo wörld\nline 2", {"domain": "x", "q": [1, 2]}),
@@ -403,7 +403,7 @@ def test_mds_codec_matches_mdswriter(tmp_path, compression):
     got = read_shard(ref / name, entry)
     assert [(s["id"], s["text"], s["meta"]) for s in got] == docs
     (tmp_path / "ours").mkdir()
-    b = _MDSBackend(tmp_path / "ours", compression)
+    b = MDSBackend(tmp_path / "ours", compression)
     for d in docs:
         b.add(*d)
     assert b.end_shard() == name

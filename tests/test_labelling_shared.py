@@ -48,7 +48,8 @@ def test_shared_corpus_domain_classifier_and_labelling(tmp_path, capsys):
     assert m.rows == sum(min(40, n) for n in sizes.values()) and len(m.domains) == 12
     lab = load_labels(out, m, verify_shards=True)
     # the source's own domain field is kept in the shards: compare with the predicted domain
-    from quadmix_stream.shards import mds_index, open_shard
+    from quadmix_stream.formats import open_shard
+    from quadmix_stream.formats.mds import mds_index
 
     idx = mds_index(out)
     truth = []

@@ -115,9 +115,10 @@ def check_alignment(root: Path, labelers: dict, fields_for: dict | None = None) 
 
     ``labelers``: column → labeller (domain, tokens, scorers); returns the rows checked.
     """
+    from quadmix_stream.formats import open_shard
+    from quadmix_stream.formats.mds import mds_index
     from quadmix_stream.hashing import doc_key
     from quadmix_stream.labels import Manifest, load_labels
-    from quadmix_stream.shards import mds_index, open_shard
 
     m = Manifest.load(root)
     lab = load_labels(root, m, verify_shards=True)

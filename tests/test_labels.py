@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from quadmix_stream.formats import open_shard
 from quadmix_stream.hashing import doc_key
 from quadmix_stream.labels import (
     LabelError,
@@ -18,7 +19,7 @@ from quadmix_stream.labels import (
     read_sidecar,
     write_sidecar,
 )
-from quadmix_stream.shards import DatasetWriter, open_shard
+from quadmix_stream.shards import DatasetWriter
 
 
 def _write(root: Path, fmt: str, n: int = 25) -> list[dict]:
@@ -70,6 +71,50 @@ def test_mds_is_plain_streaming(tmp_path):
     docs = _write(tmp_path / "ds", "mds")
     sd = StreamingDataset(local=str(tmp_path / "ds"), shuffle=False, batch_size=1)
     assert [sd.get_item(i)["id"] for i in range(sd.num_samples)] == [d["id"] for d in docs]
+
+
+def test_mds_columns_decode_as_streaming_does(tmp_path):
+    """The one MDS sample decoder: strict gives MDSReader.decode_sample's values and types for
+    every common encoding; lenient (the labelling's, no streaming import) gives text and Python
+    scalars and leaves other encodings out."""
+    from streaming import MDSWriter
+    from streaming.base.format.mds.reader import MDSReader
+
+    from quadmix_stream.formats.mds import MDSColumns, read_shard
+
+    cols = {"text": "str", "n": "int", "f": "float32", "u": "uint8", "si": "str_int"}
+    cols |= {"j": "json", "b": "bytes", "arr": "ndarray:int16:3"}
+    with MDSWriter(out=str(tmp_path), columns=cols, compression=None) as w:
+        for i in range(5):
+            w.write(
+                {"text": f"héllo {i}", "n": i, "f": i / 3, "u": i, "si": i * 7, "j": {"a": [i]}}
+                | {"b": bytes([i]) * i, "arr": np.arange(3, dtype=np.int16) + i}
+            )
+    (entry,) = json.loads((tmp_path / "index.json").read_text())["shards"]
+    name = entry["raw_data"]["basename"]
+    data = (tmp_path / name).read_bytes()
+    offs = np.frombuffer(data, np.uint32, count=6, offset=4)
+    ref, ours = MDSReader.from_json("", None, entry), MDSColumns(name, entry, strict=True)
+    for i in range(5):
+        a, b = (
+            ref.decode_sample(data[offs[i] : offs[i + 1]]),
+            ours.decode(data[offs[i] : offs[i + 1]]),
+        )
+        assert a.keys() == b.keys()
+        for k in a:
+            assert type(a[k]) is type(b[k])
+            assert np.array_equal(a[k], b[k]) if k == "arr" else a[k] == b[k]
+    assert read_shard(tmp_path / name, entry)[3] == {
+        "text": "héllo 3",
+        "n": 3,
+        "f": np.float32(1.0).item(),
+        "u": 3,
+        "si": "21",
+        "j": {"a": [3]},
+    }
+    entry["column_encodings"][entry["column_names"].index("b")] = "pkl"
+    with pytest.raises(LabelError, match="pickled; refusing to unpickle"):
+        MDSColumns(name, entry, strict=True)
 
 
 @pytest.fixture

@@ -15,11 +15,12 @@ import pytest
 
 from quadmix_stream.cli import main
 from quadmix_stream.dataset import QuaDMixDataset
+from quadmix_stream.formats import ShardReadError, open_shard
+from quadmix_stream.formats.table import ParquetShardReader
 from quadmix_stream.hashing import doc_key
 from quadmix_stream.io import sha256_file
 from quadmix_stream.labels import LabelError, Manifest, read_sidecar
 from quadmix_stream.params import SamplingParams
-from quadmix_stream.shards import ParquetShardReader, ShardReadError, open_shard
 from quadmix_stream.synth import make_text
 
 from .streamutil import wide_params

@@ -80,7 +80,7 @@ def test_remote_stream_is_the_local_stream(s3, tmp_path, fmt, monkeypatch):
     _, proxy, root = s3
     proxy.faults = {}
     # these shards are a few KB: merging ranges across holes would fetch them whole
-    monkeypatch.setattr("quadmix_stream.shards.RANGE_MERGE_GAP", 0)
+    monkeypatch.setattr("quadmix_stream.formats.ranges.RANGE_MERGE_GAP", 0)
     for params in (wide_params(root / fmt), sparse(root / fmt)):
         local = QuaDMixDataset(root / fmt, params, seed=3, balance=None, shuffle_block_shards=4)
         want = items(local)

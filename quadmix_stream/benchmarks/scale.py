@@ -12,10 +12,11 @@ mosaicml-streaming's ``StreamingDataset`` on the same shards:
 It prints the slope of PSS against N (bytes per pool document per rank, workers included) and
 the extrapolation to 1B documents.
 
-How the pools are built fast: one 16,384-row shard is written by the real ``MDSWriter`` with
-fixed-width ids; every other shard is a byte copy with its ids rewritten in place (numpy), so
-each shard is a valid MDS shard with distinct ids. Labels are random (12 domains, 3 scorers,
-token counts 20-2,000); document keys are a hash of the global row (nothing here reads ids back);
+How the pools are built fast: one 16,384-row shard is encoded with fixed-width ids by the MDS
+encoder of the format layer (:func:`quadmix_stream.formats.mds.encode_shard`, ``MDSWriter``'s
+bytes); every other shard is a byte copy with its ids rewritten in place (numpy), so each shard
+is a valid MDS shard with distinct ids. Labels are random (12 domains, 3 scorers, token counts
+20-2,000); document keys are a hash of the global row (nothing here reads ids back);
 σ tables come from the first shard's scores (all shards are drawn alike).
 """
 
@@ -42,31 +43,28 @@ ID_START = "d"  # ids are "d" + 13 digits
 # ---------------------------------------------------------------- building a pool
 def build_pool(root: Path, n_docs: int, seed: int = 0) -> Path:
     """A labelled MDS dataset of ``n_docs`` tiny documents (reused when already complete)."""
-    from streaming import MDSWriter
-
+    from quadmix_stream.formats import sidecar_name
+    from quadmix_stream.formats.mds import encode_shard
     from quadmix_stream.hashing import splitmix64
     from quadmix_stream.io import sha256_file
     from quadmix_stream.labels import Manifest, ScorerInfo, ShardEntry, ShardLabels, write_sidecar
-    from quadmix_stream.sampling import build_sigma_table
-    from quadmix_stream.shards import MDS_COLUMNS
+    from quadmix_stream.sampling import build_sigma_tables
 
     done = root / "bench-pool.json"
     spec = {"n_docs": n_docs, "rows": ROWS, "domains": DOMAINS, "scorers": SCORERS, "seed": seed}
     if done.exists() and json.loads(done.read_text()) == spec:
         return root
     shutil.rmtree(root, ignore_errors=True)
-    tmpl = root / "_template"
-    with MDSWriter(out=str(tmpl), columns=MDS_COLUMNS, compression=None, size_limit=1 << 31) as w:
-        for i in range(ROWS):
-            w.write({"id": f"{ID_START}{i:0{ID_WIDTH}d}", "text": "tiny document text", "meta": {}})
-    entry = json.loads((tmpl / "index.json").read_text())["shards"][0]
-    data = np.frombuffer((tmpl / entry["raw_data"]["basename"]).read_bytes(), dtype=np.uint8)
+    # one template shard (the bytes MDSWriter writes); every shard is it with other ids
+    raw, _stored, entry = encode_shard(
+        [(f"{ID_START}{i:0{ID_WIDTH}d}", "tiny document text", {}) for i in range(ROWS)]
+    )
+    data = np.frombuffer(raw, dtype=np.uint8)
     offsets = np.frombuffer(data, np.uint32, count=ROWS + 1, offset=4).astype(np.int64)
     first = bytes(data[offsets[0] : offsets[1]])
     rel = first.index(f"{ID_START}{0:0{ID_WIDTH}d}".encode()) + len(ID_START)
     pos = (offsets[:-1] + rel)[:, None] + np.arange(ID_WIDTH)[None, :]
     powers = 10 ** np.arange(ID_WIDTH - 1, -1, -1, dtype=np.int64)
-    shutil.rmtree(tmpl)
 
     rng = np.random.default_rng(seed)
     n_shards = -(-n_docs // ROWS)
@@ -99,11 +97,8 @@ def build_pool(root: Path, n_docs: int, seed: int = 0) -> Path:
             scores=rng.normal(size=(rows, SCORERS)),
         )
         if s == 0:
-            sigma = {
-                n: build_sigma_table(lab.scores[:, j], lab.tokens, True)
-                for j, n in enumerate(names)
-            }
-        side = f"shard.{s:05d}.labels.npz"
+            sigma = build_sigma_tables(lab.scores, lab.tokens, scorers)
+        side = sidecar_name(name)
         h = write_sidecar(root / side, lab, names)
         entries.append(ShardEntry(name, side, rows, sha256_file(root / name), h, int(buf.size)))
         if time.monotonic() - t0 > 5:

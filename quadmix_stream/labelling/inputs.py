@@ -573,13 +573,13 @@ def table_columns(path: Path, fmt: str) -> list[str]:
         import pyarrow.parquet as pq
 
         return list(pq.ParquetFile(path).schema_arrow.names)
-    from quadmix_stream.shards import open_arrow_table
+    from quadmix_stream.formats.table import open_arrow_table
 
     return list(open_arrow_table(path).schema.names)
 
 
 def _mds_entries(root: Path) -> dict[str, dict]:
-    from quadmix_stream.shards import mds_index
+    from quadmix_stream.formats.mds import mds_index
 
     return mds_index(root)
 
@@ -599,7 +599,8 @@ def read_shard_unit(
     shards read only the text and id columns unless ``need_fields`` (a labeller reads fields).
     ``cache_dir``: where a ``.tar.gz`` shard is decompressed (default: the node's cache).
     """
-    from quadmix_stream.shards import JsonlShardReader, scan_tar, webdataset_members
+    from quadmix_stream.formats.jsonl import JsonlShardReader
+    from quadmix_stream.formats.tar import scan_tar, webdataset_members
 
     issues = Issues()
     path = resolve_inside(root, name, f"shard {name!r}", LabelError)
@@ -610,8 +611,7 @@ def read_shard_unit(
     if fmt == "mds":
         if not mds_entries or name not in mds_entries:
             raise LabelError(f"shard {name!r}: not listed in {root}/index.json")
-        from quadmix_stream.labelling.mds import read_shard
-        from quadmix_stream.shards import mds_doc
+        from quadmix_stream.formats.mds import mds_doc, read_shard
 
         for row, sample in enumerate(read_shard(path, mds_entries[name])):
             if "id" in sample and not isinstance(sample["id"], str):
@@ -625,10 +625,10 @@ def read_shard_unit(
         docs = _read_table_shard(path, fmt, name, spec, issues, need_fields)
     else:
         if name.endswith((".gz", ".tgz")):  # offsets are into the decompressed tar (cached)
-            from quadmix_stream.io import sha256_file
-            from quadmix_stream.shards import _gunzipped, default_cache_dir
+            from quadmix_stream.formats.decompress import gunzip_copy
+            from quadmix_stream.io import default_cache_dir, sha256_file
 
-            path = _gunzipped(path, sha256_file(path), cache_dir or default_cache_dir())
+            path = gunzip_copy(path, sha256_file(path), cache_dir or default_cache_dir())
         samples = scan_tar(path)
         offs, lens = [], []
         with open(path, "rb") as f:
@@ -663,12 +663,12 @@ def _read_table_shard(
     path: Path, fmt: str, name: str, spec: InputSpec, issues: Issues, need_fields: bool
 ) -> list[dict[str, Any]]:
     """Every row of a Parquet/Arrow file as a flat document (row group by row group)."""
-    from quadmix_stream.shards import _TableDocs, open_arrow_table
+    from quadmix_stream.formats.table import TableDocs, open_arrow_table
 
     names = table_columns(path, fmt)
     if spec.id_field != "id" and spec.id_field not in names:
         raise LabelError(f"shard {name!r}: no id column {spec.id_field!r} (columns {names})")
-    cols = _TableDocs(names, name, spec.text_field, spec.id_field, None if need_fields else [])
+    cols = TableDocs(names, name, spec.text_field, spec.id_field, None if need_fields else [])
     if fmt == "parquet":
         import pyarrow.parquet as pq
 

@@ -1,22 +1,23 @@
-"""Writing one new payload shard per unit, in the exact layout of :class:`~quadmix_stream.shards.DatasetWriter`.
+"""Writing one new payload shard per unit, in the layout of :class:`~quadmix_stream.shards.DatasetWriter`.
 
 Each unit's shard is written on its own (atomically, under a name fixed by the unit index), so
-ranks can write in parallel and a killed run leaves either a whole shard or none. MDS shards are
-encoded by :mod:`.mds` (the bytes ``MDSWriter`` would write); their ``index.json`` entries are
-kept in the unit's commit record and merged into one ``index.json`` at the end.
+ranks can write in parallel and a killed run leaves either a whole shard or none. Shards are
+written by the format's backend (:func:`quadmix_stream.formats.writer_backend`, the one
+``DatasetWriter`` uses); MDS shards' ``index.json`` entries are kept in the unit's commit record
+and merged into one ``index.json`` at the end.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quadmix_stream.io import atomic_write_bytes, sha256_file
-from quadmix_stream.shards import _JsonlBackend, _sidecar_name, _TarBackend, split_doc
+from quadmix_stream.formats import mds as mds_format
+from quadmix_stream.formats import sidecar_name, split_doc, writer_backend
+from quadmix_stream.io import sha256_file
 
 if TYPE_CHECKING:
     from quadmix_stream.labelling.remote import Root
@@ -38,13 +39,6 @@ class WrittenShard:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def shard_name(fmt: str, index: int, compression: str | None = None) -> str:
-    """File name of unit ``index``'s shard (same scheme as :class:`DatasetWriter`)."""
-    if fmt == "mds":
-        return f"shard.{index:05d}.mds" + (f".{compression}" if compression else "")
-    return f"shard.{index:05d}." + ("tar" if fmt == "tar" else "jsonl.zst")
-
-
 def write_shard(
     root: Path,
     fmt: str,
@@ -55,38 +49,18 @@ def write_shard(
     """Write ``docs`` (flat documents) as unit ``index``'s shard; ``None`` when there are none."""
     if not docs:
         return None
-    if fmt == "jsonl":
-        jb = _JsonlBackend(root)
-        jb.index = index
-        for d in docs:
-            jb.add(*split_doc(d))
-        name = jb.end_shard()
-        return _done(root, name)
-    if fmt == "tar":
-        tb = _TarBackend(root)
-        tb.index = index
-        offs, lens = [], []
-        for d in docs:
-            off = tb.add(*split_doc(d))
-            assert off is not None
-            offs.append(off[0])
-            lens.append(off[1])
-        name = tb.end_shard()
-        out = _done(root, name)
-        out.offset, out.length = offs, lens
-        return out
-    if fmt != "mds":
+    if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"output format must be one of {OUTPUT_FORMATS}, got {fmt!r}")
-    from quadmix_stream.labelling.mds import encode_shard
-
-    _raw, stored, entry = encode_shard([split_doc(d) for d in docs], compression)
-    name = shard_name("mds", index, compression)
-    entry["raw_data"]["basename"] = shard_name("mds", index, None)
-    if entry["zip_data"] is not None:
-        entry["zip_data"]["basename"] = name
-    atomic_write_bytes(root / name, stored)
-    out = WrittenShard(name, _sidecar_name(name), hashlib.sha256(stored).hexdigest(), len(stored))
-    out.mds_entry = entry
+    backend = writer_backend(root, fmt, compression)
+    backend.index = index
+    spans = [backend.add(*split_doc(d)) for d in docs]
+    # not backend.close(): an MDS index.json lists every unit's shard, written once at the end
+    out = _done(root, backend.end_shard())
+    if isinstance(backend, mds_format.MDSBackend):
+        out.mds_entry = backend.entries[-1]
+    if fmt == "tar":
+        out.offset = [sp[0] for sp in spans if sp is not None]
+        out.length = [sp[1] for sp in spans if sp is not None]
     return out
 
 
@@ -102,7 +76,7 @@ def existing_shard(
 
 def _done(root: Path, name: str) -> WrittenShard:
     path = root / name
-    return WrittenShard(name, _sidecar_name(name), sha256_file(path), path.stat().st_size)
+    return WrittenShard(name, sidecar_name(name), sha256_file(path), path.stat().st_size)
 
 
 def write_mds_index(root: Path | Root, entries: Sequence[dict[str, Any]]) -> None:

@@ -27,7 +27,7 @@ from quadmix_stream.labels import (
     ScorerInfo,
     ShardEntry,
 )
-from quadmix_stream.sampling import build_sigma_table
+from quadmix_stream.sampling import build_sigma_tables
 
 
 @dataclass
@@ -221,9 +221,7 @@ def merge(
         for r in np.setdiff1d(np.arange(ky.size), first):
             sh = int(np.searchsorted(starts, r, side="right") - 1)
             issues.add("duplicate_id", f"{where[sh]} row {int(r - starts[sh])}")
-    sigma = {
-        s.name: build_sigma_table(sc[:, j], tk, s.higher_is_better) for j, s in enumerate(scorers)
-    }
+    sigma = build_sigma_tables(sc, tk, scorers)
     if mode == "new" and fmt == "mds":
         write_mds_index(root, mds_entries)
     extra = dict(extra)

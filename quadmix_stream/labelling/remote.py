@@ -371,9 +371,9 @@ def detect_remote_shards(
 ) -> tuple[str, list[str], dict[str, Any]]:
     """:func:`~quadmix_stream.labelling.inputs.detect_shards` for a prefix on object storage:
     the same formats, order and ``extra``, from one listing."""
+    from quadmix_stream.formats.mds import mds_index
     from quadmix_stream.labelling.inputs import TAR_SUFFIXES
     from quadmix_stream.labels import MANIFEST_NAME
-    from quadmix_stream.shards import mds_index
 
     root.refresh()
     names = [n for n in root.names() if not n.startswith(WORK_DIR + "/")]

@@ -81,8 +81,13 @@ class StorageConfig:
             evicted, so the folder can exceed it by the shards in flight. ``None``: no limit.
         retries: attempts after the first for a transient failure.
         backoff_s: first retry delay; doubled each retry (with jitter), capped at 10 s.
-        range_fraction: read a shard by byte ranges when its kept rows are less than this
-            fraction of its bytes (MDS without compression, WebDataset tar); else fetch it whole.
+        request_bytes: what one request costs, in bytes of transfer: a hole of up to this many
+            bytes between two needed rows is read through rather than skipped, and a shard is
+            read by byte ranges (uncompressed MDS, WebDataset tar) only when its ranges cost
+            less than the whole shard (requests × ``request_bytes`` + their bytes). The default
+            (8 KiB, pyarrow's hole limit) minimises bytes fetched (egress); on an object store
+            where a round trip is worth more (~1 MiB on S3), larger values trade bytes for
+            fewer requests, and a value above the shard size always fetches whole shards.
         prefetch_threads: concurrent downloads per process (the next window's shards).
         storage_options: keyword arguments for ``fsspec.filesystem`` (e.g.
             ``{"client_kwargs": {"endpoint_url": ...}}``, ``{"anon": True}``).
@@ -92,7 +97,7 @@ class StorageConfig:
     cache_limit: int | str | None = None
     retries: int = 8
     backoff_s: float = 0.2
-    range_fraction: float = 0.5
+    request_bytes: int = 8192
     prefetch_threads: int = 8
     storage_options: dict[str, Any] = field(default_factory=dict)
 

@@ -28,7 +28,13 @@ from quadmix_stream.formats.base import (
     sidecar_name,
     split_doc,
 )
-from quadmix_stream.formats.ranges import PinnedReader, RangeShardReader, read_spans
+from quadmix_stream.formats.ranges import (
+    PinnedReader,
+    RangeShardReader,
+    plan_ranges,
+    ranges_cost,
+    read_spans,
+)
 from quadmix_stream.labels import FORMATS, LabelError, Manifest
 from quadmix_stream.storage import Store, as_store
 
@@ -111,8 +117,9 @@ def open_shard(
     """A row reader for shard ``shard_index`` of a labelled dataset.
 
     On object storage, ``rows`` (the rows about to be read) lets a sparse selection fetch only
-    their bytes (MDS without compression, tar): when they are under the store's
-    ``range_fraction`` of the shard. Otherwise the shard is fetched whole into the node's cache.
+    their bytes (MDS without compression, tar) when that costs less than the whole shard, a
+    request counted as the store's ``request_bytes``; otherwise the shard is fetched whole into
+    the node's cache.
 
     Args:
         root: the dataset's folder or URL (or its :class:`Store`).
@@ -138,13 +145,19 @@ def open_shard(
         if not path.exists():
             raise LabelError(f"shard {name!r}: shard file is missing")
         return fmt.open_local(path, spec)
-    frac = store.config.range_fraction
-    if rows is not None and entry.rows and len(rows) < frac * entry.rows:
+    cost = store.config.request_bytes
+    # a shard needing most of its rows is fetched whole without asking for its offsets table
+    if rows is not None and entry.rows and len(rows) < entry.rows // 2 and cost < entry.shard_bytes:
         rows = np.unique(rows)
         spans = fmt.row_spans(store, spec, rows)
-        if spans is not None and int((spans[1] - spans[0]).sum()) < frac * entry.shard_bytes:
-            decode = fmt.sample_decoder(spec, store.where(name))
-            return RangeShardReader(read_spans(store, name, rows, *spans), decode)
+        if spans is not None:
+            o = np.argsort(spans[0], kind="stable")
+            rows, start, end = rows[o], spans[0][o], spans[1][o]
+            merged = plan_ranges(start, end, cost)
+            if ranges_cost(merged, cost) < entry.shard_bytes + cost:
+                decode = fmt.sample_decoder(spec, store.where(name))
+                data = read_spans(store, name, rows, start, end, merged)
+                return RangeShardReader(data, decode)
     path = store.fetch(name, size=entry.shard_bytes, sha256=entry.shard_sha256)
     try:
         inner = fmt.open_local(path, spec)

@@ -16,10 +16,6 @@ import numpy as np
 from quadmix_stream.formats.base import SampleDecoder, ShardReader
 from quadmix_stream.storage import Store
 
-# Ranges with a hole of at most this many bytes are fetched as one request (pyarrow's
-# CacheOptions default for the same trade-off: a request costs a round trip, a hole costs bytes).
-RANGE_MERGE_GAP = 8192
-
 
 class PinnedReader(ShardReader):
     """A reader of a remote shard's cached copy; closing it lets the cache evict the copy."""
@@ -51,18 +47,31 @@ class RangeShardReader(ShardReader):
         return self.decode(self.data[row], row)
 
 
-def read_spans(
-    store: Store, name: str, rows: np.ndarray, start: np.ndarray, end: np.ndarray
-) -> dict[int, bytes]:
-    """Fetch the spans (merged where close) and cut them back into rows."""
-    o = np.argsort(start, kind="stable")
-    rows, start, end = rows[o], start[o], end[o]
+def plan_ranges(start: np.ndarray, end: np.ndarray, hole: int) -> list[tuple[int, int]]:
+    """Sorted spans merged into requests wherever the hole between them is at most ``hole``."""
     merged: list[tuple[int, int]] = []
     for a, b in zip(start.tolist(), end.tolist(), strict=True):
-        if merged and a - merged[-1][1] <= RANGE_MERGE_GAP:
+        if merged and a - merged[-1][1] <= hole:
             merged[-1] = (merged[-1][0], max(merged[-1][1], b))
         else:
             merged.append((a, b))
+    return merged
+
+
+def ranges_cost(merged: list[tuple[int, int]], request_bytes: int) -> int:
+    """Cost of fetching ``merged`` in bytes-equivalent: its bytes plus one request each."""
+    return sum(b - a for a, b in merged) + request_bytes * len(merged)
+
+
+def read_spans(
+    store: Store,
+    name: str,
+    rows: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    merged: list[tuple[int, int]],
+) -> dict[int, bytes]:
+    """Fetch the planned requests and cut them back into rows (``start`` sorted)."""
     blobs = store.read_ranges(name, merged)
     first = np.array([m[0] for m in merged], dtype=np.int64)
     which = np.searchsorted(first, start, side="right") - 1

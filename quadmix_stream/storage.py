@@ -178,7 +178,6 @@ class Store:
             self.folder = Path(self.url)
         self.limit = parse_bytes(self.config.cache_limit)
         self.bytes_fetched = 0  # bytes downloaded by this process (benchmarks, tests)
-        self.requests = 0
         self._init_process()
 
     def _init_process(self) -> None:
@@ -256,7 +255,6 @@ class Store:
         delay = self.config.backoff_s
         for attempt in range(self.config.retries + 1):
             try:
-                self.requests += 1
                 return fn()
             except FileNotFoundError:
                 if missing_ok:
@@ -341,18 +339,17 @@ class Store:
     ) -> Any:
         """A JSON file, parsed; every failure is ``error`` naming the file (``missing``: the
         message when it does not exist)."""
-        if not self.remote and missing is None:
-            return read_json(self.path(name), error, what)
+        if not self.remote:
+            path = self.path(name)
+            if missing is not None and not path.exists():
+                raise error(missing)
+            return read_json(path, error, what)
         try:
             data = self.read_bytes(name)
         except FileNotFoundError:
             raise error(missing or f"{self.where(name)}: no such {what}") from None
-        except IsADirectoryError:
-            raise error(f"{self.where(name)}: is a folder, expected a {what}") from None
-        except StorageError as e:
+        except StorageError as e:  # every other remote failure, retried and worded already
             raise error(str(e)) from None
-        except OSError as e:
-            raise error(f"{self.where(name)}: cannot read the {what} ({e.strerror or e})") from None
         return parse_json(data, self.where(name), error, what)
 
     # ------------------------------------------------------------ whole files in the cache

@@ -34,6 +34,15 @@ def iter_shared_corpus(corpus_dir: str | Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
+def bench_docs(corpus: str | Path | None, docs_per_domain: int) -> list[dict]:
+    """A benchmark's documents: the real corpus when given, else the synthetic one."""
+    if corpus:
+        return list(iter_shared_corpus(corpus))
+    from quadmix_stream.synth import iter_docs
+
+    return [d for d, *_ in iter_docs(docs_per_domain, seed=0)]
+
+
 def heuristic_scores(text: str) -> tuple[list[float], int]:
     words = _WORD.findall(text)
     n = max(len(text), 1)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quadmix_stream.benchmarks.corpus import iter_shared_corpus, write_corpus
+from quadmix_stream.benchmarks.corpus import bench_docs, write_corpus
 from quadmix_stream.labels import Manifest
 from quadmix_stream.params import SamplingParams
 
@@ -52,12 +52,7 @@ def run(
     if not (mds / "quadmix.json").exists():
         shutil.rmtree(mds, ignore_errors=True)
         shutil.rmtree(tar, ignore_errors=True)
-        if corpus:
-            docs = list(iter_shared_corpus(corpus))
-        else:
-            from quadmix_stream.synth import iter_docs
-
-            docs = [d for d, *_ in iter_docs(docs_per_domain, seed=0)]
+        docs = bench_docs(corpus, docs_per_domain)
         print(f"writing {len(docs):,} documents as zstd MDS and as tar under {tmp} …", flush=True)
         write_corpus(mds, "mds", iter(docs), compression="zstd")
         write_corpus(tar, "tar", iter(docs))

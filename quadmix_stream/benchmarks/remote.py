@@ -59,24 +59,16 @@ def run(
 ) -> list[dict]:
     """Run the benchmark; returns one row per (latency, reader)."""
     import torch
-    from streaming import StreamingDataset
-    from torch.utils.data import DataLoader
 
-    from quadmix_stream.benchmarks.corpus import iter_shared_corpus, write_corpus
+    from quadmix_stream.benchmarks.corpus import bench_docs, write_corpus
     from quadmix_stream.benchmarks.s3local import FaultProxy, LocalS3
-    from quadmix_stream.dataset import QuaDMixDataset, collate_docs
-    from quadmix_stream.storage import StorageConfig
-    from quadmix_stream.synth import iter_docs
 
     torch.set_num_threads(1)
     tmp = Path(work or tempfile.mkdtemp(prefix="qms-bench-remote-"))
     mds = tmp / "mds"
     if not (mds / "quadmix.json").exists():
         shutil.rmtree(mds, ignore_errors=True)
-        if corpus:
-            docs = list(iter_shared_corpus(corpus))
-        else:
-            docs = [d for d, *_ in iter_docs(docs_per_domain, seed=0)]
+        docs = bench_docs(corpus, docs_per_domain)
         print(f"writing {len(docs):,} documents as uncompressed MDS under {mds} …", flush=True)
         write_corpus(mds, "mds", iter(docs), rows_per_shard=rows_per_shard)
     m = Manifest.load(mds)
@@ -98,17 +90,7 @@ def run(
             for latency in latencies:
                 proxy.latency_s = latency
                 print(f"\nper-request latency {latency * 1000:.0f} ms:", flush=True)
-                for name, make in _readers(
-                    tmp,
-                    mds,
-                    keep_all,
-                    tenth,
-                    StreamingDataset,
-                    QuaDMixDataset,
-                    DataLoader,
-                    collate_docs,
-                    StorageConfig,
-                ):
+                for name, make in _readers(tmp, keep_all, tenth):
                     r = {"latency_ms": latency * 1000, "reader": name, **_measure(proxy, make)}
                     rows.append(r)
                     print(
@@ -131,8 +113,16 @@ def run(
     return rows
 
 
-def _readers(tmp, mds, keep_all, tenth, StreamingDataset, QuaDMixDataset, DataLoader, collate, SC):  # noqa: N803
+def _readers(
+    tmp: Path, keep_all: SamplingParams, tenth: SamplingParams
+) -> list[tuple[str, Callable[[], Iterable]]]:
     """(name, a function making a fresh iterable of batches), each with an empty cache."""
+    from streaming import StreamingDataset
+    from torch.utils.data import DataLoader
+
+    from quadmix_stream.dataset import QuaDMixDataset, collate_docs
+    from quadmix_stream.storage import StorageConfig
+
     url = f"s3://{BUCKET}/mds"
 
     def fresh(name: str) -> Path:
@@ -155,9 +145,9 @@ def _readers(tmp, mds, keep_all, tenth, StreamingDataset, QuaDMixDataset, DataLo
                 seed=0,
                 balance=None,
                 cache_dir=cache / "tables",
-                storage=SC(cache_dir=cache / "remote", **storage),
+                storage=StorageConfig(cache_dir=cache / "remote", **storage),
             )
-            loader = DataLoader(ds, batch_size=BATCH, num_workers=2, collate_fn=collate)
+            loader = DataLoader(ds, batch_size=BATCH, num_workers=2, collate_fn=collate_docs)
             return (b["key"] for b in loader)
 
         return make

@@ -235,15 +235,22 @@ def test_agent_death_stops_ranks_and_a_resume_keeps_one_record_per_step(env):
         _, alive = psutil.wait_procs(ranks, timeout=15)
         assert not alive, f"ranks still running 15 s after their agent died: {alive}"
         assert time.time() - t_kill < 15
+        # the ranks are gone: nothing writes a checkpoint any more (how many steps they ran in
+        # the ~1 s before noticing depends on the machine's load, so it is not bounded here)
+        gone = _ckpt_steps(out)
+        time.sleep(2)
+        assert _ckpt_steps(out) == gone
     finally:
         for p in psutil.Process().children(recursive=True):
             p.kill()
     killed_log = read_log(out / "log.jsonl")
     logged = _steps_logged(out)
     assert max(logged) < 2000
-    # ranks notice within one 1-s poll of their parent: at most the checkpoint being written at
-    # the kill and the one after it (checkpoint_every=4) on a loaded machine
-    assert max(_ckpt_steps(out)) <= at_kill + 8
+    assert max(_ckpt_steps(out)) >= at_kill
+    import torch
+
+    for ck_path in (out / "checkpoints").glob("step-*.pt"):  # every checkpoint is complete
+        assert "model" in torch.load(ck_path, map_location="cpu", weights_only=True), ck_path
     # resume on one process for a few steps: the records past the checkpoint are dropped once
     ck = max(_ckpt_steps(out))
     p = subprocess.run(

@@ -21,6 +21,7 @@ from quadmix_stream.search.data import (
     TokenStream,
     check_selection,
     eval_coverage,
+    in_proxy_pool,
     load_target_texts,
     open_stream,
     target_blocks,
@@ -362,6 +363,35 @@ def test_document_windows_spread_a_budget_over_many_documents(mds_ds, pool, tok)
     full = tok.encode_docs(["x " * 400])[0]
     w = [s._window(full, key, epoch) for key, epoch in ((1, 0), (1, 1), (2, 0))]
     assert all(len(x) == 7 for x in w) and len({tuple(x) for x in w}) > 1  # offsets vary
+
+
+def test_a_proxy_pool_fraction_is_one_fixed_subsample_for_every_theta(mds_ds, pool, tok):
+    """pool_fraction keeps the same hash-chosen documents whatever θ, about that fraction of
+    them, and makes a small selection repeat within a budget it would not repeat in whole."""
+    keep = SamplingParams.keep_all(pool.domains, pool.scorers)
+    tight = SamplingParams.propose(1, pool.domains, pool.scorers, seed=3, ranges=RANGES)[0]
+
+    def keys(params: SamplingParams, fraction: float) -> list[int]:
+        s = TokenStream(open_stream(mds_ds, params, 0), tok, 4, 32, 100, pool_fraction=fraction)
+        out = []
+        for key, _, epoch in s._texts():
+            if epoch:
+                return out
+            out.append(key)
+        return out
+
+    whole, part = keys(keep, 1.0), keys(keep, 0.25)
+    assert set(part) == {k for k in whole if in_proxy_pool(k, 0.25)}
+    assert 0.18 < len(part) / len(whole) < 0.32
+    sel = keys(tight, 1.0)
+    assert set(keys(tight, 0.25)) == {k for k in sel if in_proxy_pool(k, 0.25)}  # same subsample
+    need = check_selection(open_stream(mds_ds, keep, 0), 4 * 32 * 40, 100)
+    small = check_selection(open_stream(mds_ds, keep, 0), 4 * 32 * 40, 100, pool_fraction=0.25)
+    assert small == need  # the expected selection is θ's; only the epochs it needs change
+    with pytest.raises(SelectionError, match="epochs"):
+        check_selection(open_stream(mds_ds, keep, 0), 10**9, 100, pool_fraction=0.01)
+    with pytest.raises(SearchConfigError, match="pool_fraction"):
+        SearchConfig.from_dict({"dataset": "d", "proxy": {"pool_fraction": 0}})
 
 
 def test_proxies_score_every_eval_set_and_print_progress(mds_ds, tok, pool, tmp_path):

@@ -108,6 +108,12 @@ class ProxyConfig:
     #: every epoch); 0 = whole documents. On long documents a small budget then covers many
     #: documents instead of a handful (see the coverage section of the report)
     doc_tokens: int = 0
+    #: proxies read only this fraction of the pool (documents chosen by hash of their key, the
+    #: same for every proxy). A proxy's budget is a tiny fraction of the full training's; with
+    #: ``pool_fraction`` ≈ proxy tokens / training tokens (per pool token) a proxy makes as many
+    #: passes over a selection as the full training does, so a θ that must repeat its data at
+    #: full scale also repeats it at proxy scale (the repetition regime of the paper's Table 1)
+    pool_fraction: float = 1.0
 
     @property
     def steps(self) -> int:
@@ -404,6 +410,8 @@ def _check(c: SearchConfig) -> None:
         )
     if x.doc_tokens < 0 or x.eval_doc_tokens < 0 or c.select.verify < 0 or c.coverage_min_docs < 0:
         raise SearchConfigError("proxy.doc_tokens, select.verify and coverage_min_docs must be ≥ 0")
+    if not 0 < x.pool_fraction <= 1:
+        raise SearchConfigError(f"proxy.pool_fraction: must be in (0, 1], got {x.pool_fraction}")
     if not 0 < c.regressor.valid_fraction < 1:
         raise SearchConfigError("regressor.valid_fraction: must be in (0, 1)")
     if not 0 < c.baselines.topk_fraction <= 1:

@@ -8,7 +8,9 @@ budget is reached; documents repeat when the selection is smaller than the budge
 seeded by the stream seed, the document and the epoch), so a small budget spreads over many
 documents instead of a few long ones. The epochs
 are driven here (``set_epoch``) rather than with ``infinite=True`` so that a θ whose selection
-is empty is detected and reported instead of spinning forever.
+is empty is detected and reported instead of spinning forever. With ``pool_fraction`` < 1 the stream keeps only the
+documents of a fixed hash-chosen part of the pool (a uniform subsample, independent of θ and of
+the stream's own draws), so a small proxy budget meets a selection as often as the full training.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quadmix_stream.hashing import SALT_PROXY_POOL, uniform
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.search.tokenizer import TextTokenizer
 
@@ -49,18 +52,30 @@ def expected_selection(ds) -> dict:
     }
 
 
-def check_selection(ds, budget_tokens: int, max_epochs: int, doc_tokens: int = 0) -> dict:
+def in_proxy_pool(key: int, pool_fraction: float) -> bool:
+    """Whether document ``key`` is in the proxies' ``pool_fraction`` of the pool."""
+    if pool_fraction >= 1.0:
+        return True
+    k = np.array([int(key) & (2**64 - 1)], dtype=np.uint64)
+    return bool(uniform(k, SALT_PROXY_POOL)[0] < pool_fraction)
+
+
+def check_selection(
+    ds, budget_tokens: int, max_epochs: int, doc_tokens: int = 0, pool_fraction: float = 1.0
+) -> dict:
     """Refuse θ that selects nothing, or so little that the budget needs > ``max_epochs`` epochs.
 
     Token counts here are the labels' (the labeller's tokenizer); the check is in documents and
     label tokens, so it is approximate for another tokenizer, and :class:`TokenStream` enforces
     ``max_epochs`` exactly while streaming. With a per-document cap ``doc_tokens`` an epoch
-    yields at most ``doc_tokens`` tokens per document.
+    yields at most ``doc_tokens`` tokens per document; with ``pool_fraction`` it yields that
+    fraction of them (in expectation).
     """
     sel = expected_selection(ds)
     if sel["tokens"] <= 0 or sel["docs"] <= 0:
         raise SelectionError("θ selects nothing (0 expected tokens per epoch)")
     per_epoch = sel["tokens"] if not doc_tokens else min(sel["tokens"], sel["docs"] * doc_tokens)
+    per_epoch *= pool_fraction
     need = budget_tokens / per_epoch
     if need > max_epochs:
         raise SelectionError(
@@ -85,6 +100,7 @@ class TokenStream:
         cache_limit: int = 1_000_000,
         doc_tokens: int = 0,
         window_seed: int = 0,
+        pool_fraction: float = 1.0,
     ) -> None:
         self.ds, self.tok = ds, tokenizer
         self.batch_size, self.seq_len = batch_size, seq_len
@@ -98,6 +114,7 @@ class TokenStream:
         self.cache = {} if cache is None else cache
         self.cache_limit = cache_limit
         self.doc_tokens, self.window_seed = doc_tokens, window_seed
+        self.pool_fraction = pool_fraction
         self._docs = self._doc_ids()
 
     def _texts(self) -> Iterator[tuple[int, str, int]]:
@@ -112,6 +129,8 @@ class TokenStream:
             self.epochs += 1
             n = 0
             for doc in self.ds:
+                if not in_proxy_pool(doc["key"], self.pool_fraction):
+                    continue
                 n += 1
                 self.drawn += 1
                 yield int(doc["key"]), str(doc.get("text") or ""), self.epochs - 1

@@ -195,7 +195,8 @@ class ProxyContext:
     def stream(self, job: ProxyJob) -> tuple[TokenStream, dict]:
         """θ's token stream, after refusing a θ that selects (almost) nothing."""
         ds = open_stream(self.dataset, job.params, self.cfg.data_seed)
-        sel = check_selection(ds, self.cfg.tokens, self.cfg.max_epochs, self.cfg.doc_tokens)
+        cfg = self.cfg
+        sel = check_selection(ds, cfg.tokens, cfg.max_epochs, cfg.doc_tokens, cfg.pool_fraction)
         stream = TokenStream(
             ds,
             self.tokenizer,
@@ -205,6 +206,7 @@ class ProxyContext:
             cache=self.token_cache,
             doc_tokens=self.cfg.doc_tokens,
             window_seed=self.cfg.data_seed,
+            pool_fraction=self.cfg.pool_fraction,
         )
         return stream, sel
 

@@ -7,12 +7,16 @@ from typing import Any
 
 import numpy as np
 
-from quadmix_stream.labels import LabelError, Manifest, load_labels
+from quadmix_stream.hashing import SALT_SAMPLE, uniform
+from quadmix_stream.labels import LabelError, Manifest, ShardLabels
 from quadmix_stream.params import SamplingParams
-from quadmix_stream.selection import Selection
+from quadmix_stream.selection import mixture_sums
 from quadmix_stream.storage import Store, as_store
+from quadmix_stream.tables import PoolTables
 
 HIST_BINS = ("0", "1", "2", "3", "4+")
+#: scorer quantiles are exact up to this many documents, from a uniform sample of it above
+QUANTILE_SAMPLE = 1_000_000
 
 
 def inspect_dataset(
@@ -26,6 +30,10 @@ def inspect_dataset(
 
     ``root`` is the dataset's folder, its URL (``s3://bucket/ds``: only the manifest and the
     label sidecars are fetched, never a shard), or an open :class:`~quadmix_stream.storage.Store`.
+    The pool is read one shard's labels at a time, with the stream's own tables
+    (:class:`~quadmix_stream.tables.PoolTables`: the same Eq. 2 reference, so the counts are the
+    stream's): memory is one shard plus the scorer sample, whatever the pool's size. Quantiles are
+    exact up to :data:`QUANTILE_SAMPLE` documents, and from a uniform sample of that many above.
     """
     store = as_store(root)  # a remote dataset: one client for the manifest and the sidecars
     manifest = Manifest.load(store)
@@ -34,10 +42,24 @@ def inspect_dataset(
             f"{root}: the dataset has 0 documents ({len(manifest.shards)} shard(s), all empty); "
             "nothing to inspect"
         )
-    lab = load_labels(store, manifest)
+    if params is not None:
+        params.check_names(manifest.domains, manifest.scorer_names)
+    tables = PoolTables(store, manifest)
     m = len(manifest.domains)
-    docs = np.bincount(lab.domain, minlength=m)
-    toks = np.bincount(lab.domain, weights=lab.tokens, minlength=m)
+    acc = _Totals(m, len(HIST_BINS))
+    rate = min(1.0, QUANTILE_SAMPLE / manifest.rows)
+    sample = []
+    for s in range(tables.n_shards):
+        lab = tables.labels(s)
+        acc.add_pool(lab.domain, lab.tokens)
+        keep = slice(None) if rate >= 1.0 else uniform(lab.key, SALT_SAMPLE, 1) < rate
+        sample.append(lab.scores[keep])
+        if params is not None:
+            acc.add_selection(
+                lab, tables.expected(s, params), tables.counts(s, params, seed, epoch)
+            )
+    scores = np.concatenate(sample)
+    docs, toks = acc.docs, acc.tokens
     out: dict[str, Any] = {
         "dataset": str(root),
         "format": manifest.format,
@@ -53,20 +75,16 @@ def inspect_dataset(
             "tokens": int(toks[i]),
             "token_share": float(toks[i] / max(toks.sum(), 1)),
         }
-    for j, s in enumerate(manifest.scorers):
-        q = np.quantile(lab.scores[:, j], [0.0, 0.1, 0.5, 0.9, 1.0])
-        out["scorers"][s.name] = {
-            "higher_is_better": s.higher_is_better,
-            "fingerprint": s.fingerprint,
+    for j, sc in enumerate(manifest.scorers):
+        q = np.quantile(scores[:, j], [0.0, 0.1, 0.5, 0.9, 1.0])
+        out["scorers"][sc.name] = {
+            "higher_is_better": sc.higher_is_better,
+            "fingerprint": sc.fingerprint,
             "quantiles(0,10,50,90,100%)": [round(float(x), 6) for x in q],
         }
     if params is None:
         return out
-    sel = Selection(lab, manifest, params, seed)
-    exp, real = sel.mixture(None), sel.mixture(epoch)
-    counts = sel.counts(epoch)
-    hist = np.zeros((m, len(HIST_BINS)), dtype=np.int64)
-    np.add.at(hist, (lab.domain, np.minimum(counts, len(HIST_BINS) - 1)), 1)
+    exp, real, hist = acc.expected, acc.realised, acc.hist
     sel_tok = real["tokens"].sum()
     for i, d in enumerate(manifest.domains):
         out["domains"][d].update(
@@ -89,6 +107,35 @@ def inspect_dataset(
         params=params.provenance,
     )
     return out
+
+
+class _Totals:
+    """Per-domain sums over the shards of a pool (and of a selection), one shard at a time."""
+
+    def __init__(self, m: int, bins: int) -> None:
+        self.m = m
+        self.docs = np.zeros(m, dtype=np.int64)
+        self.tokens = np.zeros(m, dtype=np.int64)
+        keys = ("docs", "tokens", "unique_docs")
+        self.expected = {k: np.zeros(m) for k in keys}
+        self.realised = {k: np.zeros(m) for k in keys}
+        self.hist = np.zeros((m, bins), dtype=np.int64)
+
+    def add_pool(self, domain: np.ndarray, tokens: np.ndarray) -> None:
+        dom = domain.astype(np.int64)
+        self.docs += np.bincount(dom, minlength=self.m)
+        self.tokens += np.bincount(dom, weights=tokens, minlength=self.m).astype(np.int64)
+
+    def add_selection(self, lab: ShardLabels, expected: np.ndarray, counts: np.ndarray) -> None:
+        for into, w, realised in (
+            (self.expected, expected, False),
+            (self.realised, counts.astype(np.float64), True),
+        ):
+            part = mixture_sums(lab.domain, lab.tokens, w, self.m, realised=realised)
+            for k in into:
+                into[k] += part[k]
+        bins = self.hist.shape[1]
+        np.add.at(self.hist, (lab.domain.astype(np.int64), np.minimum(counts, bins - 1)), 1)
 
 
 def format_report(rep: dict[str, Any]) -> str:

@@ -177,3 +177,34 @@ def test_a_pass_survives_a_process_killed_holding_a_chunk(tmp_path):
     assert (tmp_path / "sq.npz").exists() and not (tmp_path / "sq.parts").exists()
     again = cooperative(tmp_path, "sq", 3, compute, combine)  # cached: nothing recomputed
     assert again["v"].tolist() == [0, 1, 4] and len(calls) == 3
+
+
+def test_inspect_reads_one_shard_at_a_time_and_matches_the_whole_pool(many_shards_ds, monkeypatch):
+    """``inspect`` over many shards never loads the pool's labels at once, and its figures equal
+    a whole-pool computation (the oracle here loads everything: the pool is small)."""
+    from quadmix_stream import inspect as inspect_mod
+    from quadmix_stream.labels import Manifest, load_labels
+    from quadmix_stream.selection import Selection
+
+    m = Manifest.load(many_shards_ds)
+    params = wide_params(many_shards_ds)
+    lab = load_labels(many_shards_ds, m)
+    sel = Selection(lab, m, params, seed=2)
+    counts = sel.counts(1)
+
+    def refuse(*a, **k):
+        raise AssertionError("inspect loaded the whole pool's labels")
+
+    monkeypatch.setattr("quadmix_stream.labels.load_labels", refuse)
+    rep = inspect_mod.inspect_dataset(many_shards_ds, params, seed=2, epoch=1)
+    assert rep["shards"] == len(m.shards) > 100
+    exp = sel.mixture(None)
+    for i, d in enumerate(m.domains):
+        row = rep["domains"][d]
+        assert row["docs"] == int((lab.domain == i).sum())
+        assert row["realised_docs"] == int(counts[lab.domain == i].sum())
+        assert row["expected_docs"] == pytest.approx(float(exp["docs"][i]), rel=1e-9)
+        hist = np.bincount(np.minimum(counts[lab.domain == i], 4), minlength=5)
+        assert list(row["repeat_histogram"].values()) == hist.tolist()
+    q = np.quantile(lab.scores[:, 0], [0.0, 0.1, 0.5, 0.9, 1.0]).round(6).tolist()
+    assert rep["scorers"][m.scorers[0].name]["quantiles(0,10,50,90,100%)"] == q

@@ -208,3 +208,23 @@ def test_inspect_reads_one_shard_at_a_time_and_matches_the_whole_pool(many_shard
         assert list(row["repeat_histogram"].values()) == hist.tolist()
     q = np.quantile(lab.scores[:, 0], [0.0, 0.1, 0.5, 0.9, 1.0]).round(6).tolist()
     assert rep["scorers"][m.scorers[0].name]["quantiles(0,10,50,90,100%)"] == q
+
+
+def test_the_search_pool_holds_a_bounded_sample(many_shards_ds):
+    """The search's pool statistics come from at most ``max_docs`` documents' labels, gathered
+    shard by shard; exact below the bound, and close to the whole pool's above it."""
+    from quadmix_stream.search.pool import Pool
+
+    whole, part = Pool(many_shards_ds), Pool(many_shards_ds, max_docs=2400)
+    n = whole.manifest.rows
+    assert whole.rate == 1.0 and whole.labels.rows == n
+    assert part.rate == 2400 / n and 2100 < part.labels.rows < 2700
+    assert np.array_equal(part.domain_tokens, whole.domain_tokens)  # exact sums
+    params = wide_params(many_shards_ds)
+    a, b = whole.profile(params), part.profile(params)
+    assert b["tokens"] == pytest.approx(a["tokens"], rel=0.15)
+    for d in whole.domains:
+        assert b["token_share"][d] == pytest.approx(a["token_share"][d], abs=0.06)
+    keys = set(part.labels.key.tolist())
+    assert keys == set(Pool(many_shards_ds, max_docs=2400).labels.key.tolist())  # deterministic
+    assert keys < set(whole.labels.key.tolist())

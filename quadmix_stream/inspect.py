@@ -92,6 +92,7 @@ def inspect_dataset(
             expected_tokens=float(exp["tokens"][i]),
             realised_docs=int(real["docs"][i]),
             realised_tokens=int(real["tokens"][i]),
+            realised_unique_tokens=int(real["unique_tokens"][i]),
             realised_token_share=float(real["tokens"][i] / max(sel_tok, 1)),
             repeat_histogram=dict(zip(HIST_BINS, hist[i].tolist(), strict=True)),
             unique_coverage=float(real["unique_docs"][i] / max(docs[i], 1)),
@@ -101,6 +102,7 @@ def inspect_dataset(
         expected_tokens=float(exp["tokens"].sum()),
         realised_docs=int(real["docs"].sum()),
         realised_tokens=int(sel_tok),
+        realised_unique_tokens=int(real["unique_tokens"].sum()),
         unique_coverage=float(real["unique_docs"].sum() / max(docs.sum(), 1)),
         seed=seed,
         epoch=epoch,
@@ -118,7 +120,7 @@ class _Totals:
         self.tokens = np.zeros(m, dtype=np.int64)
         keys = ("docs", "tokens", "unique_docs")
         self.expected = {k: np.zeros(m) for k in keys}
-        self.realised = {k: np.zeros(m) for k in keys}
+        self.realised = {k: np.zeros(m) for k in (*keys, "unique_tokens")}
         self.hist = np.zeros((m, bins), dtype=np.int64)
 
     def add_pool(self, domain: np.ndarray, tokens: np.ndarray) -> None:
@@ -132,8 +134,10 @@ class _Totals:
             (self.realised, counts.astype(np.float64), True),
         ):
             part = mixture_sums(lab.domain, lab.tokens, w, self.m, realised=realised)
-            for k in into:
+            for k in part:
                 into[k] += part[k]
+        seen = np.where(counts > 0, lab.tokens, 0).astype(np.float64)
+        self.realised["unique_tokens"] += np.bincount(lab.domain, weights=seen, minlength=self.m)
         bins = self.hist.shape[1]
         np.add.at(self.hist, (lab.domain.astype(np.int64), np.minimum(counts, bins - 1)), 1)
 

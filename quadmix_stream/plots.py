@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from quadmix_stream.labels import Manifest, load_labels
+from quadmix_stream.labels import Manifest
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.sampling import expected_copies
-from quadmix_stream.selection import Selection
 from quadmix_stream.storage import Store, as_store
 
 
@@ -25,10 +24,11 @@ def plot_selection(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from quadmix_stream.inspect import inspect_dataset
+
     store = as_store(root)  # a remote dataset: one client for the manifest and the sidecars
     m = Manifest.load(store)
-    lab = load_labels(store, m)
-    sel = Selection(lab, m, params, seed)
+    rep = inspect_dataset(store, params, seed, epoch)["domains"]  # one shard at a time
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     r = np.linspace(0, 1, 1001)
     for i, d in enumerate(m.domains):
@@ -41,8 +41,10 @@ def plot_selection(
     a.set_title(f"Sampling curves ({params.form})")
     a.set_xscale("symlog", linthresh=0.01)
     a.legend(fontsize=8)
-    pool = np.bincount(lab.domain, weights=lab.tokens, minlength=len(m.domains))
-    exp, real = sel.mixture(None)["tokens"], sel.mixture(epoch)["tokens"]
+    pool, exp, real = (
+        np.array([float(rep[d][k]) for d in m.domains])
+        for k in ("tokens", "expected_tokens", "realised_tokens")
+    )
     x = np.arange(len(m.domains))
     w = 0.27
     for k, (name, v) in enumerate(

@@ -203,6 +203,8 @@ def test_inspect_reads_one_shard_at_a_time_and_matches_the_whole_pool(many_shard
         row = rep["domains"][d]
         assert row["docs"] == int((lab.domain == i).sum())
         assert row["realised_docs"] == int(counts[lab.domain == i].sum())
+        seen = (lab.domain == i) & (counts > 0)
+        assert row["realised_unique_tokens"] == int(lab.tokens[seen].sum())
         assert row["expected_docs"] == pytest.approx(float(exp["docs"][i]), rel=1e-9)
         hist = np.bincount(np.minimum(counts[lab.domain == i], 4), minlength=5)
         assert list(row["repeat_histogram"].values()) == hist.tolist()

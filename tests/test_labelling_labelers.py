@@ -235,7 +235,7 @@ def test_minilm_embedding_head(tmp_path):
 # ---------------------------------------------------------------- heuristic (rule) scorer
 def test_heuristic_scorer_prefers_prose_over_boilerplate_and_code():
     from quadmix_stream.labelling.heuristic import RULES, heuristic_score, rule_passes
-    from quadmix_stream.labelling.labelers import build_labeler
+    from quadmix_stream.labelling.registry import build_labeler
 
     prose = (
         "The river rises in the hills to the north of the town and flows south to the sea. "

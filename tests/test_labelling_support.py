@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quadmix_stream.labelling.inputs import InputSpec, iter_documents
+from quadmix_stream.labelling.inputs import InputSpec
+from quadmix_stream.labelling.read_raw import iter_documents
 
 REPO = Path(__file__).resolve().parents[1]
 #: small fasttext models: the tests need real ones, not big ones

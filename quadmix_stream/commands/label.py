@@ -118,8 +118,9 @@ def _where(items: list[str] | None) -> dict | None:
 
 
 def _label(a: argparse.Namespace) -> int:
-    from quadmix_stream.labelling.pipeline import RunResult, run_label
+    from quadmix_stream.labelling.pipeline import run_label
     from quadmix_stream.labelling.recipe import Recipe, load_recipe, parse_kv
+    from quadmix_stream.labelling.run_report import RunResult
     from quadmix_stream.storage import is_remote
 
     def where(x: str) -> str:

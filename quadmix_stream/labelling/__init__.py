@@ -10,18 +10,14 @@
 Heavy libraries (fasttext, torch, transformers) load only when a labeller that needs them does.
 """
 
+from quadmix_stream.labelling.counters import BytesCounter, TokenizerCounter, WhitespaceCounter
+from quadmix_stream.labelling.fasttext_labeler import FastTextLabeler
+from quadmix_stream.labelling.fields import FieldLabeler
 from quadmix_stream.labelling.issues import Issues
-from quadmix_stream.labelling.labelers import (
-    BytesCounter,
-    FastTextLabeler,
-    FieldLabeler,
-    Labeler,
-    TokenizerCounter,
-    WhitespaceCounter,
-    build_labeler,
-)
+from quadmix_stream.labelling.labeler import Labeler
 from quadmix_stream.labelling.paths import LabelerError
 from quadmix_stream.labelling.recipe import Recipe, load_recipe, parse_recipe
+from quadmix_stream.labelling.registry import build_labeler
 
 
 def run_label(*args, **kwargs):  # noqa: ANN002, ANN003 - thin lazy wrapper

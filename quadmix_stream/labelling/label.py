@@ -20,7 +20,7 @@ from quadmix_stream.labelling.labeler_set import LabelerSet
 from quadmix_stream.labelling.plan import Plan
 from quadmix_stream.labelling.recipe import Recipe
 from quadmix_stream.labelling.records import UnitState
-from quadmix_stream.labelling.remote import Root
+from quadmix_stream.labelling.roots import Root
 from quadmix_stream.labelling.run_report import RankStats
 from quadmix_stream.labelling.worker import IOConfig, IOHelper, Task
 from quadmix_stream.labels import LabelError

@@ -19,7 +19,7 @@ from quadmix_stream.labelling.outputs import write_mds_index
 from quadmix_stream.labelling.plan import Plan
 from quadmix_stream.labelling.recipe import Recipe
 from quadmix_stream.labelling.records import UnitState, unit_state
-from quadmix_stream.labelling.remote import LocalRoot, Root, as_root
+from quadmix_stream.labelling.roots import LocalRoot, Root, as_root
 from quadmix_stream.labels import LabelError, Manifest, ScorerInfo, ShardEntry
 from quadmix_stream.sampling import build_sigma_tables
 

@@ -12,7 +12,7 @@ Guarantees:
   the pending units, and rank 0 merges once every rank reports success.
 * **Object storage**: the dataset (``--shards s3://bucket/ds``, ``--out s3://…``) may be a URL;
   shards, sidecars, records and the manifest are then written there in that order, one PUT each
-  (see :mod:`.remote`), and a re-run on any machine resumes from the records in the bucket.
+  (see :mod:`.roots`), and a re-run on any machine resumes from the records in the bucket.
 
 The steps live in their own modules: plan (:mod:`.plan`, :mod:`.discover`), read (:mod:`.worker`,
 :mod:`.read_raw`, :mod:`.read_shards`), label (:mod:`.label`, :mod:`.labeler_set`), commit
@@ -34,7 +34,7 @@ from quadmix_stream.labelling.merge import manifest_extra, merge
 from quadmix_stream.labelling.plan import Plan, check_out_dir, make_plan
 from quadmix_stream.labelling.recipe import Recipe
 from quadmix_stream.labelling.records import UnitState, clean_tmp, unit_state, write_root_json
-from quadmix_stream.labelling.remote import WORK_DIR, LocalRoot, Root, as_root
+from quadmix_stream.labelling.roots import WORK_DIR, LocalRoot, Root, as_root
 from quadmix_stream.labelling.run_report import RankStats, RunResult, gather_stats
 from quadmix_stream.labelling.worker import IOHelper
 from quadmix_stream.labels import LabelError, Manifest

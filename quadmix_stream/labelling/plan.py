@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quadmix_stream.labelling.discover import detect_remote_shards, detect_shards
+from quadmix_stream.labelling.discover import detect_shards
 from quadmix_stream.labelling.inputs import InputSpec, Unit
 from quadmix_stream.labelling.raw_files import count_rows, expand_paths, input_size, synthetic_docs
 from quadmix_stream.labelling.recipe import Recipe
 from quadmix_stream.labelling.records import write_root_json
-from quadmix_stream.labelling.remote import WORK_DIR, RemoteRoot, Root, as_root
+from quadmix_stream.labelling.roots import WORK_DIR, Root, as_root
 
 
 @dataclass
@@ -82,13 +82,10 @@ def plan_raw(spec: InputSpec, rows_per_shard: int, base: Path | None = None) -> 
     return units
 
 
-def plan_shards(root: Path | Any, fmt: str) -> tuple[str, list[Unit], dict[str, Any]]:
-    """(format, units, extra) of a sidecar-mode run over the shards in ``root`` (a folder, or
-    a :class:`~quadmix_stream.labelling.remote.RemoteRoot`)."""
-    if isinstance(root, RemoteRoot):
-        fmt, names, extra = detect_remote_shards(root, fmt)
-    else:
-        fmt, names, extra = detect_shards(Path(getattr(root, "path", root)), fmt)
+def plan_shards(root: Path | Root, fmt: str) -> tuple[str, list[Unit], dict[str, Any]]:
+    """(format, units, extra) of a sidecar-mode run over the shards in ``root`` (a folder, or a
+    dataset root, local or on object storage)."""
+    fmt, names, extra = detect_shards(as_root(root), fmt)
     return fmt, [Unit(i, name) for i, name in enumerate(names)], extra
 
 

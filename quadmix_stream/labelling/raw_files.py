@@ -31,7 +31,7 @@ def expand_paths(patterns: list[str], base: Path | None = None) -> list[Path | s
     out: list[Path | str] = []
     for pat in patterns:
         if is_remote(pat):
-            from quadmix_stream.labelling.remote import expand_remote
+            from quadmix_stream.labelling.remote_files import expand_remote
 
             out.extend(expand_remote(pat, RAW_SUFFIXES))
             continue
@@ -66,7 +66,7 @@ def open_lines(path: Path | str) -> IO[bytes]:
     """A binary line stream over a (possibly gzip/zstd-compressed) JSONL file, local or remote
     (a URL: streamed through fsspec, decompressed on the fly)."""
     if is_remote(path):
-        from quadmix_stream.labelling.remote import open_remote
+        from quadmix_stream.labelling.remote_files import open_remote
 
         return open_remote(str(path))
     path = Path(path)
@@ -84,7 +84,7 @@ def open_lines(path: Path | str) -> IO[bytes]:
 def input_size(path: Path | str) -> int:
     """Bytes of a raw input file, local or remote (part of a run's plan)."""
     if is_remote(path):
-        from quadmix_stream.labelling.remote import remote_size
+        from quadmix_stream.labelling.remote_files import remote_size
 
         return remote_size(str(path))
     return Path(path).stat().st_size
@@ -96,7 +96,7 @@ def open_parquet(path: Path | str) -> Any:
     import pyarrow.parquet as pq
 
     if is_remote(path):
-        from quadmix_stream.labelling.remote import open_remote
+        from quadmix_stream.labelling.remote_files import open_remote
 
         return pq.ParquetFile(open_remote(str(path), compression=None))
     return pq.ParquetFile(path)

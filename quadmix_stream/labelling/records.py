@@ -16,7 +16,7 @@ from typing import Any
 
 from quadmix_stream.io import atomic_write_text
 from quadmix_stream.labelling.outputs import WrittenShard
-from quadmix_stream.labelling.remote import WORK_DIR, Root, as_root
+from quadmix_stream.labelling.roots import WORK_DIR, Root, as_root
 
 
 @dataclass

@@ -119,34 +119,26 @@ def _heuristic(o: Options) -> Labeler:
     return HeuristicLabeler(o.name)
 
 
+def _model_options(o: Options, max_length: int) -> dict[str, Any]:
+    """The options every neural labeller takes (consumed in this order)."""
+    return {
+        "label": o.pop("label"),
+        "max_length": int(o.pop("max_length", max_length)),
+        "batch_size": int(o.pop("batch_size", 32)),
+        "device": o.pop("device"),
+        "higher_is_better": o.higher_is_better,
+    }
+
+
 def _transformers(o: Options) -> Labeler:
     p = o.path()
-    return TransformersLabeler(
-        p,
-        o.kind,
-        o.name,
-        label=o.pop("label"),
-        max_length=int(o.pop("max_length", 512)),
-        batch_size=int(o.pop("batch_size", 32)),
-        device=o.pop("device"),
-        higher_is_better=o.higher_is_better,
-    )
+    return TransformersLabeler(p, o.kind, o.name, **_model_options(o, 512))
 
 
 def _embedding(o: Options) -> Labeler:
     model = o.path("model")
     head = o.path("head")
-    return EmbeddingHeadLabeler(
-        model,
-        head,
-        o.kind,
-        o.name,
-        label=o.pop("label"),
-        max_length=int(o.pop("max_length", 256)),
-        batch_size=int(o.pop("batch_size", 32)),
-        device=o.pop("device"),
-        higher_is_better=o.higher_is_better,
-    )
+    return EmbeddingHeadLabeler(model, head, o.kind, o.name, **_model_options(o, 256))
 
 
 #: recipe ``type`` → builder (in the order the error message lists them).

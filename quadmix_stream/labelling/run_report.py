@@ -9,7 +9,7 @@ from pathlib import Path
 from quadmix_stream.labelling.dist import World
 from quadmix_stream.labelling.issues import Issues
 from quadmix_stream.labelling.records import write_root_json
-from quadmix_stream.labelling.remote import WORK_DIR, Root
+from quadmix_stream.labelling.roots import WORK_DIR, Root
 from quadmix_stream.labels import LabelError, Manifest
 
 

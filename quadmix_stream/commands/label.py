@@ -8,6 +8,12 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``label`` and ``train-labeler`` sub-commands."""
+    _register_label(sub)
+    _register_train(sub)
+
+
+def _register_label(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "label",
         help="label documents or existing shards (domain, quality scores, tokens) → dataset",
@@ -71,6 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--throttle", type=float, default=0.0, help=argparse.SUPPRESS)
     p.set_defaults(func=_label)
 
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-labeler",
         help="train a labeller (fasttext domain/quality, embedding + linear head)",

@@ -132,30 +132,29 @@ def _recipes(a: argparse.Namespace, spec: Any, work: Path, models: Path) -> tupl
     tokens: dict[str, Any] = {"type": "whitespace"}
     if a.tokenizer:
         tokens = {"type": "tokenizer", "path": a.tokenizer}
+    scorer = {"name": "quality", "type": "fasttext", "path": str(models / "quality.bin")}
+    common = {
+        "base": work,
+        "input": spec,
+        "format": a.format,
+        "rows_per_shard": a.rows_per_shard,
+        "io_workers": a.io_workers,
+        "progress": False,
+    }
     full = Recipe(
         name="bench",
-        base=work,
-        input=spec,
-        format=a.format,
-        rows_per_shard=a.rows_per_shard,
         domain={"type": "fasttext", "path": str(models / "domain.bin")},
         tokens=tokens,
-        scorers=[{"name": "quality", "type": "fasttext", "path": str(models / "quality.bin")}],
-        io_workers=a.io_workers,
-        progress=False,
+        scorers=[dict(scorer)],
+        **common,
     )
     single = Recipe(
         name="bench-single",
-        base=work,
-        input=spec,
-        format=a.format,
-        rows_per_shard=a.rows_per_shard,
         domain={"type": "field", "field": "domain", "default": "unknown"},
         domains=None,
         tokens={"type": "bytes"},
-        scorers=[{"name": "quality", "type": "fasttext", "path": str(models / "quality.bin")}],
-        io_workers=a.io_workers,
-        progress=False,
+        scorers=[dict(scorer)],
+        **common,
     )
     return full, single
 

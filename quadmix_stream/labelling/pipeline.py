@@ -35,7 +35,7 @@ from quadmix_stream.labelling.plan import Plan, check_out_dir, make_plan
 from quadmix_stream.labelling.recipe import Recipe
 from quadmix_stream.labelling.records import UnitState, clean_tmp, unit_state, write_root_json
 from quadmix_stream.labelling.roots import WORK_DIR, LocalRoot, Root, as_root
-from quadmix_stream.labelling.run_report import RankStats, RunResult, gather_stats
+from quadmix_stream.labelling.run_report import RunResult, gather_stats
 from quadmix_stream.labelling.worker import IOHelper
 from quadmix_stream.labels import LabelError, Manifest
 
@@ -211,12 +211,4 @@ def _finish(
     )
 
 
-__all__ = [
-    "LabelerSet",
-    "Plan",
-    "RankStats",
-    "RunResult",
-    "build_labelers",
-    "make_plan",
-    "run_label",
-]
+__all__ = ["run_label"]

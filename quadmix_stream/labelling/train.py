@@ -143,26 +143,21 @@ def _embedding(
         "batch_size": int(j.pop("batch_size", 32)),
     }
     if kind == "domain":
-        return train_embedding_head(
-            model_path,
-            model_out,
-            "domain",
-            docs=j.docs("input", "where"),
-            field=j.pop("field", "domain"),
-            max_per_class=j.pop("max_per_class"),
-            **common,
-        )
-    return train_embedding_head(
-        model_path,
-        model_out,
-        "quality",
-        positives=j.docs("positives", "positives_where"),
-        negatives=j.docs("negatives", "negatives_where"),
-        pos_label=j.pop("pos_label", "hq"),
-        neg_label=j.pop("neg_label", "cc"),
-        max_negatives=j.pop("max_negatives"),
-        **common,
-    )
+        data = {
+            "docs": j.docs("input", "where"),
+            "field": j.pop("field", "domain"),
+            "max_per_class": j.pop("max_per_class"),
+        }
+    else:
+        data = {
+            "positives": j.docs("positives", "positives_where"),
+            "negatives": j.docs("negatives", "negatives_where"),
+            "pos_label": j.pop("pos_label", "hq"),
+            "neg_label": j.pop("neg_label", "cc"),
+            "max_negatives": j.pop("max_negatives"),
+        }
+    role = "domain" if kind == "domain" else "quality"
+    return train_embedding_head(model_path, model_out, role, **data, **common)
 
 
 #: training job ``type`` → the function that runs it

@@ -278,6 +278,31 @@ class Store:
                 delay *= 2
         raise AssertionError("unreachable")
 
+    def sizes(self) -> dict[str, int]:
+        """Bytes of every file under the root, by name relative to it (``{}`` when the root
+        does not exist). Remotely one fresh listing (``find``, not the client's cache)."""
+        if not self.remote:
+            base = Path(self.url)
+            if not base.is_dir():
+                return {}
+            files = (p for p in base.rglob("*") if p.is_file())
+            return {p.relative_to(base).as_posix(): p.stat().st_size for p in files}
+        fs = self.fs
+        base_url = fs._strip_protocol(self.url).rstrip("/")
+
+        def find() -> dict[str, Any]:
+            fs.invalidate_cache()
+            try:
+                return fs.find(base_url, detail=True)
+            except FileNotFoundError:
+                return {}
+
+        out = {}
+        for path, info in self.retry("", find).items():
+            if info.get("type", "file") == "file" and path.startswith(base_url + "/"):
+                out[path[len(base_url) + 1 :]] = int(info.get("size") or 0)
+        return out
+
     def exists(self, name: str) -> bool:
         if not self.remote:
             return self.path(name).exists()

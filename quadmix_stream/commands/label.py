@@ -8,6 +8,12 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``label`` and ``train-labeler`` sub-commands."""
+    _register_label(sub)
+    _register_train(sub)
+
+
+def _register_label(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "label",
         help="label documents or existing shards (domain, quality scores, tokens) → dataset",
@@ -71,6 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--throttle", type=float, default=0.0, help=argparse.SUPPRESS)
     p.set_defaults(func=_label)
 
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-labeler",
         help="train a labeller (fasttext domain/quality, embedding + linear head)",
@@ -118,8 +126,9 @@ def _where(items: list[str] | None) -> dict | None:
 
 
 def _label(a: argparse.Namespace) -> int:
-    from quadmix_stream.labelling.pipeline import RunResult, run_label
+    from quadmix_stream.labelling.pipeline import run_label
     from quadmix_stream.labelling.recipe import Recipe, load_recipe, parse_kv
+    from quadmix_stream.labelling.run_report import RunResult
     from quadmix_stream.storage import is_remote
 
     def where(x: str) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 
 from quadmix_stream.formats import jsonl, mds, table, tar
 from quadmix_stream.formats.base import (
+    ScannedShard,
     ShardFormat,
     ShardReader,
     ShardReadError,
@@ -40,6 +41,7 @@ from quadmix_stream.storage import Store, as_store
 
 __all__ = [
     "REGISTRY",
+    "ScannedShard",
     "ShardFormat",
     "ShardReadError",
     "ShardReader",

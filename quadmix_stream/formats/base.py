@@ -119,12 +119,31 @@ class ShardSpec:
     mds_entry: dict[str, Any] | None = None
 
 
+@dataclass
+class ScannedShard:
+    """Every row of one shard file, read whole and in order (:meth:`ShardFormat.scan`).
+
+    Attributes:
+        docs: ``{"id", "text", "meta"}`` per row, as found: the id may be a non-string value, the
+            text ``bytes`` (tar members, not decoded) or ``None`` (a null table cell), so the
+            caller can count such rows before normalising them.
+        keys: tar: each row's sample key (the row's name in messages); else ``None``.
+        offset: tar: byte offset of each row's sample (what the sidecar records).
+        length: tar: byte length of each row's sample.
+    """
+
+    docs: list[dict[str, Any]]
+    keys: list[str] | None = None
+    offset: list[int] | None = None
+    length: list[int] | None = None
+
+
 class ShardFormat:
     """One shard format: how its shards are written and how their rows are read.
 
-    Subclasses implement :meth:`writer` and :meth:`open_local`; a format whose samples can be
-    fetched as byte ranges (so a sparse selection of a remote shard need not fetch all of it)
-    also implements :meth:`row_spans` and :meth:`sample_decoder`.
+    Subclasses implement :meth:`writer`, :meth:`open_local` and :meth:`scan`; a format whose
+    samples can be fetched as byte ranges (so a sparse selection of a remote shard need not fetch
+    all of it) also implements :meth:`row_spans` and :meth:`sample_decoder`.
     """
 
     def writer(
@@ -135,6 +154,16 @@ class ShardFormat:
 
     def open_local(self, path: Path, spec: ShardSpec) -> ShardReader:
         """A row reader of the shard file at ``path`` (a local file or a cached copy)."""
+        raise NotImplementedError
+
+    def scan(self, path: Path, spec: ShardSpec, cache_dir: Path | None = None) -> ScannedShard:
+        """Every row of the local shard file ``path``, in order (labelling shards in place).
+
+        ``spec`` names the shard (``rows``, ``sha256``, ``offset`` and ``length`` may be
+        unknown: 0, ``""``, ``None``); its ``extra`` names foreign tar members
+        (``tar_members``) and table columns (``columns``) as for :meth:`open_local`.
+        ``cache_dir``: where a compressed shard is decompressed (default: the node's cache).
+        """
         raise NotImplementedError
 
     def row_spans(

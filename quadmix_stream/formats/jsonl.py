@@ -12,6 +12,7 @@ from typing import Any
 import zstandard
 
 from quadmix_stream.formats.base import (
+    ScannedShard,
     ShardFormat,
     ShardReader,
     ShardSpec,
@@ -78,6 +79,11 @@ class JsonlFormat(ShardFormat):
 
     def open_local(self, path: Path, spec: ShardSpec) -> ShardReader:
         return JsonlShardReader(path)
+
+    def scan(self, path: Path, spec: ShardSpec, cache_dir: Path | None = None) -> ScannedShard:
+        """Every line of the shard, decompressed once."""
+        reader = JsonlShardReader(path)
+        return ScannedShard([reader.read(row) for row in range(len(reader.lines))])
 
 
 FORMAT = JsonlFormat()

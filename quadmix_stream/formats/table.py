@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from quadmix_stream.formats.base import ShardFormat, ShardReader, ShardSpec, WriterBackend
+from quadmix_stream.formats.base import (
+    ScannedShard,
+    ShardFormat,
+    ShardReader,
+    ShardSpec,
+    WriterBackend,
+)
 from quadmix_stream.io import atomic_write_bytes
 from quadmix_stream.labels import LabelError
 
@@ -267,6 +273,52 @@ class TableFormat(ShardFormat):
     def open_local(self, path: Path, spec: ShardSpec) -> ShardReader:
         cls = ParquetShardReader if self.fmt == "parquet" else ArrowShardReader
         return cls(path, **spec.extra.get("columns", {}), name=spec.name)
+
+    def scan(self, path: Path, spec: ShardSpec, cache_dir: Path | None = None) -> ScannedShard:
+        """Every row, one Parquet row group (or the whole Arrow table) at a time; only the
+        columns of ``spec.extra["columns"]``, one conversion per column, not one per value."""
+        names = table_columns(path, self.fmt)
+        args = _scan_columns(spec)
+        if args["id_column"] != "id" and args["id_column"] not in names:  # named: must exist
+            raise LabelError(
+                f"shard {spec.name!r}: no id column {args['id_column']!r} (columns {names})"
+            )
+        cols = TableDocs(names, spec.name, **args)
+        if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(path)
+            tables = (pf.read_row_group(g, columns=cols.columns) for g in range(pf.num_row_groups))
+        else:
+            tables = iter([open_arrow_table(path).select(cols.columns)])
+        docs: list[dict[str, Any]] = []
+        for table in tables:
+            text, *rest = (table.column(c).to_pylist() for c in cols.columns)
+            ids = rest.pop(0) if cols.id else [None] * len(text)
+            for i, t in enumerate(text):
+                doc_id = f"{spec.name}:{len(docs)}" if ids[i] is None else str(ids[i])
+                meta = {c: v[i] for c, v in zip(cols.meta, rest, strict=True)}
+                docs.append({"id": doc_id, "text": None if t is None else str(t), "meta": meta})
+        return ScannedShard(docs)
+
+
+def _scan_columns(spec: ShardSpec) -> dict[str, Any]:
+    """:class:`TableDocs` arguments from ``spec.extra["columns"]`` (defaults: text, id, all)."""
+    c = spec.extra.get("columns", {})
+    return {
+        "text_column": c.get("text_column", "text"),
+        "id_column": c.get("id_column", "id"),
+        "meta_columns": c.get("meta_columns"),
+    }
+
+
+def table_columns(path: Path, fmt: str) -> list[str]:
+    """Column names of a Parquet (footer only) or Arrow file."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    return list(open_arrow_table(path).schema.names)
 
 
 PARQUET = TableFormat("parquet")

@@ -18,13 +18,14 @@ import numpy as np
 
 from quadmix_stream.formats.base import (
     SampleDecoder,
+    ScannedShard,
     ShardFormat,
     ShardReader,
     ShardSpec,
     WriterBackend,
 )
 from quadmix_stream.formats.decompress import gunzip_copy
-from quadmix_stream.io import atomic_write_bytes, default_cache_dir
+from quadmix_stream.io import atomic_write_bytes, default_cache_dir, sha256_file
 from quadmix_stream.labels import LabelError
 from quadmix_stream.storage import Store
 
@@ -198,6 +199,39 @@ class TarFormat(ShardFormat):
         if spec.name.endswith((".gz", ".tgz")):  # gzip cannot seek: a decompressed copy, cached
             path = gunzip_copy(path, spec.sha256, default_cache_dir())
         return TarShardReader(path, spec.offset, spec.length, spec.extra.get("tar_members"))
+
+    def scan(self, path: Path, spec: ShardSpec, cache_dir: Path | None = None) -> ScannedShard:
+        """Every sample (:func:`scan_tar`), with its byte offset and length. Members are named
+        by ``spec.extra["tar_members"]`` (default ``txt``/``json``); the text stays bytes and
+        the id is the JSON member's ``id`` as found, else the sample key."""
+        members = spec.extra.get("tar_members") or {}
+        text_ext = members.get("text_ext", "txt")
+        json_ext = members.get("json_ext", "json")
+        if spec.name.endswith((".gz", ".tgz")):  # offsets are into the decompressed tar (cached)
+            path = gunzip_copy(
+                path, spec.sha256 or sha256_file(path), cache_dir or default_cache_dir()
+            )
+        out = ScannedShard([], [], [], [])
+        with open(path, "rb") as f:
+            for key, off, length in scan_tar(path):
+                f.seek(off)
+                _key, found = webdataset_members(f.read(length))
+                if text_ext not in found:
+                    raise LabelError(
+                        f"shard {spec.name!r}: sample {key!r} has no .{text_ext} member "
+                        f"(has {sorted(found)}); set input.tar_text_ext"
+                    )
+                meta: dict[str, Any] = {}
+                if json_ext and json_ext in found:
+                    meta = json.loads(found[json_ext])
+                    if not isinstance(meta, dict):
+                        meta = {"json": meta}
+                doc_id = meta.pop("id", key)
+                out.docs.append({"id": doc_id, "text": found[text_ext], "meta": meta})
+                out.keys.append(key)  # type: ignore[union-attr]
+                out.offset.append(off)  # type: ignore[union-attr]
+                out.length.append(length)  # type: ignore[union-attr]
+        return out
 
     def row_spans(
         self, store: Store, spec: ShardSpec, rows: np.ndarray

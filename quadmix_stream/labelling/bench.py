@@ -67,10 +67,8 @@ def _corpus(a: argparse.Namespace, work: Path) -> tuple[list[str], str]:
 
 
 def _bench_label(a: argparse.Namespace) -> int:
-    from quadmix_stream.labelling.inputs import InputSpec, plan_raw, read_raw_unit
-    from quadmix_stream.labelling.pipeline import build_labelers, run_label
-    from quadmix_stream.labelling.recipe import Recipe
-    from quadmix_stream.labelling.train import run_train_job
+    from quadmix_stream.labelling.inputs import InputSpec
+    from quadmix_stream.labelling.labeler_set import build_labelers
 
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="qm-bench-label-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -78,166 +76,215 @@ def _bench_label(a: argparse.Namespace) -> int:
         files, what = _corpus(a, work)
         print(f"corpus: {what}")
         spec = InputSpec(paths=files)
-        t0 = time.perf_counter()
         models = work / "models"
-        for job in (
-            {
-                "type": "fasttext-domain",
-                "out": str(models / "domain.bin"),
-                "input": {"paths": files},
-                "fasttext": {"epoch": 5},
-            },
-            {
-                "type": "fasttext-quality",
-                "out": str(models / "quality.bin"),
-                "positives": {"paths": files},
-                "positives_where": {"domain": ["encyclopedic", "academic", "arith", "facts"]},
-                "negatives": {"paths": files},
-                "fasttext": {"epoch": 5},
-            },
-        ):
-            _, rep, _ = run_train_job(job, work, work)
-            score = rep.get("heldout_accuracy", rep.get("heldout_auc"))
-            print(f"  trained {job['type']}: held-out {score}")
-        print(f"  (training {time.perf_counter() - t0:.1f}s, not part of the figures below)")
-
-        tokens: dict[str, Any] = {"type": "whitespace"}
-        if a.tokenizer:
-            tokens = {"type": "tokenizer", "path": a.tokenizer}
-        full = Recipe(
-            name="bench",
-            base=work,
-            input=spec,
-            format=a.format,
-            rows_per_shard=a.rows_per_shard,
-            domain={"type": "fasttext", "path": str(models / "domain.bin")},
-            tokens=tokens,
-            scorers=[{"name": "quality", "type": "fasttext", "path": str(models / "quality.bin")}],
-            io_workers=a.io_workers,
-            progress=False,
-        )
-        single = Recipe(
-            name="bench-single",
-            base=work,
-            input=spec,
-            format=a.format,
-            rows_per_shard=a.rows_per_shard,
-            domain={"type": "field", "field": "domain", "default": "unknown"},
-            domains=None,
-            tokens={"type": "bytes"},
-            scorers=[{"name": "quality", "type": "fasttext", "path": str(models / "quality.bin")}],
-            io_workers=a.io_workers,
-            progress=False,
-        )
-
-        # ---- in-memory texts, cut in the pipeline's units
-        units = plan_raw(spec, a.rows_per_shard)
-        chunks: list[list[dict]] = []
-        cursors: dict[str, Any] = {}
-        for u in units:
-            docs, _ = read_raw_unit(u, spec, cursors)
-            chunks.append(docs)
-        for c in cursors.values():
-            c.close()
+        _train_models(files, work, models)
+        full, single = _recipes(a, spec, work, models)
+        chunks, units = _unit_docs(spec, a.rows_per_shard)
         n = sum(len(c) for c in chunks)
         texts = [[d["text"] for d in c] for c in chunks]
         domains = sorted({str(d.get("domain", "unknown")) for c in chunks for d in c} | {"unknown"})
         single.domains = domains
         mb = sum(len(t.encode("utf-8")) for c in texts for t in c) / 1e6
-        print(f"  {n} documents, {mb:.1f} MB of text, {len(units)} units\n")
+        print(f"  {n} documents, {mb:.1f} MB of text, {units} units\n")
 
         full.out = work / "ds_full"
         labs = build_labelers(full)
         labs1 = build_labelers(single)
-        qpath = models / "quality.bin"
-        best: dict[str, float] = {}
-        results: dict[str, Any] = {}
-
-        def keep(key: str, dt: float) -> None:
-            best[key] = min(best.get(key, dt), dt)
-
-        # rounds interleave every measurement, best of N is kept: the machine may be shared
-        for i in range(a.repeat):
-            for lab in labs.all:
-                t = time.perf_counter()
-                for c, ch in zip(texts, chunks, strict=True):
-                    lab(c, [{"id": d["id"]} for d in ch] if not lab.needs_docs else ch)
-                keep(lab.name, time.perf_counter() - t)
-            c0 = time.process_time()
-            keep("bare", _bare_fasttext(labs.scorers[0].model, texts))  # fasttext's own API
-            keep("bare_cpu", time.process_time() - c0)
-            keep("bare_load", _load_fasttext(qpath))
-            t = time.perf_counter()
-            for lab in (labs1.domain, labs1.tokens):
-                for c, ch in zip(texts, chunks, strict=True):
-                    lab(c, ch)
-            keep("cheap", time.perf_counter() - t)
-            for recipe, tag in ((full, "full"), (single, "single")):
-                recipe.out = work / f"ds_{tag}_{i}"
-                shutil.rmtree(recipe.out, ignore_errors=True)
-                t = time.perf_counter()
-                r = run_label(recipe, log=sys.stderr)
-                dt = time.perf_counter() - t
-                if dt < best.get(tag, float("inf")):
-                    results[tag] = r
-                keep(tag, dt)
-                keep(tag + "_phase", r.phases.get("label", float("nan")))
-                keep(tag + "_cpu", sum(st.cpu_main_s + st.cpu_helper_s for st in r.stats))
-                inside: dict[str, float] = {}
-                for st in r.stats:
-                    for c, sec in st.label_s.items():
-                        inside[c] = inside.get(c, 0.0) + sec
-                for c, sec in inside.items():
-                    keep(f"{tag}:{c}", sec)
-
-        print(f"{'labeller':<22}{'alone docs/s':>14}{'in pipeline docs/s':>20}{'ratio':>8}")
-        for lab in labs.all:
-            a_s, i_s = best[lab.name], best.get(f"full:{lab.name}", float("nan"))
-            print(
-                f"{lab.name + ' (' + lab.type_name + ')':<22}{n / a_s:>14,.0f}"
-                f"{n / i_s:>20,.0f}{i_s / a_s:>8.2f}"
-            )
-        bare_ft, bare_load = best["bare"], best["bare_load"]
-        print(
-            f"{'fasttext bare predict':<22}{n / bare_ft:>14,.0f}"
-            f"{'':>20}{'':>8}  (quality model, fasttext's own API)"
-        )
-        sum_alone = sum(best[lab.name] for lab in labs.all)
-        wall, phase, res = best["full"], best["full_phase"], results["full"]
-        print(
-            f"\npipeline, all labellers: {n / wall:,.0f} docs/s end to end ({wall:.2f}s, "
-            f"{len(units)} {a.format} shards); bare labellers together {sum_alone:.2f}s "
-            f"→ overhead {wall / sum_alone - 1:+.1%}"
-        )
-        print(
-            f"  labelling phase only (first unit read → last unit committed): {phase:.2f}s "
-            f"→ overhead {phase / sum_alone - 1:+.1%}; setup (plan ‖ model load + fingerprints) "
-            f"{res.phases.get('plan+load', 0):.2f}s, merge {res.phases.get('merge', 0):.2f}s"
-        )
-        wall1, phase1 = best["single"], best["single_phase"]
-        print(
-            f"\npipeline, one fasttext scorer (domain from the field, byte tokens: "
-            f"{best['cheap']:.2f}s alone): {n / wall1:,.0f} docs/s end to end ({wall1:.2f}s)\n"
-            f"  vs bare fasttext predict {n / bare_ft:,.0f} docs/s ({bare_ft:.2f}s): labelling "
-            f"phase {phase1:.2f}s → overhead {phase1 / bare_ft - 1:+.1%} (target ≤ +20%)\n"
-            f"  vs bare fasttext load + predict ({bare_load + bare_ft:.2f}s): end to end → "
-            f"overhead {wall1 / (bare_load + bare_ft) - 1:+.1%} (plan, model fingerprint, merge, "
-            "shard writing included)\n"
-            f"  CPU seconds of the labelling phase: {best['single_cpu']:.2f}s (main + I/O helper) "
-            f"vs {best['bare_cpu']:.2f}s for the bare predict: reading, parsing, writing and "
-            "hashing cost "
-            f"{best['single_cpu'] / best['bare_cpu'] - 1:+.0%} CPU, hidden in wall time only when "
-            "a core is free for the helper"
-        )
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        print(
-            f"(best of {a.repeat} interleaved rounds; {os.cpu_count()} CPUs, load average "
-            f"{load:.2f} at the end: other processes share these cores)"
-        )
+        best, results = _measure(a, work, models, full, single, labs, labs1, texts, chunks)
+        _report(a, n, units, labs, best, results)
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _train_models(files: list[str], work: Path, models: Path) -> None:
+    """The domain and quality fasttext models the benchmark labels with (not timed)."""
+    from quadmix_stream.labelling.train import run_train_job
+
+    t0 = time.perf_counter()
+    for job in (
+        {
+            "type": "fasttext-domain",
+            "out": str(models / "domain.bin"),
+            "input": {"paths": files},
+            "fasttext": {"epoch": 5},
+        },
+        {
+            "type": "fasttext-quality",
+            "out": str(models / "quality.bin"),
+            "positives": {"paths": files},
+            "positives_where": {"domain": ["encyclopedic", "academic", "arith", "facts"]},
+            "negatives": {"paths": files},
+            "fasttext": {"epoch": 5},
+        },
+    ):
+        _, rep, _ = run_train_job(job, work, work)
+        score = rep.get("heldout_accuracy", rep.get("heldout_auc"))
+        print(f"  trained {job['type']}: held-out {score}")
+    print(f"  (training {time.perf_counter() - t0:.1f}s, not part of the figures below)")
+
+
+def _recipes(a: argparse.Namespace, spec: Any, work: Path, models: Path) -> tuple[Any, Any]:
+    """(every labeller, one fasttext scorer with cheap domain and token labellers)."""
+    from quadmix_stream.labelling.recipe import Recipe
+
+    tokens: dict[str, Any] = {"type": "whitespace"}
+    if a.tokenizer:
+        tokens = {"type": "tokenizer", "path": a.tokenizer}
+    scorer = {"name": "quality", "type": "fasttext", "path": str(models / "quality.bin")}
+    common = {
+        "base": work,
+        "input": spec,
+        "format": a.format,
+        "rows_per_shard": a.rows_per_shard,
+        "io_workers": a.io_workers,
+        "progress": False,
+    }
+    full = Recipe(
+        name="bench",
+        domain={"type": "fasttext", "path": str(models / "domain.bin")},
+        tokens=tokens,
+        scorers=[dict(scorer)],
+        **common,
+    )
+    single = Recipe(
+        name="bench-single",
+        domain={"type": "field", "field": "domain", "default": "unknown"},
+        domains=None,
+        tokens={"type": "bytes"},
+        scorers=[dict(scorer)],
+        **common,
+    )
+    return full, single
+
+
+def _unit_docs(spec: Any, rows_per_shard: int) -> tuple[list[list[dict]], int]:
+    """In-memory documents, cut in the pipeline's units; and the number of units."""
+    from quadmix_stream.labelling.plan import plan_raw
+    from quadmix_stream.labelling.read_raw import read_raw_unit
+
+    units = plan_raw(spec, rows_per_shard)
+    chunks: list[list[dict]] = []
+    cursors: dict[str, Any] = {}
+    for u in units:
+        docs, _ = read_raw_unit(u, spec, cursors)
+        chunks.append(docs)
+    for c in cursors.values():
+        c.close()
+    return chunks, len(units)
+
+
+def _measure(
+    a: argparse.Namespace,
+    work: Path,
+    models: Path,
+    full: Any,
+    single: Any,
+    labs: Any,
+    labs1: Any,
+    texts: list[list[str]],
+    chunks: list[list[dict]],
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Best times of each labeller alone, bare fasttext, and both pipelines; their results."""
+    from quadmix_stream.labelling.pipeline import run_label
+
+    qpath = models / "quality.bin"
+    best: dict[str, float] = {}
+    results: dict[str, Any] = {}
+
+    def keep(key: str, dt: float) -> None:
+        best[key] = min(best.get(key, dt), dt)
+
+    # rounds interleave every measurement, best of N is kept: the machine may be shared
+    for i in range(a.repeat):
+        for lab in labs.all:
+            t = time.perf_counter()
+            for c, ch in zip(texts, chunks, strict=True):
+                lab(c, [{"id": d["id"]} for d in ch] if not lab.needs_docs else ch)
+            keep(lab.name, time.perf_counter() - t)
+        c0 = time.process_time()
+        keep("bare", _bare_fasttext(labs.scorers[0].model, texts))  # fasttext's own API
+        keep("bare_cpu", time.process_time() - c0)
+        keep("bare_load", _load_fasttext(qpath))
+        t = time.perf_counter()
+        for lab in (labs1.domain, labs1.tokens):
+            for c, ch in zip(texts, chunks, strict=True):
+                lab(c, ch)
+        keep("cheap", time.perf_counter() - t)
+        for recipe, tag in ((full, "full"), (single, "single")):
+            recipe.out = work / f"ds_{tag}_{i}"
+            shutil.rmtree(recipe.out, ignore_errors=True)
+            t = time.perf_counter()
+            r = run_label(recipe, log=sys.stderr)
+            dt = time.perf_counter() - t
+            if dt < best.get(tag, float("inf")):
+                results[tag] = r
+            keep(tag, dt)
+            keep(tag + "_phase", r.phases.get("label", float("nan")))
+            keep(tag + "_cpu", sum(st.cpu_main_s + st.cpu_helper_s for st in r.stats))
+            inside: dict[str, float] = {}
+            for st in r.stats:
+                for c, sec in st.label_s.items():
+                    inside[c] = inside.get(c, 0.0) + sec
+            for c, sec in inside.items():
+                keep(f"{tag}:{c}", sec)
+    return best, results
+
+
+def _report(
+    a: argparse.Namespace,
+    n: int,
+    units: int,
+    labs: Any,
+    best: dict[str, float],
+    results: dict[str, Any],
+) -> None:
+    """Print the figures: each labeller alone and in the pipeline, overheads, CPU."""
+    print(f"{'labeller':<22}{'alone docs/s':>14}{'in pipeline docs/s':>20}{'ratio':>8}")
+    for lab in labs.all:
+        a_s, i_s = best[lab.name], best.get(f"full:{lab.name}", float("nan"))
+        print(
+            f"{lab.name + ' (' + lab.type_name + ')':<22}{n / a_s:>14,.0f}"
+            f"{n / i_s:>20,.0f}{i_s / a_s:>8.2f}"
+        )
+    bare_ft, bare_load = best["bare"], best["bare_load"]
+    print(
+        f"{'fasttext bare predict':<22}{n / bare_ft:>14,.0f}"
+        f"{'':>20}{'':>8}  (quality model, fasttext's own API)"
+    )
+    sum_alone = sum(best[lab.name] for lab in labs.all)
+    wall, phase, res = best["full"], best["full_phase"], results["full"]
+    print(
+        f"\npipeline, all labellers: {n / wall:,.0f} docs/s end to end ({wall:.2f}s, "
+        f"{units} {a.format} shards); bare labellers together {sum_alone:.2f}s "
+        f"→ overhead {wall / sum_alone - 1:+.1%}"
+    )
+    print(
+        f"  labelling phase only (first unit read → last unit committed): {phase:.2f}s "
+        f"→ overhead {phase / sum_alone - 1:+.1%}; setup (plan ‖ model load + fingerprints) "
+        f"{res.phases.get('plan+load', 0):.2f}s, merge {res.phases.get('merge', 0):.2f}s"
+    )
+    wall1, phase1 = best["single"], best["single_phase"]
+    print(
+        f"\npipeline, one fasttext scorer (domain from the field, byte tokens: "
+        f"{best['cheap']:.2f}s alone): {n / wall1:,.0f} docs/s end to end ({wall1:.2f}s)\n"
+        f"  vs bare fasttext predict {n / bare_ft:,.0f} docs/s ({bare_ft:.2f}s): labelling "
+        f"phase {phase1:.2f}s → overhead {phase1 / bare_ft - 1:+.1%} (target ≤ +20%)\n"
+        f"  vs bare fasttext load + predict ({bare_load + bare_ft:.2f}s): end to end → "
+        f"overhead {wall1 / (bare_load + bare_ft) - 1:+.1%} (plan, model fingerprint, merge, "
+        "shard writing included)\n"
+        f"  CPU seconds of the labelling phase: {best['single_cpu']:.2f}s (main + I/O helper) "
+        f"vs {best['bare_cpu']:.2f}s for the bare predict: reading, parsing, writing and "
+        "hashing cost "
+        f"{best['single_cpu'] / best['bare_cpu'] - 1:+.0%} CPU, hidden in wall time only when "
+        "a core is free for the helper"
+    )
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"(best of {a.repeat} interleaved rounds; {os.cpu_count()} CPUs, load average "
+        f"{load:.2f} at the end: other processes share these cores)"
+    )
 
 
 def _bare_fasttext(model: Any, texts: list[list[str]]) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from quadmix_stream.labelling.issues import Issues
-from quadmix_stream.labelling.labelers import Labeler
+from quadmix_stream.labelling.labeler import Labeler
 
 _WORD = re.compile(r"\S+")
 _ALPHA = re.compile(r"[^\W\d_]")

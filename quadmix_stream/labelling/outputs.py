@@ -20,7 +20,7 @@ from quadmix_stream.formats import sidecar_name, split_doc, writer_backend
 from quadmix_stream.io import sha256_file
 
 if TYPE_CHECKING:
-    from quadmix_stream.labelling.remote import Root
+    from quadmix_stream.labelling.roots import Root
 
 OUTPUT_FORMATS = ("mds", "tar", "jsonl")
 
@@ -81,7 +81,7 @@ def _done(root: Path, name: str) -> WrittenShard:
 
 def write_mds_index(root: Path | Root, entries: Sequence[dict[str, Any]]) -> None:
     """The MDS ``index.json`` listing ``entries`` in order (atomically: a rename, or one PUT)."""
-    from quadmix_stream.labelling.remote import as_root
+    from quadmix_stream.labelling.roots import as_root
 
     data = json.dumps({"shards": list(entries), "version": 2}).encode("utf-8")
     as_root(root).write_bytes("index.json", data)

@@ -23,7 +23,7 @@ paths, training jobs and labellers) and
 ``{recipe_dir}`` the recipe's folder; ``package://pkg/path`` is a file inside an installed package.
 
 Inputs, ``input.shards`` and ``output.dir`` may be object-storage URLs (``s3://bucket/prefix``,
-see :mod:`.remote`); labeller models and training outputs stay local files, so a recipe with a
+see :mod:`.roots`); labeller models and training outputs stay local files, so a recipe with a
 remote output cannot use ``{out}`` in its training jobs or labellers.
 """
 

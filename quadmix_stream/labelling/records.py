@@ -1,11 +1,10 @@
-"""Commit records (one per unit) and the final merge into a manifest.
+"""Commit records (one per unit): what a re-run reads to know each unit's state.
 
 A unit is committed when its record is written (atomically, after its payload shard and
 sidecar): the record names the shard and sidecar with their hashes and the fingerprint of the
 labeller behind each column. A re-run reads the records to skip finished units, and marks a
 column *stale* where its labeller's fingerprint changed: only that column is recomputed, never
-mixed. The merge (rank 0, once every unit is committed with current fingerprints) writes the MDS
-``index.json`` if needed, the σ tables over the whole pool, and the manifest, last.
+mixed. The merge (:mod:`.merge`) builds the manifest from the records.
 """
 
 from __future__ import annotations
@@ -15,19 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from quadmix_stream.io import atomic_write_text
-from quadmix_stream.labelling.issues import Issues
-from quadmix_stream.labelling.outputs import WrittenShard, write_mds_index
-from quadmix_stream.labelling.remote import WORK_DIR, Root, as_root
-from quadmix_stream.labels import (
-    LabelError,
-    Manifest,
-    ScorerInfo,
-    ShardEntry,
-)
-from quadmix_stream.sampling import build_sigma_tables
+from quadmix_stream.labelling.outputs import WrittenShard
+from quadmix_stream.labelling.roots import WORK_DIR, Root, as_root
 
 
 @dataclass
@@ -149,86 +138,6 @@ def clean_tmp(root: Path | Root) -> int:
                     p.unlink(missing_ok=True)
                 n += 1
     return n
-
-
-def merge(
-    root: Path | Root,
-    fmt: str,
-    mode: str,
-    n_units: int,
-    domains: list[str],
-    scorers: list[ScorerInfo],
-    current: dict[str, str],
-    extra: dict[str, Any],
-) -> tuple[Manifest, Issues]:
-    """Build and save the manifest from every unit's record (rank 0, after all ranks finished).
-
-    The manifest is written last (after the MDS ``index.json`` of new shards): a dataset whose
-    manifest exists has every sidecar it names, whole and with the recorded hash. On object
-    storage the units are checked and their sidecars read :data:`REMOTE_THREADS` at a time.
-
-    Raises :class:`LabelError` when a unit is unfinished or has a stale column.
-    """
-    root = as_root(root)
-    names = [s.name for s in scorers]
-    entries: list[ShardEntry] = []
-    mds_entries: list[dict] = []
-    issues = Issues()
-    scores, tokens, keys, where = [], [], [], []
-    root.refresh()  # every rank has committed: list sizes anew
-
-    def load(u: int) -> tuple[UnitState, Any]:
-        st = unit_state(root, u, current, names)
-        if st.status != "done":
-            what = f"stale columns {st.stale}" if st.status == "stale" else "not finished"
-            raise LabelError(f"unit {u}: {what} {st.why}".strip())
-        rec = st.record
-        assert rec is not None
-        if rec.shard is None or rec.rows == 0:
-            return st, None
-        s = rec.shard
-        return st, root.read_sidecar(s["sidecar"], s["name"], names, rec.sidecar_sha256)
-
-    for st, lab in root.map(load, range(n_units)):
-        rec = st.record
-        assert rec is not None
-        issues.update(rec.issues)
-        if lab is None:
-            continue
-        s = rec.shard
-        assert s is not None
-        if lab.rows != rec.rows:
-            raise LabelError(f"shard {s['name']!r}: sidecar has {lab.rows} rows, record {rec.rows}")
-        entries.append(
-            ShardEntry(
-                s["name"], s["sidecar"], rec.rows, s["sha256"], rec.sidecar_sha256, s["bytes"]
-            )
-        )
-        if s.get("mds_entry"):
-            mds_entries.append(s["mds_entry"])
-        scores.append(lab.scores)
-        tokens.append(lab.tokens)
-        keys.append(lab.key)
-        where.append(s["name"])
-    if not entries:
-        raise LabelError(f"{root.url}: no documents were labelled (every unit is empty)")
-    sc = np.concatenate(scores)
-    tk = np.concatenate(tokens)
-    ky = np.concatenate(keys)
-    _, first = np.unique(ky, return_index=True)
-    if first.size < ky.size:  # the same document key twice: counted, rows kept
-        starts = np.cumsum([0] + [len(k) for k in keys])
-        for r in np.setdiff1d(np.arange(ky.size), first):
-            sh = int(np.searchsorted(starts, r, side="right") - 1)
-            issues.add("duplicate_id", f"{where[sh]} row {int(r - starts[sh])}")
-    sigma = build_sigma_tables(sc, tk, scorers)
-    if mode == "new" and fmt == "mds":
-        write_mds_index(root, mds_entries)
-    extra = dict(extra)
-    extra.setdefault("labelling", {})["issues"] = issues.to_dict()
-    manifest = Manifest(fmt, list(domains), list(scorers), entries, sigma, extra)
-    root.save_manifest(manifest)  # last: a folder without a manifest is an unfinished dataset
-    return manifest, issues
 
 
 def _json_bytes(obj: Any) -> bytes:

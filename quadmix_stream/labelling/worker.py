@@ -8,7 +8,7 @@ overlap with inference. For each unit it sends two messages, in order:
 * ``("shard", index, WrittenShard | None, seconds)``: the payload is on disk (or, in place, hashed).
 
 With ``io_workers: 0`` the same producer runs inline (no process), which gives identical results.
-On object storage (:class:`~.remote.RemoteRoot`) the producer fetches each existing shard into
+On object storage (:class:`~.roots.RemoteRoot`) the producer fetches each existing shard into
 a private local folder, reads and hashes it there and deletes it; a new shard is written there,
 uploaded (one PUT) and deleted before its ``shard`` message: the payload is in the bucket before
 the unit's sidecar and record are committed.
@@ -32,15 +32,11 @@ from typing import Any
 import numpy as np
 
 from quadmix_stream.hashing import doc_key
-from quadmix_stream.labelling.inputs import (
-    InputSpec,
-    LineCursor,
-    Unit,
-    read_raw_unit,
-    read_shard_unit,
-)
+from quadmix_stream.labelling.inputs import InputSpec, Unit
 from quadmix_stream.labelling.outputs import WrittenShard, existing_shard, write_shard
-from quadmix_stream.labelling.remote import RemoteRoot, as_root
+from quadmix_stream.labelling.read_raw import LineCursor, read_raw_unit
+from quadmix_stream.labelling.read_shards import read_shard_unit
+from quadmix_stream.labelling.roots import RemoteRoot, as_root
 from quadmix_stream.labels import LabelError
 
 

@@ -25,14 +25,12 @@ On object storage:
   pool larger than the local disk needs room for about two shards per rank. Folders of killed
   processes are removed by the next run.
 
-Raw input files (``--input "s3://bucket/raw/*.jsonl.gz"``) are globbed with the fsspec
-filesystem and streamed (:func:`open_remote`, decompressed on the fly), never copied whole.
+Raw input files on object storage are read by :mod:`.remote_files`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import posixpath
 import shutil
@@ -41,9 +39,9 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import TypeVar
 
-from quadmix_stream.io import atomic_write_bytes, check_inside, default_cache_dir, resolve_inside
+from quadmix_stream.io import check_inside, default_cache_dir, resolve_inside
 from quadmix_stream.io import sha256_file as _sha256_file
 from quadmix_stream.labels import LabelError, Manifest, ShardLabels, read_sidecar, write_sidecar
 from quadmix_stream.storage import StorageConfig, Store, is_remote
@@ -56,7 +54,36 @@ WORK_DIR = ".quadmix-label"
 REMOTE_THREADS = 16
 
 
-class LocalRoot:
+class _StoreRoot:
+    """What both roots do through their :class:`~quadmix_stream.storage.Store`."""
+
+    remote: bool
+    store: Store
+    url: str
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+    def where(self, name: str) -> str:
+        """The file's path or URL, for messages."""
+        return self.store.where(name)
+
+    def read_bytes(self, name: str) -> bytes | None:
+        """A whole file, or ``None`` when it does not exist."""
+        try:
+            return self.store.read_bytes(name)
+        except FileNotFoundError:
+            return None
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Write a whole file: atomically (temp file + rename, or one PUT)."""
+        self.store.write_bytes(name, data)
+
+
+class LocalRoot(_StoreRoot):
     """A labelling run's dataset folder on the local file system.
 
     Args:
@@ -68,16 +95,7 @@ class LocalRoot:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.url = str(self.path)
-
-    def __str__(self) -> str:
-        return self.url
-
-    def __repr__(self) -> str:
-        return f"LocalRoot({self.url!r})"
-
-    def where(self, name: str) -> str:
-        """The file's path, for messages."""
-        return str(self.path / name)
+        self.store = Store(self.path)
 
     def check_name(self, name: object, what: str) -> None:
         """Refuse a name read from a file that could leave the folder (``..``, absolute)."""
@@ -96,17 +114,6 @@ class LocalRoot:
     def top_names(self) -> list[str]:
         """Names of the entries directly in the folder (none when it does not exist)."""
         return [p.name for p in self.path.iterdir()] if self.path.is_dir() else []
-
-    def read_bytes(self, name: str) -> bytes | None:
-        """A whole file, or ``None`` when it does not exist."""
-        try:
-            return (self.path / name).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def write_bytes(self, name: str, data: bytes) -> None:
-        """Write a whole file atomically (temp file + rename)."""
-        atomic_write_bytes(self.path / name, data)
 
     def size(self, name: str) -> int | None:
         """Bytes of a file, or ``None`` when it does not exist."""
@@ -156,7 +163,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class RemoteRoot:
+class RemoteRoot(_StoreRoot):
     """A labelling run's dataset on object storage (``s3://bucket/prefix`` or any fsspec URL).
 
     Reads and writes go through a :class:`Store` (retried; a missing object is ``None`` here).
@@ -178,12 +185,6 @@ class RemoteRoot:
         self._sizes: dict[str, int] | None = None
         self._last = threading.local()  # the bytes a thread read last (hash, then parse)
 
-    def __str__(self) -> str:
-        return self.url
-
-    def __repr__(self) -> str:
-        return f"RemoteRoot({self.url!r})"
-
     @property
     def proc_dir(self) -> Path:
         """This process's private folder (removed by :meth:`close` or by a later run)."""
@@ -193,10 +194,6 @@ class RemoteRoot:
     def stage_dir(self) -> Path:
         """Where shards being read or written sit locally, under their dataset names."""
         return self.proc_dir / "stage"
-
-    def where(self, name: str) -> str:
-        """The file's URL, for messages."""
-        return self.store.where(name)
 
     def check_name(self, name: object, what: str) -> None:
         """Refuse a name read from a file that could leave the prefix (``..``, absolute)."""
@@ -219,22 +216,7 @@ class RemoteRoot:
     # ------------------------------------------------------------ listing
     def refresh(self) -> None:
         """List every object under the prefix once (sizes for :meth:`size`)."""
-        fs = self.store.fs
-        base = self.store.fs._strip_protocol(self.url).rstrip("/")
-
-        def find() -> dict[str, Any]:
-            fs.invalidate_cache()
-            try:
-                return fs.find(base, detail=True)
-            except FileNotFoundError:
-                return {}
-
-        found = self.store.retry("", find)
-        sizes = {}
-        for path, info in found.items():
-            if info.get("type", "file") == "file" and path.startswith(base + "/"):
-                sizes[path[len(base) + 1 :]] = int(info.get("size") or 0)
-        self._sizes = sizes
+        self._sizes = self.store.sizes()
 
     def names(self) -> list[str]:
         """Every object under the prefix, relative to it (from the last :meth:`refresh`)."""
@@ -257,10 +239,7 @@ class RemoteRoot:
     # ------------------------------------------------------------ whole objects
     def read_bytes(self, name: str) -> bytes | None:
         """A whole object, or ``None`` when it does not exist."""
-        try:
-            data = self.store.read_bytes(name)
-        except FileNotFoundError:
-            data = None
+        data = super().read_bytes(name)
         self._last.item = (name, data)
         return data
 
@@ -272,7 +251,7 @@ class RemoteRoot:
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """One PUT (atomic on object storage: the object is absent, old or whole)."""
-        self.store.write_bytes(name, data)
+        super().write_bytes(name, data)
         if self._sizes is not None:
             self._sizes[name] = len(data)
 
@@ -365,178 +344,12 @@ def as_root(root: str | Path | Root) -> Root:
     return RemoteRoot(str(root)) if is_remote(root) else LocalRoot(root)
 
 
-# ---------------------------------------------------------------- existing shards on a store
-def detect_remote_shards(
-    root: RemoteRoot, fmt: str = "auto"
-) -> tuple[str, list[str], dict[str, Any]]:
-    """:func:`~quadmix_stream.labelling.inputs.detect_shards` for a prefix on object storage:
-    the same formats, order and ``extra``, from one listing."""
-    from quadmix_stream.formats.mds import mds_index
-    from quadmix_stream.labelling.inputs import TAR_SUFFIXES
-    from quadmix_stream.labels import MANIFEST_NAME
-
-    root.refresh()
-    names = [n for n in root.names() if not n.startswith(WORK_DIR + "/")]
-    if not names:
-        raise FileNotFoundError(f"input.shards: nothing under {root.url}")
-    top = [n for n in names if "/" not in n]
-    extra: dict[str, Any] = {}
-    if MANIFEST_NAME in top:
-        m = Manifest.load(root.store)  # validated: shard names stay inside the prefix
-        if fmt in ("auto", m.format):
-            extra["manifest_extra"] = m.extra
-            if m.format == "mds":
-                extra["mds_index"] = mds_index(root.store)
-            return m.format, [s.name for s in m.shards], extra
-    if fmt in ("auto", "mds") and "index.json" in top:
-        entries = mds_index(root.store)
-        shards = list(
-            dict.fromkeys(
-                (s.get("zip_data") or s["raw_data"])["basename"] for s in entries.values()
-            )
-        )
-        extra["mds_index"] = entries
-        return "mds", shards, extra
-    tars = sorted(n for n in top if n.endswith(TAR_SUFFIXES))
-    if fmt in ("auto", "tar") and tars:
-        return "tar", tars, extra
-    jsonl = sorted(n for n in top if n.endswith(".jsonl.zst"))
-    if fmt in ("auto", "jsonl") and jsonl:
-        return "jsonl", jsonl, extra
-    parquet = sorted(n for n in names if n.endswith(".parquet"))
-    if fmt in ("auto", "parquet") and parquet:
-        return "parquet", parquet, extra
-    arrow = _remote_arrow_files(root, top)
-    if fmt in ("auto", "arrow") and arrow:
-        return "arrow", arrow, extra
-    raise FileNotFoundError(
-        f"input.shards: no "
-        f"{fmt if fmt != 'auto' else 'MDS (index.json), .tar(.gz), .jsonl.zst, .parquet or .arrow'} "
-        f"shards under {root.url}"
-    )
-
-
-def _remote_arrow_files(root: RemoteRoot, top: list[str]) -> list[str]:
-    import json
-
-    if "state.json" in top:
-        data = root.read_bytes("state.json") or b"{}"
-        files = json.loads(data).get("_data_files") or []
-        names = [f["filename"] for f in files if isinstance(f, dict) and "filename" in f]
-        if names:
-            return names
-    return sorted(n for n in top if n.endswith(".arrow"))
-
-
-def shard_columns(root: Root, name: str, fmt: str) -> list[str]:
-    """Column names of a Parquet (footer only) or Arrow shard of a local or remote root."""
-    from quadmix_stream.labelling.inputs import table_columns
-
-    if not root.remote:
-        return table_columns(root.path / name, fmt)  # type: ignore[union-attr]
-    assert isinstance(root, RemoteRoot)
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        with root.store.fs.open(root.where(name), "rb") as f:
-            return list(pq.ParquetFile(f).schema_arrow.names)
-    folder = root.stage(name)
-    try:
-        return table_columns(folder / name, fmt)
-    finally:
-        root.unstage(name)
-
-
-# ---------------------------------------------------------------- raw input files
-_STORES: dict[str, Store] = {}
-_STORES_LOCK = threading.Lock()
-
-
-def _store_for(url: str) -> Store:
-    """One store per bucket and process (its client is reused by every file of the bucket)."""
-    scheme, _, rest = url.partition("://")
-    key = f"{scheme}://{rest.split('/', 1)[0]}"
-    with _STORES_LOCK:
-        s = _STORES.get(key)
-        if s is None or s._pid != os.getpid():  # a client does not survive a fork
-            s = _STORES[key] = Store(key)
-        return s
-
-
-def remote_fs(url: str) -> Any:
-    """The fsspec filesystem for ``url`` (endpoint and credentials as the stream finds them)."""
-    return _store_for(url).fs
-
-
-def expand_remote(pattern: str, suffixes: tuple[str, ...]) -> list[str]:
-    """URLs matching a glob on object storage, sorted (a folder: its files with ``suffixes``).
-
-    Raises:
-        FileNotFoundError: nothing matches.
-    """
-    store = _store_for(pattern)
-    fs = store.fs
-    scheme = pattern.split("://", 1)[0]
-
-    def full(p: str) -> str:
-        return p if "://" in p else f"{scheme}://{p}"
-
-    if any(c in pattern for c in "*?["):
-        hits = store.retry(pattern, lambda: sorted(fs.glob(pattern)))
-    else:
-        path = fs._strip_protocol(pattern)
-        hits = [path] if store.retry(pattern, lambda: fs.exists(path)) else []
-    out: list[str] = []
-    for h in hits:
-
-        def isdir(h: str = h) -> bool:
-            return bool(fs.isdir(h))
-
-        def ls(h: str = h) -> list[str]:
-            return sorted(fs.ls(h, detail=False))
-
-        if store.retry(h, isdir):
-            out.extend(full(x) for x in store.retry(h, ls) if x.endswith(suffixes))
-        else:
-            out.append(full(h))
-    if not out:
-        raise FileNotFoundError(f"input: no file matches {pattern!r}")
-    return out
-
-
-def remote_size(url: str) -> int:
-    """Bytes of a remote file (retried)."""
-    store = _store_for(url)
-    return int(store.retry(url, lambda: store.fs.size(url)))
-
-
-def open_remote(url: str, compression: str | None = "infer") -> IO[bytes]:
-    """A binary stream over a remote file, decompressed on the fly (``.gz``, ``.zst``, ...
-    inferred from the name); closing it closes the connection."""
-    fs = remote_fs(url)
-    try:
-        f = fs.open(url, "rb", compression=compression)
-    except FileNotFoundError:
-        raise LabelError(f"input {url}: no such file") from None
-    except OSError as e:
-        raise LabelError(f"input {url}: cannot open ({e})") from None
-    if compression is None:
-        return f  # random access (Parquet): the file's own block cache
-    # fsspec's readline reads a whole block per line; a buffer makes lines cheap
-    return io.BufferedReader(f, 1 << 20)  # type: ignore[arg-type]
-
-
 __all__ = [
+    "REMOTE_THREADS",
     "WORK_DIR",
     "LocalRoot",
     "RemoteRoot",
     "Root",
     "as_root",
     "default_scratch",
-    "detect_remote_shards",
-    "expand_remote",
-    "open_remote",
-    "remote_fs",
-    "remote_size",
-    "shard_columns",
 ]

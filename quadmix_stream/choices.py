@@ -13,12 +13,11 @@ from typing import TypeVar
 
 from quadmix_stream.errors import UserError
 
+K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
-def choose(
-    table: Mapping[Hashable, V], name: object, what: str, error: type[Exception] = UserError
-) -> V:
+def choose(table: Mapping[K, V], name: object, what: str, error: type[Exception] = UserError) -> V:
     """``table[name]``, or ``error`` naming ``what`` and every valid name.
 
     Args:

@@ -5,6 +5,13 @@ params, seed and epoch alone (:mod:`quadmix_stream.tables`); the epoch's item or
 consumer's (rank × DataLoader worker) contiguous share come from :mod:`quadmix_stream.order`.
 Only kept documents are ever read (decide before decode).
 See :mod:`quadmix_stream.state` for checkpointing and resuming.
+
+Why one module of ~580 lines: what is left here is the one class whose iterator, resumable
+state (``state_dict``/``load_state_dict``) and window reads share per-process instance state
+(the live progress of the running iteration, the cached epoch sequences, the labels' LRU, the
+background fetch and prefetch threads). Everything pure is already elsewhere: the order in
+:mod:`.order`, the tables in :mod:`.tables`, state merging in :mod:`.state`, shard reading in
+:mod:`.formats`, files in :mod:`.storage`.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from quadmix_stream.order import (
     balanced_length,
     consumer_range,
     full_epoch,
+    get_balance,
     shard_items,
     shard_order,
     split_ids,
@@ -53,7 +61,6 @@ from quadmix_stream.state import (
 from quadmix_stream.storage import StorageConfig, StorageError, Store
 from quadmix_stream.tables import PoolTables
 
-BALANCES = ("drop", "pad", None)
 READ_CHUNK = 4096  # items turned into Python objects at a time
 
 
@@ -131,8 +138,7 @@ class QuaDMixDataset(IterableDataset):
         storage: StorageConfig | None = None,
     ) -> None:
         super().__init__()
-        if balance not in BALANCES:
-            raise UserError(f"balance must be one of {BALANCES}, got {balance!r}")
+        get_balance(balance)  # an unknown name is refused here, listing the valid ones
         if shuffle_block_shards is not None and int(shuffle_block_shards) < 1:
             raise UserError(
                 f"shuffle_block_shards must be ≥ 1 or None, got {shuffle_block_shards!r}"

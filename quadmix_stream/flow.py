@@ -32,6 +32,8 @@ finished shards, the search skips finished proxies, training resumes from its la
 The report's wall time counts every invocation: each stage's time is added to
 ``{out}/times.json`` when it ends (normally or by an error or Ctrl-C), and each training's time
 comes from its own ``log.jsonl`` (which also counts an invocation killed by SIGKILL).
+
+This module runs the steps; the report (text, tables, plots) is :mod:`quadmix_stream.flow_report`.
 """
 
 from __future__ import annotations
@@ -44,10 +46,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from quadmix_stream.flow_report import write_report
 from quadmix_stream.io import atomic_write_text
-from quadmix_stream.labels import DatasetLabels, Manifest, load_labels
+from quadmix_stream.labels import Manifest
 from quadmix_stream.locations import dataset_location
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.progress import fmt_duration
@@ -387,143 +388,6 @@ def _same_run_or_fail(folder: Path, body: dict[str, Any], params: Path) -> None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(ident, indent=1))
-
-
-def selected_tokens(lab: DatasetLabels, m: Manifest, params: SamplingParams, seed: int = 0) -> dict:
-    """Tokens (label units) a params file selects in epoch 0: unique, and counting repeats."""
-    from quadmix_stream.selection import Selection
-
-    counts = Selection(lab, m, params.reorder(m.domains, m.scorer_names), seed).counts(0)
-    tok = lab.tokens.astype(np.float64)
-    return {
-        "unique": float(tok[counts > 0].sum()),
-        "with_repeats": float((tok * counts).sum()),
-        "pool": float(tok.sum()),
-    }
-
-
-def _mean_sd(xs: list[float]) -> str:
-    a = np.asarray(xs, dtype=np.float64)
-    return f"{a.mean():.4f}" if len(a) == 1 else f"{a.mean():.4f} ± {a.std(ddof=1):.4f}"
-
-
-def results_figure(results: dict[str, dict[str, Any]]) -> Any:
-    """Final loss per method on each evaluation set: mean ± sd over seeds, and every seed.
-
-    Points with error bars, not bars: losses sit far from zero, and a bar whose axis does not
-    start at zero exaggerates the gaps between methods.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(results)
-    sets = list(next(iter(results.values()))["seeds"].values())[0].keys()
-    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), squeeze=False)
-    for ax, s in zip(axes[0], sets, strict=True):
-        vals = [[v[s] for v in results[n]["seeds"].values()] for n in names]
-        mean = [float(np.mean(v)) for v in vals]
-        sd = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in vals]
-        x = np.arange(len(names))
-        ax.errorbar(x, mean, yerr=sd, fmt="o", ms=7, capsize=4, color="tab:blue", label="mean ± sd")
-        for i, v in enumerate(vals):
-            ax.plot([i] * len(v), v, "k.", ms=4, alpha=0.7, label="seeds" if i == 0 else None)
-        ax.set_xticks(x, names, rotation=45, ha="right")
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_ylabel("final loss")
-        ax.set_title(f"{s} loss (lower is better)")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_results(results: dict[str, dict[str, Any]], path: Path) -> Path:
-    """Write :func:`results_figure` as a PNG."""
-    import matplotlib.pyplot as plt
-
-    fig = results_figure(results)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def write_report(
-    out: Path,
-    data: str | Path,
-    runs: dict[str, Path],
-    results: dict[str, dict[str, Any]],
-    times: dict[str, float],
-) -> Path:
-    from quadmix_stream.inspect import format_report, inspect_dataset
-    from quadmix_stream.plots import plot_selection
-    from quadmix_stream.storage import Store
-
-    store = Store(data)  # one client for every read of a remote dataset's labels below
-    m = Manifest.load(store)
-    seeds = sorted({s for r in results.values() for s in r["seeds"]})
-    sets = list(next(iter(next(iter(results.values()))["seeds"].values())).keys())
-    lab = load_labels(store, m)
-    for name, p in runs.items():
-        results[name]["selected"] = selected_tokens(lab, m, SamplingParams.load(p))
-    first = next(iter(results.values()))
-    lines = [
-        "# quadmix-stream run",
-        "",
-        f"Data: `{data}` ({m.rows} documents, {len(m.shards)} {m.format} shards).",
-        "",
-        f"## Final evaluation loss (a {first['model_parameters']:,}-parameter model, same steps "
-        f"and tokens: {first['steps']} steps, {first['tokens']:,} training tokens; seeds {seeds})",
-        "",
-        "| params | " + " | ".join(f"{s} loss" for s in sets) + " | selected unique tokens | "
-        "selected tokens with repeats |",
-        "|---|" + "---:|" * (len(sets) + 2),
-    ]
-    for name, r in results.items():
-        cells = [_mean_sd([v[s] for v in r["seeds"].values()]) for s in sets]
-        sel = r["selected"]
-        cells += [
-            f"{sel['unique']:,.0f} ({sel['unique'] / sel['pool']:.1%})",
-            f"{sel['with_repeats']:,.0f}",
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Losses: mean ± sample sd over seeds (model init and data order). Selected tokens: "
-        "epoch 0 of the selection, in the labelling tokenizer's tokens.",
-        "",
-        f"![results]({plot_results(results, out / 'results.png').name})",
-    ]
-    atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=str))
-    for name, p in runs.items():
-        params = SamplingParams.load(p).reorder(m.domains, m.scorer_names)
-        png = plot_selection(store, params, out / f"selection-{name}.png")
-        lines += [
-            "",
-            f"## Selection: {name}",
-            "",
-            f"![{name}]({png.name})",
-            "",
-            "```",
-            format_report(inspect_dataset(store, params)),
-            "```",
-        ]
-    lines += [
-        "",
-        "## Search",
-        "",
-        f"See `{out / 'search' / 'report' / 'report.md'}`.",
-        "",
-        "## Wall time",
-        "",
-        "Summed over every invocation of this flow (a resumed stage adds its new time).",
-        "",
-    ]
-    lines += [f"- {k}: {v:.0f} s" for k, v in times.items()]
-    path = out / "report.md"
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    print("\n".join(lines[:16]))
-    return path
 
 
 def register(sub) -> None:  # noqa: ANN001 (argparse sub-parsers)

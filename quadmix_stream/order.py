@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quadmix_stream.errors import UserError
+from quadmix_stream.choices import choose
 from quadmix_stream.hashing import SALT_ORDER, SALT_SHARDS, hash64
 
 COPY_BITS = 8
@@ -263,15 +263,36 @@ class EpochSequence:
         return pri_a[o], ids_a[o]
 
 
+def _keep(total: int, consumers: int) -> int:
+    """No balancing: every item exactly once (shares may differ by one)."""
+    return total
+
+
+def _drop(total: int, consumers: int) -> int:
+    """Drop at most ``consumers − 1`` items at the tail."""
+    return total - total % consumers
+
+
+def _pad(total: int, consumers: int) -> int:
+    """Pad with at most ``consumers − 1`` items of the next epoch's order."""
+    return -(-total // consumers) * consumers
+
+
+#: how an epoch's tail is balanced across consumers, by name (``None``: not balanced)
+BALANCE: dict[str | None, Callable[[int, int], int]] = {"drop": _drop, "pad": _pad, None: _keep}
+BALANCES = tuple(BALANCE)
+
+
+def get_balance(balance: str | None) -> Callable[[int, int], int]:
+    """The balancing function ``(total, consumers) → length`` named ``balance``."""
+    return choose(BALANCE, balance, "balance")
+
+
 def balanced_length(total: int, consumers: int, balance: str | None) -> int:
     """Length of the epoch after balancing so every consumer gets the same number of items."""
-    if balance is None or consumers <= 1:
+    if consumers <= 1:
         return total
-    if balance == "drop":
-        return total - total % consumers
-    if balance == "pad":
-        return -(-total // consumers) * consumers
-    raise UserError(f"balance must be 'drop', 'pad' or None, got {balance!r}")
+    return get_balance(balance)(total, consumers)
 
 
 def consumer_range(length: int, consumer: int, consumers: int) -> tuple[int, int]:

@@ -6,15 +6,32 @@ rank r --Eq.3--> expected copies S --realize--> integer copies c. Nothing here d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from quadmix_stream.choices import choose
 from quadmix_stream.hashing import SALT_COPIES, SALT_SAMPLE, uniform
 
-FORMS = ("multiplicative", "exponent")
+
+def _multiplicative(g: np.ndarray, eta: np.ndarray) -> np.ndarray:
+    """η · g (the paper's Eq. 3)."""
+    return eta * g
+
+
+def _exponent(g: np.ndarray, eta: np.ndarray) -> np.ndarray:
+    """g^η."""
+    return g**eta
+
+
+#: the head of Eq. 3 from g = 2·sigmoid(λ(ω − r)) and η, by form name
+HEADS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "multiplicative": _multiplicative,
+    "exponent": _exponent,
+}
+FORMS = tuple(HEADS)
 
 
 # ---------------------------------------------------------------- σ normalisation
@@ -253,14 +270,13 @@ def expected_copies(
     ``multiplicative``: η · 2 / (1 + exp(−λ(ω − r))) + ε for r ≤ ω, else ε.
     ``exponent``: (2 / (1 + exp(−λ(ω − r))))^η + ε for r ≤ ω, else ε.
     """
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    head_of = choose(HEADS, form, "form", ValueError)
     r = np.asarray(rank, dtype=np.float64)
     lam, omega, eta, eps = (np.asarray(v, dtype=np.float64) for v in (lam, omega, eta, eps))
     # 2/(1+exp(-z)) = 2·sigmoid(z); computed stably for large |z| (λ up to 1000).
     z = np.clip(lam * (omega - r), -700.0, 700.0)
     g = 2.0 / (1.0 + np.exp(-z))
-    head = eta * g if form == "multiplicative" else g**eta
+    head = head_of(g, eta)
     return np.where(r <= omega, head + eps, eps + 0.0 * head)
 
 

@@ -18,10 +18,12 @@ document for document.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from quadmix_stream.choices import choose
 from quadmix_stream.errors import UserError
 from quadmix_stream.hashing import SALT_SAMPLE, hash64
 from quadmix_stream.labels import DatasetLabels, Manifest
@@ -34,7 +36,37 @@ from quadmix_stream.sampling import (
     realize,
 )
 
-RANK_METHODS = ("auto", "exact", "table")
+
+@dataclass(frozen=True, kw_only=True)
+class RankMethod:
+    """One way to compute Eq. 2.
+
+    Attributes:
+        whole_pool: the reference is every document (else at most ``sample_per_domain`` per
+            domain).
+        exact_domains: from the domains that fit whole in the reference, those ranked exactly
+            (the others use a rank table).
+    """
+
+    whole_pool: bool
+    exact_domains: Callable[[np.ndarray], np.ndarray]
+
+
+def _where_complete(complete: np.ndarray) -> np.ndarray:
+    return np.array(complete, dtype=bool)
+
+
+def _nowhere(complete: np.ndarray) -> np.ndarray:
+    return np.zeros_like(complete, dtype=bool)
+
+
+#: the rank methods by name (see :class:`RankConfig`)
+RANK_METHOD: dict[str, RankMethod] = {
+    "auto": RankMethod(whole_pool=False, exact_domains=_where_complete),
+    "exact": RankMethod(whole_pool=True, exact_domains=_where_complete),
+    "table": RankMethod(whole_pool=False, exact_domains=_nowhere),
+}
+RANK_METHODS = tuple(RANK_METHOD)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,15 +86,14 @@ class RankConfig:
     grid: int = 16384
 
     def __post_init__(self) -> None:
-        if self.method not in RANK_METHODS:
-            raise UserError(f"rank method must be one of {RANK_METHODS}, got {self.method!r}")
+        choose(RANK_METHOD, self.method, "rank method")
         if self.sample_per_domain < 1 or self.grid < 2:
             raise UserError("sample_per_domain must be ≥ 1 and grid ≥ 2")
 
     @property
     def per_domain(self) -> int | None:
         """Reference size per domain (``None``: every document)."""
-        return None if self.method == "exact" else int(self.sample_per_domain)
+        return None if RANK_METHOD[self.method].whole_pool else int(self.sample_per_domain)
 
     def fingerprint(self) -> str:
         return f"{self.method}-{self.per_domain or 'all'}-{self.grid}"
@@ -168,7 +199,7 @@ class RankModel:
         m = ref.domain_sizes.size
         q_all = merged_quality(ref.sigma, ref.domain, params.alpha)
         w_all = np.maximum(ref.tokens.astype(np.float64), 1.0)
-        exact = ref.complete & (config.method != "table")
+        exact = RANK_METHOD[config.method].exact_domains(ref.complete)
         qs: list[np.ndarray] = []
         cums: list[np.ndarray] = []
         for d in range(m):

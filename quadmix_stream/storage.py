@@ -24,6 +24,11 @@ Why fsspec: one API for S3, GCS, Azure, HTTP and local files, with ranged and co
 (which decide-before-decode needs on a sparse selection); s3fs and gcsfs are the clients
 PyTorch-ecosystem tools already use (Hugging Face datasets, Lightning, webdataset's ``pipe:``
 alternative). mosaicml-streaming's downloader fetches whole shards only.
+
+Why one module of ~500 lines: :class:`Store`'s reads, retries, cache folder and eviction share
+one per-process client and lock state that a pickled ``Store`` rebuilds in each worker
+(``__setstate__``); splitting the cache from the reads would spread that state over two
+classes that must always be rebuilt together.
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ def test_results_plot_shows_points_with_error_bars_not_cut_bars():
     from matplotlib.container import ErrorbarContainer
     from matplotlib.patches import Rectangle
 
-    from quadmix_stream.flow import results_figure
+    from quadmix_stream.flow_report import results_figure
 
     seeds = {
         "quadmix": {"0": {"target": 4.90, "general": 5.20}, "1": {"target": 4.95, "general": 5.21}},

@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,16 +38,41 @@ def _fraction_params(m: Manifest, frac: float) -> SamplingParams:
     )
 
 
+Report = Callable[[str, float, int], None]
+
+
 def run(
     corpus: str | None, work: str | None, docs_per_domain: int, repeat: int
 ) -> list[tuple[str, float, int]]:
-    import torch
-    from streaming import StreamingDataset
-    from torch.utils.data import DataLoader
+    """Measure every row, print it and the ratios against DESIGN.md §8's targets.
 
-    from quadmix_stream.dataset import QuaDMixDataset, collate_docs
+    Args:
+        corpus: a raw corpus folder to take documents from (default: the synthetic corpus).
+        work: folder for the MDS and tar copies (reused when there; default: a temporary one).
+        docs_per_domain: documents per domain written.
+        repeat: runs per row; the best counts.
+
+    Returns:
+        ``(row name, items per second, items)`` per row.
+    """
+    import torch
 
     torch.set_num_threads(1)
+    mds, tar = _prepare(corpus, work, docs_per_domain)
+    rows: list[tuple[str, float, int]] = []
+
+    def report(name: str, rate: float, n: int) -> None:
+        rows.append((name, rate, n))
+        print(f"  {name:<58} {rate:>10,.0f} items/s  ({n:,} items)", flush=True)
+
+    sd = _baseline_rows(mds, tar, repeat, report)
+    _quadmix_rows(mds, tar, sd, repeat, report)
+    _print_ratios(rows)
+    return rows
+
+
+def _prepare(corpus: str | None, work: str | None, docs_per_domain: int) -> tuple[Path, Path]:
+    """The documents as zstd MDS and as WebDataset tar (written once per ``work`` folder)."""
     tmp = Path(work or tempfile.mkdtemp(prefix="qms-bench-"))
     mds, tar = tmp / "mds", tmp / "tar"
     if not (mds / "quadmix.json").exists():
@@ -56,17 +82,19 @@ def run(
         print(f"writing {len(docs):,} documents as zstd MDS and as tar under {tmp} …", flush=True)
         write_corpus(mds, "mds", iter(docs), compression="zstd")
         write_corpus(tar, "tar", iter(docs))
-    m = Manifest.load(mds)
-    keep_all = SamplingParams.keep_all(m.domains, m.scorer_names)
-    tenth = _fraction_params(m, 0.1)
-    rows: list[tuple[str, float, int]] = []
+    shutil.rmtree(tmp / "streaming-cache", ignore_errors=True)
+    return mds, tar
 
-    def report(name: str, rate: float, n: int) -> None:
-        rows.append((name, rate, n))
-        print(f"  {name:<58} {rate:>10,.0f} items/s  ({n:,} items)", flush=True)
 
-    cache = tmp / "streaming-cache"
-    shutil.rmtree(cache, ignore_errors=True)
+def _baseline_rows(mds: Path, tar: Path, repeat: int, report: Report) -> Any:
+    """Rows (a)-(c): raw StreamingDataset reads, StreamingDataset in a DataLoader, WebDataset.
+
+    Returns the StreamingDataset whose shards are now decompressed (row (f) reads it again).
+    """
+    import webdataset as wds
+    from streaming import StreamingDataset
+    from torch.utils.data import DataLoader
+
     sd = StreamingDataset(local=str(mds), shuffle=False, batch_size=1)
     for i in range(sd.num_samples):  # decompress shards into streaming's cache once, untimed
         sd.get_item(i)
@@ -88,13 +116,23 @@ def run(
             repeat,
         ),
     )
-    import webdataset as wds
-
     shards = sorted(str(p) for p in tar.glob("*.tar"))
     report(
         "(c) plain WebDataset over the tar shards",
         *_rate(lambda: wds.WebDataset(shards, shardshuffle=False), repeat),
     )
+    return sd
+
+
+def _quadmix_rows(mds: Path, tar: Path, sd: Any, repeat: int, report: Report) -> None:
+    """Rows (d)-(f): QuaDMixDataset keeping all or ~10 %, against read-everything-then-filter."""
+    from torch.utils.data import DataLoader
+
+    from quadmix_stream.dataset import QuaDMixDataset, collate_docs
+
+    m = Manifest.load(mds)
+    keep_all = SamplingParams.keep_all(m.domains, m.scorer_names)
+    tenth = _fraction_params(m, 0.1)
 
     def qds(params: SamplingParams, root: Path = mds) -> QuaDMixDataset:
         return QuaDMixDataset(root, params, seed=0, balance=None)
@@ -127,6 +165,10 @@ def run(
             repeat,
         ),
     )
+
+
+def _print_ratios(rows: list[tuple[str, float, int]]) -> None:
+    """The ratios DESIGN.md §8 sets targets for."""
     r = {name[:4].strip(): rate for name, rate, _ in rows}
     d_loader = rows[3][1]
     d_inproc = rows[4][1]
@@ -142,4 +184,3 @@ def run(
         f"  (e) 10% delivered / (a) raw read limit           = {e / r['(a)']:.2f}  (target ≥ 0.6)"
     )
     print(f"  (e) 10% delivered / (f) read-all-then-filter     = {e / r['(f)']:.2f}  (target ≥ 5)")
-    return rows

@@ -125,33 +125,73 @@ def select(folder: RunFolder, pool: Pool | None = None) -> dict:
     cfg = folder.config
     pool = pool or Pool(folder.dataset)
     predictor = load_predictor(folder, pool)
-    n, k = cfg.select.n, cfg.select.top_k
+    cand, local = _candidates(folder, predictor, pool)
+    pred = predictor.predict(cand)
+    order = np.argsort(pred, kind="stable")
+    top = order[: cfg.select.top_k]
+    params = to_params(cand[top].mean(axis=0), folder.domains, folder.scorers, cfg.form)
+    provenance, model, info = _star_info(folder, predictor, params, len(cand), local, pred[top])
+    star = replace(params, provenance=provenance, extra={"search": info})
+    cdir = folder.sub("candidates")
+    for f in cdir.glob("*.json"):
+        f.unlink()
+    star.save(cdir / f"{STAR}.json")
+    sel = {
+        **info,
+        "theta": params.to_vector().tolist(),
+        "theta_names": folder.meta["features"],
+        "verify": _write_verified(folder, star, cand, order, pred, model),
+        "candidate_prediction": {
+            "min": float(pred.min()),
+            "median": float(np.median(pred)),
+            "max": float(pred.max()),
+        },
+        "boundary": boundary(folder, cand[top]),
+        "profile": pool.profile(params),
+        "pool_profile": pool.pool_profile(),
+    }
+    write_json(folder.path / "selection.json", sel)
+    return sel
+
+
+def _candidates(folder: RunFolder, predictor: Predictor, pool: Pool) -> tuple[np.ndarray, int]:
+    """Fresh proposals, plus (with search rounds) points near the best runs; and how many of
+    those local points there are."""
+    cfg = folder.config
     cand = propose(
         cfg.space,
         cfg.proposals,
-        n,
+        cfg.select.n,
         batch_seed(cfg.select.seed, CANDIDATE_BATCH),
         folder.domains,
         folder.scorers,
         pool.domain_tokens,
     )
-    local = 0
-    if cfg.rounds.k > 0:
-        reach = cfg.rounds.shrink**cfg.rounds.k
-        near, _ = local_candidates(
-            folder,
-            predictor,
-            pool,
-            cfg.rounds.candidates,
-            reach,
-            batch_seed(cfg.select.seed, LOCAL_BATCH),
-        )
-        cand, local = np.concatenate([cand, near]), len(near)
-    pred = predictor.predict(cand)
-    order = np.argsort(pred, kind="stable")
-    top = order[:k]
-    theta = cand[top].mean(axis=0)
-    params = to_params(theta, folder.domains, folder.scorers, cfg.form)
+    if cfg.rounds.k <= 0:
+        return cand, 0
+    reach = cfg.rounds.shrink**cfg.rounds.k
+    near, _ = local_candidates(
+        folder,
+        predictor,
+        pool,
+        cfg.rounds.candidates,
+        reach,
+        batch_seed(cfg.select.seed, LOCAL_BATCH),
+    )
+    return np.concatenate([cand, near]), len(near)
+
+
+def _star_info(
+    folder: RunFolder,
+    predictor: Predictor,
+    params: SamplingParams,
+    n_cand: int,
+    local: int,
+    top_pred: np.ndarray,
+) -> tuple[str, str, dict]:
+    """θ*'s provenance, the regressor in words, and the selection facts saved with θ* and in
+    ``selection.json``."""
+    cfg, k = folder.config, folder.config.select.top_k
     vec = params.to_vector()
     star_pred = float(predictor.predict(vec[None])[0])
     star_lin = float(predictor.predict_linear(vec[None])[0])
@@ -161,37 +201,49 @@ def select(folder: RunFolder, pool: Pool | None = None) -> dict:
     model = f"{met['model']} on {met['features']} features"
     provenance = (
         f"quadmix-stream search ({cfg.space}): θ* = element-wise mean of the {k} best of "
-        f"{len(cand)} fresh proposals by {model} (chosen by k-fold Spearman) fitted on {len(y)} "
+        f"{n_cand} fresh proposals by {model} (chosen by k-fold Spearman) fitted on {len(y)} "
         f"proxy runs in {folder.path.resolve()}; predicted objective {star_pred:.4f} (best proxy "
         f"run {y.min():.4f}, median {np.median(y):.4f}); regressor on held-out runs: Spearman "
         f"{held['spearman']:.3f}, MAE {held['mae']:.4f}"
     )
-    info = {
-        "run_folder": str(folder.path.resolve()),
-        "dataset": folder.meta["dataset"]["path"],  # the folder, or a remote dataset's URL
-        "dataset_fingerprint": folder.meta["dataset"]["fingerprint"],
-        "space": cfg.space,
-        "model": met["model"],
-        "features": met["features"],
-        "objective": dict(cfg.objective),
-        "candidates": int(len(cand)),
-        "local_candidates": local,
-        "top_k": k,
-        "predicted_loss": star_pred,
-        "predicted_loss_linear": star_lin,
-        "top_k_predicted": [float(pred[i]) for i in top],
-        "proxy_runs": int(len(y)),
-        "proxy_loss": {"min": float(y.min()), "median": float(np.median(y))},
-        "regressor": {"chosen": met["chosen"], "n_runs": met["n_runs"], "headline": held},
-        "selected": now(),
-    }
-    star = replace(params, provenance=provenance, extra={"search": info})
-    cdir = folder.sub("candidates")
-    for f in cdir.glob("*.json"):
-        f.unlink()
-    star.save(cdir / f"{STAR}.json")
+    return (
+        provenance,
+        model,
+        {
+            "run_folder": str(folder.path.resolve()),
+            "dataset": folder.meta["dataset"]["path"],  # the folder, or a remote dataset's URL
+            "dataset_fingerprint": folder.meta["dataset"]["fingerprint"],
+            "space": cfg.space,
+            "model": met["model"],
+            "features": met["features"],
+            "objective": dict(cfg.objective),
+            "candidates": int(n_cand),
+            "local_candidates": local,
+            "top_k": k,
+            "predicted_loss": star_pred,
+            "predicted_loss_linear": star_lin,
+            "top_k_predicted": [float(x) for x in top_pred],
+            "proxy_runs": int(len(y)),
+            "proxy_loss": {"min": float(y.min()), "median": float(np.median(y))},
+            "regressor": {"chosen": met["chosen"], "n_runs": met["n_runs"], "headline": held},
+            "selected": now(),
+        },
+    )
+
+
+def _write_verified(
+    folder: RunFolder,
+    star: SamplingParams,
+    cand: np.ndarray,
+    order: np.ndarray,
+    pred: np.ndarray,
+    model: str,
+) -> list[dict]:
+    """Write the ``select.verify`` best predicted candidates whose stream differs from θ*'s and
+    from each other's as ``candidates/cand-NN.json``; returns their names and predictions."""
+    cfg, cdir = folder.config, folder.path / "candidates"
     seen = {stream_fingerprint(star)}
-    verified = []
+    verified: list[dict] = []
     for i in order:
         if len(verified) >= cfg.select.verify:
             break
@@ -207,22 +259,7 @@ def select(folder: RunFolder, pool: Pool | None = None) -> dict:
         )
         p.save(cdir / f"{name}.json")
         verified.append({"name": name, "predicted": float(pred[i])})
-    sel = {
-        **info,
-        "theta": vec.tolist(),
-        "theta_names": folder.meta["features"],
-        "verify": verified,
-        "candidate_prediction": {
-            "min": float(pred.min()),
-            "median": float(np.median(pred)),
-            "max": float(pred.max()),
-        },
-        "boundary": boundary(folder, cand[top]),
-        "profile": pool.profile(params),
-        "pool_profile": pool.pool_profile(),
-    }
-    write_json(folder.path / "selection.json", sel)
-    return sel
+    return verified
 
 
 # ---------------------------------------------------------------- ship the best measured

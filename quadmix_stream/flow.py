@@ -350,6 +350,7 @@ def _train_all(
             r = results.setdefault(name, {"seeds": {}})
             r["seeds"][seed] = {"target": last["eval_loss"], **last.get("eval_losses", {})}
             r["steps"] = pc.train.steps
+            r["tokenizer"] = data_body["tokenizer"]
             r["model_parameters"] = next(x for x in log if x.get("event") == "start")[
                 "model_parameters"
             ]

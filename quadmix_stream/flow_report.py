@@ -14,24 +14,34 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from quadmix_stream.io import atomic_write_text
-from quadmix_stream.labels import DatasetLabels, Manifest, load_labels
+from quadmix_stream.labels import Manifest
 from quadmix_stream.params import SamplingParams
 
 if TYPE_CHECKING:
     from quadmix_stream.storage import Store
 
 
-def selected_tokens(lab: DatasetLabels, m: Manifest, params: SamplingParams, seed: int = 0) -> dict:
-    """Tokens (label units) a params file selects in epoch 0: unique, and counting repeats."""
-    from quadmix_stream.selection import Selection
-
-    counts = Selection(lab, m, params.reorder(m.domains, m.scorer_names), seed).counts(0)
-    tok = lab.tokens.astype(np.float64)
+def selected_tokens(report: dict[str, Any]) -> dict:
+    """Tokens (label units) a params file selects in epoch 0, unique and counting repeats, from
+    its :func:`~quadmix_stream.inspect.inspect_dataset` report (one shard at a time)."""
+    t = report["totals"]
     return {
-        "unique": float(tok[counts > 0].sum()),
-        "with_repeats": float((tok * counts).sum()),
-        "pool": float(tok.sum()),
+        "unique": float(t["realised_unique_tokens"]),
+        "with_repeats": float(t["realised_tokens"]),
+        "pool": float(t["tokens"]),
     }
+
+
+def training_tokens_per_label_token(data: str | Path, tokenizer: str, docs: int = 2000) -> float:
+    """The training tokenizer's tokens per label token, over ``docs`` documents of the pool (the
+    keep-all stream's first ones: a uniform sample). The selections are counted in label tokens
+    and the budget in training tokens; this converts one into the other for the passes column."""
+    from quadmix_stream.tokenizer import TextTokenizer, pool_docs
+
+    sample = list(pool_docs(data, docs))
+    ids = TextTokenizer(tokenizer).encode_docs([str(d.get("text") or "") for d in sample])
+    train = sum(len(x) - 1 for x in ids)  # without the end-of-text id
+    return train / max(1, sum(int(d["tokens"]) for d in sample))
 
 
 def _mean_sd(xs: list[float]) -> str:
@@ -91,22 +101,26 @@ def write_report(
 
     Adds each method's selected tokens to ``results`` (``results[name]["selected"]``).
     """
+    from quadmix_stream.inspect import inspect_dataset
     from quadmix_stream.storage import Store
 
     store = Store(data)  # one client for every read of a remote dataset's labels below
     m = Manifest.load(store)
-    lab = load_labels(store, m)
-    for name, p in runs.items():
-        results[name]["selected"] = selected_tokens(lab, m, SamplingParams.load(p))
+    params = {n: SamplingParams.load(p).reorder(m.domains, m.scorer_names) for n, p in runs.items()}
+    reports = {n: inspect_dataset(store, p) for n, p in params.items()}
+    for name in runs:
+        results[name]["selected"] = selected_tokens(reports[name])
+    tokenizer = next(iter(results.values())).get("tokenizer")
+    ratio = training_tokens_per_label_token(data, tokenizer) if tokenizer else None
     lines = [
         "# quadmix-stream run",
         "",
         f"Data: `{data}` ({m.rows} documents, {len(m.shards)} {m.format} shards).",
         "",
     ]
-    lines += _losses(results, out)
+    lines += _losses(results, out, ratio)
     atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=str))
-    lines += _selections(store, m, runs, out)
+    lines += _selections(store, params, reports, out)
     lines += _wall_time(out, times)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -114,8 +128,8 @@ def write_report(
     return path
 
 
-def _losses(results: dict[str, dict[str, Any]], out: Path) -> list[str]:
-    """The final-loss table (mean ± sd over seeds, selected tokens) and its figure."""
+def _losses(results: dict[str, dict[str, Any]], out: Path, ratio: float | None) -> list[str]:
+    """The final-loss table (mean ± sd over seeds, selected tokens, passes) and its figure."""
     first = next(iter(results.values()))
     seeds = sorted({s for r in results.values() for s in r["seeds"]})
     sets = list(next(iter(first["seeds"].values())).keys())
@@ -124,8 +138,9 @@ def _losses(results: dict[str, dict[str, Any]], out: Path) -> list[str]:
         f"and tokens: {first['steps']} steps, {first['tokens']:,} training tokens; seeds {seeds})",
         "",
         "| params | " + " | ".join(f"{s} loss" for s in sets) + " | selected unique tokens | "
-        "selected tokens with repeats |",
-        "|---|" + "---:|" * (len(sets) + 2),
+        "selected tokens with repeats |"
+        + (" ≈ passes over the unique selection |" if ratio else ""),
+        "|---|" + "---:|" * (len(sets) + 2 + bool(ratio)),
     ]
     for name, r in results.items():
         cells = [_mean_sd([v[s] for v in r["seeds"].values()]) for s in sets]
@@ -134,25 +149,34 @@ def _losses(results: dict[str, dict[str, Any]], out: Path) -> list[str]:
             f"{sel['unique']:,.0f} ({sel['unique'] / sel['pool']:.1%})",
             f"{sel['with_repeats']:,.0f}",
         ]
+        if ratio:
+            cells.append(f"{r['tokens'] / max(sel['unique'] * ratio, 1):.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines + [
         "",
         "Losses: mean ± sample sd over seeds (model init and data order). Selected tokens: "
-        "epoch 0 of the selection, in the labelling tokenizer's tokens.",
+        "epoch 0 of the selection, in the labelling tokenizer's tokens."
+        + (
+            f" Passes: training tokens / (unique tokens × {ratio:.3f}, the training tokenizer's "
+            "tokens per label token on 2,000 pool documents)."
+            if ratio
+            else ""
+        ),
         "",
         f"![results]({plot_results(results, out / 'results.png').name})",
     ]
 
 
-def _selections(store: Store, m: Manifest, runs: dict[str, Path], out: Path) -> list[str]:
+def _selections(
+    store: Store, params: dict[str, SamplingParams], reports: dict[str, dict], out: Path
+) -> list[str]:
     """Per params file: a plot of its selection and the dry-run report of what it keeps."""
-    from quadmix_stream.inspect import format_report, inspect_dataset
+    from quadmix_stream.inspect import format_report
     from quadmix_stream.plots import plot_selection
 
     lines: list[str] = []
-    for name, p in runs.items():
-        params = SamplingParams.load(p).reorder(m.domains, m.scorer_names)
-        png = plot_selection(store, params, out / f"selection-{name}.png")
+    for name, p in params.items():
+        png = plot_selection(store, p, out / f"selection-{name}.png", report=reports[name])
         lines += [
             "",
             f"## Selection: {name}",
@@ -160,7 +184,7 @@ def _selections(store: Store, m: Manifest, runs: dict[str, Path], out: Path) -> 
             f"![{name}]({png.name})",
             "",
             "```",
-            format_report(inspect_dataset(store, params)),
+            format_report(reports[name]),
             "```",
         ]
     return lines

@@ -13,11 +13,18 @@ from quadmix_stream.storage import Store, as_store
 
 
 def plot_selection(
-    root: str | Path | Store, params: SamplingParams, out: str | Path, seed: int = 0, epoch: int = 0
+    root: str | Path | Store,
+    params: SamplingParams,
+    out: str | Path,
+    seed: int = 0,
+    epoch: int = 0,
+    report: dict | None = None,
 ) -> Path:
     """Write a PNG: left, S(r) per domain (Eq. 3); right, pool vs expected vs realised token shares.
 
     ``root``: the dataset's folder, its URL (labels only are fetched) or an open store.
+    ``report``: :func:`~quadmix_stream.inspect.inspect_dataset`'s result for the same params,
+    seed and epoch, when the caller has it (saves a pass over the sidecars).
     """
     import matplotlib
 
@@ -28,7 +35,7 @@ def plot_selection(
 
     store = as_store(root)  # a remote dataset: one client for the manifest and the sidecars
     m = Manifest.load(store)
-    rep = inspect_dataset(store, params, seed, epoch)["domains"]  # one shard at a time
+    rep = (report or inspect_dataset(store, params, seed, epoch))["domains"]  # shard by shard
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     r = np.linspace(0, 1, 1001)
     for i, d in enumerate(m.domains):

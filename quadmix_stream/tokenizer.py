@@ -125,7 +125,18 @@ def pool_texts(
     seed: int = 0,
     storage: StorageConfig | None = None,
 ) -> Iterable[str]:
-    """Up to ``max_docs`` texts of a labelled dataset's pool (every document once, shuffled).
+    """Up to ``max_docs`` texts of a labelled dataset's pool (every document once, shuffled)."""
+    for doc in pool_docs(dataset, max_docs, seed, storage):
+        yield str(doc.get("text") or "")
+
+
+def pool_docs(
+    dataset: str | Path,
+    max_docs: int,
+    seed: int = 0,
+    storage: StorageConfig | None = None,
+) -> Iterable[dict]:
+    """Up to ``max_docs`` documents (with their labels) of a labelled dataset's pool, shuffled.
 
     Args:
         dataset: the dataset's folder or URL (``s3://bucket/ds``).
@@ -146,4 +157,4 @@ def pool_texts(
     for i, doc in enumerate(ds):
         if i >= max_docs:
             break
-        yield str(doc.get("text") or "")
+        yield doc

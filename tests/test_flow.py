@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,11 @@ def test_flow_holds_out_evaluates_every_set_and_reports_seeds(tmp_path):
     assert res["random"]["selected"]["unique"] == res["random"]["selected"]["pool"]
     report = (out / "report.md").read_text()
     assert "| random | " in report and " ± " in report and (out / "results.png").exists()
+    # passes over the unique selection: training tokens / (unique label tokens × ratio)
+    row = next(x for x in report.splitlines() if x.startswith("| random | "))
+    ratio = float(re.search(r"unique tokens × ([0-9.]+),", report).group(1))
+    passes = res["random"]["tokens"] / (res["random"]["selected"]["unique"] * ratio)
+    assert row.endswith(f" {passes:.1f} |") and 0.5 < ratio < 10
     assert (out / "train-quadmix-seed1" / "log.jsonl").exists()
     first = json.loads((out / "times.json").read_text())
     assert set(first) == {"split", "label", "search"}

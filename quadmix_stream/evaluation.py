@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.locations import read_location
 from quadmix_stream.storage import is_remote
 
@@ -91,7 +92,8 @@ def hf_batch_loss(model: torch.nn.Module, device: torch.device) -> BatchLoss:
 def load_target_texts(path: str | Path) -> list[str]:
     """Texts of an evaluation set (JSONL with a ``text`` field; a local path or a URL).
 
-    Lines without a non-empty ``text`` are skipped; a set with none is an error.
+    Lines without a non-empty ``text`` are skipped; a set with none is a :class:`UserError`
+    (``ValueError``), as is a line that is not JSON.
     """
     if is_remote(str(path)):
         raw = read_location(path).decode("utf-8")
@@ -108,12 +110,12 @@ def load_target_texts(path: str | Path) -> list[str]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"target set {path}, line {i}: not valid JSON ({e})") from None
+            raise UserError(f"target set {path}, line {i}: not valid JSON ({e})") from None
         text = obj.get("text") if isinstance(obj, dict) else None
         if isinstance(text, str) and text.strip():
             texts.append(text)
     if not texts:
-        raise ValueError(
+        raise UserError(
             f"target set {path}: no text ({lines} JSON lines, none with a non-empty 'text' field)"
         )
     return texts
@@ -125,7 +127,7 @@ def full_blocks(path: str | Path, tokenizer, seq_len: int, max_blocks: int) -> t
     ids = eval_ids(texts, tokenizer, max_blocks * seq_len)[0]
     n = len(ids) // seq_len
     if n == 0:
-        raise ValueError(f"eval set {path} has fewer than seq_len={seq_len} tokens")
+        raise UserError(f"eval set {path} has fewer than seq_len={seq_len} tokens")
     return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
 
 

@@ -26,6 +26,46 @@ from quadmix_stream.tokenizer import TextTokenizer
 PACKED_MARK = "quadmix_packed_state"
 
 
+class BlockPacker:
+    """Token ids of documents (each ending with its end-of-text token) cut into blocks of ``size``.
+
+    The one place blocks are cut: :class:`PackedDataset` packs ``seq_len`` blocks with the
+    domain of every token (``tags``); the search's ``TokenStream`` packs whole
+    ``batch_size × seq_len`` batches. ``carry`` holds the tokens not yet in a block (fewer than
+    ``size``), ``tags`` (when tracked) one tag per carried token.
+
+    Args:
+        size: tokens per block.
+        carry: tokens carried in (a resumed state's leftovers).
+        tags: their tags; ``None``: tags are not tracked.
+    """
+
+    def __init__(self, size: int, carry: list[int] | None = None, tags: list | None = None) -> None:
+        self.size = int(size)
+        self.carry: list[int] = list(carry or [])
+        self.tags: list | None = None if tags is None else list(tags)
+
+    def add(self, toks: list[int], tag: Any = None) -> Iterator[tuple[list[int], list | None, int]]:
+        """Append a document; yields each block it completes as ``(ids, tags, pos)``.
+
+        ``pos`` is how many of ``toks`` are in blocks so far; ``carry`` is already empty when a
+        block is yielded, and holds the rest of ``toks`` once the generator ends.
+        """
+        pos = 0
+        while len(self.carry) + len(toks) - pos >= self.size:
+            take = self.size - len(self.carry)
+            ids = self.carry + toks[pos : pos + take]
+            tags = None if self.tags is None else self.tags + [tag] * take
+            pos += take
+            self.carry = []
+            self.tags = None if self.tags is None else []
+            yield ids, tags, pos
+        # in place: a long batch is filled by many short documents
+        self.carry.extend(toks[pos:])
+        if self.tags is not None:
+            self.tags.extend([tag] * (len(toks) - pos))
+
+
 class PackedDataset(IterableDataset):
     """Fixed-length token blocks from a :class:`QuaDMixDataset` (each rank/worker packs its share).
 
@@ -143,28 +183,28 @@ class PackedDataset(IterableDataset):
                 toks = self.tokenizer.encode_docs([doc["text"]])[0]
                 dom = int(doc["domain_id"])
                 pending.append((toks[d["offset"] :], dom, {**d}))
-        live = {"carry": carry, "carry_domains": carry_dom, "doc": None, "started": started}
+        packer = BlockPacker(self.seq_len, carry, carry_dom)
+        live = {
+            "carry": packer.carry,
+            "carry_domains": packer.tags,
+            "doc": None,
+            "started": started,
+        }
         self._live = live
 
         def blocks(
             toks: list[int], dom: int, marker: dict | None
         ) -> Iterator[dict[str, torch.Tensor]]:
-            nonlocal carry, carry_dom, started
+            nonlocal started
             if marker is not None and marker["offset"] == 0:
                 started.append(encode_doc_id(marker["epoch"], marker["row"], marker["copy"]))
-            pos = 0
-            while len(carry) + len(toks) - pos >= self.seq_len:
-                take = self.seq_len - len(carry)
-                ids = carry + toks[pos : pos + take]
-                doms = carry_dom + [dom] * take
-                pos += take
-                carry, carry_dom = [], []
-                rest = len(toks) - pos
-                if marker is not None and rest > 0:
+            for ids, doms, pos in packer.add(toks, dom):
+                # the state a checkpoint taken after this block resumes from
+                if marker is not None and len(toks) - pos > 0:
                     live["doc"] = {**marker, "offset": marker["offset"] + pos}
                 else:
                     live["doc"] = None
-                live["carry"], live["carry_domains"] = carry, carry_dom
+                live["carry"], live["carry_domains"] = packer.carry, packer.tags
                 t = torch.tensor(ids, dtype=torch.long)
                 item = {
                     "input_ids": t,
@@ -178,9 +218,7 @@ class PackedDataset(IterableDataset):
                     item["doc_ids"] = d
                 started = live["started"] = started[self.seq_len :]
                 yield item
-            carry = carry + toks[pos:]
-            carry_dom = carry_dom + [dom] * (len(toks) - pos)
-            live["carry"], live["carry_domains"], live["doc"] = carry, carry_dom, None
+            live["carry"], live["carry_domains"], live["doc"] = packer.carry, packer.tags, None
 
         for toks, dom, marker in pending:
             yield from blocks(toks, dom, {**marker, "offset": marker["offset"]} if marker else None)

@@ -54,7 +54,9 @@ def tok(mds_ds, tmp_path_factory) -> TextTokenizer:
 
 def tiny_proxy(**kw) -> ProxyConfig:
     base = dict(
-        model=ModelConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64),
+        model=ModelConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+        ),
         seq_len=32,
         batch_size=4,
         tokens=4 * 32 * 8,  # 8 steps

@@ -3,9 +3,9 @@
     torchrun --nproc_per_node N -m quadmix_stream.trainers.pretrain RECIPE.yaml [--out DIR]
     python -m quadmix_stream.trainers.pretrain RECIPE.yaml          # one process
 
-A transformers causal LM built from a config (no download), DDP (gloo on CPU, NCCL on GPU),
-AdamW with warm-up + cosine, gradient accumulation, bf16 autocast on CUDA, periodic evaluation
-on a target set, logging of loss, tokens/s and realised vs expected per-domain tokens
+The causal LM of :mod:`quadmix_stream.model` (no download), DDP (gloo on CPU, NCCL on GPU),
+AdamW with :mod:`quadmix_stream.schedule`'s warm-up + cosine, gradient accumulation, bf16
+autocast on CUDA, periodic evaluation on a target set (:mod:`quadmix_stream.evaluation`), logging of loss, tokens/s and realised vs expected per-domain tokens
 (``OUT/log.jsonl``; TensorBoard and Weights & Biases through the recipe's ``logging:`` section,
 see :mod:`quadmix_stream.trainers.runlog`), and a progress line every few seconds on rank 0.
 
@@ -23,6 +23,9 @@ its own loader state and the run continues item for item. Another world size, or
 ``--params NEW.json`` → the global loader state is re-dealt (nothing consumed is repeated,
 nothing is lost) and the log records the switch and its step. Log records past the
 checkpoint's step (the killed invocation's last steps, trained again) are cut from ``log.jsonl``.
+
+The module holds the recipe's sections, the set-up, one step and the loop (a little over 400
+lines) so that :func:`train` reads in one sitting next to the parts it calls.
 """
 
 from __future__ import annotations
@@ -31,10 +34,7 @@ import argparse
 import dataclasses
 import gc
 import hashlib
-import json
-import math
 import os
-import re
 import sys
 import time
 from contextlib import nullcontext
@@ -45,20 +45,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from quadmix_stream.evaluation import autocast, full_blocks, hf_batch_loss, mean_loss
 from quadmix_stream.metrics import MixtureMeter
+from quadmix_stream.model import ModelConfig, build_causal_lm
 from quadmix_stream.progress import Progress
 from quadmix_stream.recipe import RecipeError, build, read_yaml
-from quadmix_stream.runguard import (
-    OutputError,
-    RunLock,
-    check_writable,
-    exit_with_parent,
-    remove_stale_tmp,
-    under_torchrun,
-    write_file_atomic,
-)
+from quadmix_stream.runguard import OutputError, exit_with_parent, under_torchrun
+from quadmix_stream.schedule import warmup_cosine
 from quadmix_stream.storage import StorageConfig
+from quadmix_stream.trainers.run_folder import checkpoints, claim_out, save_checkpoint
 from quadmix_stream.trainers.runlog import LoggingConfig, RunLogger, truncate_log
+
+__all__ = ["DataConfig", "ModelConfig", "PretrainConfig", "TrainConfig", "load_config", "train"]
 
 
 # ---------------------------------------------------------------- configuration
@@ -75,17 +73,6 @@ class DataConfig:
     track_docs: bool = False  # log the (epoch, row, copy) of documents started in each step
     # a remote dataset (s3://…): bytes its node-local cache may hold, e.g. "64gb" (None: no limit)
     cache_limit: str | None = None
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """A transformers LlamaConfig; defaults are a ~0.1M-parameter model for CPU."""
-
-    hidden_size: int = 64
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    intermediate_size: int = 128
-    max_position_embeddings: int = 2048
 
 
 @dataclass(frozen=True)
@@ -134,91 +121,6 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pr
     return build(PretrainConfig, raw, "pretrain")
 
 
-# ---------------------------------------------------------------- helpers
-def log_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio``·lr (a multiplier of lr)."""
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-
-def checkpoints(out: Path) -> list[Path]:
-    found = [
-        p for p in (out / "checkpoints").glob("step-*.pt") if re.fullmatch(r"step-\d+\.pt", p.name)
-    ]
-    return sorted(found, key=lambda p: int(p.stem.split("-")[1]))
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` through a ``.tmp`` + rename; an error (disk full) names the file."""
-    write_file_atomic(path, lambda f: torch.save(obj, f))
-
-
-def agree_on_error(err: str | None) -> None:
-    """Raise ``OutputError(err)`` on every rank when any rank had one (also a barrier)."""
-    if dist.is_initialized():
-        gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, err)
-        err = next((e for e in gathered if e), None)
-    if err:
-        raise OutputError(err)
-
-
-def claim_out(out: Path, rank: int) -> RunLock | None:
-    """Rank 0 checks that ``out`` is writable and locks it; every rank learns of a failure."""
-    lock, err = None, None
-    if rank == 0:
-        try:
-            check_writable(out)
-            check_writable(out / "checkpoints")
-            lock = RunLock(out, "trainer").acquire()
-            for d in (out, out / "checkpoints"):
-                remove_stale_tmp(d)  # left by a killed writer; the lock says none is running
-        except OutputError as e:
-            err = str(e)
-    agree_on_error(err)
-    return lock
-
-
-def eval_blocks(path: str, tok, seq_len: int, max_blocks: int) -> torch.Tensor:
-    """The first ``max_blocks`` blocks of an evaluation set (a JSONL file, local or a URL)."""
-    from quadmix_stream.locations import read_location
-
-    lines = read_location(path).decode("utf-8").splitlines()
-    texts = [json.loads(line)["text"] for line in lines if line.strip()]
-    if not any(t.strip() for t in texts):
-        raise ValueError(f"eval set {path} has no text")
-    ids = [t for doc in tok.encode_docs(texts) for t in doc]
-    n = min(len(ids) // seq_len, max_blocks)
-    if n == 0:
-        raise ValueError(f"eval set {path} has fewer than seq_len={seq_len} tokens")
-    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
-
-
-@torch.no_grad()
-def evaluate(model, blocks: torch.Tensor, device: torch.device, batch: int) -> float:
-    model.eval()
-    total, n = 0.0, 0
-    for i in range(0, len(blocks), batch):
-        x = blocks[i : i + batch].to(device)
-        with autocast(device):
-            loss = model(input_ids=x, labels=x).loss
-        total += float(loss) * len(x)
-        n += len(x)
-    model.train()
-    return total / n
-
-
-def autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
 # ---------------------------------------------------------------- the run
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
@@ -249,15 +151,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: bool = False) -> int:
-    from transformers import AutoModelForCausalLM, LlamaConfig
+# ---------------------------------------------------------------- setting up
+def lr_multiplier(step: int, tc: TrainConfig) -> float:
+    """The schedule as a multiple of ``train.lr`` (``warmup`` in steps; floor at ``train.steps``)."""
+    return warmup_cosine(
+        step, warmup=tc.warmup, decay_steps=tc.steps - tc.warmup, min_ratio=tc.min_lr_ratio
+    )
 
-    from quadmix_stream.dataset import QuaDMixDataset
-    from quadmix_stream.loaders.stateful import make_loader, restore_loader
-    from quadmix_stream.packing import PackedDataset
-    from quadmix_stream.params import SamplingParams
-    from quadmix_stream.tokenizer import TextTokenizer, pool_texts, train_tokenizer
 
+def init_distributed(cfg: PretrainConfig) -> tuple[int, int, torch.device]:
+    """World size, rank and device; the process group under torchrun (gloo on CPU, NCCL on GPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -271,38 +174,169 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    d, tc = cfg.data, cfg.train
-    lock = claim_out(out, rank)  # before any work: writable, and no other trainer in it
-    log_path = out / "log.jsonl"
+    return world, rank, device
 
-    # a local folder or an object-storage URL (s3://…): never wrapped in Path, which would
-    # turn the URL into a relative folder name
-    storage = StorageConfig(cache_limit=d.cache_limit)
 
-    # tokenizer: given, or a BPE trained on the pool once (rank 0) and shared through the folder
+def load_tokenizer(d: DataConfig, out: Path, rank: int, storage: StorageConfig):
+    """The recipe's tokenizer, or a BPE trained on the pool once (rank 0) and shared via ``out``."""
+    from quadmix_stream.tokenizer import TextTokenizer, pool_texts, train_tokenizer
+
     tok_path = Path(d.tokenizer) if d.tokenizer else out / "tokenizer.json"
     if not d.tokenizer and rank == 0 and not tok_path.exists():
         train_tokenizer(pool_texts(d.dataset, 5000, storage=storage), d.vocab_size, tok_path)
     if dist.is_initialized():
         dist.barrier()
-    tok = TextTokenizer(tok_path)
+    return TextTokenizer(tok_path)
 
-    # model: same initialisation on every rank and every run
+
+def build_training(cfg: PretrainConfig, vocab_size: int, device: torch.device):
+    """Model (same initialisation on every rank and run), its DDP wrapper, AdamW, schedule."""
+    tc = cfg.train
     torch.manual_seed(tc.seed)
-    mcfg = LlamaConfig(
-        vocab_size=tok.vocab_size,
-        **dataclasses.asdict(cfg.model),
-        attention_dropout=0.0,
-        tie_word_embeddings=False,
-    )
-    model = AutoModelForCausalLM.from_config(mcfg).to(device)
+    model = build_causal_lm(cfg.model, vocab_size, cfg.data.seq_len).to(device)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.is_initialized() else model
     opt = torch.optim.AdamW(
         model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.95)
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, tc))
+    # a lambda, not a partial: LambdaLR would put a callable object's fields in the checkpoint
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, tc))
+    return model, ddp, opt, sched
 
-    # data
+
+def open_loader(cfg: PretrainConfig, packed, ckpt_loader: dict | None) -> tuple[Any, bool | None]:
+    """A stateful loader over ``packed``: fresh, or restored from a checkpoint's loader state.
+
+    Returns the loader and, after a restore, whether it continues item for item (``exact``).
+    """
+    from quadmix_stream.loaders.stateful import make_loader, restore_loader
+
+    d, tc = cfg.data, cfg.train
+    kw = {"prefetch_factor": 2} if d.workers else {}
+    if ckpt_loader is None:
+        return make_loader(packed, tc.batch_size, d.workers, **kw), None
+    return restore_loader(ckpt_loader, packed, tc.batch_size, d.workers, **kw)
+
+
+def resume_record(ckpt: Path, step: int, exact: bool, ckpt_loader: dict, world: int, params):
+    """The log's ``resume`` event; another topology or new params: the switch is recorded."""
+    rec = {"event": "resume", "checkpoint": ckpt.name, "step": step, "exact": exact}
+    if not exact:
+        rec["switch"] = {
+            "from_world": ckpt_loader["world"],
+            "to_world": world,
+            "from_params": ckpt_loader["params_fingerprint"],
+            "to_params": params.fingerprint(),
+        }
+    return rec
+
+
+def eval_sets(tc: TrainConfig, tok, seq_len: int) -> dict[str | None, torch.Tensor]:
+    """Blocks of every evaluation set: ``None`` is ``eval_set`` (logged as ``eval_loss``)."""
+    named: dict[str | None, str] = {None: tc.eval_set} if tc.eval_set else {}
+    named.update({str(k): str(v) for k, v in dict(tc.eval_sets or {}).items()})
+    return {k: full_blocks(v, tok, seq_len, tc.eval_max_blocks) for k, v in named.items()}
+
+
+def evaluate(model: torch.nn.Module, blocks: torch.Tensor, device: torch.device, batch: int):
+    """Mean loss of ``model`` over ``blocks`` (the model's own loss, per block, averaged)."""
+    model.eval()
+    loss = float(mean_loss(hf_batch_loss(model, device), blocks, None, device, batch))
+    model.train()
+    return loss
+
+
+# ---------------------------------------------------------------- one step
+@dataclass
+class StepResult:
+    """What one optimiser step consumed and its loss, summed over ranks after :func:`gather`."""
+
+    loss: torch.Tensor
+    domain_tokens: torch.Tensor
+    digest: str
+    docs: list[int]
+
+
+def train_step(ddp, model, opt, sched, it, cfg: PretrainConfig, world: int, device) -> StepResult:
+    """``grad_accum`` micro-batches (DDP syncs on the last), clipping, one AdamW step."""
+    tc = cfg.train
+    loss_sum = torch.zeros(1, device=device)
+    dom: torch.Tensor | None = None
+    h = hashlib.sha256()
+    docs: list[int] = []
+    for micro in range(tc.grad_accum):
+        batch = next(it)
+        x = batch["input_ids"].to(device)
+        h.update(batch["input_ids"].numpy().tobytes())
+        dt = batch["domain_tokens"].sum(0)
+        dom = dt if dom is None else dom + dt
+        if cfg.data.track_docs:
+            docs += [v for v in batch["doc_ids"].flatten().tolist() if v >= 0]
+        sync = nullcontext() if (world == 1 or micro == tc.grad_accum - 1) else ddp.no_sync()
+        with sync, autocast(device):
+            loss = ddp(input_ids=x, labels=x).loss / tc.grad_accum
+            loss.backward()
+        loss_sum += loss.detach()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return StepResult(loss_sum, dom, h.hexdigest(), docs)
+
+
+def gather(r: StepResult, world: int) -> StepResult:
+    """Mean loss, summed domain tokens, one digest and every rank's documents (all ranks)."""
+    if world == 1:
+        return r
+    dist.all_reduce(r.loss)
+    r.loss /= world
+    dist.all_reduce(r.domain_tokens)
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, (r.digest, r.docs))
+    digest = hashlib.sha256("".join(g[0] for g in gathered).encode()).hexdigest()
+    return StepResult(r.loss, r.domain_tokens, digest, [x for g in gathered for x in g[1]])
+
+
+def step_record(step: int, r: StepResult, lr: float, tokens_per_s: float, mix: dict, docs: bool):
+    """The log line of a step (rank 0): loss, lr, throughput, realised vs expected mixture."""
+    rec = {
+        "step": step,
+        "loss": round(float(r.loss), 6),
+        "lr": lr,
+        "tokens_per_s": round(tokens_per_s, 1),
+        "batch_sha": r.digest[:16],
+        "realised_share": {k: round(v["share"], 4) for k, v in mix.items()},
+        "expected_share": {k: round(v.get("expected_share", 0.0), 4) for k, v in mix.items()},
+    }
+    if docs:
+        rec["docs"] = r.docs
+    return rec
+
+
+def step_scalars(rec: dict, domains: list[str]) -> dict[str, float]:
+    """A step record's scalars for TensorBoard / W&B."""
+    scalars = {k: rec[k] for k in ("loss", "lr", "tokens_per_s", "eval_loss") if k in rec}
+    scalars.update({f"eval_loss/{k}": v for k, v in rec.get("eval_losses", {}).items()})
+    for k in domains:
+        scalars[f"mixture/realised/{k}"] = rec["realised_share"][k]
+        scalars[f"mixture/expected/{k}"] = rec["expected_share"][k]
+    return scalars
+
+
+# ---------------------------------------------------------------- the loop
+def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: bool = False) -> int:
+    from quadmix_stream.dataset import QuaDMixDataset
+    from quadmix_stream.packing import PackedDataset
+    from quadmix_stream.params import SamplingParams
+
+    world, rank, device = init_distributed(cfg)
+    d, tc = cfg.data, cfg.train
+    lock = claim_out(out, rank)  # before any work: writable, and no other trainer in it
+    # a local folder or an object-storage URL (s3://…): never wrapped in Path, which would
+    # turn the URL into a relative folder name
+    storage = StorageConfig(cache_limit=d.cache_limit)
+    tok = load_tokenizer(d, out, rank, storage)
+    model, ddp, opt, sched = build_training(cfg, tok.vocab_size, device)
+
     params = SamplingParams.load(d.params)
     ds = QuaDMixDataset(
         d.dataset,
@@ -325,32 +359,15 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
         step, ckpt_loader = int(ck["step"]), ck["loader"]
     logger = RunLogger(out, cfg.logging, dataclasses.asdict(cfg), enabled=rank == 0)
     if rank == 0:  # steps after the checkpoint are trained again: drop their first try
-        truncate_log(log_path, step)
-    kw = {"prefetch_factor": 2} if d.workers else {}
-    if ckpt_loader is None:
-        loader = make_loader(packed, tc.batch_size, d.workers, **kw)
-    else:
-        loader, exact = restore_loader(ckpt_loader, packed, tc.batch_size, d.workers, **kw)
-        if rank == 0:
-            rec = {"event": "resume", "checkpoint": ckpts[-1].name, "step": step, "exact": exact}
-            if not exact:  # another topology or new params: the log records the switch
-                rec["switch"] = {
-                    "from_world": ckpt_loader["world"],
-                    "to_world": world,
-                    "from_params": ckpt_loader["params_fingerprint"],
-                    "to_params": params.fingerprint(),
-                }
-            logger.write(rec)
+        truncate_log(out / "log.jsonl", step)
+    loader, exact = open_loader(cfg, packed, ckpt_loader)
+    if ckpt_loader is not None and rank == 0:
+        logger.write(resume_record(ckpts[-1], step, bool(exact), ckpt_loader, world, params))
 
-    eval_x = eval_blocks(tc.eval_set, tok, d.seq_len, tc.eval_max_blocks) if tc.eval_set else None
-    more_x = {
-        str(k): eval_blocks(str(v), tok, d.seq_len, tc.eval_max_blocks)
-        for k, v in dict(tc.eval_sets or {}).items()
-    }
+    evals = eval_sets(tc, tok, d.seq_len)
     domains = ds.manifest.domains
     meter = MixtureMeter(domains, ds.expected_mixture())  # realised vs expected token shares
     if rank == 0:
-        n_params = sum(p.numel() for p in model.parameters())
         logger.write(
             {
                 "event": "start",
@@ -359,91 +376,40 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
                 "params": params.provenance,
                 # a remote dataset is named by its URL; the fingerprint says which labels
                 "dataset": {"location": ds.root, "fingerprint": ds.fingerprint},
-                "model_parameters": n_params,
+                "model_parameters": sum(p.numel() for p in model.parameters()),
                 "device": str(device),
             },
         )
-
     if step >= tc.steps and rank == 0:  # e.g. resumed a finished run: say so, don't exit silently
         print(
             f"nothing to train: {out} is at step {step} and train.steps is {tc.steps}; "
             f"pass --steps N (N > {step}) to train further",
             flush=True,
         )
+
     it = iter(loader)
     t0, tokens_since = time.perf_counter(), 0
     progress = Progress(
-        "pretrain",
-        tc.steps,
-        initial=step,
-        enabled=rank == 0,
-        every_s=cfg.logging.progress_every,
+        "pretrain", tc.steps, initial=step, enabled=rank == 0, every_s=cfg.logging.progress_every
     )
     while step < tc.steps:
-        loss_sum = torch.zeros(1, device=device)
-        dom = torch.zeros(len(domains), dtype=torch.long)
-        h = hashlib.sha256()
-        docs: list[int] = []
-        for micro in range(tc.grad_accum):
-            batch = next(it)
-            x = batch["input_ids"].to(device)
-            h.update(batch["input_ids"].numpy().tobytes())
-            dom += batch["domain_tokens"].sum(0)
-            if d.track_docs:
-                docs += [v for v in batch["doc_ids"].flatten().tolist() if v >= 0]
-            sync = nullcontext() if (world == 1 or micro == tc.grad_accum - 1) else ddp.no_sync()
-            with sync, autocast(device):
-                loss = ddp(input_ids=x, labels=x).loss / tc.grad_accum
-                loss.backward()
-            loss_sum += loss.detach()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        r = gather(train_step(ddp, model, opt, sched, it, cfg, world, device), world)
         step += 1
-        # metrics over all ranks
-        digest = h.hexdigest()
-        if world > 1:
-            dist.all_reduce(loss_sum)
-            loss_sum /= world
-            dist.all_reduce(dom)
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, (digest, docs))
-            digest = hashlib.sha256("".join(g[0] for g in gathered).encode()).hexdigest()
-            docs = [x for g in gathered for x in g[1]]
-        meter.update({"domain_tokens": dom.numpy()[None]})
+        meter.update({"domain_tokens": r.domain_tokens.numpy()[None]})
         tokens_since += tc.batch_size * tc.grad_accum * d.seq_len * world
         if rank == 0:
-            dt = time.perf_counter() - t0
-            mix = meter.summary()
-            rec = {
-                "step": step,
-                "loss": round(float(loss_sum), 6),
-                "lr": sched.get_last_lr()[0],
-                "tokens_per_s": round(tokens_since / dt, 1),
-                "batch_sha": digest[:16],
-                "realised_share": {k: round(v["share"], 4) for k, v in mix.items()},
-                "expected_share": {
-                    k: round(v.get("expected_share", 0.0), 4) for k, v in mix.items()
-                },
-            }
-            if d.track_docs:
-                rec["docs"] = docs
+            rate = tokens_since / (time.perf_counter() - t0)
+            rec = step_record(step, r, sched.get_last_lr()[0], rate, meter.summary(), d.track_docs)
             if step % tc.eval_every == 0 or step == tc.steps:
-                if eval_x is not None:
-                    rec["eval_loss"] = round(evaluate(model, eval_x, device, tc.batch_size), 6)
-                if more_x:
-                    rec["eval_losses"] = {
-                        k: round(evaluate(model, x, device, tc.batch_size), 6)
-                        for k, x in more_x.items()
-                    }
+                losses = {
+                    k: round(evaluate(model, x, device, tc.batch_size), 6) for k, x in evals.items()
+                }
+                if None in losses:
+                    rec["eval_loss"] = losses.pop(None)
+                if losses:
+                    rec["eval_losses"] = losses
             logger.write(rec)
-            scalars = {k: rec[k] for k in ("loss", "lr", "tokens_per_s", "eval_loss") if k in rec}
-            scalars.update({f"eval_loss/{k}": v for k, v in rec.get("eval_losses", {}).items()})
-            for k in domains:
-                scalars[f"mixture/realised/{k}"] = rec["realised_share"][k]
-                scalars[f"mixture/expected/{k}"] = rec["expected_share"][k]
-            logger.scalars(step, scalars)
+            logger.scalars(step, step_scalars(rec, domains))
             progress.update(1, loss=rec["loss"], tokens_per_s=rec["tokens_per_s"])
             t0, tokens_since = time.perf_counter(), 0
         if step % tc.checkpoint_every == 0 or step == tc.steps:
@@ -459,50 +425,6 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
     if lock is not None:
         lock.release()
     return 0
-
-
-def save_checkpoint(
-    out: Path,
-    step: int,
-    model,
-    opt,
-    sched,
-    loader,
-    rank: int,
-    keep_last: int,
-    logger: RunLogger | None = None,
-) -> None:
-    """Model, optimiser, scheduler, step and the loader (each rank's own + the global state).
-
-    A failed write (disk full) raises :class:`OutputError` naming the file on every rank (not
-    only on rank 0, whose peers would otherwise die in a collective with a gloo/NCCL error);
-    the previous checkpoints stay, and no ``.tmp`` is left.
-    """
-    from quadmix_stream.loaders.stateful import checkpoint_loader
-
-    state = checkpoint_loader(loader)  # all ranks take part
-    err = None
-    if rank == 0:
-        ck = {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "step": step,
-            "loader": state,
-        }
-        try:
-            save_atomic(ck, out / "checkpoints" / f"step-{step:08d}.pt")
-        except OutputError as e:
-            err = str(e)
-        else:
-            for old in checkpoints(out)[:-keep_last]:
-                old.unlink()
-            rec = {"event": "checkpoint", "step": step}
-            if logger is not None:
-                logger.write(rec)
-            else:
-                log_jsonl(out / "log.jsonl", rec)
-    agree_on_error(err)  # a barrier too
 
 
 if __name__ == "__main__":

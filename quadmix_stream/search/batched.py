@@ -18,24 +18,51 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass, field
 
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
+from quadmix_stream.evaluation import autocast, lm_loss, mean_loss
 from quadmix_stream.search.data import SelectionError, TokenStream
 from quadmix_stream.search.proxy import (
     ProxyContext,
     ProxyJob,
     Ticker,
-    autocast,
+    adamw,
     build_model,
     decay_mask,
     finish,
-    lm_loss,
-    lr_at,
     result,
     stream_stats,
 )
+
+
+@dataclass
+class Group:
+    """The members of a group that have a stream: job index, stream and expected selection."""
+
+    jobs: list[ProxyJob]
+    t0: float
+    out: list[dict | None]
+    members: list[int] = field(default_factory=list)  # index into jobs of each stacked member
+    streams: list[TokenStream] = field(default_factory=list)
+    sels: list[dict] = field(default_factory=list)
+
+
+def _open(jobs: list[ProxyJob], ctx: ProxyContext) -> Group:
+    """Every job's stream; a θ that selects (almost) nothing is recorded as failed at once."""
+    grp = Group(jobs, time.perf_counter(), [None] * len(jobs))
+    for i, job in enumerate(jobs):
+        try:
+            st, sel = ctx.stream(job)
+        except SelectionError as e:
+            grp.out[i] = result(job, "failed", reason=str(e), seconds=time.perf_counter() - grp.t0)
+            continue
+        grp.streams.append(st)
+        grp.members.append(i)
+        grp.sels.append(sel)
+    return grp
 
 
 def _stack(model: torch.nn.Module, g: int, device: torch.device):
@@ -45,88 +72,79 @@ def _stack(model: torch.nn.Module, g: int, device: torch.device):
     return params, buffers
 
 
+def _member_fn(skeleton: torch.nn.Module, ctx: ProxyContext, mask: bool):
+    """One member's ``(params, buffers, ids[, mask]) →`` mean loss (training) or (sum, count)."""
+    kwargs = {"attention_mask": ctx.attn_mask}
+
+    def logits(p, b, ids):
+        return functional_call(skeleton, (p, b), (), {"input_ids": ids, **kwargs}).logits
+
+    if mask:
+        return lambda p, b, ids, m: torch.stack(lm_loss(logits(p, b, ids), ids, m))
+
+    def mean(p, b, ids):
+        s, c = lm_loss(logits(p, b, ids), ids)
+        return s / c
+
+    return mean
+
+
+def _next_rows(grp: Group, alive: torch.Tensor, fail, zeros: torch.Tensor) -> torch.Tensor:
+    """The next batch of every member, ``(G, batch, seq)``; zeros for a failed member."""
+    rows = []
+    for j, st in enumerate(grp.streams):
+        if alive[j]:
+            try:
+                rows.append(st.next_batch())
+                continue
+            except SelectionError as e:
+                fail(j, str(e))
+        rows.append(zeros)
+    return torch.stack(rows)
+
+
 def train_group(jobs: list[ProxyJob], ctx: ProxyContext) -> list[dict]:
     """Train and evaluate ``jobs`` together; returns one result record per job, in order."""
     cfg, dev = ctx.cfg, ctx.device
-    t0 = time.perf_counter()
-    out: list[dict | None] = [None] * len(jobs)
-    streams: list[TokenStream] = []
-    members: list[int] = []  # index into jobs of each stacked member
-    sels: list[dict] = []
-    for i, job in enumerate(jobs):
-        try:
-            st, sel = ctx.stream(job)
-        except SelectionError as e:
-            out[i] = result(job, "failed", reason=str(e), seconds=time.perf_counter() - t0)
-            continue
-        streams.append(st)
-        members.append(i)
-        sels.append(sel)
-    if not members:
-        return out  # type: ignore[return-value]
+    grp = _open(jobs, ctx)
+    if not grp.members:
+        return grp.out  # type: ignore[return-value]
 
-    g = len(members)
+    g = len(grp.members)
     model = build_model(cfg, ctx.tokenizer.vocab_size)
     decay = decay_mask(model)
     params, buffers = _stack(model, g, dev)
     skeleton = copy.deepcopy(model).to("meta")  # architecture only; weights come from `params`
     del model
-    opt = torch.optim.AdamW(
-        [
-            {
-                "params": [p for n, p in params.items() if decay[n]],
-                "weight_decay": cfg.weight_decay,
-            },
-            {"params": [p for n, p in params.items() if not decay[n]], "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-        betas=cfg.betas,
-        foreach=True,
-    )
-
-    kwargs = {"attention_mask": ctx.attn_mask}
-
-    def member_loss(p, b, ids):
-        logits = functional_call(skeleton, (p, b), (), {"input_ids": ids, **kwargs}).logits
-        s, c = lm_loss(logits, ids)
-        return s / c
-
-    losses_of = vmap(member_loss)
+    opt = adamw(params.items(), decay, cfg)
+    losses_of = vmap(_member_fn(skeleton, ctx, mask=False))
     alive = torch.ones(g, dtype=torch.bool)
     last = torch.full((g,), float("nan"))
     base = dict(mode="batched", group=g, device=str(dev), steps=cfg.steps)
 
     def fail(j: int, reason: str) -> None:
         alive[j] = False
-        i = members[j]
-        out[i] = result(
+        i = grp.members[j]
+        grp.out[i] = result(
             jobs[i],
             "failed",
             reason=reason,
-            seconds=time.perf_counter() - t0,
-            expected=sels[j],
+            seconds=time.perf_counter() - grp.t0,
+            expected=grp.sels[j],
             **base,
-            **stream_stats(streams[j]),
+            **stream_stats(grp.streams[j]),
         )
 
     zeros = torch.zeros(cfg.batch_size, cfg.seq_len, dtype=torch.long)
-    names = [jobs[i].name for i in members]
+    names = [jobs[i].name for i in grp.members]
     tick = Ticker(ctx, f"{names[0]}…{names[-1]} (group of {g})" if g > 1 else names[0], g)
     for step in range(cfg.steps):
-        rows = []
-        for j, st in enumerate(streams):
-            if alive[j]:
-                try:
-                    rows.append(st.next_batch())
-                    continue
-                except SelectionError as e:
-                    fail(j, str(e))
-            rows.append(zeros)
+        batch = _next_rows(grp, alive, fail, zeros)
         if not alive.any():
             break
-        batch = torch.stack(rows).to(dev, non_blocking=True)  # (G, batch, seq)
-        for grp in opt.param_groups:
-            grp["lr"] = lr_at(step, cfg)
+        batch = batch.to(dev, non_blocking=True)  # (G, batch, seq)
+        for pg in opt.param_groups:
+            pg["lr"] = cfg.lr_at(step)
         total = torch.zeros(g, device=dev)
         for ids in batch.split(cfg.micro, dim=1):
             with autocast(dev):
@@ -142,22 +160,30 @@ def train_group(jobs: list[ProxyJob], ctx: ProxyContext) -> list[dict]:
         tick(step, float(live.mean()) if len(live) else float("nan"))
 
     losses = evaluate_group(skeleton, params, buffers, ctx)
-    seconds = time.perf_counter() - t0  # the group's wall time, shared by its members
-    for j, i in enumerate(members):
-        if out[i] is not None:
+    del params, buffers, opt
+    return _finish(grp, ctx, losses, last, base)
+
+
+def _finish(
+    grp: Group, ctx: ProxyContext, losses: dict[str, list[float]], last: torch.Tensor, base: dict
+) -> list[dict]:
+    """The result record of every member still alive (the failed ones have theirs)."""
+    cfg, g = ctx.cfg, len(grp.members)
+    seconds = time.perf_counter() - grp.t0  # the group's wall time, shared by its members
+    for j, i in enumerate(grp.members):
+        if grp.out[i] is not None:
             continue
         stats = dict(
             train_loss=float(last[j]),
             tokens=cfg.steps * cfg.batch_size * cfg.seq_len,
             seconds=seconds / g,
             group_seconds=seconds,
-            expected=sels[j],
+            expected=grp.sels[j],
             **base,
-            **stream_stats(streams[j]),
+            **stream_stats(grp.streams[j]),
         )
-        out[i] = finish(jobs[i], {k: v[j] for k, v in losses.items()}, ctx, stats)
-    del params, buffers, opt
-    return out  # type: ignore[return-value]
+        grp.out[i] = finish(grp.jobs[i], {k: v[j] for k, v in losses.items()}, ctx, stats)
+    return grp.out  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -189,23 +215,14 @@ def evaluate_group(
     skeleton, params: dict, buffers: dict, ctx: ProxyContext
 ) -> dict[str, list[float]]:
     """Mean per-token loss of every stacked member on every evaluation set (same blocks for all)."""
+    fn = vmap(_member_fn(skeleton, ctx, mask=True), in_dims=(0, 0, None, None))
 
-    kwargs = {"attention_mask": ctx.attn_mask}
+    def batch_loss(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        with autocast(ctx.device):
+            return fn(params, buffers, ids, mask)
 
-    def member(p, b, ids, mask):
-        logits = functional_call(skeleton, (p, b), (), {"input_ids": ids, **kwargs}).logits
-        return torch.stack(lm_loss(logits, ids, mask))
-
-    fn = vmap(member, in_dims=(0, 0, None, None))
-    g = next(iter(params.values())).shape[0]
     bs = ctx.cfg.eval_batch_size
-    out = {}
-    for name, (all_ids, all_mask) in ctx.evals.items():
-        acc = torch.zeros(g, 2, dtype=torch.float64, device=ctx.device)
-        for i in range(0, all_ids.shape[0], bs):
-            ids = all_ids[i : i + bs].to(ctx.device)
-            mask = all_mask[i : i + bs].to(ctx.device)
-            with autocast(ctx.device):
-                acc += fn(params, buffers, ids, mask).double()
-        out[name] = (acc[:, 0] / acc[:, 1]).tolist()
-    return out
+    return {
+        name: mean_loss(batch_loss, ids, mask, ctx.device, bs).tolist()
+        for name, (ids, mask) in ctx.evals.items()
+    }

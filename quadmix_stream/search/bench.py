@@ -89,8 +89,8 @@ def bench_proxies(a: argparse.Namespace) -> int:
         cfg = ProxyConfig(
             model=ModelConfig(
                 hidden_size=a.hidden,
-                num_layers=a.layers,
-                num_heads=a.heads,
+                num_hidden_layers=a.layers,
+                num_attention_heads=a.heads,
                 intermediate_size=2 * a.hidden,
             ),
             seq_len=a.seq_len,

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from quadmix_stream.locations import dataset_location, location_str
+from quadmix_stream.model import PROXY_MODEL, ModelConfig, model_section
 from quadmix_stream.params import DEFAULT_RANGES
 from quadmix_stream.recipe import build, check_number
 from quadmix_stream.sampling import FORMS
+from quadmix_stream.schedule import warmup_cosine
 
 SPACES = ("quadmix", "domain_mixture")
 
@@ -62,22 +64,11 @@ class TokenizerConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """A transformers LlamaConfig (RMSNorm + SwiGLU + RoPE, untied head), built without downloads."""
-
-    hidden_size: int = 256
-    num_layers: int = 2
-    num_heads: int = 8
-    intermediate_size: int = 512
-    #: "eager" works under vmap everywhere; "sdpa" is faster for one model at long sequences
-    attn_implementation: str = "eager"
-
-
-@dataclass(frozen=True)
 class ProxyConfig:
     """One proxy training: model, token budget, optimiser, evaluation, placement."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    #: the proxy LM (:mod:`quadmix_stream.model`); keys a recipe leaves out are RegMix's
+    model: ModelConfig = field(default_factory=lambda: PROXY_MODEL)
     seq_len: int = 2048
     batch_size: int = 512
     #: split each batch into micro-batches of this size (gradient accumulation); 0 = no split
@@ -122,6 +113,18 @@ class ProxyConfig:
     @property
     def micro(self) -> int:
         return self.micro_batch_size or self.batch_size
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of ``step``: warm-up over ``warmup`` (a fraction) of the steps, then
+        cosine decay reaching ``min_lr_ratio · lr`` at the last step."""
+        warm = int(round(self.warmup * self.steps))
+        return warmup_cosine(
+            step,
+            warmup=warm,
+            decay_steps=self.steps - warm - 1,
+            min_ratio=self.min_lr_ratio,
+            peak=self.lr,
+        )
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,7 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any], where: str = "recipe") -> SearchConfig:
-        return build(cls, obj, where, SearchConfigError, _CONVERT)
+        return build(cls, _with_proxy_model(obj, where), where, SearchConfigError, _CONVERT)
 
     @classmethod
     def load(cls, path: str | Path) -> SearchConfig:
@@ -268,6 +271,16 @@ class SearchConfig:
         d = self.to_dict()
         keys = ("target", "evals", "space", "form", "proposals", "tokenizer", "proxy")
         return {k: d[k] for k in keys}
+
+
+def _with_proxy_model(obj: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """``obj`` with its ``proxy.model`` section in :class:`ModelConfig`'s field names (the former
+    ``num_layers`` / ``num_heads`` are read too) and RegMix's model for the keys it leaves out."""
+    proxy = obj.get("proxy") if isinstance(obj, Mapping) else None
+    if not isinstance(proxy, Mapping) or proxy.get("model") is None:
+        return obj
+    model = model_section(proxy["model"], f"{where}.proxy.model", SearchConfigError, PROXY_MODEL)
+    return {**obj, "proxy": {**proxy, "model": model}}
 
 
 def _list(value: Any, where: str, n: int) -> list:
@@ -351,8 +364,8 @@ def _check(c: SearchConfig) -> None:
         "proxy.eval_max_tokens": x.eval_max_tokens,
         "proxy.eval_batch_size": x.eval_batch_size,
         "proxy.model.hidden_size": x.model.hidden_size,
-        "proxy.model.num_layers": x.model.num_layers,
-        "proxy.model.num_heads": x.model.num_heads,
+        "proxy.model.num_hidden_layers": x.model.num_hidden_layers,
+        "proxy.model.num_attention_heads": x.model.num_attention_heads,
         "proxy.model.intermediate_size": x.model.intermediate_size,
         "select.n": c.select.n,
         "select.top_k": c.select.top_k,
@@ -367,12 +380,12 @@ def _check(c: SearchConfig) -> None:
         )
     if x.seq_len < 2:
         raise SearchConfigError("proxy.seq_len: must be at least 2")
-    if x.model.hidden_size % x.model.num_heads:
+    if x.model.hidden_size % x.model.num_attention_heads:
         raise SearchConfigError(
             f"proxy.model: hidden_size {x.model.hidden_size} is not a multiple of "
-            f"num_heads {x.model.num_heads}"
+            f"num_attention_heads {x.model.num_attention_heads}"
         )
-    if x.model.attn_implementation not in ("eager", "sdpa"):
+    if x.model.attn_implementation not in (None, "eager", "sdpa"):
         raise SearchConfigError("proxy.model.attn_implementation: 'eager' or 'sdpa'")
     if not 0 <= x.warmup < 1 or not 0 <= x.min_lr_ratio <= 1:
         raise SearchConfigError("proxy.warmup must be in [0, 1) and proxy.min_lr_ratio in [0, 1]")

@@ -1,4 +1,4 @@
-"""What a proxy reads: its θ's token stream (packed blocks) and the target set (eval blocks).
+"""What a proxy reads: its θ's token stream, packed into batches.
 
 The training stream is :class:`~quadmix_stream.dataset.QuaDMixDataset` for θ, one epoch after
 another (epochs re-draw the realised copies, exactly as ``infinite=True`` does), tokenized and
@@ -8,23 +8,39 @@ budget is reached; documents repeat when the selection is smaller than the budge
 seeded by the stream seed, the document and the epoch), so a small budget spreads over many
 documents instead of a few long ones. The epochs
 are driven here (``set_epoch``) rather than with ``infinite=True`` so that a θ whose selection
-is empty is detected and reported instead of spinning forever. With ``pool_fraction`` < 1 the stream keeps only the
-documents of a fixed hash-chosen part of the pool (a uniform subsample, independent of θ and of
-the stream's own draws), so a small proxy budget meets a selection as often as the full training.
+is empty is detected and reported instead of spinning forever. Blocks are cut by
+:class:`~quadmix_stream.packing.BlockPacker`, as the trainer's; the evaluation sets are built by
+:mod:`quadmix_stream.evaluation`. With ``pool_fraction`` < 1 the stream keeps only the documents
+of a fixed hash-chosen part of the pool (a uniform subsample, independent of θ and of the
+stream's own draws), so a small proxy budget meets a selection as often as the full training.
 """
 
 from __future__ import annotations
 
-import json
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
+# the evaluation sets live with the trainer's (re-exported: the pipeline reads them from here)
+from quadmix_stream.evaluation import eval_coverage, load_target_texts, target_blocks
 from quadmix_stream.hashing import SALT_PROXY_POOL, uniform
+from quadmix_stream.packing import BlockPacker
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.search.tokenizer import TextTokenizer
+
+__all__ = [
+    "SelectionError",
+    "TokenStream",
+    "check_selection",
+    "eval_coverage",
+    "expected_selection",
+    "load_target_texts",
+    "open_stream",
+    "target_blocks",
+]
 
 
 class SelectionError(RuntimeError):
@@ -109,7 +125,9 @@ class TokenStream:
         self.drawn = 0  # documents drawn from the stream
         self.docs = 0  # documents tokenized into the budget
         self.unique: set[int] = set()
-        self._buf: list[int] = []
+        # whole batches are the packer's blocks: the stream is cut as one long sequence
+        self._packer = BlockPacker(batch_size * seq_len)
+        self._ready: deque[list[int]] = deque()
         # token ids by document key, shared by the proxies of a process (bounded)
         self.cache = {} if cache is None else cache
         self.cache_limit = cache_limit
@@ -169,90 +187,9 @@ class TokenStream:
         return ids[start : start + self.doc_tokens] + ids[-1:]
 
     def next_batch(self) -> torch.Tensor:
-        need = self.batch_size * self.seq_len
-        while len(self._buf) < need:
-            self._buf.extend(next(self._docs))
-        out, self._buf = self._buf[:need], self._buf[need:]
+        # documents are drawn only while no batch is ready (the epoch and document counters
+        # say how far the stream went)
+        while not self._ready:
+            self._ready.extend(ids for ids, _, _ in self._packer.add(next(self._docs)))
+        out = self._ready.popleft()
         return torch.tensor(out, dtype=torch.long).view(self.batch_size, self.seq_len)
-
-
-def load_target_texts(path: str | Path) -> list[str]:
-    """Texts of a target set (JSONL with a ``text`` field); an empty or text-less set is an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"target set {path}: no such file")
-    texts, lines = [], 0
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            lines += 1
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"target set {path}, line {i}: not valid JSON ({e})") from None
-            text = obj.get("text") if isinstance(obj, dict) else None
-            if isinstance(text, str) and text.strip():
-                texts.append(text)
-    if not texts:
-        raise ValueError(
-            f"target set {path}: no text ({lines} JSON lines, none with a non-empty 'text' field)"
-        )
-    return texts
-
-
-def target_blocks(
-    texts: list[str],
-    tokenizer: TextTokenizer,
-    seq_len: int,
-    max_tokens: int,
-    doc_tokens: int = 0,
-    seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """An evaluation set as ``(blocks, mask)``: documents packed like training, cut at ``max_tokens``.
-
-    ``doc_tokens = 0`` takes the documents in file order (the first ``max_tokens`` tokens of the
-    file: on long documents, only the first few). ``doc_tokens > 0`` takes at most that many
-    tokens from the start of each document, documents in a seeded random order, so the budget
-    covers ``max_tokens / doc_tokens`` documents spread over the whole set (see
-    :func:`eval_coverage`). The last block is padded; ``mask`` marks real tokens. The loss of a
-    block counts the prediction of every real token after the first of its block.
-    """
-    ids = _eval_ids(texts, tokenizer, max_tokens, doc_tokens, seed)[0]
-    n = -(-len(ids) // seq_len)
-    blocks = np.full(n * seq_len, tokenizer.eos_id, dtype=np.int64)
-    blocks[: len(ids)] = ids
-    mask = np.zeros(n * seq_len, dtype=bool)
-    mask[: len(ids)] = True
-    return (
-        torch.from_numpy(blocks).view(n, seq_len),
-        torch.from_numpy(mask).view(n, seq_len),
-    )
-
-
-def eval_coverage(
-    texts: list[str], tokenizer: TextTokenizer, max_tokens: int, doc_tokens: int = 0, seed: int = 0
-) -> dict:
-    """How much of an evaluation set :func:`target_blocks` reads: documents and tokens."""
-    ids, used = _eval_ids(texts, tokenizer, max_tokens, doc_tokens, seed)
-    return {"docs": len(texts), "docs_used": used, "tokens": len(ids)}
-
-
-def _eval_ids(
-    texts: list[str], tokenizer: TextTokenizer, max_tokens: int, doc_tokens: int, seed: int
-) -> tuple[list[int], int]:
-    order = np.arange(len(texts))
-    if doc_tokens:
-        order = np.random.default_rng(seed).permutation(len(texts))
-    ids: list[int] = []
-    used = 0
-    for chunk in range(0, len(order), 256):
-        docs = tokenizer.encode_docs([texts[i] for i in order[chunk : chunk + 256]])
-        for doc in docs:
-            if len(ids) >= max_tokens:
-                break
-            ids.extend(doc[:-1][:doc_tokens] + doc[-1:] if doc_tokens else doc)
-            used += 1
-        if len(ids) >= max_tokens:
-            break
-    return ids[:max_tokens], used

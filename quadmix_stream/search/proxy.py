@@ -1,7 +1,8 @@
 """One proxy: a small causal LM trained on θ's stream for a fixed token budget, then evaluated.
 
-The model is a transformers ``LlamaConfig`` (RMSNorm, SwiGLU, RoPE; RegMix's 1M proxies are the
-same family) built with ``AutoModelForCausalLM.from_config`` — nothing is downloaded. Every proxy
+The model is :mod:`quadmix_stream.model`'s Llama-family LM (RegMix's 1M proxies are the same
+family), the learning rate :mod:`quadmix_stream.schedule`'s, the losses
+:mod:`quadmix_stream.evaluation`'s: the pretraining trainer's. Every proxy
 of a search starts from the same weights (``proxy.init_seed``) and reads its θ's stream with the
 same stream seed, so two proxies differ only by θ. The score is the mean per-token loss on the
 target set (nats per token of the run's tokenizer). A non-finite loss, in training or at the end,
@@ -12,18 +13,19 @@ marks the proxy as failed (diverged) instead of stopping the search.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from quadmix_stream.evaluation import autocast, lm_loss, mean_loss
 from quadmix_stream.locations import dataset_location
+from quadmix_stream.model import ModelConfig, build_causal_lm, count_params
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.search.config import ProxyConfig
 from quadmix_stream.search.data import (
@@ -36,6 +38,16 @@ from quadmix_stream.search.data import (
 )
 from quadmix_stream.search.tokenizer import TextTokenizer
 
+__all__ = [  # count_params: the report counts the proxy's parameters through this module
+    "ProxyContext",
+    "ProxyJob",
+    "build_model",
+    "count_params",
+    "evaluate",
+    "stream_fingerprint",
+    "train_one",
+]
+
 
 # ---------------------------------------------------------------- placement and model
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -47,79 +59,45 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return dev
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; plain fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def model_config(cfg: ProxyConfig) -> ModelConfig:
+    """The proxy's architecture; attention left unset is eager (it works under vmap everywhere)."""
+    if cfg.model.attn_implementation:
+        return cfg.model
+    return dataclasses.replace(cfg.model, attn_implementation="eager")
 
 
 def build_model(cfg: ProxyConfig, vocab_size: int) -> torch.nn.Module:
     """The proxy LM with the search's shared initial weights (seeded by ``cfg.init_seed``)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    m = cfg.model
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=m.hidden_size,
-        intermediate_size=m.intermediate_size,
-        num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_heads,
-        num_key_value_heads=m.num_heads,
-        max_position_embeddings=cfg.seq_len,
-        tie_word_embeddings=False,
-        use_cache=False,
-    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
-        model = AutoModelForCausalLM.from_config(config, attn_implementation=m.attn_implementation)
-    return model
+        return build_causal_lm(model_config(cfg), vocab_size, cfg.seq_len)
 
 
 def causal_mask(cfg: ProxyConfig, device: torch.device) -> torch.Tensor | None:
     """A ready 4-D additive causal mask for eager attention (transformers then skips building
     one per forward, which costs more than the tiny model itself); ``None`` for sdpa (is_causal)."""
-    if cfg.model.attn_implementation != "eager":
+    if model_config(cfg).attn_implementation != "eager":
         return None
     n = cfg.seq_len
     mask = torch.full((n, n), torch.finfo(torch.float32).min).triu(1)
     return mask[None, None].to(device)
 
 
-def count_params(model: torch.nn.Module) -> dict[str, int]:
-    total = sum(p.numel() for p in model.parameters())
-    emb = sum(p.numel() for n, p in model.named_parameters() if "embed" in n or "lm_head" in n)
-    return {"total": total, "non_embedding": total - emb}
-
-
-def lm_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None):
-    """Next-token cross-entropy in fp32: ``(sum, count)`` over predicted positions.
-
-    With ``mask`` (real tokens), position t+1 counts when tokens t and t+1 are both real.
-    """
-    pred = logits[..., :-1, :].float()
-    tgt = ids[..., 1:]
-    nll = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), tgt.reshape(-1), reduction="none")
-    if mask is None:
-        return nll.sum(), torch.tensor(float(nll.numel()), device=nll.device)
-    keep = (mask[..., 1:] & mask[..., :-1]).reshape(-1).to(nll.dtype)
-    return (nll * keep).sum(), keep.sum()
-
-
-def lr_at(step: int, cfg: ProxyConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio · lr`` at the last step."""
-    total = cfg.steps
-    warm = int(round(cfg.warmup * total))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm - 1)
-    cos = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cos)
-
-
 def decay_mask(model: torch.nn.Module) -> dict[str, bool]:
     """Weight decay on matrices (projections, embeddings), not on norm gains."""
     return {n: p.ndim >= 2 for n, p in model.named_parameters()}
+
+
+def adamw(
+    named: Iterable[tuple[str, torch.Tensor]], decay: dict[str, bool], cfg: ProxyConfig
+) -> torch.optim.AdamW:
+    """AdamW over ``named`` parameters, weight decay on those ``decay`` marks."""
+    named = list(named)
+    groups = [
+        {"params": [p for n, p in named if decay[n]], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in named if not decay[n]], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, foreach=True)
 
 
 # ---------------------------------------------------------------- jobs and shared context
@@ -274,23 +252,51 @@ def stream_stats(stream: TokenStream) -> dict:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, ctx: ProxyContext) -> dict[str, float]:
     """Mean per-token loss of ``model`` on every evaluation set (``target`` first)."""
+
+    def batch_loss(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        with autocast(ctx.device):
+            logits = model(input_ids=ids, attention_mask=ctx.attn_mask).logits
+        return torch.stack(lm_loss(logits, ids, mask))
+
     model.eval()
-    out = {}
     bs = ctx.cfg.eval_batch_size
-    for name, (all_ids, all_mask) in ctx.evals.items():
-        total = torch.zeros((), dtype=torch.float64, device=ctx.device)
-        count = torch.zeros((), dtype=torch.float64, device=ctx.device)
-        for i in range(0, all_ids.shape[0], bs):
-            ids = all_ids[i : i + bs].to(ctx.device)
-            mask = all_mask[i : i + bs].to(ctx.device)
-            with autocast(ctx.device):
-                logits = model(input_ids=ids, attention_mask=ctx.attn_mask).logits
-            s, c = lm_loss(logits, ids, mask)
-            total += s.double()
-            count += c.double()
-        out[name] = float(total / count)
+    out = {
+        name: float(mean_loss(batch_loss, ids, mask, ctx.device, bs))
+        for name, (ids, mask) in ctx.evals.items()
+    }
     model.train()
     return out
+
+
+def train_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    batch: torch.Tensor,
+    step: int,
+    ctx: ProxyContext,
+) -> float:
+    """One optimiser step on ``batch`` (micro-batches accumulated); returns its training loss.
+
+    A non-finite loss returns before the step (the proxy has diverged).
+    """
+    cfg = ctx.cfg
+    for g in opt.param_groups:
+        g["lr"] = cfg.lr_at(step)
+    total = 0.0
+    for ids in batch.split(cfg.micro):  # gradient accumulation over micro-batches
+        with autocast(ctx.device):
+            logits = model(input_ids=ids, attention_mask=ctx.attn_mask).logits
+        s, c = lm_loss(logits, ids)
+        loss = s / c * (ids.shape[0] / batch.shape[0])
+        loss.backward()
+        total += float(loss.detach())
+    if not math.isfinite(total):
+        return total
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return total
 
 
 def train_one(job: ProxyJob, ctx: ProxyContext) -> dict:
@@ -303,32 +309,14 @@ def train_one(job: ProxyJob, ctx: ProxyContext) -> dict:
         return result(job, "failed", reason=str(e), seconds=time.perf_counter() - t0)
     model = build_model(cfg, ctx.tokenizer.vocab_size).to(dev)
     model.train()
-    decay = decay_mask(model)
-    groups = [
-        {
-            "params": [p for n, p in model.named_parameters() if decay[n]],
-            "weight_decay": cfg.weight_decay,
-        },
-        {"params": [p for n, p in model.named_parameters() if not decay[n]], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, foreach=True)
+    opt = adamw(model.named_parameters(), decay_mask(model), cfg)
     base = dict(mode="sequential", device=str(dev), expected=sel, steps=cfg.steps)
     last = float("nan")
     tick = Ticker(ctx, job.name)
     try:
         for step in range(cfg.steps):
             batch = stream.next_batch().to(dev, non_blocking=True)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg)
-            total = 0.0
-            for ids in batch.split(cfg.micro):  # gradient accumulation over micro-batches
-                with autocast(dev):
-                    logits = model(input_ids=ids, attention_mask=ctx.attn_mask).logits
-                s, c = lm_loss(logits, ids)
-                loss = s / c * (ids.shape[0] / batch.shape[0])
-                loss.backward()
-                total += float(loss.detach())
-            last = total
+            last = train_step(model, opt, batch, step, ctx)
             if not math.isfinite(last):
                 return result(
                     job,
@@ -338,10 +326,6 @@ def train_one(job: ProxyJob, ctx: ProxyContext) -> dict:
                     **base,
                     **stream_stats(stream),
                 )
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
             tick(step, last)
     except SelectionError as e:
         return result(job, "failed", reason=str(e), seconds=time.perf_counter() - t0, **base)

@@ -20,9 +20,14 @@ def test_recipe_parses(path):
         cfg = load_config(path)
         assert cfg.train.steps > 0 and cfg.data.seq_len > 0
     elif name.startswith("search"):
-        from quadmix_stream.search.config import SearchConfig
+        from quadmix_stream.flow import _search_config
 
-        assert SearchConfig.load(path).proposals.n > 0
+        raw = read_yaml(path)
+        body = raw.get("search", raw)
+        named = set(body.get("objective") or {}) | set(body.get("constraints") or {})
+        # a search run by a flow gets the sets its objective names from the flow's `evals:`
+        flow_sets = {k: f"{k}.jsonl" for k in named - {"target"} - set(body.get("evals") or {})}
+        assert _search_config(path, flow_sets).proposals.n > 0
     elif name.startswith("label"):
         from quadmix_stream.labelling.recipe import load_recipe
 

@@ -45,16 +45,6 @@ class ModelConfig:
     max_position_embeddings: int | None = 2048
     attn_implementation: str | None = None
 
-    @property
-    def num_layers(self) -> int:
-        """``num_hidden_layers`` under the search's former name (read by the search report)."""
-        return self.num_hidden_layers
-
-    @property
-    def num_heads(self) -> int:
-        """``num_attention_heads`` under the search's former name (read by the search report)."""
-        return self.num_attention_heads
-
 
 #: the search's proxy: RegMix's 1M model (2 layers, 8 heads, hidden 256, MLP 512), eager attention
 PROXY_MODEL = ModelConfig(

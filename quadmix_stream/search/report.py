@@ -84,7 +84,7 @@ def _setup(folder: RunFolder, n_done: int, n_ok: int, failed: dict[str, dict]) -
         f"fingerprint `{ds['fingerprint']}`), target set `{folder.target}`",
         f"- proposal space **{cfg.space}**, {len(ids)} proposals; proxies finished "
         f"{n_done} ({n_ok} ok, {len(failed)} failed)",
-        f"- proxy: Llama {p.model.num_layers} layers × hidden {p.model.hidden_size}, "
+        f"- proxy: Llama {p.model.num_hidden_layers} layers × hidden {p.model.hidden_size}, "
         f"{n_params['total']:,} parameters ({n_params['non_embedding']:,} non-embedding), "
         f"seq {p.seq_len}, batch {p.batch_size}, {p.steps} steps = {p.steps * p.batch_size * p.seq_len:,} "
         f"tokens, lr {p.lr}, same initial weights for all (seed {p.init_seed})",

@@ -5,6 +5,10 @@ current directory; ``{dataset}`` in ``target`` expands to the dataset path. Ever
 defaults; the proxy defaults are RegMix's 1M model (2 layers, 8 heads, hidden 256, MLP 512,
 sequence 2048, AdamW lr 4e-4, weight decay 0.1, clip 1.0, 4% warm-up, batch 512), see
 ``recipes/search_gpu_paper_scale.yaml``.
+
+Why one module of ~430 lines: it is one recipe's schema. Every section's dataclass, converter
+and the cross-section checks (an objective naming a set the recipe does not evaluate, rounds
+that need more candidates than they draw) are read together when a recipe is wrong.
 """
 
 from __future__ import annotations

@@ -253,8 +253,9 @@ def expected_of(
 class Selection:
     """Expected copies of a whole pool held in memory, and realised copies per epoch.
 
-    For small pools and tools (``inspect``, plots, the search's pool statistics); the stream
-    computes the same numbers one shard at a time.
+    For labels held in memory: the search's bounded label sample (:mod:`.search.pool`) and tests.
+    The stream, ``sample``, ``inspect`` and the plots compute the same numbers one shard at a
+    time (:class:`~quadmix_stream.tables.PoolTables`).
     """
 
     def __init__(

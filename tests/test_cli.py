@@ -180,3 +180,14 @@ def test_inspect_plot_and_mixture_meter(tmp_path, capsys):
     for d in m.domains:
         assert s[d]["docs"] == real[d]["docs"] and s[d]["tokens"] == real[d]["tokens"]
     assert abs(sum(v["expected_share"] for v in s.values()) - 1) < 1e-9
+
+
+def test_bench_scale_reads_counts_as_its_help_writes_them():
+    import pytest
+
+    from quadmix_stream.commands.bench import _counts
+    from quadmix_stream.errors import UserError
+
+    assert _counts("1M,10M,100000") == [1_000_000, 10_000_000, 100_000]
+    with pytest.raises(UserError, match="--docs: 'MANY' is not a count"):
+        _counts("many")

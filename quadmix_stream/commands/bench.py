@@ -101,9 +101,22 @@ def _bench_remote(a: argparse.Namespace) -> int:
 def _bench_scale(a: argparse.Namespace) -> int:
     from quadmix_stream.benchmarks.scale import run
 
-    sizes = [int(float(x)) for x in a.docs.split(",") if x.strip()]
-    run(sizes, a.work, a.steps, spawn=not a.no_spawn)
+    run(_counts(a.docs), a.work, a.steps, spawn=not a.no_spawn)
     return 0
+
+
+def _counts(text: str) -> list[int]:
+    """``"1M,10M,2.5e6"`` → document counts (suffixes K, M, B as in the help)."""
+    from quadmix_stream.errors import UserError
+
+    scale = {"K": 10**3, "M": 10**6, "B": 10**9}
+    out = []
+    for x in (x.strip().upper() for x in text.split(",") if x.strip()):
+        try:
+            out.append(int(float(x[:-1]) * scale[x[-1]]) if x[-1] in scale else int(float(x)))
+        except ValueError:
+            raise UserError(f"--docs: {x!r} is not a count (e.g. 1M,10M or 1000000)") from None
+    return out
 
 
 def _bench_loader(a: argparse.Namespace) -> int:

@@ -230,3 +230,16 @@ def test_the_search_pool_holds_a_bounded_sample(many_shards_ds):
     keys = set(part.labels.key.tolist())
     assert keys == set(Pool(many_shards_ds, max_docs=2400).labels.key.tolist())  # deterministic
     assert keys < set(whole.labels.key.tolist())
+
+
+def test_the_scale_benchmark_pool_streams(tmp_path):
+    """``bench scale``'s pools pass the stream's per-document key check (they did not once)."""
+    from quadmix_stream.benchmarks.scale import build_pool
+    from quadmix_stream.labels import Manifest
+    from quadmix_stream.params import SamplingParams
+
+    root = build_pool(tmp_path / "pool", 300)
+    m = Manifest.load(root)
+    keep = SamplingParams.keep_all(m.domains, m.scorer_names)
+    ds = QuaDMixDataset(root, keep, seed=0, balance=None, rank=0, world_size=1)
+    assert len({str(d["id"]) for d in ds}) == 300

@@ -16,7 +16,7 @@ How the pools are built fast: one 16,384-row shard is encoded with fixed-width i
 encoder of the format layer (:func:`quadmix_stream.formats.mds.encode_shard`, ``MDSWriter``'s
 bytes); every other shard is a byte copy with its ids rewritten in place (numpy), so each shard
 is a valid MDS shard with distinct ids. Labels are random (12 domains, 3 scorers, token counts
-20-2,000); document keys are a hash of the global row (nothing here reads ids back);
+20-2,000); document keys are ``doc_key`` of the ids (the stream checks each read against it);
 σ tables come from the first shard's scores (all shards are drawn alike).
 """
 
@@ -45,13 +45,14 @@ def build_pool(root: Path, n_docs: int, seed: int = 0) -> Path:
     """A labelled MDS dataset of ``n_docs`` tiny documents (reused when already complete)."""
     from quadmix_stream.formats import sidecar_name
     from quadmix_stream.formats.mds import encode_shard
-    from quadmix_stream.hashing import splitmix64
+    from quadmix_stream.hashing import doc_key
     from quadmix_stream.io import sha256_file
     from quadmix_stream.labels import Manifest, ScorerInfo, ShardEntry, ShardLabels, write_sidecar
     from quadmix_stream.sampling import build_sigma_tables
 
     done = root / "bench-pool.json"
     spec = {"n_docs": n_docs, "rows": ROWS, "domains": DOMAINS, "scorers": SCORERS, "seed": seed}
+    spec["keys"] = "doc_key(id)"  # pools from before the stream checked keys are rebuilt
     if done.exists() and json.loads(done.read_text()) == spec:
         return root
     shutil.rmtree(root, ignore_errors=True)
@@ -91,7 +92,8 @@ def build_pool(root: Path, n_docs: int, seed: int = 0) -> Path:
         e["samples"] = rows
         index.append(e)
         lab = ShardLabels(
-            key=splitmix64(g.astype(np.uint64)),
+            # the stream checks every document read against its sidecar key
+            key=np.array([doc_key(f"{ID_START}{i:0{ID_WIDTH}d}") for i in g], dtype=np.uint64),
             domain=rng.integers(0, DOMAINS, rows).astype(np.int32),
             tokens=rng.integers(20, 2000, rows).astype(np.int64),
             scores=rng.normal(size=(rows, SCORERS)),

@@ -1,7 +1,7 @@
 """The CUDA paths: skipped without a GPU (``pytest -m gpu`` selects them on a GPU machine).
 
-Never run yet: no GPU was available to the session that wrote them. The dry run of the smoke
-check (CPU, toy scale) runs everywhere.
+Last run on one H200 (2026-11-30): all passed. The dry run of the smoke check (CPU, toy scale)
+runs everywhere.
 """
 
 from __future__ import annotations

@@ -142,8 +142,10 @@ def test_table1_recipe_split_of_the_real_corpus(tmp_path):
     spec = read_yaml(recipe)["split"]
     files = [Path(f) for f in glob.glob(str(recipe.parent / spec["corpus"]))]
     summary = split_corpus(files, tmp_path, parse_split(spec))
-    assert summary["pool_docs"] == 35_187 - 800
+    assert summary["pool_docs"] == 35_187 - 1100
     assert set(summary["sets"]["target"]["domains"]) == {"encyclopedic", "academic"}
-    assert not {"encyclopedic", "academic"} & set(summary["sets"]["general"]["domains"])
-    held = set(_ids(tmp_path / "target.jsonl")) | set(_ids(tmp_path / "general.jsonl"))
-    assert len(held) == 800 and not held & set(_pool_ids(tmp_path))
+    for name in ("general", "general_search"):
+        assert not {"encyclopedic", "academic"} & set(summary["sets"][name]["domains"])
+    held = [set(_ids(tmp_path / f"{n}.jsonl")) for n in ("target", "general", "general_search")]
+    assert sum(map(len, held)) == len(set().union(*held)) == 1100
+    assert not set().union(*held) & set(_pool_ids(tmp_path))

@@ -95,8 +95,11 @@ def test_shipped_recipes_parse():
     assert syn.space == "quadmix" and syn.regmix is not None and syn.proposals.n >= 32
     assert syn.proxy.steps >= 16 and syn.regressor.features == "auto"
     assert syn.rounds.k >= 1 and syn.select.verify >= 1
-    for name in ("search_shared_corpus.yaml", "search_table1.yaml"):  # long documents
-        shared = SearchConfig.load(REPO / "recipes" / name)
+    from quadmix_stream.flow import _search_config
+
+    flow_evals = {"general_search": "general_search.jsonl"}  # the flow passes its `evals:`
+    for name in ("search_shared_corpus.yaml", "search_table1.yaml", "search_table1_repeat.yaml"):
+        shared = _search_config(REPO / "recipes" / name, flow_evals)  # long documents
         assert 0 < shared.proxy.doc_tokens <= shared.proxy.tokens // 100, name
     gpu = SearchConfig.load(REPO / "recipes" / "search_gpu_paper_scale.yaml")
     assert gpu.proposals.n == 3000 and gpu.select.n == 100_000 and gpu.select.top_k == 10

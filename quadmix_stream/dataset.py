@@ -60,6 +60,7 @@ from quadmix_stream.state import (
 )
 from quadmix_stream.storage import StorageConfig, StorageError, Store
 from quadmix_stream.tables import PoolTables
+from quadmix_stream.window import auto_window
 
 READ_CHUNK = 4096  # items turned into Python objects at a time
 
@@ -75,6 +76,13 @@ def _resolve_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     # torchrun sets these before the process group exists (and in DataLoader workers it never does)
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _positive_int(x: Any) -> bool:
+    try:
+        return int(x) >= 1 and int(x) == x
+    except (TypeError, ValueError):
+        return False
 
 
 class QuaDMixDataset(IterableDataset):
@@ -105,7 +113,12 @@ class QuaDMixDataset(IterableDataset):
             shard positions at a time, interleaved (documents of those shards mix; a
             document's copies spread apart). Larger mixes more; memory per consumer is one
             window's items (~16 bytes each). ``None``: the consumer's whole share is one window
-            (memory ∝ its share of the pool: small pools only).
+            (memory ∝ its share of the pool: small pools only). ``"auto"``: 256 shards, or from
+            object storage the largest window whose shards in flight (two windows per
+            consumer) fit ``storage.cache_limit`` (see :mod:`quadmix_stream.window`; the choice
+            is in :attr:`window_note`).
+        consumers_per_node: with ``"auto"``: readers sharing this node's cache (ranks on the
+            node × DataLoader workers); default ``LOCAL_WORLD_SIZE`` (else 1) × 1 worker.
         rank, world_size: explicit distributed position (default: torch.distributed, else the
             ``RANK``/``WORLD_SIZE`` environment, else a single process).
         resume_with_new_params: accept a loader state saved under other params (the remainder of
@@ -128,7 +141,8 @@ class QuaDMixDataset(IterableDataset):
         *,
         infinite: bool = False,
         balance: str | None = "drop",
-        shuffle_block_shards: int | None = 16,
+        shuffle_block_shards: int | str | None = 16,
+        consumers_per_node: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
         resume_with_new_params: bool = False,
@@ -139,13 +153,24 @@ class QuaDMixDataset(IterableDataset):
     ) -> None:
         super().__init__()
         get_balance(balance)  # an unknown name is refused here, listing the valid ones
-        if shuffle_block_shards is not None and int(shuffle_block_shards) < 1:
+        auto = shuffle_block_shards == "auto"
+        if not (auto or shuffle_block_shards is None or _positive_int(shuffle_block_shards)):
             raise UserError(
-                f"shuffle_block_shards must be ≥ 1 or None, got {shuffle_block_shards!r}"
+                f"shuffle_block_shards must be ≥ 1, 'auto' or None, got {shuffle_block_shards!r}"
             )
         self.store = Store(dataset, storage)
         self.root = self.store.url  # for messages
         self.manifest = Manifest.load(self.store)
+        #: why ``"auto"`` chose a window other than 256 (``None``: it did not, or no ``"auto"``)
+        self.window_note: str | None = None
+        if auto:
+            node = consumers_per_node or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            shuffle_block_shards, self.window_note = auto_window(
+                [s.shard_bytes for s in self.manifest.shards],
+                self.store.remote,
+                self.store.limit if self.store.remote else None,
+                node,
+            )
         self.params = params if isinstance(params, SamplingParams) else SamplingParams.load(params)
         self.params = self._aligned(self.params)
         self.seed, self.infinite, self.balance = int(seed), bool(infinite), balance

@@ -185,3 +185,28 @@ def test_cache_limit_is_kept(s3, tmp_path):
     # every shard (and sidecar) was fetched, some more than once: the cache did evict
     assert ds.store.bytes_fetched >= sum(e.shard_bytes for e in m.shards)
     shutil.rmtree(tmp_path / "cache")
+
+
+def test_auto_window_fits_the_cache_and_streams_as_that_window(s3, tmp_path):
+    """From the bucket, "auto" picks the largest window whose shards in flight fit cache_limit,
+    says so, and streams exactly what that explicit window streams."""
+    _, proxy, root = s3
+    proxy.faults = {}
+    m = Manifest.load(root / "mds")
+    mean = sum(s.shard_bytes for s in m.shards) / len(m.shards)
+    limit = int(2 * 3 * 5.5 * mean)  # 3 consumers on the node: 5 shards per window fit
+    storage = StorageConfig(cache_dir=tmp_path / "cache", backoff_s=0.01, cache_limit=limit)
+    params = wide_params(root / "mds")
+    url = f"s3://{BUCKET}/mds"
+    ds = QuaDMixDataset(
+        url,
+        params,
+        seed=3,
+        balance=None,
+        shuffle_block_shards="auto",
+        consumers_per_node=3,
+        storage=storage,
+    )
+    assert ds.block_shards == 5 and "5 shards per window" in ds.window_note
+    want = items(QuaDMixDataset(root / "mds", params, seed=3, balance=None, shuffle_block_shards=5))
+    assert items(ds) == want

@@ -69,7 +69,9 @@ class DataConfig:
     vocab_size: int = 512  # when training the tokenizer
     seq_len: int = 64
     workers: int = 1
-    shuffle_block_shards: int | None = 256
+    # "auto": 256 shards per window, fewer from object storage when that many would not fit
+    # cache_limit (quadmix_stream.window); or a number of shards, or null (a rank's whole share)
+    shuffle_block_shards: int | str | None = "auto"
     track_docs: bool = False  # log the (epoch, row, copy) of documents started in each step
     # a remote dataset (s3://…): bytes its node-local cache may hold, e.g. "64gb" (None: no limit)
     cache_limit: str | None = None
@@ -118,7 +120,17 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pr
     for key, value in (overrides or {}).items():  # "train.steps" → raw["train"]["steps"]
         section, _, name = key.partition(".")
         raw.setdefault(section, {})[name] = value
-    return build(PretrainConfig, raw, "pretrain")
+    return build(PretrainConfig, raw, "pretrain", convert={"shuffle_block_shards": _window_spec})
+
+
+def _window_spec(value: Any, where: str) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RecipeError(
+            f"{where}: expected a number of shards ≥ 1, 'auto' or null, got {value!r}"
+        )
+    return value
 
 
 # ---------------------------------------------------------------- the run
@@ -344,9 +356,13 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
         seed=d.seed,
         infinite=True,
         shuffle_block_shards=d.shuffle_block_shards,
+        # the ranks on this node and their workers share its cache ("auto" window)
+        consumers_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * max(1, d.workers),
         resume_with_new_params=params_changed,
         storage=storage,
     )
+    if ds.window_note and rank == 0:
+        print(f"[pretrain] {ds.window_note}", flush=True)
     packed = PackedDataset(ds, tok, d.seq_len, track_docs=d.track_docs)
 
     step, ckpt_loader = 0, None
@@ -376,6 +392,7 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
                 "params": params.provenance,
                 # a remote dataset is named by its URL; the fingerprint says which labels
                 "dataset": {"location": ds.root, "fingerprint": ds.fingerprint},
+                "window_shards": ds.block_shards,  # shuffle_block_shards as resolved
                 "model_parameters": sum(p.numel() for p in model.parameters()),
                 "device": str(device),
             },

@@ -284,3 +284,21 @@ def test_empty_selection_and_divergence_fail_only_their_proxy(mds_ds, tmp_path, 
     step_report(folder.path, log=lambda s: None)
     report = (folder.path / "report" / "report.md").read_text()
     assert "run-00003" in report and "run-00005" in report and "excluded from the fit" in report
+
+
+@pytest.mark.slow
+def test_retest_reproduces_its_own_seed_and_reports_another(searched, capsys):
+    """``search retest``: the recorded seed gives back every recorded objective (Spearman 1);
+    another seed writes retest.json, and the report shows its verdict."""
+    from quadmix_stream.search.retest import retest
+
+    same = retest(searched, runs=8, data_seed=0, log=lambda s: None)
+    assert same["runs"] == 8 and same["spearman"] == pytest.approx(1.0)
+    assert all(p["recorded"] == pytest.approx(p["retest"], abs=1e-6) for p in same["pairs"])
+    assert main(["search", "retest", str(searched), "--runs", "8"]) == 0
+    res = json.loads((searched / "retest.json").read_text())
+    assert res["data_seed"] == {"recorded": 0, "retest": 1} and res["runs"] == 8
+    assert -1 <= res["spearman"] <= 1 and res["sd_of_difference"] > 0  # other draws, other losses
+    assert "test-retest Spearman" in capsys.readouterr().out
+    step_report(searched, log=lambda s: None)
+    assert "## Test-retest" in (searched / "report" / "report.md").read_text()

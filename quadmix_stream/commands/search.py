@@ -14,6 +14,8 @@ STEPS = {
     "select": "predict fresh proposals, θ* = mean of the best k, the best candidates, baselines; "
     "then (evaluate: true) train their proxies and ship the best measured as params.json",
     "evaluate": "train proxies on θ*, the candidates and the baselines; ship the best measured",
+    "retest": "train some proposals again with another data seed: is a proxy's loss θ's, or its "
+    "draw's? (test-retest Spearman → retest.json, shown in the report)",
     "report": "write report/report.md and its PNG plots",
     "status": "print what the run folder holds",
 }
@@ -44,8 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         )
         if step == "propose":
             s.add_argument("--recipe", help="recipe for a new run folder (or changed settings)")
-        if step in ("proxies", "select", "evaluate"):
+        if step in ("proxies", "select", "evaluate", "retest"):
             _placement(s)
+        if step == "retest":
+            s.add_argument("--runs", type=int, default=48, help="proposals to retrain (default 48)")
+            s.add_argument(
+                "--data-seed", type=int, help="the retest's data seed (default: the recipe's + 1)"
+            )
         if step == "proxies":
             s.add_argument("--limit", type=int, help="train at most this many proxies now")
             s.add_argument(
@@ -105,6 +112,10 @@ def _step(a: argparse.Namespace) -> int:
     elif step in ("select", "evaluate"):
         fn = pipeline.step_select if step == "select" else pipeline.step_evaluate
         fn(a.run_dir, a.dataset, a.group, a.device, a.threads)
+    elif step == "retest":
+        from quadmix_stream.search.retest import retest
+
+        retest(a.run_dir, a.runs, a.data_seed, a.dataset, a.group, a.device, a.threads)
     elif step == "status":
         print(json.dumps(pipeline.summary(a.run_dir), indent=1))
     else:

@@ -64,6 +64,7 @@ def write_report(folder: RunFolder) -> Path:
     md += _setup(folder, len(done), len(y), failed)
     md += _coverage(folder, failed)
     md += _regressor(folder, out)
+    md += _retest(folder)
     md += _rounds(folder, out, y, evals_ok)
     md += _theta_star(folder, out, y, evals_ok)
     md += ["", NOTES, ""]
@@ -192,6 +193,15 @@ def _regressor(folder: RunFolder, out: Path) -> list[str]:
         f"![feature importance]({plot_importance(metrics, out / 'feature_importance.png')})",
         "",
     ]
+
+
+def _retest(folder: RunFolder) -> list[str]:
+    """The test-retest of proxy losses (``search retest``), when it was run."""
+    path = folder.path / "retest.json"
+    if not path.exists():
+        return []
+    res = json.loads(path.read_text())
+    return ["## Test-retest: proxies again with another data seed", "", res["verdict"], ""]
 
 
 def _score_rows(metrics: dict) -> list[list[str]]:

@@ -301,4 +301,5 @@ def test_retest_reproduces_its_own_seed_and_reports_another(searched, capsys):
     assert -1 <= res["spearman"] <= 1 and res["sd_of_difference"] > 0  # other draws, other losses
     assert "test-retest Spearman" in capsys.readouterr().out
     step_report(searched, log=lambda s: None)
-    assert "## Test-retest" in (searched / "report" / "report.md").read_text()
+    report = (searched / "report" / "report.md").read_text()
+    assert "## Test-retest" in report and (searched / "report" / "retest.png").stat().st_size > 0

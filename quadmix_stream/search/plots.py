@@ -55,6 +55,26 @@ def plot_pred_vs_actual(metrics: dict, out: Path) -> str:
     return _save(fig, out)
 
 
+def plot_retest(res: dict, out: Path) -> str:
+    """Each retested θ: its recorded objective against the objective with another data seed."""
+    plt = _plt()
+    a = np.array([p["recorded"] for p in res["pairs"]], dtype=float)
+    b = np.array([p["retest"] for p in res["pairs"]], dtype=float)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(a, b, alpha=0.7, label=f"Spearman {res['spearman']:+.2f} over {res['runs']} θ")
+    ok = np.isfinite(a) & np.isfinite(b)
+    lo, hi = float(min(a[ok].min(), b[ok].min())), float(max(a[ok].max(), b[ok].max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    seeds = res["data_seed"]
+    ax.set(
+        xlabel=f"proxy objective, data seed {seeds['recorded']} (recorded)",
+        ylabel=f"same θ, data seed {seeds['retest']}",
+        title="Test-retest of the proxy objective",
+    )
+    ax.legend()
+    return _save(fig, out)
+
+
 def plot_rounds(best: dict[int, float], marks: dict[str, float], out: Path) -> str:
     """Best actual proxy objective per search round, with θ* and the baselines as lines."""
     plt = _plt()

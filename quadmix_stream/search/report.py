@@ -21,6 +21,7 @@ from quadmix_stream.search.plots import (
     plot_losses,
     plot_mixture,
     plot_pred_vs_actual,
+    plot_retest,
     plot_rounds,
 )
 from quadmix_stream.search.pool import Pool
@@ -201,7 +202,9 @@ def _retest(folder: RunFolder) -> list[str]:
     if not path.exists():
         return []
     res = json.loads(path.read_text())
-    return ["## Test-retest: proxies again with another data seed", "", res["verdict"], ""]
+    png = plot_retest(res, folder.sub("report") / "retest.png")
+    md = ["## Test-retest: proxies again with another data seed", "", res["verdict"], ""]
+    return md + [f"![test-retest]({png})", ""]
 
 
 def _score_rows(metrics: dict) -> list[list[str]]:

@@ -203,7 +203,9 @@ def _retest(folder: RunFolder) -> list[str]:
         return []
     res = json.loads(path.read_text())
     png = plot_retest(res, folder.sub("report") / "retest.png")
-    md = ["## Test-retest: proxies again with another data seed", "", res["verdict"], ""]
+    from quadmix_stream.search.retest import verdict
+
+    md = ["## Test-retest: proxies again with another data seed", "", verdict(res), ""]
     return md + [f"![test-retest]({png})", ""]
 
 

@@ -292,12 +292,12 @@ def test_retest_reproduces_its_own_seed_and_reports_another(searched, capsys):
     another seed writes retest.json, and the report shows its verdict."""
     from quadmix_stream.search.retest import retest
 
-    same = retest(searched, runs=8, data_seed=0, log=lambda s: None)
-    assert same["runs"] == 8 and same["spearman"] == pytest.approx(1.0)
+    same = retest(searched, runs=4, data_seed=0, log=lambda s: None)
+    assert same["runs"] == 4 and same["spearman"] == pytest.approx(1.0)
     assert all(p["recorded"] == pytest.approx(p["retest"], abs=1e-6) for p in same["pairs"])
-    assert main(["search", "retest", str(searched), "--runs", "8"]) == 0
+    assert main(["search", "retest", str(searched), "--runs", "4"]) == 0
     res = json.loads((searched / "retest.json").read_text())
-    assert res["data_seed"] == {"recorded": 0, "retest": 1} and res["runs"] == 8
+    assert res["data_seed"] == {"recorded": 0, "retest": 1} and res["runs"] == 4
     assert -1 <= res["spearman"] <= 1 and res["sd_of_difference"] > 0  # other draws, other losses
     assert "test-retest Spearman" in capsys.readouterr().out
     step_report(searched, log=lambda s: None)

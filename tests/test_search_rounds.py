@@ -100,6 +100,12 @@ def test_objective_is_a_weighted_sum_and_the_constraint_holds(rounds_run):
         if m["losses"]["general"] <= random_general + 1e-12
     ]
     assert shipped["objective"] == pytest.approx(min(feasible))
+    star = shipped["measured"]["theta-star"]
+    text = SamplingParams.load(out / "params.json").provenance
+    if shipped["name"] != "theta-star" and star["losses"]["general"] > random_general + 1e-12:
+        assert "fails general" in text and "worse than" not in text.split("(θ*")[1].split(")")[0]
+    else:
+        assert "fails general" not in text
     report = (out / "report" / "report.md").read_text()
     for text in ("## Search rounds", "(rounds.png)", "1·target + 0.5·general", "general ≤ random"):
         assert text in report, text

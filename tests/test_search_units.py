@@ -432,3 +432,12 @@ def test_evaluation_can_spread_over_every_document(tok):
     old, _ = target_blocks(long_docs, tok, 32, 2000)
     head = [t for d in tok.encode_docs(long_docs[:8]) for t in d][:2000]
     assert old.flatten()[: len(head)].tolist() == head  # doc_tokens=0: as before, file order
+
+
+def test_a_broken_constraint_is_said_in_numbers():
+    from quadmix_stream.search.select import _fails
+
+    bounds = {"general": (5.4315, "random"), "code": (3.0, "3")}
+    assert _fails({"general": 5.4554, "code": 2.5}, bounds) == ["general 5.4554 > 5.4315 (random)"]
+    assert _fails({"general": 5.4315, "code": 3.0}, bounds) == []
+    assert _fails({"code": 2.0}, bounds) == ["general nan > 5.4315 (random)"]

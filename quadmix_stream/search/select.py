@@ -336,10 +336,18 @@ def ship(folder: RunFolder) -> dict:
     }
     best_base = min(base, key=base.get) if base else None
     what = "θ* (mean of the top-k predicted)" if best == STAR else best
+    scope = f", of the {len(feasible)} that meet the constraints" if bounds and feasible else ""
+    star_fails = _fails(measured[STAR]["losses"], bounds) if STAR in measured else []
+    if best == STAR:
+        star_note = ""
+    elif star_fails and feasible:  # θ* measured lower but is outside the constraints
+        star_note = f", fails {'; '.join(star_fails)}"
+    else:
+        star_note = f", {sv - v:.4f} worse than {best}"
     text = (
         f"quadmix-stream search {folder.path.resolve()}: shipped: {what}, the lowest measured "
-        f"proxy objective {v:.4f} of {len(measured)} measured (θ* {sv:.4f}"
-        + ("" if best == STAR else f", {sv - v:.4f} worse than {best}")
+        f"proxy objective {v:.4f} of {len(measured)} measured{scope} (θ* {sv:.4f}"
+        + star_note
         + (f"; best baseline {best_base} {base[best_base]:.4f}" if best_base else "")
         + ")"
         + (
@@ -372,6 +380,15 @@ def ship(folder: RunFolder) -> dict:
     sel["shipped"] = info["shipped"]
     write_json(sel_path, sel)
     return {"text": text, **info["shipped"]}
+
+
+def _fails(losses: dict[str, float], bounds: dict[str, tuple[float, str]]) -> list[str]:
+    """The constraints ``losses`` break, in words (``general 5.4554 > 5.4315 (random)``)."""
+    return [
+        f"{s} {losses.get(s, math.nan):.4f} > {ref:.4f} ({lbl})"
+        for s, (ref, lbl) in bounds.items()
+        if not losses.get(s, math.inf) <= ref + 1e-12
+    ]
 
 
 def write_star_only(folder: RunFolder) -> None:

@@ -60,7 +60,7 @@ from quadmix_stream.state import (
 )
 from quadmix_stream.storage import StorageConfig, StorageError, Store
 from quadmix_stream.tables import PoolTables
-from quadmix_stream.window import auto_window
+from quadmix_stream.window import auto_window, is_window
 
 READ_CHUNK = 4096  # items turned into Python objects at a time
 
@@ -76,13 +76,6 @@ def _resolve_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     # torchrun sets these before the process group exists (and in DataLoader workers it never does)
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _positive_int(x: Any) -> bool:
-    try:
-        return int(x) >= 1 and int(x) == x
-    except (TypeError, ValueError):
-        return False
 
 
 class QuaDMixDataset(IterableDataset):
@@ -153,8 +146,7 @@ class QuaDMixDataset(IterableDataset):
     ) -> None:
         super().__init__()
         get_balance(balance)  # an unknown name is refused here, listing the valid ones
-        auto = shuffle_block_shards == "auto"
-        if not (auto or shuffle_block_shards is None or _positive_int(shuffle_block_shards)):
+        if not is_window(shuffle_block_shards):
             raise UserError(
                 f"shuffle_block_shards must be ≥ 1, 'auto' or None, got {shuffle_block_shards!r}"
             )
@@ -163,7 +155,7 @@ class QuaDMixDataset(IterableDataset):
         self.manifest = Manifest.load(self.store)
         #: why ``"auto"`` chose a window other than 256 (``None``: it did not, or no ``"auto"``)
         self.window_note: str | None = None
-        if auto:
+        if shuffle_block_shards == "auto":
             node = consumers_per_node or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
             shuffle_block_shards, self.window_note = auto_window(
                 [s.shard_bytes for s in self.manifest.shards],

@@ -20,6 +20,14 @@ MIX_WINDOW = 256
 IN_FLIGHT = 2
 
 
+def is_window(x: object) -> bool:
+    """Whether ``x`` is a valid ``shuffle_block_shards``: a whole number ≥ 1, ``"auto"`` or
+    ``None`` (a consumer's whole share is one window)."""
+    if x is None or x == "auto":
+        return True
+    return isinstance(x, int | float) and not isinstance(x, bool) and x >= 1 and int(x) == x
+
+
 def fit_window(
     shard_bytes: Sequence[int],
     cache_limit: int | None,

@@ -55,6 +55,7 @@ from quadmix_stream.schedule import warmup_cosine
 from quadmix_stream.storage import StorageConfig
 from quadmix_stream.trainers.run_folder import checkpoints, claim_out, save_checkpoint
 from quadmix_stream.trainers.runlog import LoggingConfig, RunLogger, truncate_log
+from quadmix_stream.window import is_window
 
 __all__ = ["DataConfig", "ModelConfig", "PretrainConfig", "TrainConfig", "load_config", "train"]
 
@@ -124,13 +125,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pr
 
 
 def _window_spec(value: Any, where: str) -> int | str | None:
-    if value is None or value == "auto":
-        return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_window(value):
         raise RecipeError(
             f"{where}: expected a number of shards ≥ 1, 'auto' or null, got {value!r}"
         )
-    return value
+    return value if value is None or value == "auto" else int(value)
 
 
 # ---------------------------------------------------------------- the run

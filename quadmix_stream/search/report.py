@@ -26,6 +26,7 @@ from quadmix_stream.search.plots import (
 )
 from quadmix_stream.search.pool import Pool
 from quadmix_stream.search.proxy import build_model, count_params
+from quadmix_stream.search.retest import verdict
 from quadmix_stream.search.runfolder import RunFolder
 from quadmix_stream.search.summaries import best_per_round, coverage_lines
 
@@ -203,8 +204,6 @@ def _retest(folder: RunFolder) -> list[str]:
         return []
     res = json.loads(path.read_text())
     png = plot_retest(res, folder.sub("report") / "retest.png")
-    from quadmix_stream.search.retest import verdict
-
     md = ["## Test-retest: proxies again with another data seed", "", verdict(res), ""]
     return md + [f"![test-retest]({png})", ""]
 

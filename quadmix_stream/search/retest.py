@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from quadmix_stream.io import atomic_write_text
 from quadmix_stream.search.proxy import ProxyJob
-from quadmix_stream.search.runfolder import RunFolder, RunFolderError, objective_of
+from quadmix_stream.search.runfolder import RunFolder, RunFolderError, objective_of, write_json
 from quadmix_stream.search.runner import context, run_jobs
 
 #: at least this test-retest Spearman for proxies that measure θ more than their draw
@@ -93,9 +92,8 @@ def retest(
         ],
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    res["verdict"] = verdict(res)
-    atomic_write_text(folder.path / "retest.json", _dumps(res))
-    log(res["verdict"])
+    write_json(folder.path / "retest.json", res)
+    log(verdict(res))
     return res
 
 
@@ -121,9 +119,3 @@ def verdict(res: dict) -> str:
             f"drew. {fits}"
         )
     return head + f": below {NOISY}, a proxy's loss is mostly which documents its seed drew. {fits}"
-
-
-def _dumps(obj: object) -> str:
-    import json
-
-    return json.dumps(obj, indent=1)

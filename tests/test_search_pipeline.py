@@ -88,6 +88,7 @@ def test_pipeline_writes_params_report_and_plots(searched):
     star = SamplingParams.load(searched / "candidates" / "theta-star.json")
     assert "predicted objective" in star.provenance
     assert sorted(f.stem for f in (searched / "candidates").glob("*.json")) == [
+        "best-round-0",
         "cand-01",
         "cand-02",
         "cand-03",
@@ -96,6 +97,10 @@ def test_pipeline_writes_params_report_and_plots(searched):
     ]
     rows = [json.loads(x) for x in (searched / "results.jsonl").read_text().splitlines()]
     assert [r["run"] for r in rows] == list(range(40)) and all(r["status"] == "ok" for r in rows)
+    # the best proxy run is a contender; one data seed for all: its record is reused, not retrained
+    best = min(rows, key=lambda r: r["loss"])
+    again = json.loads((searched / "evals" / "best-round-0.json").read_text())
+    assert again["copied_from"] == best["name"] and again["loss"] == best["loss"]
     report = (searched / "report" / "report.md").read_text()
     for section in (
         "## Regressor",

@@ -86,6 +86,12 @@ class ProxyConfig:
     grad_clip: float = 1.0
     init_seed: int = 0
     data_seed: int = 0
+    #: False: every proposal reads its θ's stream with ``data_seed`` (common random numbers:
+    #: nearby θ read mostly the same documents). True: proposal ``i`` gets its own seed drawn
+    #: from (``data_seed``, i), so which documents one seed drew is noise between proposals that
+    #: a smooth regressor averages away, instead of a smooth function of θ it fits as θ's effect
+    #: (``search retest`` measures how much of a proxy's loss is its draw)
+    seed_per_run: bool = False
     eval_max_tokens: int = 1_000_000
     #: 0: evaluate on the first ``eval_max_tokens`` tokens of each set in file order; N: at most
     #: N tokens from each document, documents in a seeded order (covers many more documents)
@@ -161,6 +167,10 @@ class SelectConfig:
     #: best predicted candidates trained next to θ* (and the baselines) before params.json is
     #: written: the lowest *actual* proxy loss among all of them (and the proxy runs) is shipped
     verify: int = 4
+    #: data seeds each contender (θ*, candidates, baselines, the best run of each round) is
+    #: trained with; the shipped θ is the lowest *mean* objective. Seeds ``data_seed + s`` for
+    #: s < seeds; with ``proxy.seed_per_run`` none of them is a proposal's seed
+    seeds: int = 1
 
 
 @dataclass(frozen=True)
@@ -373,6 +383,7 @@ def _check(c: SearchConfig) -> None:
         "proxy.model.intermediate_size": x.model.intermediate_size,
         "select.n": c.select.n,
         "select.top_k": c.select.top_k,
+        "select.seeds": c.select.seeds,
         "regressor.kfold": c.regressor.kfold,
     }
     for k, v in positive.items():

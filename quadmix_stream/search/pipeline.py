@@ -302,52 +302,74 @@ def step_evaluate(
     threads: int | None = None,
     log: Log = print,
 ) -> dict:
-    """Train proxies on θ*, the verified candidates and the baselines (skipping those already
-    trained on the same stream), then ship the best measured as params.json."""
+    """Train proxies on θ*, the verified candidates, the round bests and the baselines at every
+    verification seed (skipping those already trained on the same stream and seed; a proposal's
+    record of the same stream and seed is copied), then ship the best measured as params.json."""
     from quadmix_stream.search.proxy import ProxyJob, stream_fingerprint
     from quadmix_stream.search.runner import context, run_jobs
-    from quadmix_stream.search.select import contenders, ship
+    from quadmix_stream.search.select import (
+        contenders,
+        eval_name,
+        measured_contenders,
+        measures,
+        record_seed,
+        ship,
+        verify_seeds,
+    )
 
     folder = RunFolder(path, dataset)
+    cfg = folder.config
     targets = contenders(folder)
     if not targets:
         raise RunFolderError(f"{path}: nothing to evaluate (run `select` first)")
     done = folder.finished("evals")
-    jobs = [
-        ProxyJob(name, p, {"evaluation": name})
-        for name, p in targets.items()
-        if done.get(name, {}).get("stream_fingerprint") != stream_fingerprint(p)
-    ]
+    runs = {
+        (r.get("stream_fingerprint"), record_seed(r, cfg)): r for r in folder.finished().values()
+    }
+    jobs, copied = [], 0
+    for name, p in targets.items():
+        for s, seed in enumerate(verify_seeds(cfg)):
+            ename = eval_name(name, s)
+            if measures(done.get(ename), p, seed, cfg):
+                continue
+            job = ProxyJob(ename, p, {"evaluation": name, "seed_index": s}, seed)
+            same = runs.get((stream_fingerprint(p), seed))
+            if same is not None:  # this stream at this seed is a proposal already trained
+                folder.record(
+                    {**same, **job.info, "name": ename, "copied_from": same["name"]}, "evals"
+                )
+                copied += 1
+            else:
+                jobs.append(job)
+    if copied:
+        log(f"evaluate: {copied} contender proxies are proposals' records (same stream and seed)")
     if jobs:
         log(f"evaluate: training {len(jobs)} proxies ({', '.join(j.name for j in jobs)})")
-        ctx = context(folder, device, threads)
         run_jobs(
             jobs,
-            ctx,
-            folder.config.proxy.group if group is None else group,
+            context(folder, device, threads),
+            cfg.proxy.group if group is None else group,
             lambda r: folder.record(r, "evals"),
             log,
         )
     else:
         log(f"evaluate: all {len(targets)} contenders already measured on their streams")
-    evals = folder.finished("evals")
+    measured, failed = measured_contenders(folder)
     _, y, _ = folder.table()
     for name in targets:
-        r = evals[name]
-        if r["status"] == "ok":
-            per = ", ".join(f"{k} {v:.4f}" for k, v in _losses_of(r).items())
-            val = f"{folder.objective(r):.4f}" + (f" ({per})" if len(_losses_of(r)) > 1 else "")
+        if name in measured:
+            m = measured[name]
+            per = ", ".join(f"{k} {v:.4f}" for k, v in m["losses"].items())
+            val = f"{m['objective']:.4f}" + (f" ({per})" if len(m["losses"]) > 1 else "")
+            if len(m["objectives"]) > 1:
+                val += f", sd over seeds {np.std(m['objectives'], ddof=1):.4f}"
         else:
-            val = f"failed: {r.get('reason')}"
+            val = f"failed: {failed.get(name)}"
         log(f"{name:<16} actual proxy objective {val}")
     log(f"proposals' proxy objective: min {y.min():.4f}, median {np.median(y):.4f}")
     shipped = ship(folder)
     log(f"{shipped['text']} → {folder.path / 'params.json'}")
-    return {k: evals[k] for k in targets} | {"shipped": shipped}
-
-
-def _losses_of(rec: dict) -> dict[str, float]:
-    return dict(rec.get("losses") or {"target": rec["loss"]})
+    return {k: measured.get(k) for k in targets} | {"shipped": shipped}
 
 
 # ---------------------------------------------------------------- report

@@ -4,7 +4,8 @@ The model is :mod:`quadmix_stream.model`'s Llama-family LM (RegMix's 1M proxies 
 family), the learning rate :mod:`quadmix_stream.schedule`'s, the losses
 :mod:`quadmix_stream.evaluation`'s: the pretraining trainer's. Every proxy
 of a search starts from the same weights (``proxy.init_seed``) and reads its θ's stream with the
-same stream seed, so two proxies differ only by θ. The score is the mean per-token loss on the
+job's data seed: the same for every proposal (``proxy.data_seed``, so two proxies differ only by
+θ), or one per proposal (``proxy.seed_per_run``, see :func:`run_seed`). The score is the mean per-token loss on the
 target set (nats per token of the run's tokenizer). A non-finite loss, in training or at the end,
 marks the proxy as failed (diverged) instead of stopping the search.
 
@@ -103,11 +104,23 @@ def adamw(
 # ---------------------------------------------------------------- jobs and shared context
 @dataclass
 class ProxyJob:
-    """A proxy to train: its name in the run folder and its θ."""
+    """A proxy to train: its name in the run folder, its θ and the seed of its stream (``None``:
+    the recipe's ``proxy.data_seed``)."""
 
     name: str
     params: SamplingParams
     info: dict[str, Any] = field(default_factory=dict)
+    data_seed: int | None = None
+
+
+def run_seed(cfg: ProxyConfig, run: int) -> int:
+    """The data seed of proposal ``run``: ``data_seed``, or with ``seed_per_run`` a seed drawn
+    from (``data_seed``, ``run``), the same on every resume."""
+    if not cfg.seed_per_run:
+        return cfg.data_seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([cfg.data_seed, 7, int(run)]).generate_state(1)[0])
 
 
 @dataclass
@@ -172,8 +185,9 @@ class ProxyContext:
 
     def stream(self, job: ProxyJob) -> tuple[TokenStream, dict]:
         """θ's token stream, after refusing a θ that selects (almost) nothing."""
-        ds = open_stream(self.dataset, job.params, self.cfg.data_seed)
         cfg = self.cfg
+        seed = self.seed_of(job)
+        ds = open_stream(self.dataset, job.params, seed)
         sel = check_selection(ds, cfg.tokens, cfg.max_epochs, cfg.doc_tokens, cfg.pool_fraction)
         stream = TokenStream(
             ds,
@@ -183,10 +197,13 @@ class ProxyContext:
             self.cfg.max_epochs,
             cache=self.token_cache,
             doc_tokens=self.cfg.doc_tokens,
-            window_seed=self.cfg.data_seed,
+            window_seed=seed,
             pool_fraction=self.cfg.pool_fraction,
         )
         return stream, sel
+
+    def seed_of(self, job: ProxyJob) -> int:
+        return self.cfg.data_seed if job.data_seed is None else int(job.data_seed)
 
 
 class Ticker:
@@ -239,6 +256,7 @@ def result(job: ProxyJob, status: str, **kw: Any) -> dict:
         "status": status,
         "params_fingerprint": job.params.fingerprint(),
         "stream_fingerprint": stream_fingerprint(job.params),
+        **({} if job.data_seed is None else {"data_seed": int(job.data_seed)}),
         **job.info,
         **kw,
     }

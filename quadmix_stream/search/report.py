@@ -28,6 +28,7 @@ from quadmix_stream.search.pool import Pool
 from quadmix_stream.search.proxy import build_model, count_params
 from quadmix_stream.search.retest import verdict
 from quadmix_stream.search.runfolder import RunFolder
+from quadmix_stream.search.select import measured_contenders
 from quadmix_stream.search.summaries import best_per_round, coverage_lines
 
 WEAK_SPEARMAN = 0.5
@@ -57,11 +58,8 @@ def write_report(folder: RunFolder) -> Path:
     _, y, _ = folder.table()
     done = folder.finished()
     failed = {k: v for k, v in done.items() if v.get("status") != "ok"}
-    evals_ok = {
-        k: folder.objective(v)
-        for k, v in folder.finished("evals").items()
-        if v.get("status") == "ok"
-    }
+    # contenders' mean objective over the verification seeds
+    evals_ok = {k: v["objective"] for k, v in measured_contenders(folder)[0].items()}
     md: list[str] = [f"# Search report: `{folder.path}`", ""]
     md += _setup(folder, len(done), len(y), failed)
     md += _coverage(folder, failed)
@@ -90,7 +88,12 @@ def _setup(folder: RunFolder, n_done: int, n_ok: int, failed: dict[str, dict]) -
         f"- proxy: Llama {p.model.num_hidden_layers} layers × hidden {p.model.hidden_size}, "
         f"{n_params['total']:,} parameters ({n_params['non_embedding']:,} non-embedding), "
         f"seq {p.seq_len}, batch {p.batch_size}, {p.steps} steps = {p.steps * p.batch_size * p.seq_len:,} "
-        f"tokens, lr {p.lr}, same initial weights for all (seed {p.init_seed})",
+        f"tokens, lr {p.lr}, same initial weights for all (seed {p.init_seed}), "
+        + (
+            f"a data seed of its own per proposal (drawn from {p.data_seed})"
+            if p.seed_per_run
+            else f"the same data seed for all ({p.data_seed})"
+        ),
     ]
     md += _throughput(folder)
     obj = " + ".join(f"{w:g}·{k}" for k, w in cfg.objective.items())
@@ -280,7 +283,7 @@ def _theta_star(
     elif not folder.config.evaluate:
         md += ["params.json is θ*, not verified by a proxy (`evaluate: false`).", ""]
     profiles = _profiles(folder, star)
-    md += _comparison(folder, profiles)
+    md += _comparison(folder, profiles, evals_ok)
     md += [
         "θ* per domain:",
         "",
@@ -299,7 +302,7 @@ def _theta_star(
     md.append(
         f"![mixture]({plot_mixture(shares, star.alpha, domains, scorers, out / 'mixture.png')})"
     )
-    marks = {k: v for k, v in evals_ok.items() if not k.startswith("cand-")}
+    marks = {k: v for k, v in evals_ok.items() if not k.startswith(("cand-", "best-round-"))}
     if len(y):
         md += ["", f"![losses]({plot_losses(y, marks, out / 'losses.png')})", ""]
     return md
@@ -308,25 +311,44 @@ def _theta_star(
 def _shipped(shipped: dict) -> list[str]:
     """Which contender params.json is, with every measured contender's objective and losses."""
     sets = sorted({s_ for v in shipped["measured"].values() for s_ in v["losses"]})
+    seeds = shipped.get("seeds") or [None]
     baseline = (
         f"; best baseline {shipped['best_baseline']} {_f(shipped['best_baseline_objective'])}"
         if shipped.get("best_baseline")
         else ""
     )
-    rows = [
-        [k + (" **(shipped)**" if k == shipped["name"] else ""), _f(v["objective"])]
-        + [_f(v["losses"].get(s_)) for s_ in sets]
-        for k, v in sorted(shipped["measured"].items(), key=lambda kv: kv[1]["objective"])
-    ]
+    rows = []
+    for k, v in sorted(shipped["measured"].items(), key=lambda kv: kv[1]["objective"]):
+        per = v.get("objectives") or [v["objective"]]
+        sd = [_f(float(np.std(per, ddof=1)))] if len(seeds) > 1 else []
+        rows.append(
+            [k + (" **(shipped)**" if k == shipped["name"] else ""), _f(v["objective"])]
+            + sd
+            + [_f(v["losses"].get(s_)) for s_ in sets]
+        )
+    over = (
+        f" Each contender was trained with {len(seeds)} data seeds ({', '.join(map(str, seeds))});"
+        " the figures are means, sd is between seeds."
+        if len(seeds) > 1
+        else ""
+    )
     md = [
         f"**Shipped as params.json: {shipped['name']}** (measured objective "
         f"{_f(shipped['objective'])}; θ* {_f(shipped['theta_star_objective'])}, "
         f"margin {_f(shipped['margin_vs_theta_star'])}"
         + baseline
-        + "). Every measured contender (the best proxy run is the lowest of many noisy "
-        "measurements, so its figure is optimistic):",
+        + ")."
+        + over
+        + " `best-round-R` is the best proxy run of round R measured again on these seeds (its "
+        "recorded objective is the lowest of many noisy measurements, so it is optimistic). "
+        "Every measured contender:",
         "",
-        _table(["contender", "objective"] + [f"{s_} loss" for s_ in sets], rows),
+        _table(
+            ["contender", "objective"]
+            + (["sd"] if len(seeds) > 1 else [])
+            + [f"{s_} loss" for s_ in sets],
+            rows,
+        ),
         "",
     ]
     for note in shipped.get("notes", []):
@@ -345,19 +367,15 @@ def _profiles(folder: RunFolder, star: SamplingParams) -> dict[str, dict]:
     return {k: pool.profile(v) for k, v in compare.items()}
 
 
-def _comparison(folder: RunFolder, profiles: dict[str, dict]) -> list[str]:
+def _comparison(
+    folder: RunFolder, profiles: dict[str, dict], evals_ok: dict[str, float]
+) -> list[str]:
     """Per params set: actual objective, tokens per epoch, domain shares and mean σ."""
     domains, scorers = folder.domains, folder.scorers
-    evals = folder.finished("evals")
     rows = []
     for name, prof in profiles.items():
         key = {"pool (random)": "random", "θ*": "theta-star"}.get(name, name)
-        ev = evals.get(key)
-        actual = (
-            _f(folder.objective(ev))
-            if ev and ev["status"] == "ok"
-            else (f"failed ({ev.get('reason')})" if ev else "—")
-        )
+        actual = _f(evals_ok[key]) if key in evals_ok else "—"
         rows.append(
             [name, actual, f"{prof['tokens']:,.0f}"]
             + [_f(prof["token_share"][d], 3) for d in domains]

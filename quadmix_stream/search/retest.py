@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from quadmix_stream.search.proxy import ProxyJob
+from quadmix_stream.search.config import ProxyConfig
+from quadmix_stream.search.proxy import ProxyJob, run_seed
 from quadmix_stream.search.runfolder import RunFolder, RunFolderError, objective_of, write_json
 from quadmix_stream.search.runner import context, run_jobs
 
@@ -32,8 +33,11 @@ RELIABLE = 0.7
 NOISY = 0.4
 
 
-def retest_jobs(folder: RunFolder, runs: int) -> tuple[list[ProxyJob], np.ndarray]:
-    """The first ``runs`` successful first-round proposals and their recorded objectives."""
+def retest_jobs(
+    folder: RunFolder, runs: int, cfg: ProxyConfig
+) -> tuple[list[ProxyJob], np.ndarray]:
+    """The first ``runs`` successful first-round proposals (as jobs with ``cfg``'s data seeds)
+    and their recorded objectives."""
     ids, _, theta = folder.proposals()
     rounds = folder.rounds()
     done = folder.finished()
@@ -42,7 +46,8 @@ def retest_jobs(folder: RunFolder, runs: int) -> tuple[list[ProxyJob], np.ndarra
         rec = done.get(folder.run_name(ids[i]))
         if rec is None or rec.get("status") != "ok":
             continue
-        jobs.append(ProxyJob(folder.run_name(ids[i]), folder.params_of(theta[i])))
+        name, seed = folder.run_name(ids[i]), run_seed(cfg, ids[i])
+        jobs.append(ProxyJob(name, folder.params_of(theta[i]), data_seed=seed))
         old.append(folder.objective(rec))
         if len(jobs) == runs:
             break
@@ -69,8 +74,9 @@ def retest(
     ctx = context(folder, device, threads)
     seed = ctx.cfg.data_seed + 1 if data_seed is None else int(data_seed)
     # the evaluation blocks were drawn with the recipe's seed and stay: only training changes
+    # (with seed_per_run, each proposal's retest seed is drawn from the new base)
     ctx.cfg = dataclasses.replace(ctx.cfg, data_seed=seed)
-    jobs, old = retest_jobs(folder, runs)
+    jobs, old = retest_jobs(folder, runs, ctx.cfg)
     log(
         f"retest: {len(jobs)} proposals again with data seed {seed} (recorded: seed "
         f"{folder.config.proxy.data_seed})"

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from quadmix_stream.search.batched import train_group
-from quadmix_stream.search.proxy import ProxyContext, ProxyJob, train_one
+from quadmix_stream.search.proxy import ProxyContext, ProxyJob, run_seed, train_one
 from quadmix_stream.search.runfolder import RunFolder, now
 from quadmix_stream.search.tokenizer import TextTokenizer
 
@@ -98,6 +98,7 @@ def run_pending(
             folder.run_name(i),
             folder.params_of(theta[row[i]], f"search proposal {i}"),
             {"run": i, "rank": rank},
+            run_seed(ctx.cfg, i),
         )
         for i in mine
     ]

@@ -4,10 +4,16 @@
 As in the paper (100,000 candidates, k = 10). With search rounds, the candidates also include
 points near the best runs (within the last round's reach, see :func:`.space.toward`). The mean
 of α rows on the simplex stays on the simplex; θ* is re-predicted as a check (averaging can land
-between good regions). The ``select.verify`` best predicted candidates are written next to θ*
-(``candidates/``); after their proxies and the baselines' are trained (``evaluate``),
-:func:`ship` writes as ``params.json`` the lowest actual proxy objective among θ*, the verified
-candidates, the baselines and every proxy run, and says which and by how much.
+between good regions). The ``select.verify`` best predicted candidates and the best proxy run
+of each search round (``best-round-R``) are written next to θ* (``candidates/``); after their
+proxies and the baselines' are trained with each of the ``select.seeds`` verification seeds
+(``evaluate``), :func:`ship` writes as ``params.json`` the contender with the lowest mean
+objective over those seeds, and says which and by how much.
+
+A proxy run's recorded objective is the lowest of many noisy measurements (the winner's curse),
+so the round bests are measured again on the verification seeds: θ* is then compared with them
+on the same draws. A verification that matches a proposal's record (same stream, same seed) is
+copied from it, not trained again.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from quadmix_stream.params import DEFAULT_RANGES, SamplingParams
+from quadmix_stream.search.config import SearchConfig
 from quadmix_stream.search.pool import Pool
 from quadmix_stream.search.proxy import stream_fingerprint
 from quadmix_stream.search.regressor import Predictor, headline
@@ -31,6 +38,8 @@ CANDIDATE_BATCH = 1_000_000
 #: proposal batch of the local candidates near the best runs
 LOCAL_BATCH = 1_000_001
 STAR = "theta-star"
+#: the best proxy run of round R is verified as ``best-round-R``
+ROUND_BEST = "best-round-"
 #: a bound counts as hit when the best region's values lie this close to it (share of the range)
 EDGE = 0.05
 
@@ -141,6 +150,7 @@ def select(folder: RunFolder, pool: Pool | None = None) -> dict:
         "theta": params.to_vector().tolist(),
         "theta_names": folder.meta["features"],
         "verify": _write_verified(folder, star, cand, order, pred, model),
+        "round_bests": _write_round_bests(folder),
         "candidate_prediction": {
             "min": float(pred.min()),
             "median": float(np.median(pred)),
@@ -262,6 +272,49 @@ def _write_verified(
     return verified
 
 
+def _write_round_bests(folder: RunFolder) -> list[dict]:
+    """Write the best proxy run of each round as ``candidates/best-round-R.json``."""
+    x, y, recs = folder.table()
+    rounds = np.array([rec.get("round", 0) for rec in recs])
+    out = []
+    for r in np.unique(rounds):
+        i = int(np.flatnonzero(rounds == r)[np.argmin(y[rounds == r])])
+        name = f"{ROUND_BEST}{int(r)}"
+        prov = (
+            f"search proxy run {recs[i]['run']}, the best of round {int(r)} (objective "
+            f"{y[i]:.4f} at its data seed)"
+        )
+        folder.params_of(x[i], prov).save(folder.path / "candidates" / f"{name}.json")
+        out.append({"name": name, "run": int(recs[i]["run"]), "objective": float(y[i])})
+    return out
+
+
+# ---------------------------------------------------------------- verification seeds
+def verify_seeds(cfg: SearchConfig) -> list[int]:
+    """The data seeds every contender is trained with (``data_seed + s``, s < ``select.seeds``)."""
+    return [cfg.proxy.data_seed + s for s in range(cfg.select.seeds)]
+
+
+def eval_name(name: str, s: int) -> str:
+    """The ``evals/`` record of contender ``name`` at verification seed ``s``."""
+    return name if s == 0 else f"{name}.s{s}"
+
+
+def record_seed(rec: dict, cfg: SearchConfig) -> int:
+    """The data seed a proxy record was trained with (records made before per-record seeds
+    were all trained with the recipe's ``data_seed``)."""
+    return int(rec.get("data_seed", cfg.proxy.data_seed))
+
+
+def measures(rec: dict | None, params: SamplingParams, seed: int, cfg: SearchConfig) -> bool:
+    """Whether ``rec`` is a proxy of exactly ``params``'s stream at ``seed``."""
+    return (
+        rec is not None
+        and rec.get("stream_fingerprint") == stream_fingerprint(params)
+        and record_seed(rec, cfg) == seed
+    )
+
+
 # ---------------------------------------------------------------- ship the best measured
 def contenders(folder: RunFolder) -> dict[str, SamplingParams]:
     """θ*, the verified candidates and the baselines, by name (what ``evaluate`` trains)."""
@@ -278,38 +331,52 @@ def _losses(rec: dict) -> dict[str, float]:
     return losses
 
 
-def ship(folder: RunFolder) -> dict:
-    """Write as ``params.json`` the contender with the lowest measured objective.
+def measured_contenders(folder: RunFolder) -> tuple[dict[str, dict], dict[str, str]]:
+    """Every contender measured at all verification seeds on its current stream: its params,
+    mean objective, per-seed objectives and mean loss per set; and why the others failed."""
+    cfg = folder.config
+    evals = folder.finished("evals")
+    seeds = verify_seeds(cfg)
+    out: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    for name, p in contenders(folder).items():
+        recs = [evals.get(eval_name(name, s)) for s in range(len(seeds))]
+        if not all(measures(r, p, seed, cfg) for r, seed in zip(recs, seeds, strict=True)):
+            continue  # not (yet) measured on this stream at every seed
+        values = [folder.objective(r) for r in recs]
+        if not all(math.isfinite(v) for v in values):
+            bad = next(r for r, v in zip(recs, values, strict=True) if not math.isfinite(v))
+            failed[name] = str(bad.get("reason", "a set's loss is missing"))
+            continue
+        per = [_losses(r) for r in recs]
+        out[name] = {
+            "params": p,
+            "objective": float(np.mean(values)),
+            "objectives": values,
+            "losses": {k: float(np.mean([d.get(k, math.nan) for d in per])) for k in per[0]},
+        }
+    return out, failed
 
-    Contenders: every evaluated params file (θ*, candidates, baselines) whose proxy was trained
-    on exactly its stream, and the best proxy run of the search. Constraints (``constraints:``)
-    drop contenders whose loss on a set exceeds the bound (a number, or a measured baseline's
-    loss on that set); when no contender meets them all, the best overall ships with a warning.
+
+def ship(folder: RunFolder) -> dict:
+    """Write as ``params.json`` the contender with the lowest mean measured objective.
+
+    Contenders: every evaluated params file (θ*, candidates, the round bests, baselines), each
+    trained at every verification seed on exactly its stream. Constraints (``constraints:``)
+    drop contenders whose mean loss on a set exceeds the bound (a number, or a measured
+    baseline's mean loss on that set); when no contender meets them all, the best overall ships
+    with a warning.
     """
     cfg = folder.config
     evals = folder.finished("evals")
-    measured: dict[str, dict] = {}
-    for name, p in contenders(folder).items():
-        rec = evals.get(name)
-        if rec and rec.get("stream_fingerprint") == stream_fingerprint(p):
-            value = folder.objective(rec)
-            if math.isfinite(value):
-                measured[name] = {"params": p, "objective": value, "losses": _losses(rec)}
-    x, y, recs = folder.table()
-    if len(y):
-        i = int(np.argmin(y))
-        name = folder.run_name(recs[i]["run"])
-        prov = f"search proxy run {recs[i]['run']} (round {recs[i].get('round', 0)})"
-        measured[name] = {
-            "params": folder.params_of(x[i], prov),
-            "objective": float(y[i]),
-            "losses": _losses(recs[i]),
-        }
+    measured, failed = measured_contenders(folder)
     if STAR not in evals:
         raise ValueError(f"{folder.path}: θ* has no measured proxy yet (run `evaluate`)")
+    if not measured:
+        raise ValueError(f"{folder.path}: no contender was measured at every seed (run `evaluate`)")
     bounds, notes = {}, []
     if STAR not in measured:
-        notes.append(f"θ*'s proxy failed ({evals[STAR].get('reason')})")
+        notes.append(f"θ*'s proxy failed ({failed.get(STAR, 'not measured at every seed')})")
     for s, b in cfg.constraints.items():
         if isinstance(b, str):
             if b not in measured:
@@ -344,10 +411,19 @@ def ship(folder: RunFolder) -> dict:
         star_note = f", fails {'; '.join(star_fails)}"
     else:
         star_note = f", {sv - v:.4f} worse than {best}"
+    seeds = verify_seeds(cfg)
+    over = f" (mean of {len(seeds)} data seeds)" if len(seeds) > 1 else ""
+    rounds = {k: w["objective"] for k, w in measured.items() if k.startswith(ROUND_BEST)}
     text = (
         f"quadmix-stream search {folder.path.resolve()}: shipped: {what}, the lowest measured "
-        f"proxy objective {v:.4f} of {len(measured)} measured{scope} (θ* {sv:.4f}"
+        f"proxy objective{over} {v:.4f} of {len(measured)} measured{scope} (θ* {sv:.4f}"
         + star_note
+        + (
+            "; round bests on the same seeds: "
+            + ", ".join(f"{k.removeprefix(ROUND_BEST)}: {w:.4f}" for k, w in sorted(rounds.items()))
+            if rounds
+            else ""
+        )
         + (f"; best baseline {best_base} {base[best_base]:.4f}" if best_base else "")
         + ")"
         + (
@@ -368,8 +444,10 @@ def ship(folder: RunFolder) -> dict:
         "best_baseline_objective": base.get(best_base) if best_base else None,
         "constraints": {s: {"bound": ref, "from": lbl} for s, (ref, lbl) in bounds.items()},
         "notes": notes,
+        "seeds": seeds,
         "measured": {
-            k: {"objective": w["objective"], "losses": w["losses"]} for k, w in measured.items()
+            k: {"objective": w["objective"], "objectives": w["objectives"], "losses": w["losses"]}
+            for k, w in measured.items()
         },
     }
     src = measured[best]["params"]

@@ -115,3 +115,28 @@ def test_contenders_ship_by_their_mean_over_seeds(seeded_run):
     assert resumed["measured"]["theta-star"]["objectives"] == pytest.approx(
         shipped["measured"]["theta-star"]["objectives"], abs=1e-6
     )
+
+
+def test_a_moved_run_folder_resumes_and_a_changed_tokenizer_is_refused(mds_ds, tmp_path):
+    """The nested RegMix search names its parent's tokenizer by path; a copied or moved run
+    folder compares it by content, so it resumes; another tokenizer there is refused."""
+    import shutil
+
+    from quadmix_stream.search.pipeline import step_propose
+    from quadmix_stream.search.runfolder import RunFolderError
+
+    from .test_search_pipeline import tiny_config
+
+    def cfg(out: Path):
+        return tiny_config(mds_ds, proposals={"n": 4}, regmix={"proposals": 4}).replace(out=str(out))
+
+    step_propose(tmp_path / "a", cfg(tmp_path / "a"), log=lambda s: None)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "a")
+    lines: list[str] = []
+    step_propose(tmp_path / "b", cfg(tmp_path / "b"), log=lines.append)
+    assert any("4 proposals already drawn" in line for line in lines)
+    tok = tmp_path / "b" / "tokenizer.json"
+    tok.write_text(json.dumps(json.loads(tok.read_text()), indent=2))  # same vocab, other bytes
+    with pytest.raises(RunFolderError, match="tokenizer differ"):
+        step_propose(tmp_path / "b", cfg(tmp_path / "b"), log=lambda s: None)

@@ -40,6 +40,7 @@ from quadmix_stream.labels import Manifest
 from quadmix_stream.locations import dataset_location, location_str, read_location
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.search.config import SearchConfig
+from quadmix_stream.search.tokenizer import run_tokenizer_path
 from quadmix_stream.storage import is_remote
 
 SCHEMA = "quadmix-stream/search"
@@ -66,6 +67,24 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _same_tokenizer(run_dir: Path, new: str) -> bool:
+    """Whether the tokenizer at ``new`` has the content of the run folder's copy (a run folder
+    that moved, like the nested RegMix search whose tokenizer is its parent's, still resumes)."""
+    mine = run_tokenizer_path(run_dir)
+    new_path = Path(new)
+    if new_path.is_dir() and (new_path / "tokenizer.json").is_file():
+        new_path = new_path / "tokenizer.json"
+    if not (mine.exists() and new_path.exists()) or mine.is_dir() != new_path.is_dir():
+        return False
+    if mine.is_dir():
+        files = sorted(f.relative_to(mine) for f in mine.rglob("*") if f.is_file())
+        theirs = sorted(f.relative_to(new_path) for f in new_path.rglob("*") if f.is_file())
+        return files == theirs and all(
+            sha256_file(mine / f) == sha256_file(new_path / f) for f in files
+        )
+    return sha256_file(mine) == sha256_file(new_path)
 
 
 def objective_of(rec: dict, weights: dict[str, float]) -> float:
@@ -195,6 +214,10 @@ class RunFolder:
             new_cfg = SearchConfig.from_dict(meta["config"], "recipe")
             a, b = old_cfg.proxy_identity(), new_cfg.proxy_identity()
             a["proposals"].pop("n"), b["proposals"].pop("n")  # more proposals may be added
+            if a["tokenizer"].get("path") and b["tokenizer"].get("path"):
+                # by content: a moved run folder resumes, another tokenizer at that path does not
+                a["tokenizer"]["path"] = True
+                b["tokenizer"]["path"] = _same_tokenizer(path, b["tokenizer"]["path"])
             if a != b:
                 diff = sorted(k for k in a if a[k] != b[k])
                 raise RunFolderError(

@@ -300,6 +300,10 @@ def test_retest_reproduces_its_own_seed_and_reports_another(searched, capsys):
     same = retest(searched, runs=4, data_seed=0, log=lambda s: None)
     assert same["runs"] == 4 and same["spearman"] == pytest.approx(1.0)
     assert all(p["recorded"] == pytest.approx(p["retest"], abs=1e-6) for p in same["pairs"])
+    # the regressor's out-of-fold predictions, ranked against both draws (here the same draw)
+    reg = same["regressor"]
+    assert reg["model"] == "lgbm/profile" and reg["folds"] == 5
+    assert reg["vs_recorded"] == pytest.approx(reg["vs_retest"]) and -1 <= reg["vs_retest"] <= 1
     assert main(["search", "retest", str(searched), "--runs", "4"]) == 0
     res = json.loads((searched / "retest.json").read_text())
     assert res["data_seed"] == {"recorded": 0, "retest": 1} and res["runs"] == 4
@@ -307,4 +311,5 @@ def test_retest_reproduces_its_own_seed_and_reports_another(searched, capsys):
     assert "test-retest Spearman" in capsys.readouterr().out
     step_report(searched, log=lambda s: None)
     report = (searched / "report" / "report.md").read_text()
+    assert "out-of-fold predictions) ranks" in report
     assert "## Test-retest" in report and (searched / "report" / "retest.png").stat().st_size > 0

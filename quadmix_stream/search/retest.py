@@ -98,9 +98,54 @@ def retest(
         ],
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    reg = regressor_check(folder, [j.name for j in jobs], old, new)
+    if reg is not None:
+        res["regressor"] = reg
     write_json(folder.path / "retest.json", res)
     log(verdict(res))
     return res
+
+
+def regressor_check(
+    folder: RunFolder, names: list[str], old: np.ndarray, new: np.ndarray
+) -> dict | None:
+    """How the fitted regressor's out-of-fold predictions of the retested runs rank their
+    recorded objectives and their retest objectives (a fresh draw); ``None`` before a fit, or
+    when the fit saw other runs than the table now holds (fit again)."""
+    import json
+    import warnings
+
+    from sklearn.model_selection import KFold, cross_val_predict
+
+    from quadmix_stream.search.regressor import make_model
+
+    try:
+        met = json.loads((folder.path / "model" / "metrics.json").read_text())
+        train = json.loads((folder.path / "model" / "train.json").read_text())
+    except FileNotFoundError:
+        return None
+    _, y, recs = folder.table()
+    if len(train["y"]) != len(y) or not np.allclose(train["y"], y):
+        return None
+    cfg = folder.config.regressor
+    k = int(min(cfg.kfold, len(y)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        oof = cross_val_predict(
+            make_model(met["model"], len(y), cfg),
+            np.asarray(train["x"]),
+            y,
+            cv=KFold(k, shuffle=True, random_state=cfg.seed),
+        )
+    row = {r["name"]: i for i, r in enumerate(recs)}
+    pred = np.array([oof[row[n]] for n in names])
+    ok = np.isfinite(old) & np.isfinite(new)
+    return {
+        "model": met["chosen"],
+        "folds": k,
+        "vs_recorded": float(spearmanr(pred[ok], old[ok]).statistic),
+        "vs_retest": float(spearmanr(pred[ok], new[ok]).statistic),
+    }
 
 
 def verdict(res: dict) -> str:
@@ -112,16 +157,29 @@ def verdict(res: dict) -> str:
         f"objective between θ {res['sd_between_theta']:.4f}, between seeds of one θ "
         f"{res['sd_of_difference'] / np.sqrt(2):.4f}"
     )
+    reg = res.get("regressor")
+    tail = (
+        f" The regressor ({reg['model']}, {reg['folds']}-fold out-of-fold predictions) ranks "
+        f"these proposals' recorded objectives at {reg['vs_recorded']:.3f} and their retest "
+        f"objectives at {reg['vs_retest']:.3f}: the second is what it can promise for a fresh "
+        "draw."
+        if reg
+        else ""
+    )
     if rho >= RELIABLE:
-        return head + ": the proxies measure θ more than their draw."
+        return head + ": the proxies measure θ more than their draw." + tail
     fits = (
-        "A regressor fitted on one seed learns that draw as if it were θ's effect (its k-fold "
-        "Spearman does not show it), so θ* may not transfer: give proxies more tokens or "
-        "documents, or larger models."
+        "With one data seed for every proposal, a regressor learns that draw as if it were θ's "
+        "effect (its k-fold Spearman does not show it), so θ* may not transfer: give each "
+        "proposal its own seed (proxy.seed_per_run), proxies more tokens or documents, or "
+        "larger models."
     )
     if rho >= NOISY:
-        return head + (
-            f": below {RELIABLE}, a large part of a proxy's loss is which documents its seed "
-            f"drew. {fits}"
+        return (
+            head + f": below {RELIABLE}, a large part of a proxy's loss is which documents its "
+            f"seed drew. {fits}" + tail
         )
-    return head + f": below {NOISY}, a proxy's loss is mostly which documents its seed drew. {fits}"
+    return (
+        head + f": below {NOISY}, a proxy's loss is mostly which documents its seed drew. "
+        f"{fits}" + tail
+    )

@@ -283,13 +283,15 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
         run_all(cfg, out / "search")
 
     runs = {"quadmix": out / "search" / "params.json"}
+    # baselines, or the search's own contenders (θ*, candidates, round bests) to train next to
+    # what shipped: e.g. θ* when the search shipped something else
+    where = [out / "search" / "baselines", out / "search" / "candidates"]
     for name in raw.get("compare", []):
-        p = out / "search" / "baselines" / f"{name}.json"
-        if not p.exists():
-            raise RecipeError(
-                f"compare: no baseline {name!r} in {p.parent} (have {sorted(x.stem for x in p.parent.glob('*.json'))})"
-            )
-        runs[name] = p
+        found = [d / f"{name}.json" for d in where if (d / f"{name}.json").exists()]
+        if not found:
+            have = sorted(x.stem for d in where for x in d.glob("*.json"))
+            raise RecipeError(f"compare: no baseline or search candidate {name!r} (have {have})")
+        runs[name] = found[0]
     results = _train_all(raw.get("train") or {}, out, data, runs, target, evals, seeds, times)
     report = write_report(out, data, runs, results, times)
     _log(f"report: {report}")

@@ -99,7 +99,7 @@ def _flow(tmp: Path) -> Path:
                 "threads": 1,
             },
         },
-        "compare": ["random"],
+        "compare": ["random", "theta-star"],  # a baseline, and a search candidate
         "seeds": [0, 1],
     }
     for name, body in (("label", label), ("search", search), ("flow", flow)):
@@ -119,7 +119,7 @@ def test_flow_holds_out_evaluates_every_set_and_reports_seeds(tmp_path):
     assert len(lab.key) == 300 - 40  # the pool is the corpus minus both held-out sets
     assert not np.isin(np.array([doc_key(i) for i in held], dtype=np.uint64), lab.key).any()
     res = json.loads((out / "results.json").read_text())
-    assert set(res) == {"quadmix", "random"}
+    assert set(res) == {"quadmix", "random", "theta-star"}
     for r in res.values():
         assert set(r["seeds"]) == {"0", "1"}
         for losses in r["seeds"].values():
@@ -159,7 +159,7 @@ def test_flow_holds_out_evaluates_every_set_and_reports_seeds(tmp_path):
     run_flow(recipe)
     assert records(None) == before  # no step trained again
     resumed = [r for rs in records("resume").values() for r in rs]
-    assert len(resumed) == 4 and all(r["exact"] and "switch" not in r for r in resumed)
+    assert len(resumed) == 6 and all(r["exact"] and "switch" not in r for r in resumed)
     assert (
         json.loads((out / "results.json").read_text())["quadmix"]["seeds"]
         == res["quadmix"]["seeds"]

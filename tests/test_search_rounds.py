@@ -46,13 +46,17 @@ def rounds_config(dataset: Path, general: Path, **over):
     return tiny_config(dataset, **{**base, **over}).replace(regmix=None)
 
 
+def run_rounds(dataset: Path, root: Path, **over) -> tuple[Path, list[str]]:
+    """A whole search of :func:`rounds_config` (``over`` replaces its sections) in ``root/run``,
+    and the lines it printed."""
+    cfg = rounds_config(dataset, general_set(root / "general.jsonl"), **over)
+    lines: list[str] = []
+    return run_all(cfg, root / "run", log=lines.append), lines
+
+
 @pytest.fixture(scope="module")
 def rounds_run(mds_ds, tmp_path_factory) -> tuple[Path, list[str]]:
-    root = tmp_path_factory.mktemp("rounds")
-    cfg = rounds_config(mds_ds, general_set(root / "general.jsonl"))
-    lines: list[str] = []
-    out = run_all(cfg, root / "run", log=lines.append)
-    return out, lines
+    return run_rounds(mds_ds, tmp_path_factory.mktemp("rounds"))
 
 
 @pytest.mark.slow

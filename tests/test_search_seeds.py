@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 
 from quadmix_stream.params import SamplingParams
-from quadmix_stream.search.pipeline import run_all, step_evaluate
+from quadmix_stream.search.pipeline import step_evaluate
 from quadmix_stream.search.proxy import ProxyJob, run_seed, train_one
 from quadmix_stream.search.retest import retest_jobs
 from quadmix_stream.search.runfolder import RunFolder
 from quadmix_stream.search.runner import context
 from quadmix_stream.search.select import eval_name, verify_seeds
 
-from .test_search_rounds import general_set, rounds_config
+from .test_search_rounds import rounds_config, run_rounds
 
 
 def test_run_seeds_are_per_run_stable_and_off_unless_asked(mds_ds):
@@ -40,18 +40,14 @@ def test_run_seeds_are_per_run_stable_and_off_unless_asked(mds_ds):
 
 @pytest.fixture(scope="module")
 def seeded_run(mds_ds, tmp_path_factory) -> tuple[Path, list[str]]:
-    root = tmp_path_factory.mktemp("seeds")
-    cfg = rounds_config(
+    return run_rounds(
         mds_ds,
-        general_set(root / "general.jsonl"),
+        tmp_path_factory.mktemp("seeds"),
         proposals={"n": 12},
         rounds={"k": 1, "n": 4, "top": 2, "candidates": 1000, "shrink": 0.5},
         proxy={"seed_per_run": True},
         select={"n": 2000, "top_k": 4, "verify": 1, "seeds": 2},
     )
-    lines: list[str] = []
-    out = run_all(cfg, root / "run", log=lines.append)
-    return out, lines
 
 
 @pytest.mark.slow
@@ -128,7 +124,9 @@ def test_a_moved_run_folder_resumes_and_a_changed_tokenizer_is_refused(mds_ds, t
     from .test_search_pipeline import tiny_config
 
     def cfg(out: Path):
-        return tiny_config(mds_ds, proposals={"n": 4}, regmix={"proposals": 4}).replace(out=str(out))
+        return tiny_config(mds_ds, proposals={"n": 4}, regmix={"proposals": 4}).replace(
+            out=str(out)
+        )
 
     step_propose(tmp_path / "a", cfg(tmp_path / "a"), log=lambda s: None)
     shutil.copytree(tmp_path / "a", tmp_path / "b")

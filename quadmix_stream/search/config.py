@@ -281,10 +281,13 @@ class SearchConfig:
         return dataclasses.replace(self, **changes)
 
     def proxy_identity(self) -> dict:
-        """The settings that determine proxy results: changing any invalidates finished proxies."""
+        """The settings that determine proxy results: changing any invalidates finished proxies.
+
+        The target and evaluation sets count by name here; their content is compared by hash
+        (:meth:`RunFolder.create`), so a run folder whose sets moved with it still resumes."""
         d = self.to_dict()
-        keys = ("target", "evals", "space", "form", "proposals", "tokenizer", "proxy")
-        return {k: d[k] for k in keys}
+        keys = ("space", "form", "proposals", "tokenizer", "proxy")
+        return {"evals": sorted(d["evals"] or {}), **{k: d[k] for k in keys}}
 
 
 def _with_proxy_model(obj: Mapping[str, Any], where: str) -> Mapping[str, Any]:

@@ -98,7 +98,13 @@ def test_contenders_ship_by_their_mean_over_seeds(seeded_run):
     text = SamplingParams.load(out / "params.json").provenance
     assert "(mean of 2 data seeds)" in text and "round bests on the same seeds: 0: " in text
     report = (out / "report" / "report.md").read_text()
-    assert "trained with 2 data seeds (0, 1)" in report and "| sd |" in report
+    assert "trained with 2 data seeds (0, 1)" in report and "| sd | θ* − it" in report
+    # θ* against each contender, paired by seed
+    star = shipped["measured"]["theta-star"]["objectives"]
+    for name, d in shipped["theta_star_minus"].items():
+        diff = np.subtract(star, shipped["measured"][name]["objectives"])
+        assert d["mean"] == pytest.approx(diff.mean())
+        assert d["se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(2))
     # a resumed evaluate trains nothing; a lost record is trained again, only that one
     lines.clear()
     step_evaluate(out, log=lines.append)

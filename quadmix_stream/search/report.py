@@ -318,12 +318,16 @@ def _shipped(shipped: dict) -> list[str]:
         else ""
     )
     rows = []
+    minus = shipped.get("theta_star_minus") or {}
     for k, v in sorted(shipped["measured"].items(), key=lambda kv: kv[1]["objective"]):
         per = v.get("objectives") or [v["objective"]]
         sd = [_f(float(np.std(per, ddof=1)))] if len(seeds) > 1 else []
+        d = minus.get(k)
+        pair = [f"{d['mean']:+.4f} ± {d['se']:.4f}" if d else "—"] if len(seeds) > 1 else []
         rows.append(
             [k + (" **(shipped)**" if k == shipped["name"] else ""), _f(v["objective"])]
             + sd
+            + pair
             + [_f(v["losses"].get(s_)) for s_ in sets]
         )
     over = (
@@ -345,7 +349,7 @@ def _shipped(shipped: dict) -> list[str]:
         "",
         _table(
             ["contender", "objective"]
-            + (["sd"] if len(seeds) > 1 else [])
+            + (["sd", "θ* − it (paired by seed, ± se)"] if len(seeds) > 1 else [])
             + [f"{s_} loss" for s_ in sets],
             rows,
         ),

@@ -445,6 +445,7 @@ def ship(folder: RunFolder) -> dict:
         "constraints": {s: {"bound": ref, "from": lbl} for s, (ref, lbl) in bounds.items()},
         "notes": notes,
         "seeds": seeds,
+        "theta_star_minus": paired_differences(measured, STAR),
         "measured": {
             k: {"objective": w["objective"], "objectives": w["objectives"], "losses": w["losses"]}
             for k, w in measured.items()
@@ -458,6 +459,21 @@ def ship(folder: RunFolder) -> dict:
     sel["shipped"] = info["shipped"]
     write_json(sel_path, sel)
     return {"text": text, **info["shipped"]}
+
+
+def paired_differences(measured: dict[str, dict], ref: str) -> dict[str, dict[str, float]]:
+    """``ref``'s objective minus each other contender's, paired by verification seed: the mean
+    and its standard error (NaN with one seed). Negative: ``ref`` is better."""
+    if ref not in measured:
+        return {}
+    a = np.asarray(measured[ref]["objectives"])
+    out = {}
+    for k, w in measured.items():
+        if k != ref:
+            d = a - np.asarray(w["objectives"])
+            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else math.nan
+            out[k] = {"mean": float(d.mean()), "se": se}
+    return out
 
 
 def _fails(losses: dict[str, float], bounds: dict[str, tuple[float, str]]) -> list[str]:

@@ -328,12 +328,13 @@ def step_evaluate(
     }
     jobs, copied = [], 0
     for name, p in targets.items():
+        fp = stream_fingerprint(p)
         for s, seed in enumerate(verify_seeds(cfg)):
             ename = eval_name(name, s)
             if measures(done.get(ename), p, seed, cfg):
                 continue
             job = ProxyJob(ename, p, {"evaluation": name, "seed_index": s}, seed)
-            same = runs.get((stream_fingerprint(p), seed))
+            same = runs.get((fp, seed))
             if same is not None:  # this stream at this seed is a proposal already trained
                 folder.record(
                     {**same, **job.info, "name": ename, "copied_from": same["name"]}, "evals"

@@ -16,6 +16,7 @@ they mostly measure the draw; then no regressor ranks θ for a fresh draw better
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -112,7 +113,6 @@ def regressor_check(
     """How the fitted regressor's out-of-fold predictions of the retested runs rank their
     recorded objectives and their retest objectives (a fresh draw); ``None`` before a fit, or
     when the fit saw other runs than the table now holds (fit again)."""
-    import json
     import warnings
 
     from sklearn.model_selection import KFold, cross_val_predict

@@ -368,9 +368,8 @@ def ship(folder: RunFolder) -> dict:
     with a warning.
     """
     cfg = folder.config
-    evals = folder.finished("evals")
     measured, failed = measured_contenders(folder)
-    if STAR not in evals:
+    if not (folder.path / "evals" / f"{STAR}.json").exists():
         raise ValueError(f"{folder.path}: θ* has no measured proxy yet (run `evaluate`)")
     if not measured:
         raise ValueError(f"{folder.path}: no contender was measured at every seed (run `evaluate`)")

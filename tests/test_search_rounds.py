@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,16 +10,20 @@ import numpy as np
 import pytest
 
 from quadmix_stream.params import SamplingParams
+from quadmix_stream.search.baselines import random_params
+from quadmix_stream.search.config import RegmixConfig, SearchConfigError
 from quadmix_stream.search.pipeline import (
     best_per_round,
     coverage_lines,
+    regmix_config,
     run_all,
     step_propose,
     step_round,
 )
+from quadmix_stream.search.pool import Pool
 from quadmix_stream.search.runfolder import RunFolder
-from quadmix_stream.search.select import boundary
-from quadmix_stream.search.space import spread_best
+from quadmix_stream.search.select import boundary, load_constraints, load_predictor, steer
+from quadmix_stream.search.space import propose, spread_best
 
 from .test_search_pipeline import tiny_config
 
@@ -117,6 +122,58 @@ def test_objective_is_a_weighted_sum_and_the_constraint_holds(rounds_run):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_the_constraint_steers_rounds_and_selection(rounds_run):
+    out, lines = rounds_run
+    folder = RunFolder(out)
+    pool = Pool(folder.dataset)
+    assert (out / "model-general" / "metrics.json").exists()
+    constraints, notes = load_constraints(folder, pool)
+    assert notes == [] and [c.name for c in constraints] == ["general"]
+    (c,) = constraints
+    # the bound is the constraint regressor's prediction for Random's θ
+    assert c.bound == pytest.approx(c.predictor.predict(random_params(pool).to_vector()[None])[0])
+    cfg = folder.config
+    args = (cfg.space, cfg.proposals, 3000, 7, folder.domains, folder.scorers, pool.domain_tokens)
+    cand = propose(*args)
+    pred = load_predictor(folder, pool).predict(cand)
+    key, ok = steer(constraints, cand, pred)
+    assert ok.tolist() == (c.predictor.predict(cand) <= c.bound).tolist()
+    assert 0 < ok.sum() < len(ok)  # the synthetic Random sits inside the proposals' range
+    order = np.argsort(key, kind="stable")
+    assert ok[order[: ok.sum()]].all()  # every point predicted within ranks first…
+    np.testing.assert_array_equal(key[ok], pred[ok])  # …by its predicted objective
+    np.testing.assert_array_equal(order[ok[order]], np.flatnonzero(ok)[np.argsort(pred[ok])])
+    # a margin only removes points; no constraints leave the ranking as it was
+    _, ok_margin = steer([dataclasses.replace(c, margin=0.01)], cand, pred)
+    assert not (ok_margin & ~ok).any() and ok_margin.sum() < ok.sum()
+    key0, ok0 = steer([], cand, pred)
+    assert key0 is pred and ok0.all()
+    # what the steps said and recorded
+    steering = json.loads((out / "selection.json").read_text())["steering"]
+    assert steering["candidates_predicted_within"] > 0 and steering["notes"] == []
+    general = steering["constraints"]["general"]
+    assert general["from"] == "random" and general["predicted_bound"] == pytest.approx(c.bound)
+    assert any(line.startswith("constraint general: fitted ") for line in lines)
+    assert any(line.startswith("constraint general ≤ random: θ* predicted") for line in lines)
+    drawn = [line for line in lines if line.startswith("round ")]
+    assert len(drawn) == 2 and all("predicted within the constraints" in d for d in drawn)
+    report = (out / "report" / "report.md").read_text()
+    assert "Constraints steer the search" in report and "| general | random |" in report
+
+
+def test_the_regmix_baseline_is_not_steered(mds_ds, tmp_path):
+    cfg = rounds_config(mds_ds, general_set(tmp_path / "general.jsonl"))
+    cfg = cfg.replace(regmix=RegmixConfig(proposals=4))
+    assert dict(cfg.constraints) == {"general": "random"}
+    assert dict(regmix_config(cfg, tmp_path).constraints) == {}  # RegMix as published
+
+
+def test_the_constraint_margin_must_not_be_negative(mds_ds):
+    with pytest.raises(SearchConfigError, match="constraint_margin"):
+        tiny_config(mds_ds, constraint_margin=-0.01)
+
+
 def test_coverage_is_reported_and_warned(rounds_run):
     out, lines = rounds_run
     cov = RunFolder(out).coverage()

@@ -104,6 +104,17 @@ def criteria_mix_params(
     return replace(p, extra={"criteria_mix": {"fraction": fraction, "jaccard": overlap}})
 
 
+def baseline_params(pool: Pool, name: str, fraction: float, grid: int) -> SamplingParams | None:
+    """The baseline called ``name`` (as in :func:`all_baselines`), or None if there is none."""
+    if name == "random":
+        return random_params(pool)
+    if name.startswith("topk-") and name.removeprefix("topk-") in pool.scorers:
+        return topk_params(pool, name.removeprefix("topk-"), fraction)
+    if name == "criteria-mix":
+        return criteria_mix_params(pool, fraction, grid)
+    return None
+
+
 def all_baselines(pool: Pool, fraction: float, grid: int) -> dict[str, SamplingParams]:
     out = {"random": random_params(pool)}
     for s in pool.scorers:

@@ -229,8 +229,13 @@ class SearchConfig:
     #: what the search minimises: a weighted sum of eval-set losses ("target" is ``target``)
     objective: Mapping[str, float] = field(default_factory=lambda: {"target": 1.0})
     #: eval set → a bound on its proxy loss: a number, or a baseline's name ("random": no worse
-    #: than Random on that set); a shipped θ must meet every bound that some contender meets
+    #: than Random on that set); a shipped θ must meet every bound that some contender meets,
+    #: and rounds and θ* keep to θ predicted to meet them (a regressor per constrained set)
     constraints: Mapping[str, Any] = field(default_factory=dict)
+    #: the search steers toward θ whose *predicted* loss on each constrained set is at least
+    #: this far below the bound (the best of many predictions is optimistic); what ships is
+    #: still decided by the measured losses
+    constraint_margin: float = 0.0
     #: warn when proxies saw a median of fewer documents than this
     coverage_min_docs: int = 50
     #: train proxies on θ*, the best candidates and the baselines after selection, and ship the
@@ -439,8 +444,13 @@ def _check(c: SearchConfig) -> None:
         raise SearchConfigError(
             "rounds: need k ≥ 0, n ≥ 1, top ≥ 1, candidates ≥ n and 0 < shrink ≤ 1"
         )
-    if x.doc_tokens < 0 or x.eval_doc_tokens < 0 or c.select.verify < 0 or c.coverage_min_docs < 0:
-        raise SearchConfigError("proxy.doc_tokens, select.verify and coverage_min_docs must be ≥ 0")
+    if (
+        min(x.doc_tokens, x.eval_doc_tokens, c.select.verify, c.coverage_min_docs) < 0
+        or c.constraint_margin < 0
+    ):
+        raise SearchConfigError(
+            "proxy.doc_tokens, select.verify, coverage_min_docs and constraint_margin must be ≥ 0"
+        )
     if not 0 < x.pool_fraction <= 1:
         raise SearchConfigError(f"proxy.pool_fraction: must be in (0, 1], got {x.pool_fraction}")
     if not 0 < c.regressor.valid_fraction < 1:

@@ -46,9 +46,13 @@ ROUND_BATCH = 100_000
 
 # ---------------------------------------------------------------- propose
 def regmix_config(cfg: SearchConfig, parent: Path) -> SearchConfig:
-    """The nested RegMix-style search: same dataset, target, objective, tokenizer and proxies."""
+    """The nested RegMix-style search: same dataset, target, objective, tokenizer and proxies.
+
+    Constraints stay with the QuaDMix search (they steer it and decide what ships): the RegMix
+    baseline is RegMix's own choice, measured against them like every other contender."""
     assert cfg.regmix is not None
     return cfg.replace(
+        constraints={},
         space="domain_mixture",
         proposals=ProposalConfig(
             n=cfg.regmix.proposals, seed=cfg.regmix.seed, dirichlet=cfg.regmix.dirichlet
@@ -158,8 +162,10 @@ def step_proxies(
 # ---------------------------------------------------------------- fit
 def step_fit(path: str | Path, dataset: str | Path | None = None, log: Log = print) -> dict:
     """Score LightGBM, ridge and a Gaussian process on θ and on the selection profile; keep the
-    best allowed pair by k-fold Spearman, refit on every run (``model/``)."""
+    best allowed pair by k-fold Spearman, refit on every run (``model/``). Each constrained set's
+    loss gets a regressor of its own the same way (``model-SET/``): it steers the selection."""
     from quadmix_stream.search.features import Featurizer
+    from quadmix_stream.search.select import constraint_model_dir
 
     folder = RunFolder(path, dataset)
     rc = folder.config.regressor
@@ -176,6 +182,29 @@ def step_fit(path: str | Path, dataset: str | Path | None = None, log: Log = pri
     rep = res.report
     rep.update(failed_runs=failed, objective=dict(folder.config.objective))
     regressor.save(res, folder.sub("model"))
+    _log_scores(rep, log)
+    top = ", ".join(f"{r['feature']} {r['gain']:.2f}" for r in rep["importance"][:5])
+    log(
+        f"fitted {rep['chosen']} on {rep['n_runs']} runs ({failed} failed runs excluded); "
+        f"LightGBM's top features: {top}"
+    )
+    for s in folder.config.constraints:
+        # the same runs: a record with every objective set has the constrained one too
+        _, ys, _ = folder.table({s: 1.0})
+        if len(ys) != len(y):
+            raise RunFolderError(f"{path}: some proxy records lack the loss on {s!r}")
+        cres = regressor.fit(xs, ys, names, rc, kinds)
+        cres.report.update(failed_runs=failed, objective={s: 1.0})
+        regressor.save(cres, constraint_model_dir(folder, s))
+        head = regressor.headline(cres.report)
+        log(
+            f"constraint {s}: fitted {cres.report['chosen']} on its loss (Spearman "
+            f"{head['spearman']:+.3f}); the selection keeps to θ predicted within the bound"
+        )
+    return rep
+
+
+def _log_scores(rep: dict, log: Log) -> None:
     split = "kfold" if "kfold" in rep else "holdout"
     for kk, sc in rep["scores"].items():
         m = sc[split]
@@ -184,12 +213,6 @@ def step_fit(path: str | Path, dataset: str | Path | None = None, log: Log = pri
             f"{split:<8} {kk:<15} n={m['n']:<4} MAE {m['mae']:.4f} (mean: {m['mae_of_mean']:.4f})"
             f"  Spearman {m['spearman']:+.3f}  (held-out {sc['holdout']['spearman']:+.3f}){mark}"
         )
-    top = ", ".join(f"{r['feature']} {r['gain']:.2f}" for r in rep["importance"][:5])
-    log(
-        f"fitted {rep['chosen']} on {rep['n_runs']} runs ({failed} failed runs excluded); "
-        f"LightGBM's top features: {top}"
-    )
-    return rep
 
 
 # ---------------------------------------------------------------- rounds
@@ -207,7 +230,12 @@ def step_round(
     Resumable: a round whose proposals are drawn only trains what is missing (a killed round is
     redone from its drawn proposals, which never change); a finished round trains nothing.
     """
-    from quadmix_stream.search.select import load_predictor, local_candidates
+    from quadmix_stream.search.select import (
+        load_constraints,
+        load_predictor,
+        local_candidates,
+        steer,
+    )
     from quadmix_stream.search.space import spread_best
 
     folder = RunFolder(path, dataset)
@@ -221,12 +249,16 @@ def step_round(
         step_fit(path, dataset, log=lambda s: None)
         pool = Pool(folder.dataset)
         pred = load_predictor(folder, pool)
+        constraints, notes = load_constraints(folder, pool)
+        for note in notes:
+            log(f"WARNING: {note}")
         reach = rc.shrink ** (r - 1)
         cand, anchor = local_candidates(
-            folder, pred, pool, rc.candidates, reach, batch_seed(rc.seed, r)
+            folder, pred, pool, rc.candidates, reach, batch_seed(rc.seed, r), constraints
         )
         p = pred.predict(cand)
-        pick = spread_best(p, anchor, rc.n)
+        key, ok = steer(constraints, cand, p)
+        pick = spread_best(key, anchor, rc.n)
         new = cand[pick]
         ids, batches, theta = folder.proposals()
         start = int(ids.max()) + 1
@@ -240,6 +272,12 @@ def step_round(
             f"round {r}: {len(new)} θ near the best (reach {reach:.3g}, from "
             f"{len(np.unique(anchor[pick]))} anchors), predicted {p[pick].min():.4f}–"
             f"{p[pick].max():.4f} by {pred.metrics['chosen']}"
+            + (
+                f"; {int(ok[pick].sum())} predicted within the constraints "
+                f"({int(ok.sum())} of {len(ok)} candidates)"
+                if constraints
+                else ""
+            )
         )
     step_proxies(path, dataset, group, device, threads, log=log)
     best = best_per_round(RunFolder(path, dataset))
@@ -273,6 +311,16 @@ def step_select(
     )
     share = ", ".join(f"{d} {v:.2f}" for d, v in sel["profile"]["token_share"].items())
     log(f"θ* expected token shares: {share}")
+    steering = sel.get("steering", {})
+    for name, c in steering.get("constraints", {}).items():
+        log(
+            f"constraint {name} ≤ {c['from']}: θ* predicted {c['theta_star_predicted']:.4f}, "
+            f"bound predicted {c['predicted_bound']:.4f}; "
+            f"{steering['candidates_predicted_within']} of {sel['candidates']} candidates "
+            "predicted within every bound, ranked first"
+        )
+    for note in steering.get("notes", []):
+        log(f"WARNING: {note}")
     for b in sel["boundary"]:
         log(f"WARNING: {b['message']}")
     if folder.config.space == "quadmix":

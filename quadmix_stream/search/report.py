@@ -276,6 +276,7 @@ def _theta_star(
         f"{_f(float(y.min()))}, median {_f(float(np.median(y)))}.",
         "",
     ]
+    md += _steering(sel)
     for b in sel.get("boundary", []):
         md += [f"**Range boundary**: {b['message']}.", ""]
     if sel.get("shipped"):
@@ -306,6 +307,34 @@ def _theta_star(
     if len(y):
         md += ["", f"![losses]({plot_losses(y, marks, out / 'losses.png')})", ""]
     return md
+
+
+def _steering(sel: dict) -> list[str]:
+    """How the constraints steered the rounds and θ* (each set's own regressor)."""
+    st = sel.get("steering")
+    if not st:
+        return []
+    rows = [
+        [
+            name,
+            c["from"],
+            f"{c['regressor']} (Spearman {_f(c['spearman'], 3)})",
+            _f(c["predicted_bound"]),
+            _f(c["margin"]),
+            _f(c["theta_star_predicted"]),
+        ]
+        for name, c in st["constraints"].items()
+    ]
+    head = ["set", "bound", "its regressor", "bound predicted", "margin", "θ* predicted"]
+    md = [
+        f"Constraints steer the search: rounds and θ* rank first the "
+        f"{st['candidates_predicted_within']:,} candidates predicted at least `margin` below every "
+        "bound; what ships is decided by the measured losses below.",
+        "",
+        _table(head, rows) if rows else "",
+        "",
+    ]
+    return md + [f"**{n}**" for n in st["notes"]] + ([""] if st["notes"] else [])
 
 
 def _shipped(shipped: dict) -> list[str]:

@@ -11,7 +11,8 @@ Layout::
     proxies/run-00012.json   one proxy result each (status ok/failed, loss, timings, reason)
     results.jsonl        all proxy results, rebuilt from proxies/ after each proxies step
     logs/proxies-*.json  one record per proxies invocation (rank, runs trained, wall time)
-    model/               lgbm.txt (LightGBM text model), linear.json, metrics.json
+    model/               lgbm.txt (LightGBM text model), train.json, metrics.json
+    model-SET/           the same for a constrained set's loss (``constraints:``)
     params.json          what ships: the best *measured* of θ*, the verified candidates, the
                          baselines and the proxy runs, with provenance; selection.json
     candidates/*.json    θ* (mean of the best k predicted) and the best predicted candidates
@@ -30,7 +31,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -361,19 +362,23 @@ class RunFolder:
         """The search's objective of a proxy record (NaN when failed or a set is missing)."""
         return objective_of(rec, self.config.objective)
 
-    def table(self) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    def table(
+        self, weights: Mapping[str, float] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
         """(θ matrix, objective vector, records) of the successful proxies, in run order.
 
         The objective is the recipe's weighted sum of eval-set losses (the target loss alone
-        by default), recomputed from each record's per-set losses.
+        by default), recomputed from each record's per-set losses; ``weights`` (e.g.
+        ``{"general": 1.0}``: one set's loss) replaces the recipe's.
         """
         ids, _, theta = self.proposals()
         rounds = self.rounds()
         done = self.finished()
+        w = self.config.objective if weights is None else weights
         keep, loss, recs = [], [], []
         for k, i in enumerate(ids):
             rec = done.get(self.run_name(int(i)))
-            value = self.objective(rec) if rec else float("nan")
+            value = objective_of(rec, w) if rec else float("nan")
             if np.isfinite(value):
                 keep.append(k)
                 loss.append(value)

@@ -10,6 +10,13 @@ proxies and the baselines' are trained with each of the ``select.seeds`` verific
 (``evaluate``), :func:`ship` writes as ``params.json`` the contender with the lowest mean
 objective over those seeds, and says which and by how much.
 
+Constraints (``constraints:``, e.g. "general no worse than Random") steer the search as well as
+the shipping: each constrained set's loss has a regressor of its own (``model-SET/``), and rounds
+and θ* rank first the points predicted at least ``constraint_margin`` below the bound, which for
+a baseline is the same regressor's prediction of the baseline's θ (its bias cancels). Without
+this, the objective's optimum may lie where no θ meets the constraint, and the verification
+then has only baselines to ship.
+
 A proxy run's recorded objective is the lowest of many noisy measurements (the winner's curse),
 so the round bests are measured again on the verification seeds: θ* is then compared with them
 on the same draws. A verification that matches a proposal's record (same stream, same seed) is
@@ -20,7 +27,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,23 +52,95 @@ ROUND_BEST = "best-round-"
 EDGE = 0.05
 
 
-def load_predictor(folder: RunFolder, pool: Pool) -> Predictor:
-    """The run folder's fitted regressor with the features it was fitted on."""
+def load_predictor(folder: RunFolder, pool: Pool, model_dir: Path | None = None) -> Predictor:
+    """The run folder's fitted regressor (``model/``, or ``model_dir``) with the features it
+    was fitted on."""
     from quadmix_stream.search.features import Featurizer
 
-    pred = Predictor(folder.path / "model", cfg=folder.config.regressor)
+    pred = Predictor(model_dir or folder.path / "model", cfg=folder.config.regressor)
     kind = pred.metrics.get("features", "theta")
     sample = folder.config.regressor.profile_sample
     pred.featurize = Featurizer(kind, pool, folder.config.form, sample)
     return pred
 
 
-def anchors(folder: RunFolder, predictor: Predictor, pool: Pool, top: int, seed: int) -> np.ndarray:
+# ---------------------------------------------------------------- constraints steer the search
+@dataclass(frozen=True)
+class Constraint:
+    """A constrained set's regressor and its bound, both in predicted loss: a baseline's bound
+    is the same regressor's prediction for the baseline's θ, so the regressor's bias cancels."""
+
+    name: str  # the evaluation set
+    predictor: Predictor
+    bound: float
+    source: str  # the baseline's name, or the number
+    margin: float = 0.0  # steer to predictions at least this far below the bound
+
+
+def constraint_model_dir(folder: RunFolder, name: str) -> Path:
+    return folder.path / f"model-{name}"
+
+
+def reference_params(folder: RunFolder, pool: Pool, name: str) -> SamplingParams | None:
+    """The params of the baseline a constraint names (None: not a baseline this search has)."""
+    from quadmix_stream.search.baselines import baseline_params
+
+    if name == "regmix":
+        nested = folder.path / "regmix" / "params.json"
+        return SamplingParams.load(nested) if nested.exists() else None
+    b = folder.config.baselines
+    return baseline_params(pool, name, b.topk_fraction, b.criteria_grid)
+
+
+def load_constraints(folder: RunFolder, pool: Pool) -> tuple[list[Constraint], list[str]]:
+    """The fitted constraint regressors with their predicted bounds, and why any is missing."""
+    out, notes = [], []
+    margin = folder.config.constraint_margin
+    for name, b in folder.config.constraints.items():
+        mdir = constraint_model_dir(folder, name)
+        if not (mdir / "metrics.json").exists():
+            notes.append(f"constraint {name}: no regressor fitted (run `fit`); not steered")
+            continue
+        pred = load_predictor(folder, pool, mdir)
+        if isinstance(b, str):
+            ref = reference_params(folder, pool, b)
+            if ref is None:
+                notes.append(f"constraint {name} ≤ {b}: no such baseline here; not steered")
+                continue
+            bound = float(pred.predict(ref.to_vector()[None])[0])
+            out.append(Constraint(name, pred, bound, b, margin))
+        else:
+            out.append(Constraint(name, pred, float(b), f"{float(b):g}", margin))
+    return out, notes
+
+
+def steer(
+    constraints: Sequence[Constraint], theta: np.ndarray, pred: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ranking keys of ``theta`` (predicted objective ``pred``): unchanged where every
+    constraint is predicted met, pushed behind all of those points (keeping their order)
+    elsewhere; and the mask of points predicted to meet them all."""
+    ok = np.ones(len(theta), dtype=bool)
+    for c in constraints:
+        ok &= c.predictor.predict(theta) <= c.bound - c.margin
+    if ok.all():
+        return pred, ok
+    return np.where(ok, pred, pred + float(np.ptp(pred)) + 1.0), ok
+
+
+def anchors(
+    folder: RunFolder,
+    predictor: Predictor,
+    pool: Pool,
+    top: int,
+    seed: int,
+    constraints: Sequence[Constraint] = (),
+) -> np.ndarray:
     """The ``top`` best runs by actual objective and the ``top`` best predicted of fresh
-    proposals: where a local search starts."""
+    proposals, those predicted to meet the constraints first: where a local search starts."""
     cfg = folder.config
     x, y, _ = folder.table()
-    best = x[np.argsort(y, kind="stable")[:top]]
+    best = x[np.argsort(steer(constraints, x, y)[0], kind="stable")[:top]]
     fresh = propose(
         cfg.space,
         cfg.proposals,
@@ -70,17 +150,23 @@ def anchors(folder: RunFolder, predictor: Predictor, pool: Pool, top: int, seed:
         folder.scorers,
         pool.domain_tokens,
     )
-    pred = predictor.predict(fresh)
-    return np.concatenate([best, fresh[np.argsort(pred, kind="stable")[:top]]])
+    key, _ = steer(constraints, fresh, predictor.predict(fresh))
+    return np.concatenate([best, fresh[np.argsort(key, kind="stable")[:top]]])
 
 
 def local_candidates(
-    folder: RunFolder, predictor: Predictor, pool: Pool, n: int, reach: float, seed: int
+    folder: RunFolder,
+    predictor: Predictor,
+    pool: Pool,
+    n: int,
+    reach: float,
+    seed: int,
+    constraints: Sequence[Constraint] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` points between the anchors and fresh proposals, at most ``reach`` of the way, and
     the index of each one's anchor."""
     cfg = folder.config
-    a = anchors(folder, predictor, pool, cfg.rounds.top, batch_seed(seed, 0))
+    a = anchors(folder, predictor, pool, cfg.rounds.top, batch_seed(seed, 0), constraints)
     fresh = propose(
         cfg.space,
         cfg.proposals,
@@ -134,12 +220,16 @@ def select(folder: RunFolder, pool: Pool | None = None) -> dict:
     cfg = folder.config
     pool = pool or Pool(folder.dataset)
     predictor = load_predictor(folder, pool)
-    cand, local = _candidates(folder, predictor, pool)
+    constraints, notes = load_constraints(folder, pool)
+    cand, local = _candidates(folder, predictor, pool, constraints)
     pred = predictor.predict(cand)
-    order = np.argsort(pred, kind="stable")
+    key, ok = steer(constraints, cand, pred)
+    order = np.argsort(key, kind="stable")
     top = order[: cfg.select.top_k]
     params = to_params(cand[top].mean(axis=0), folder.domains, folder.scorers, cfg.form)
     provenance, model, info = _star_info(folder, predictor, params, len(cand), local, pred[top])
+    if constraints or notes:
+        info["steering"] = _steering(constraints, notes, params, int(ok.sum()))
     star = replace(params, provenance=provenance, extra={"search": info})
     cdir = folder.sub("candidates")
     for f in cdir.glob("*.json"):
@@ -164,7 +254,31 @@ def select(folder: RunFolder, pool: Pool | None = None) -> dict:
     return sel
 
 
-def _candidates(folder: RunFolder, predictor: Predictor, pool: Pool) -> tuple[np.ndarray, int]:
+def _steering(
+    constraints: Sequence[Constraint], notes: list[str], star: SamplingParams, feasible: int
+) -> dict:
+    """How the constraints steered the selection (``selection.json``, θ*'s ``extra``)."""
+    vec = star.to_vector()[None]
+    return {
+        "candidates_predicted_within": feasible,
+        "constraints": {
+            c.name: {
+                "from": c.source,
+                "predicted_bound": c.bound,
+                "margin": c.margin,
+                "theta_star_predicted": float(c.predictor.predict(vec)[0]),
+                "regressor": c.predictor.metrics["chosen"],
+                "spearman": headline(c.predictor.metrics)["spearman"],
+            }
+            for c in constraints
+        },
+        "notes": notes,
+    }
+
+
+def _candidates(
+    folder: RunFolder, predictor: Predictor, pool: Pool, constraints: Sequence[Constraint] = ()
+) -> tuple[np.ndarray, int]:
     """Fresh proposals, plus (with search rounds) points near the best runs; and how many of
     those local points there are."""
     cfg = folder.config
@@ -187,6 +301,7 @@ def _candidates(folder: RunFolder, predictor: Predictor, pool: Pool) -> tuple[np
         cfg.rounds.candidates,
         reach,
         batch_seed(cfg.select.seed, LOCAL_BATCH),
+        constraints,
     )
     return np.concatenate([cand, near]), len(near)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from quadmix_stream.search.pipeline import (
     run_all,
     step_propose,
     step_round,
+    step_select,
 )
 from quadmix_stream.search.pool import Pool
 from quadmix_stream.search.runfolder import RunFolder
@@ -160,6 +162,21 @@ def test_the_constraint_steers_rounds_and_selection(rounds_run):
     assert len(drawn) == 2 and all("predicted within the constraints" in d for d in drawn)
     report = (out / "report" / "report.md").read_text()
     assert "Constraints steer the search" in report and "| general | random |" in report
+
+
+@pytest.mark.slow
+def test_a_margin_that_no_candidate_meets_is_warned(rounds_run, tmp_path):
+    out, _ = rounds_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    cfg = RunFolder(copy).config.replace(constraint_margin=10.0, evaluate=False)
+    RunFolder.create(copy, cfg)  # constraints are not proxy settings: the folder resumes
+    lines: list[str] = []
+    step_select(copy, log=lines.append)
+    assert any("fewer than top_k=5 candidates are predicted within" in x for x in lines)
+    steering = json.loads((copy / "selection.json").read_text())["steering"]
+    assert steering["candidates_predicted_within"] == 0
+    assert steering["constraints"]["general"]["margin"] == 10.0
 
 
 def test_the_regmix_baseline_is_not_steered(mds_ds, tmp_path):

@@ -321,6 +321,12 @@ def step_select(
         )
     for note in steering.get("notes", []):
         log(f"WARNING: {note}")
+    if steering.get("constraints") and steering["candidates_predicted_within"] < sel["top_k"]:
+        log(
+            f"WARNING: fewer than top_k={sel['top_k']} candidates are predicted within the "
+            "constraints; θ* averages the best of the others too (lower constraint_margin, or "
+            "widen proposals.ranges)"
+        )
     for b in sel["boundary"]:
         log(f"WARNING: {b['message']}")
     if folder.config.space == "quadmix":

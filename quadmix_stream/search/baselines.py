@@ -116,8 +116,5 @@ def baseline_params(pool: Pool, name: str, fraction: float, grid: int) -> Sampli
 
 
 def all_baselines(pool: Pool, fraction: float, grid: int) -> dict[str, SamplingParams]:
-    out = {"random": random_params(pool)}
-    for s in pool.scorers:
-        out[f"topk-{s}"] = topk_params(pool, s, fraction)
-    out["criteria-mix"] = criteria_mix_params(pool, fraction, grid)
-    return out
+    names = ["random", *(f"topk-{s}" for s in pool.scorers), "criteria-mix"]
+    return {n: baseline_params(pool, n, fraction, grid) for n in names}

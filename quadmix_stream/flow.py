@@ -383,7 +383,7 @@ def _same_run_or_fail(folder: Path, body: dict[str, Any], params: Path) -> None:
 
             same = old.pop("params_sha256") == sha256_file(params)
             old["params_stream"] = fp if same else None
-        if old != ident:
+        if _in_flow(old) != _in_flow(ident):
             raise RecipeError(
                 f"{folder} was trained with other settings or another params file; delete the "
                 "folder to retrain it, or run the flow with another --out"
@@ -391,6 +391,21 @@ def _same_run_or_fail(folder: Path, body: dict[str, Any], params: Path) -> None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(ident, indent=1))
+
+
+def _in_flow(ident: dict[str, Any]) -> dict[str, Any]:
+    """A training's identity with the paths inside its flow folder written relative to it, so a
+    flow folder moved or copied elsewhere resumes its trainings."""
+    prefix = str(Path(ident["train"]["out"]).parent).rstrip("/") + "/"
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return "{flow}/" + v[len(prefix) :] if isinstance(v, str) and v.startswith(prefix) else v
+
+    return walk(ident)
 
 
 def register(sub) -> None:  # noqa: ANN001 (argparse sub-parsers)

@@ -6,6 +6,7 @@ import gzip
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,20 @@ def test_flow_holds_out_evaluates_every_set_and_reports_seeds(tmp_path):
         json.loads((out / "results.json").read_text())["quadmix"]["seeds"]
         == res["quadmix"]["seeds"]
     )
+    # a flow folder moved elsewhere resumes every step: labelling, search and trainings
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    shutil.copytree(out, moved)
+    done = [*moved.glob("data/.quadmix-label/done/*.json"), *moved.glob("search/proxies/*.json")]
+    stamps = {p: p.stat().st_mtime_ns for p in done}
+    run_flow(recipe, moved)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # no unit or proxy done again
+    assert len(stamps) > 10
+    relocated = {
+        p.parent.name: [x for x in map(json.loads, p.read_text().splitlines()) if "event" not in x]
+        for p in moved.glob("train-*/log.jsonl")
+    }
+    assert relocated == before  # no step trained again
     # … and with other training settings it refuses the old checkpoints
     body = yaml.safe_load(recipe.read_text())
     body["train"]["train"]["steps"] = 6

@@ -410,3 +410,44 @@ def test_mds_codec_matches_mdswriter(tmp_path, compression):
     b.close()
     for f in ("index.json", name):
         assert (tmp_path / "ours" / f).read_bytes() == (ref / f).read_bytes()
+
+
+def test_a_plan_is_the_same_after_its_inputs_move_not_after_they_change():
+    from quadmix_stream.labelling.plan import portable
+
+    def plan(*files: tuple[str, int]) -> dict:
+        units = [
+            {"index": i, "source": f, "start": 0, "stop": 5, "offset": 0}
+            for i, (f, _) in enumerate(files)
+        ]
+        return {
+            "mode": "new",
+            "format": "mds",
+            "compression": None,
+            "rows_per_shard": 5,
+            "units": units,
+            "inputs": [list(f) for f in files],
+        }
+
+    here = plan(("/a/run/pool/x.jsonl.gz", 10), ("/a/run/pool/sub/y.jsonl", 20))
+    assert portable(here) == portable(
+        plan(("/b/c/pool/x.jsonl.gz", 10), ("/b/c/pool/sub/y.jsonl", 20))
+    )
+    assert portable(plan(("s3://bkt/p/x.jsonl.gz", 10), ("s3://bkt/p/sub/y.jsonl", 20))) == (
+        portable(here)
+    )
+    for changed in (
+        plan(("/a/run/pool/x.jsonl.gz", 11), ("/a/run/pool/sub/y.jsonl", 20)),  # resized
+        plan(("/a/run/pool/z.jsonl.gz", 10), ("/a/run/pool/sub/y.jsonl", 20)),  # renamed
+        plan(
+            ("/a/run/pool/x.jsonl.gz", 10),
+        ),  # removed
+    ):
+        assert portable(changed) != portable(here)
+    one = plan(("/a/run/pool/x.jsonl.gz", 10))
+    assert portable(one)["inputs"] == [["x.jsonl.gz", 10]]
+    synthetic = {**one, "inputs": [["synthetic", "{}"]], "units": []}
+    assert portable(synthetic) == synthetic
+    assert portable({"mode": "sidecar", "inputs": [["shard.00000.mds", 5]]})["inputs"][0][0] == (
+        "shard.00000.mds"
+    )

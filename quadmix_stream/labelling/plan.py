@@ -92,6 +92,29 @@ def plan_shards(root: Path | Root, fmt: str) -> tuple[str, list[Unit], dict[str,
 _OUR_FILES = ("shard.", "index.json", "quadmix.json")
 
 
+def portable(ident: dict[str, Any]) -> dict[str, Any]:
+    """A plan's identity with its input files named relative to the folder that holds them all.
+
+    A dataset moved together with its inputs (a flow folder copied elsewhere, a cluster that
+    mounts the same disk at another path), or inputs moved alone, is the same job; a renamed,
+    added, removed or resized input file is not.
+    """
+    if ident.get("mode") != "new":
+        return ident  # sidecar units are already named relative to the dataset
+    paths = [str(i[0]) for i in ident["inputs"] if i[0] != "synthetic"]
+    if not paths:
+        return ident
+    parts = [p.split("/") for p in paths]
+    common = 0  # leading folder components every input shares
+    while all(len(x) > common + 1 and x[common] == parts[0][common] for x in parts):
+        common += 1
+    names = {p: "/".join(x[common:]) for p, x in zip(paths, parts, strict=True)}
+    out = dict(ident)
+    out["inputs"] = [[names.get(str(i[0]), i[0]), *i[1:]] for i in ident["inputs"]]
+    out["units"] = [{**u, "source": names.get(u["source"], u["source"])} for u in ident["units"]]
+    return out
+
+
 def check_out_dir(root: Path | Root, plan: Plan) -> None:
     """Refuse to mix runs: the folder must be new, or hold a run of the same plan."""
     root = as_root(root)
@@ -99,7 +122,7 @@ def check_out_dir(root: Path | Root, plan: Plan) -> None:
     data = root.read_bytes(saved)
     if data is not None:
         old = json.loads(data)
-        if old != json.loads(json.dumps(plan.ident())):
+        if portable(old) != portable(json.loads(json.dumps(plan.ident()))):
             again = (
                 "To add or change labellers of that dataset, re-run the recipe (or flags) that "
                 "made it with the new labellers: only their columns are computed."
@@ -125,4 +148,4 @@ def check_out_dir(root: Path | Root, plan: Plan) -> None:
     write_root_json(root, saved, plan.ident())
 
 
-__all__ = ["Plan", "check_out_dir", "make_plan", "plan_raw", "plan_shards"]
+__all__ = ["Plan", "check_out_dir", "make_plan", "plan_raw", "plan_shards", "portable"]

@@ -24,7 +24,13 @@ from quadmix_stream.search.pipeline import (
 )
 from quadmix_stream.search.pool import Pool
 from quadmix_stream.search.runfolder import RunFolder
-from quadmix_stream.search.select import boundary, load_constraints, load_predictor, steer
+from quadmix_stream.search.select import (
+    boundary,
+    load_constraints,
+    load_predictor,
+    measured_within,
+    steer,
+)
 from quadmix_stream.search.space import propose, spread_best
 
 from .test_search_pipeline import tiny_config
@@ -162,6 +168,39 @@ def test_the_constraint_steers_rounds_and_selection(rounds_run):
     assert len(drawn) == 2 and all("predicted within the constraints" in d for d in drawn)
     report = (out / "report" / "report.md").read_text()
     assert "Constraints steer the search" in report and "| general | random |" in report
+
+
+@pytest.mark.slow
+def test_a_rounds_best_is_its_best_run_within_the_constraints(rounds_run, tmp_path):
+    out, _ = rounds_run
+    folder = RunFolder(out)
+    (c,) = load_constraints(folder, Pool(folder.dataset))[0]
+    _, y, recs = folder.table()
+    rounds = np.array([r.get("round", 0) for r in recs])
+    within = np.array([r["losses"]["general"] <= c.bound for r in recs])
+    np.testing.assert_array_equal(measured_within([c], recs), within)
+    bests = json.loads((out / "selection.json").read_text())["round_bests"]
+    assert [b["name"] for b in bests] == ["best-round-0", "best-round-1", "best-round-2"]
+    for r, b in enumerate(bests):
+        mine = (rounds == r) & within if ((rounds == r) & within).any() else rounds == r
+        i = np.flatnonzero(mine)[np.argmin(y[mine])]
+        assert (b["run"], b["within_constraints"]) == (recs[i]["run"], bool(within[i]))
+        assert b["objective"] == pytest.approx(y[i])
+        written = SamplingParams.load(out / "candidates" / f"{b['name']}.json")
+        assert f"proxy run {b['run']}, the best of round {r}" in written.provenance
+    # an impossible bound: no run is within, and each round falls back to its best overall
+    none = dataclasses.replace(c, bound=-1.0)
+    assert not measured_within([none], recs).any()
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    cfg = RunFolder(copy).config.replace(constraints={"general": -1.0}, evaluate=False)
+    RunFolder.create(copy, cfg)
+    step_select(copy, log=lambda _: None)
+    again = json.loads((copy / "selection.json").read_text())["round_bests"]
+    for r, b in enumerate(again):
+        assert not b["within_constraints"] and b["objective"] == pytest.approx(y[rounds == r].min())
+    report = (out / "report" / "report.md").read_text()
+    assert "best within the constraints (verified as `best-round-R`)" in report
 
 
 @pytest.mark.slow

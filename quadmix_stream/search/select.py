@@ -123,9 +123,24 @@ def steer(
     ok = np.ones(len(theta), dtype=bool)
     for c in constraints:
         ok &= c.predictor.predict(theta) <= c.bound - c.margin
+    return _behind(pred, ok), ok
+
+
+def _behind(value: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Ranking keys: ``value`` where ``ok``, pushed behind every ``ok`` point elsewhere (the
+    others keep their order among themselves)."""
     if ok.all():
-        return pred, ok
-    return np.where(ok, pred, pred + float(np.ptp(pred)) + 1.0), ok
+        return value
+    return np.where(ok, value, value + float(np.ptp(value)) + 1.0)
+
+
+def measured_within(constraints: Sequence[Constraint], recs: Sequence[dict]) -> np.ndarray:
+    """Which proxy runs *measured* every constrained set's loss within its bound (no margin:
+    the margin allows for the optimism of the best of many predictions, not of a measurement)."""
+    ok = np.ones(len(recs), dtype=bool)
+    for c in constraints:
+        ok &= np.array([_losses(r).get(c.name, math.inf) <= c.bound for r in recs], dtype=bool)
+    return ok
 
 
 def anchors(
@@ -240,7 +255,7 @@ def select(folder: RunFolder, pool: Pool | None = None) -> dict:
         "theta": params.to_vector().tolist(),
         "theta_names": folder.meta["features"],
         "verify": _write_verified(folder, star, cand, order, pred, model),
-        "round_bests": _write_round_bests(folder),
+        "round_bests": _write_round_bests(folder, constraints),
         "candidate_prediction": {
             "min": float(pred.min()),
             "median": float(np.median(pred)),
@@ -387,20 +402,35 @@ def _write_verified(
     return verified
 
 
-def _write_round_bests(folder: RunFolder) -> list[dict]:
-    """Write the best proxy run of each round as ``candidates/best-round-R.json``."""
+def _write_round_bests(folder: RunFolder, constraints: Sequence[Constraint] = ()) -> list[dict]:
+    """Write the best proxy run of each round as ``candidates/best-round-R.json``.
+
+    Under constraints, a round's best is its lowest objective among the runs that measured
+    within every bound (as steering sets it): a run that breaks a constraint is not a result
+    the search could ship, so it is not the round's best proposal. A round where no run did
+    gives its best overall (``within_constraints`` false).
+    """
     x, y, recs = folder.table()
     rounds = np.array([rec.get("round", 0) for rec in recs])
+    ok = measured_within(constraints, recs)
+    key = _behind(y, ok)
     out = []
     for r in np.unique(rounds):
-        i = int(np.flatnonzero(rounds == r)[np.argmin(y[rounds == r])])
+        i = int(np.flatnonzero(rounds == r)[np.argmin(key[rounds == r])])
         name = f"{ROUND_BEST}{int(r)}"
+        within = (
+            (" within the constraints" if ok[i] else ", none within the constraints")
+            if constraints
+            else ""
+        )
         prov = (
-            f"search proxy run {recs[i]['run']}, the best of round {int(r)} (objective "
+            f"search proxy run {recs[i]['run']}, the best of round {int(r)}{within} (objective "
             f"{y[i]:.4f} at its data seed)"
         )
         folder.params_of(x[i], prov).save(folder.path / "candidates" / f"{name}.json")
         out.append({"name": name, "run": int(recs[i]["run"]), "objective": float(y[i])})
+        if constraints:
+            out[-1]["within_constraints"] = bool(ok[i])
     return out
 
 

@@ -26,7 +26,7 @@ from quadmix_stream.search.data import (
     open_stream,
     target_blocks,
 )
-from quadmix_stream.search.features import Featurizer
+from quadmix_stream.search.features import Featurizer, featurizer_for
 from quadmix_stream.search.pool import Pool
 from quadmix_stream.search.proxy import ProxyContext, ProxyJob, train_one
 from quadmix_stream.search.regressor import Predictor, fit, save
@@ -140,6 +140,20 @@ def test_profile_features_match_the_exact_selection(pool):
         np.testing.assert_allclose(f, exact, rtol=1e-6, atol=1e-9)
     both = Featurizer("theta+profile", pool)
     assert both(vecs).shape == (6, vecs.shape[1] + len(pool.domains) + 1 + len(pool.scorers))
+
+
+def test_featurizer_chunks_threads_and_memo_change_nothing(pool):
+    args = (pool.domains, pool.scorers, pool.domain_tokens)
+    vecs = propose("quadmix", SearchConfig(dataset="x").proposals, 40, 5, *args)
+    feat = featurizer_for("profile", pool)
+    assert featurizer_for("profile", pool) is feat  # one per pool and settings: shared
+    assert featurizer_for("theta+profile", pool) is not feat
+    in_order = np.concatenate([feat.profile(vecs[i : i + 7]) for i in range(0, 40, 7)])
+    chunked = feat(vecs, chunk=7)  # 6 chunks on threads
+    np.testing.assert_array_equal(chunked, in_order)
+    chunked[:] = 0.0  # the caller's copy: the memo is untouched
+    np.testing.assert_array_equal(feat(vecs, chunk=7), in_order)
+    np.testing.assert_array_equal(feat(vecs[:5], chunk=7), in_order[:5])  # another input
 
 
 def test_domain_mixture_space_realises_the_weights(pool):

@@ -19,6 +19,12 @@ broken arbitrarily, which only matters for exactly tied scores).
 
 from __future__ import annotations
 
+import hashlib
+import os
+import weakref
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from quadmix_stream.params import SamplingParams
@@ -33,7 +39,14 @@ def profile_names(domains: list[str], scorers: list[str]) -> list[str]:
 
 
 class Featurizer:
-    """θ vectors → regressor features of one kind, for one pool."""
+    """θ vectors → regressor features of one kind, for one pool.
+
+    The profile of 100k candidates takes minutes, and the objective's and each constraint's
+    regressors featurize the same candidates: the last ``memo`` results are kept by the bytes of
+    their input (use :func:`featurizer_for` to share one featurizer between regressors).
+    """
+
+    memo = 32
 
     def __init__(
         self, kind: str, pool: Pool, form: str = "multiplicative", sample_per_domain: int = 2000
@@ -51,6 +64,7 @@ class Featurizer:
                 w = np.maximum(lab.tokens[r].astype(np.float64), 1.0)
                 scale = float(pool.domain_tokens[d] / w.sum()) if w.sum() > 0 else 0.0
                 self._dom.append((w, pool.sigma[r], scale))
+        self._memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
 
     @property
     def names(self) -> list[str]:
@@ -62,8 +76,25 @@ class Featurizer:
         v = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
         if self.kind == "theta":
             return v
-        prof = np.concatenate([self.profile(v[i : i + chunk]) for i in range(0, len(v), chunk)])
-        return prof if self.kind == "profile" else np.concatenate([v, prof], axis=1)
+        key = hashlib.blake2b(np.ascontiguousarray(v).tobytes(), digest_size=16)
+        key.update(repr((v.shape, chunk)).encode())  # chunking moves the last bit
+        prof = self._memo.get(key.digest())
+        if prof is None:
+            parts = [v[i : i + chunk] for i in range(0, len(v), chunk)]
+            # numpy's sort and exp release the GIL: chunks on threads use every core
+            workers = min(len(parts), os.cpu_count() or 1, 8)
+            if workers > 1:
+                with ThreadPoolExecutor(workers) as ex:
+                    prof = np.concatenate(list(ex.map(self.profile, parts)))
+            else:
+                prof = np.concatenate([self.profile(x) for x in parts])
+            prof.setflags(write=False)
+            self._memo[key.digest()] = prof
+            while len(self._memo) > self.memo:
+                self._memo.popitem(last=False)
+        else:
+            self._memo.move_to_end(key.digest())
+        return prof.copy() if self.kind == "profile" else np.concatenate([v, prof], axis=1)
 
     def profile(self, v: np.ndarray) -> np.ndarray:
         m, n, c = self.m, self.n, len(v)
@@ -91,3 +122,18 @@ class Featurizer:
         share = tokens / safe
         sigma = np.where(total > 0, sig_sum / safe, 1.0)
         return np.concatenate([share, np.log1p(total), sigma], axis=1)
+
+
+_SHARED: weakref.WeakKeyDictionary[Pool, dict[tuple, Featurizer]] = weakref.WeakKeyDictionary()
+
+
+def featurizer_for(
+    kind: str, pool: Pool, form: str = "multiplicative", sample_per_domain: int = 2000
+) -> Featurizer:
+    """The one featurizer of these settings for ``pool`` (regressors that share it compute
+    each candidate's profile once)."""
+    mine = _SHARED.setdefault(pool, {})
+    key = (kind, form, sample_per_domain)
+    if key not in mine:
+        mine[key] = Featurizer(kind, pool, form, sample_per_domain)
+    return mine[key]

@@ -164,7 +164,7 @@ def step_fit(path: str | Path, dataset: str | Path | None = None, log: Log = pri
     """Score LightGBM, ridge and a Gaussian process on θ and on the selection profile; keep the
     best allowed pair by k-fold Spearman, refit on every run (``model/``). Each constrained set's
     loss gets a regressor of its own the same way (``model-SET/``): it steers the selection."""
-    from quadmix_stream.search.features import Featurizer
+    from quadmix_stream.search.features import featurizer_for
     from quadmix_stream.search.select import constraint_model_dir
 
     folder = RunFolder(path, dataset)
@@ -176,7 +176,7 @@ def step_fit(path: str | Path, dataset: str | Path | None = None, log: Log = pri
     kinds = ["theta", "profile"] if rc.features == "auto" else [rc.features]
     xs, names = {}, {}
     for kind in dict.fromkeys([*kinds, "theta", "profile"]):  # both always, for the report
-        feat = Featurizer(kind, pool, folder.config.form, rc.profile_sample)
+        feat = featurizer_for(kind, pool, folder.config.form, rc.profile_sample)
         xs[kind], names[kind] = feat(x), feat.names
     res = regressor.fit(xs, y, names, rc, kinds)
     rep = res.report
@@ -296,12 +296,14 @@ def step_select(
 ) -> dict:
     """θ*, the best candidates and the baselines; with ``evaluate`` (default) their proxies are
     trained and the best measured ships as params.json."""
+    from quadmix_stream.progress import heartbeat
     from quadmix_stream.search.baselines import all_baselines
     from quadmix_stream.search.select import select, write_star_only
 
     folder = RunFolder(path, dataset)
     pool = Pool(folder.dataset)
-    sel = select(folder, pool)
+    with heartbeat(f"select: θ* from {folder.config.select.n:,}+ predicted candidates"):
+        sel = select(folder, pool)
     log(
         f"θ* = mean of the best {sel['top_k']} of {sel['candidates']} candidates "
         f"({sel['local_candidates']} near the best runs): predicted {sel['predicted_loss']:.4f} "

@@ -55,12 +55,12 @@ EDGE = 0.05
 def load_predictor(folder: RunFolder, pool: Pool, model_dir: Path | None = None) -> Predictor:
     """The run folder's fitted regressor (``model/``, or ``model_dir``) with the features it
     was fitted on."""
-    from quadmix_stream.search.features import Featurizer
+    from quadmix_stream.search.features import featurizer_for
 
     pred = Predictor(model_dir or folder.path / "model", cfg=folder.config.regressor)
     kind = pred.metrics.get("features", "theta")
     sample = folder.config.regressor.profile_sample
-    pred.featurize = Featurizer(kind, pool, folder.config.form, sample)
+    pred.featurize = featurizer_for(kind, pool, folder.config.form, sample)
     return pred
 
 

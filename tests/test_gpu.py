@@ -112,3 +112,14 @@ def test_loader_batches_arrive_pinned_on_the_gpu(mds_ds, tmp_path):
         x = b["input_ids"].to("cuda", non_blocking=True)
         assert x.is_cuda and x.shape == (4, 32)
     torch.cuda.synchronize()
+
+
+def test_gpu_smoke_names_a_missing_recipe(tmp_path, capsys):
+    from quadmix_stream.cli import main
+
+    missing = tmp_path / "nope.yaml"
+    assert (
+        main(["bench", "gpu", "--dry-run", "--recipe", str(missing), "--work", str(tmp_path)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert f"recipe {missing} not found; pass --recipe" in err

@@ -204,6 +204,27 @@ def test_a_rounds_best_is_its_best_run_within_the_constraints(rounds_run, tmp_pa
 
 
 @pytest.mark.slow
+def test_search_round_cli_runs_one_more_round(rounds_run, tmp_path, capsys):
+    from quadmix_stream.cli import main
+
+    out, _ = rounds_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    before = RunFolder(copy).rounds()
+    assert main(["search", "round", str(copy), "3"]) == 0
+    rounds = RunFolder(copy).rounds()
+    assert (rounds[: len(before)] == before).all() and (rounds == 3).sum() == 8
+    assert len(RunFolder(copy).finished()) == len(rounds)  # its proxies were trained
+    printed = capsys.readouterr().out
+    assert "round 3: 8 θ near the best" in printed and "best actual objective per round" in printed
+    assert main(["search", "round", str(copy), "3"]) == 0  # drawn: nothing new
+    assert len(RunFolder(copy).rounds()) == len(rounds)
+    assert main(["search", "round", str(copy), "5"]) == 2
+    assert "round 4 was never drawn" in capsys.readouterr().err
+    assert main(["search", "round", str(copy), "0"]) == 2
+
+
+@pytest.mark.slow
 def test_a_margin_that_no_candidate_meets_is_warned(rounds_run, tmp_path):
     out, _ = rounds_run
     copy = tmp_path / "run"

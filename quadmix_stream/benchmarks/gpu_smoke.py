@@ -246,11 +246,17 @@ def run_loader(recipe: Path, batches: int, device: str) -> dict[str, Any]:
 def run(a: argparse.Namespace) -> int:
     import torch
 
+    from quadmix_stream.errors import UserError
     from quadmix_stream.trainers.pretrain import load_config
 
     dry = a.dry_run
+    if not Path(a.recipe).is_file():
+        raise UserError(
+            f"bench gpu: recipe {a.recipe} not found; pass --recipe (the recipes/ folder is in "
+            "the repository, not in an installed package: recipes/pretrain_gpu_530m.yaml)"
+        )
     if not dry and not torch.cuda.is_available():
-        raise ValueError("bench gpu: no CUDA device here (--dry-run checks the set-up on a CPU)")
+        raise UserError("bench gpu: no CUDA device here (--dry-run checks the set-up on a CPU)")
     work = Path(a.work or tempfile.mkdtemp(prefix="qms-gpu-smoke-"))
     work.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()

@@ -11,6 +11,8 @@ STEPS = {
     "proxies": "train the pending proxies (resumable; --nproc N spreads them over torchrun ranks)",
     "fit": "score LightGBM, ridge and a Gaussian process on θ and on the selection profile "
     "(k-fold/held-out Spearman); keep the best",
+    "round": "search round R (1, 2, …): refit, draw rounds.n θ near the best runs, train their "
+    "proxies (resumable; `run` does rounds 1…rounds.k, this runs one, or one more)",
     "select": "predict fresh proposals, θ* = mean of the best k, the best candidates, baselines; "
     "then (evaluate: true) train their proxies and ship the best measured as params.json",
     "evaluate": "train proxies on θ*, the candidates and the baselines; ship the best measured",
@@ -46,7 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         )
         if step == "propose":
             s.add_argument("--recipe", help="recipe for a new run folder (or changed settings)")
-        if step in ("proxies", "select", "evaluate", "retest"):
+        if step == "round":
+            s.add_argument("round", type=int, help="the round (1 after the first batch, then 2 …)")
+        if step in ("proxies", "round", "select", "evaluate", "retest"):
             _placement(s)
         if step == "retest":
             s.add_argument("--runs", type=int, default=48, help="proposals to retrain (default 48)")
@@ -89,6 +93,7 @@ def _run(a: argparse.Namespace) -> int:
 
 def _step(a: argparse.Namespace) -> int:
     from quadmix_stream.search import pipeline
+    from quadmix_stream.search.config import SearchConfigError
 
     step = a.step
     if step == "propose":
@@ -109,6 +114,10 @@ def _step(a: argparse.Namespace) -> int:
         return subprocess.call(cmd)
     elif step == "proxies":
         pipeline.step_proxies(a.run_dir, a.dataset, a.group, a.device, a.threads, a.limit)
+    elif step == "round":
+        if a.round < 1:
+            raise SearchConfigError("search round: R must be 1 or more (round 0 is `proxies`)")
+        pipeline.step_round(a.run_dir, a.round, a.dataset, a.group, a.device, a.threads)
     elif step in ("select", "evaluate"):
         fn = pipeline.step_select if step == "select" else pipeline.step_evaluate
         fn(a.run_dir, a.dataset, a.group, a.device, a.threads)

@@ -383,7 +383,7 @@ def _same_run_or_fail(folder: Path, body: dict[str, Any], params: Path) -> None:
 
             same = old.pop("params_sha256") == sha256_file(params)
             old["params_stream"] = fp if same else None
-        if _in_flow(old) != _in_flow(ident):
+        if _in_flow(old, folder) != _in_flow(ident, folder):
             raise RecipeError(
                 f"{folder} was trained with other settings or another params file; delete the "
                 "folder to retrain it, or run the flow with another --out"
@@ -393,10 +393,11 @@ def _same_run_or_fail(folder: Path, body: dict[str, Any], params: Path) -> None:
     atomic_write_text(path, json.dumps(ident, indent=1))
 
 
-def _in_flow(ident: dict[str, Any]) -> dict[str, Any]:
+def _in_flow(ident: dict[str, Any], folder: Path) -> dict[str, Any]:
     """A training's identity with the paths inside its flow folder written relative to it, so a
-    flow folder moved or copied elsewhere resumes its trainings."""
-    prefix = str(Path(ident["train"]["out"]).parent).rstrip("/") + "/"
+    flow folder moved or copied elsewhere resumes its trainings. The flow folder is the one
+    that held the training folder when ``ident`` was written (its ``out``), else ``folder``'s."""
+    prefix = str(Path(ident["train"].get("out", folder)).parent).rstrip("/") + "/"
 
     def walk(v: Any) -> Any:
         if isinstance(v, dict):

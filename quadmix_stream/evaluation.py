@@ -121,14 +121,23 @@ def load_target_texts(path: str | Path) -> list[str]:
     return texts
 
 
-def full_blocks(path: str | Path, tokenizer, seq_len: int, max_blocks: int) -> torch.Tensor:
-    """The first ``max_blocks`` whole blocks of an evaluation set (the trainer's ``eval_loss``)."""
+def full_blocks(
+    path: str | Path, tokenizer, seq_len: int, max_blocks: int, doc_tokens: int = 0, seed: int = 0
+) -> tuple[torch.Tensor, dict]:
+    """At most ``max_blocks`` whole blocks of an evaluation set (the trainer's ``eval_loss``) and
+    its coverage (:func:`eval_coverage`'s dict).
+
+    ``doc_tokens = 0``: the first blocks of the file (on long documents, the first few of them).
+    ``doc_tokens > 0``: at most that many tokens from the start of each document, documents in a
+    seeded order, so the blocks spread over the whole set (as the proxies' ``eval_doc_tokens``).
+    """
     texts = load_target_texts(path)
-    ids = eval_ids(texts, tokenizer, max_blocks * seq_len)[0]
+    ids, used = eval_ids(texts, tokenizer, max_blocks * seq_len, doc_tokens, seed)
     n = len(ids) // seq_len
     if n == 0:
         raise UserError(f"eval set {path} has fewer than seq_len={seq_len} tokens")
-    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+    coverage = {"docs": len(texts), "docs_used": used, "tokens": n * seq_len}
+    return torch.tensor(ids[: n * seq_len]).view(n, seq_len), coverage
 
 
 def target_blocks(

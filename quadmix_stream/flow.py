@@ -353,9 +353,10 @@ def _train_all(
             r["seeds"][seed] = {"target": last["eval_loss"], **last.get("eval_losses", {})}
             r["steps"] = pc.train.steps
             r["tokenizer"] = data_body["tokenizer"]
-            r["model_parameters"] = next(x for x in log if x.get("event") == "start")[
-                "model_parameters"
-            ]
+            start = [x for x in log if x.get("event") == "start"][-1]
+            r["model_parameters"] = start["model_parameters"]
+            if "eval_coverage" in start:  # logs written before it was recorded lack it
+                r["eval_coverage"] = start["eval_coverage"]
             r["tokens"] = (
                 pc.train.steps * pc.train.batch_size * pc.train.grad_accum * pc.data.seq_len
             )

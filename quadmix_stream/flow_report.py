@@ -154,8 +154,9 @@ def _losses(results: dict[str, dict[str, Any]], out: Path, ratio: float | None) 
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines + [
         "",
-        "Losses: mean ± sample sd over seeds (model init and data order). Selected tokens: "
-        "epoch 0 of the selection, in the labelling tokenizer's tokens."
+        "Losses: mean ± sample sd over seeds (model init and data order)"
+        + _coverage(first.get("eval_coverage"))
+        + ". Selected tokens: epoch 0 of the selection, in the labelling tokenizer's tokens."
         + (
             f" Passes: training tokens / (unique tokens × {ratio:.3f}, the training tokenizer's "
             "tokens per label token on 2,000 pool documents)."
@@ -165,6 +166,16 @@ def _losses(results: dict[str, dict[str, Any]], out: Path, ratio: float | None) 
         "",
         f"![results]({plot_results(results, out / 'results.png').name})",
     ]
+
+
+def _coverage(cov: dict[str, dict] | None) -> str:
+    """What the losses are over: ``, over target: 400 of 400 documents (25,984 tokens), …``."""
+    if not cov:
+        return ""
+    return ", over " + ", ".join(
+        f"{k}: {c['docs_used']:,} of {c['docs']:,} documents ({c['tokens']:,} tokens)"
+        for k, c in cov.items()
+    )
 
 
 def _selections(

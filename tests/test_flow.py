@@ -96,6 +96,7 @@ def _flow(tmp: Path) -> Path:
                 "steps": 4,
                 "batch_size": 4,
                 "eval_every": 2,
+                "eval_doc_tokens": 8,
                 "checkpoint_every": 4,
                 "threads": 1,
             },
@@ -133,6 +134,8 @@ def test_flow_holds_out_evaluates_every_set_and_reports_seeds(tmp_path):
     assert res["random"]["selected"]["unique"] == res["random"]["selected"]["pool"]
     report = (out / "report.md").read_text()
     assert "| random | " in report and " ± " in report and (out / "results.png").exists()
+    # every held-out document is evaluated (8 tokens of each), and the report says so
+    assert "over target: 20 of 20 documents" in report and "general: 20 of 20" in report
     # passes over the unique selection: training tokens / (unique label tokens × ratio)
     row = next(x for x in report.splitlines() if x.startswith("| random | "))
     ratio = float(re.search(r"unique tokens × ([0-9.]+),", report).group(1))

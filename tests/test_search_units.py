@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -446,6 +447,20 @@ def test_evaluation_can_spread_over_every_document(tok):
     old, _ = target_blocks(long_docs, tok, 32, 2000)
     head = [t for d in tok.encode_docs(long_docs[:8]) for t in d][:2000]
     assert old.flatten()[: len(head)].tolist() == head  # doc_tokens=0: as before, file order
+
+
+def test_the_trainers_evaluation_can_spread_over_every_document(tok, tmp_path):
+    from quadmix_stream.evaluation import full_blocks
+
+    path = tmp_path / "set.jsonl"
+    path.write_text(
+        "".join(json.dumps({"text": f"doc {i} " + "word " * 300}) + "\n" for i in range(40))
+    )
+    first, cov = full_blocks(path, tok, 32, 60)
+    assert cov["docs_used"] <= 8 and cov["tokens"] == first.numel() == 60 * 32
+    blocks, cov = full_blocks(path, tok, 32, 60, doc_tokens=40)
+    assert cov == {"docs": 40, "docs_used": 40, "tokens": blocks.numel()}
+    assert blocks.shape == (40 * 41 // 32, 32)  # whole blocks only: the last part is dropped
 
 
 def test_a_broken_constraint_is_said_in_numbers():

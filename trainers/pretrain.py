@@ -93,6 +93,9 @@ class TrainConfig:
     eval_sets: dict[str, str] | None = None  # more named JSONL sets, logged as eval_losses[name]
     eval_every: int = 50
     eval_max_blocks: int = 64
+    # 0: the first eval_max_blocks blocks of each set in file order (on long documents, a few of
+    # them); N: at most N tokens of every document (seeded order), spread over the whole set
+    eval_doc_tokens: int = 0
     checkpoint_every: int = 50
     keep_last: int = 2
     threads: int | None = None
@@ -241,11 +244,19 @@ def resume_record(ckpt: Path, step: int, exact: bool, ckpt_loader: dict, world: 
     return rec
 
 
-def eval_sets(tc: TrainConfig, tok, seq_len: int) -> dict[str | None, torch.Tensor]:
-    """Blocks of every evaluation set: ``None`` is ``eval_set`` (logged as ``eval_loss``)."""
+def eval_sets(
+    tc: TrainConfig, tok, seq_len: int
+) -> tuple[dict[str | None, torch.Tensor], dict[str, dict]]:
+    """Blocks of every evaluation set (``None`` is ``eval_set``, logged as ``eval_loss``) and
+    how much of each set they hold (by name; ``eval_set`` as ``target``)."""
     named: dict[str | None, str] = {None: tc.eval_set} if tc.eval_set else {}
     named.update({str(k): str(v) for k, v in dict(tc.eval_sets or {}).items()})
-    return {k: full_blocks(v, tok, seq_len, tc.eval_max_blocks) for k, v in named.items()}
+    blocks, coverage = {}, {}
+    for k, v in named.items():
+        blocks[k], coverage["target" if k is None else k] = full_blocks(
+            v, tok, seq_len, tc.eval_max_blocks, tc.eval_doc_tokens
+        )
+    return blocks, coverage
 
 
 def evaluate(model: torch.nn.Module, blocks: torch.Tensor, device: torch.device, batch: int):
@@ -379,7 +390,7 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
     if ckpt_loader is not None and rank == 0:
         logger.write(resume_record(ckpts[-1], step, bool(exact), ckpt_loader, world, params))
 
-    evals = eval_sets(tc, tok, d.seq_len)
+    evals, coverage = eval_sets(tc, tok, d.seq_len)
     domains = ds.manifest.domains
     meter = MixtureMeter(domains, ds.expected_mixture())  # realised vs expected token shares
     if rank == 0:
@@ -394,6 +405,7 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
                 "window_shards": ds.block_shards,  # shuffle_block_shards as resolved
                 "model_parameters": sum(p.numel() for p in model.parameters()),
                 "device": str(device),
+                "eval_coverage": coverage,  # documents and tokens each eval loss is over
             },
         )
     if step >= tc.steps and rank == 0:  # e.g. resumed a finished run: say so, don't exit silently

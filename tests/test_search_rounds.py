@@ -25,6 +25,7 @@ from quadmix_stream.search.pipeline import (
 from quadmix_stream.search.pool import Pool
 from quadmix_stream.search.runfolder import RunFolder
 from quadmix_stream.search.select import (
+    _steering,
     boundary,
     load_constraints,
     load_predictor,
@@ -159,9 +160,19 @@ def test_the_constraint_steers_rounds_and_selection(rounds_run):
     assert key0 is pred and ok0.all()
     # what the steps said and recorded
     steering = json.loads((out / "selection.json").read_text())["steering"]
-    assert steering["candidates_predicted_within"] > 0 and steering["notes"] == []
     general = steering["constraints"]["general"]
     assert general["from"] == "random" and general["predicted_bound"] == pytest.approx(c.bound)
+    outside = general["theta_star_predicted"] > c.bound
+    assert steering["candidates_predicted_within"] > 0
+    assert len(steering["notes"]) == outside and all("θ* " in n for n in steering["notes"])
+    # θ* (a mean of candidates) predicted outside a bound is said, not hidden
+    star = SamplingParams.load(out / "candidates" / "theta-star.json")
+    p = float(c.predictor.predict(star.to_vector()[None])[0])
+    for bound, said in ((p - 0.01, True), (p + 0.01, False)):
+        notes = _steering([dataclasses.replace(c, bound=bound)], [], star, 1)["notes"]
+        assert bool(notes) == said and all(
+            "outside constraint general ≤ random" in n for n in notes
+        )
     assert any(line.startswith("constraint general: fitted ") for line in lines)
     assert any(line.startswith("constraint general ≤ random: θ* predicted") for line in lines)
     drawn = [line for line in lines if line.startswith("round ")]

@@ -2,7 +2,9 @@
 
     python scripts/rank_check.py runs/table1_repeat [CONFIG ...]   # → runs/table1_repeat/rank_check/
 
-For each proxy configuration (below: the recipe's, 4× the tokens over half the pool, the
+``verification`` (first, and free) reads the search's own verification proxies (its
+``select.seeds`` data seeds; "quadmix" is the contender that shipped). For each other proxy
+configuration (below: the recipe's, 4× the tokens over half the pool, the
 full-size model's width), the flow's params files (its baselines and what shipped) are trained as
 proxies with data seeds 0-2 in a run folder of their own over the flow's labels, and their mean
 objective is compared with the full-size trainings' (``results.json``): Spearman over methods.
@@ -38,6 +40,31 @@ CONFIGS = {
     "full_width": {"model": FULL_WIDTH},
 }
 SEEDS = [0, 1, 2]
+VERIFICATION = "verification"
+
+
+def _compare(per: dict[str, float], full_objective) -> dict:
+    """Spearman of the methods' proxy objectives against their full-size ones, and both."""
+    methods = sorted(per)
+    proxy_mean = [per[m] for m in methods]
+    full_mean = [full_objective(m) for m in methods]
+    return {
+        "spearman_vs_full": float(spearmanr(proxy_mean, full_mean).statistic),
+        "proxy": dict(zip(methods, proxy_mean, strict=True)),
+        "full": dict(zip(methods, full_mean, strict=True)),
+    }
+
+
+def _verification(flow: Path, full: dict, objective: dict) -> dict[str, float]:
+    """Each method's mean objective over the search's verification seeds (selection.json)."""
+    shipped = json.loads((flow / "search" / "selection.json").read_text()).get("shipped") or {}
+    measured = shipped.get("measured", {})
+    names = {m: shipped.get("name") if m == "quadmix" else m for m in full}
+    return {
+        m: sum(w * measured[n]["losses"][e] for e, w in objective.items())
+        for m, n in names.items()
+        if n in measured
+    }
 
 
 def main(flow: Path, names: list[str]) -> dict:
@@ -53,44 +80,52 @@ def main(flow: Path, names: list[str]) -> dict:
 
     out: dict = {}
     for name in names:
-        change = dict(CONFIGS[name])
-        model = change.pop("model", None)
-        proxy = dataclasses.replace(base.proxy, **change)
-        if model is not None:
-            proxy = dataclasses.replace(proxy, model=dataclasses.replace(proxy.model, **model))
-        path = flow / "rank_check" / name
-        proposals = dataclasses.replace(base.proposals, n=4)  # the folder needs a few; unused
-        cfg = base.replace(out=str(path), proxy=proxy, regmix=None, proposals=proposals)
-        if not (path / "search.json").exists():
-            step_propose(path, cfg)
-        folder = RunFolder(path)
-        jobs = [
-            ProxyJob(f"{m}.s{s}", SamplingParams.load(f), data_seed=s)
-            for m, f in sorted(files.items())
-            for s in SEEDS
-        ]
-        t0 = time.time()
-        recs = run_jobs(jobs, context(folder), folder.config.proxy.group, lambda r: None)
-        per: dict[str, list[float]] = {}
-        for job, rec in zip(jobs, recs, strict=True):
-            per.setdefault(job.name.split(".s")[0], []).append(objective_of(rec, base.objective))
-        methods = sorted(per)
-        proxy_mean = [float(np.mean(per[m])) for m in methods]
-        full_mean = [full_objective(m) for m in methods]
-        rho = float(spearmanr(proxy_mean, full_mean).statistic)
-        out[name] = {
-            "spearman_vs_full": rho,
-            "seed_sd": float(np.mean([np.std(per[m], ddof=1) for m in methods])),
-            "seconds_per_proxy": (time.time() - t0) / len(jobs),
-            "proxy": dict(zip(methods, proxy_mean, strict=True)),
-            "full": dict(zip(methods, full_mean, strict=True)),
-        }
-        print(f"{name}: Spearman vs full size {rho:+.3f} over {len(methods)} methods", flush=True)
-        for m in sorted(methods, key=lambda m: out[name]["proxy"][m]):
-            print(f"  {m:18s} proxy {out[name]['proxy'][m]:.4f}  full {out[name]['full'][m]:.4f}")
+        if name == VERIFICATION:
+            out[name] = _compare(_verification(flow, full, base.objective), full_objective)
+        else:
+            out[name] = _train(flow, base, files, name, full_objective)
+        _print(name, out[name])
+        (flow / "rank_check").mkdir(exist_ok=True)
         (flow / "rank_check" / "rank_check.json").write_text(json.dumps(out, indent=1))
     return out
 
 
+def _train(flow: Path, base, files: dict[str, Path], name: str, full_objective) -> dict:
+    """Train every method's params as proxies of configuration ``name`` with seeds 0-2."""
+    change = dict(CONFIGS[name])
+    model = change.pop("model", None)
+    proxy = dataclasses.replace(base.proxy, **change)
+    if model is not None:
+        proxy = dataclasses.replace(proxy, model=dataclasses.replace(proxy.model, **model))
+    path = flow / "rank_check" / name
+    proposals = dataclasses.replace(base.proposals, n=4)  # the folder needs a few; unused
+    cfg = base.replace(out=str(path), proxy=proxy, regmix=None, proposals=proposals)
+    if not (path / "search.json").exists():
+        step_propose(path, cfg)
+    folder = RunFolder(path)
+    jobs = [
+        ProxyJob(f"{m}.s{s}", SamplingParams.load(f), data_seed=s)
+        for m, f in sorted(files.items())
+        for s in SEEDS
+    ]
+    t0 = time.time()
+    recs = run_jobs(jobs, context(folder), folder.config.proxy.group, lambda r: None)
+    per: dict[str, list[float]] = {}
+    for job, rec in zip(jobs, recs, strict=True):
+        per.setdefault(job.name.split(".s")[0], []).append(objective_of(rec, base.objective))
+    out = _compare({m: float(np.mean(v)) for m, v in per.items()}, full_objective)
+    out["seed_sd"] = float(np.mean([np.std(v, ddof=1) for v in per.values()]))
+    out["seconds_per_proxy"] = (time.time() - t0) / len(jobs)
+    return out
+
+
+def _print(name: str, r: dict) -> None:
+    print(
+        f"{name}: Spearman vs full size {r['spearman_vs_full']:+.3f} over {len(r['proxy'])} methods"
+    )
+    for m in sorted(r["proxy"], key=r["proxy"].get):
+        print(f"  {m:18s} proxy {r['proxy'][m]:.4f}  full {r['full'][m]:.4f}", flush=True)
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2:] or list(CONFIGS))
+    main(Path(sys.argv[1]), sys.argv[2:] or [VERIFICATION, *CONFIGS])

@@ -55,16 +55,12 @@ def _compare(per: dict[str, float], full_objective) -> dict:
     }
 
 
-def _verification(flow: Path, full: dict, objective: dict) -> dict[str, float]:
+def _verification(flow: Path, full: dict) -> dict[str, float]:
     """Each method's mean objective over the search's verification seeds (selection.json)."""
     shipped = json.loads((flow / "search" / "selection.json").read_text()).get("shipped") or {}
     measured = shipped.get("measured", {})
     names = {m: shipped.get("name") if m == "quadmix" else m for m in full}
-    return {
-        m: sum(w * measured[n]["losses"][e] for e, w in objective.items())
-        for m, n in names.items()
-        if n in measured
-    }
+    return {m: measured[n]["objective"] for m, n in names.items() if n in measured}
 
 
 def main(flow: Path, names: list[str]) -> dict:
@@ -81,7 +77,7 @@ def main(flow: Path, names: list[str]) -> dict:
     out: dict = {}
     for name in names:
         if name == VERIFICATION:
-            out[name] = _compare(_verification(flow, full, base.objective), full_objective)
+            out[name] = _compare(_verification(flow, full), full_objective)
         else:
             out[name] = _train(flow, base, files, name, full_objective)
         _print(name, out[name])

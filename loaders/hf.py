@@ -15,15 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 
+from quadmix_stream.extras import require
 from quadmix_stream.loaders.stateful import (
     checkpoint_loader,
     collate_lm,
     make_loader,
     restore_loader,
 )
+
+_transformers = require("transformers", "quadmix_stream.loaders.hf", "hf")
+require("accelerate", "quadmix_stream.loaders.hf (the Trainer needs it)", "hf")
+Trainer, TrainerCallback = _transformers.Trainer, _transformers.TrainerCallback
+get_last_checkpoint = require("transformers.trainer_utils", "", "hf").get_last_checkpoint
 
 STATE_FILE = "quadmix_loader.pt"
 

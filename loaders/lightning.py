@@ -23,12 +23,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import lightning.pytorch as pl  # the `lightning` distribution (declared in pyproject)
-
 from quadmix_stream.dataset import QuaDMixDataset
+from quadmix_stream.extras import require
 from quadmix_stream.loaders.stateful import checkpoint_loader, make_loader, restore_loader
 from quadmix_stream.packing import PackedDataset
 from quadmix_stream.state import find_states
+
+pl = require("lightning.pytorch", "quadmix_stream.loaders.lightning", "lightning")
 
 Stream = QuaDMixDataset | PackedDataset
 

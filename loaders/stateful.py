@@ -26,7 +26,11 @@ def make_loader(
     dataset: QuaDMixDataset | PackedDataset, batch_size: int, num_workers: int = 0, **kw: Any
 ):
     """A ``torchdata`` ``StatefulDataLoader`` with the right collate function for the stream."""
-    from torchdata.stateful_dataloader import StatefulDataLoader
+    from quadmix_stream.extras import require
+
+    StatefulDataLoader = require(
+        "torchdata.stateful_dataloader", "StatefulDataLoader", "train"
+    ).StatefulDataLoader
 
     if "collate_fn" not in kw and isinstance(dataset, QuaDMixDataset):
         kw["collate_fn"] = collate_docs

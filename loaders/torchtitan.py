@@ -25,11 +25,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torchtitan.components.dataloader import ParallelAwareDataloader
 
 from quadmix_stream.dataset import QuaDMixDataset
+from quadmix_stream.extras import require
 from quadmix_stream.packing import PackedDataset
 from quadmix_stream.tokenizer import TextTokenizer
+
+ParallelAwareDataloader = require(
+    "torchtitan.components.dataloader", "quadmix_stream.loaders.torchtitan", "torchtitan"
+).ParallelAwareDataloader
 
 META_KEY = "quadmix"
 

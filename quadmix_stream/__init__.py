@@ -1,10 +1,15 @@
 """quadmix-stream: QuaDMix quality-diversity sampling on the fly in the PyTorch data loader."""
 
+import logging
+
 from quadmix_stream.labels import LabelError, Manifest, ScorerInfo
 from quadmix_stream.params import ParamsError, SamplingParams
 from quadmix_stream.selection import RankConfig
 
 __version__ = "0.1.0"
+
+# quiet when imported: messages reach stderr only where the application (or our CLI) asks
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def __getattr__(name: str):  # keep `import quadmix_stream` light: torch loads on first use

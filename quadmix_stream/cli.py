@@ -7,18 +7,22 @@ Each sub-command lives next to the code it runs and registers itself through a
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 import traceback
 from collections.abc import Callable
 
 from quadmix_stream.errors import UserError
+from quadmix_stream.extras import missing_extra
+from quadmix_stream.logs import show
 
 #: Modules that add sub-commands, in the order ``--help`` lists them.
 COMMANDS = [
     "quadmix_stream.commands.data",
     "quadmix_stream.commands.label",
     "quadmix_stream.commands.search",
+    "quadmix_stream.commands.train",
     "quadmix_stream.commands.bench",
     "quadmix_stream.flow",
 ]
@@ -58,31 +62,6 @@ def _add_debug(sub: argparse._SubParsersAction) -> None:
                 _add_debug(action)
 
 
-#: Error classes of modules this package does not own the class hierarchy of (they may not
-#: derive from :class:`UserError`), by module, so none of them is imported just to be checked.
-_USER_ERRORS_ELSEWHERE = {
-    "quadmix_stream.state": ("StateError",),
-    "quadmix_stream.search.config": ("SearchConfigError",),
-    "quadmix_stream.search.runfolder": ("RunFolderError",),
-    "quadmix_stream.search.data": ("SelectionError",),
-}
-
-#: Modules (owned elsewhere) whose own ``raise ValueError(...)`` report bad input but that do not
-#: raise a ``UserError`` subclass yet. A plain ``ValueError`` whose innermost frame is in one of them
-#: is shown as one line. Transitional: each should raise a ``UserError`` subclass and leave the list.
-_PLAIN_VALUE_ERRORS_FROM = frozenset(
-    {
-        "quadmix_stream.packing",
-        "quadmix_stream.tokenizer",
-        "quadmix_stream.search.data",
-        "quadmix_stream.search.features",
-        "quadmix_stream.search.proxy",
-        "quadmix_stream.search.regressor",
-        "quadmix_stream.search.space",
-        "quadmix_stream.trainers.pretrain",
-    }
-)
-
 #: OS errors about a path the user named: one line is enough.
 _USER_OS_ERRORS = (
     FileNotFoundError,
@@ -97,31 +76,19 @@ def is_user_error(e: BaseException) -> bool:
     """Whether ``e`` is an expected error in the user's input (shown as one line).
 
     Expected: :class:`~quadmix_stream.errors.UserError` and its subclasses (``LabelError``,
-    ``ParamsError``, ``RecipeError``, ``LabelerError``, ...), the error classes listed in
-    :data:`_USER_ERRORS_ELSEWHERE`, and OS errors about a named path (missing file, existing
-    output, permissions). A plain ``ValueError`` raised in one of the modules of
-    :data:`_PLAIN_VALUE_ERRORS_FROM` also counts (until they raise a ``UserError``); anything else
-    (a plain ``ValueError`` elsewhere, ``KeyError``, ``IndexError``, ...) is a bug.
+    ``ParamsError``, ``RecipeError``, ``StateError``, ``MissingExtraError``, ...), raised where
+    the problem is detected, and OS errors about a named path (missing file, existing output,
+    permissions, a read-only or full disk). Anything else is a bug.
     """
     if isinstance(e, (UserError, *_USER_OS_ERRORS)):
         return True
-    if type(e) is ValueError and _raised_in(e) in _PLAIN_VALUE_ERRORS_FROM:
-        return True
-    for mod, names in _USER_ERRORS_ELSEWHERE.items():
-        m = sys.modules.get(mod)  # not imported: cannot have raised
-        if m is not None and any(isinstance(e, getattr(m, n, ())) for n in names):
-            return True
-    return False
+    return isinstance(e, OSError) and e.errno in _USER_ERRNOS
 
 
-def _raised_in(e: BaseException) -> str:
-    """Module name of the innermost frame of ``e``'s traceback (``""`` when unknown)."""
-    tb = e.__traceback__
-    if tb is None:
-        return ""
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return str(tb.tb_frame.f_globals.get("__name__", ""))
+#: errno values of an OSError that the user can fix (a read-only or full disk, a path too long).
+_USER_ERRNOS = frozenset(
+    {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.EACCES}
+)
 
 
 def run_command(command: str, fn: Callable[[], object], debug: bool = False) -> int:
@@ -132,7 +99,13 @@ def run_command(command: str, fn: Callable[[], object], debug: bool = False) -> 
     traceback is printed (exit 1). ``debug`` prints the traceback for user errors too.
     """
     try:
-        return int(fn() or 0)
+        try:
+            return int(fn() or 0)
+        except ModuleNotFoundError as e:  # a package of an extra that is not installed
+            hint = missing_extra(e)
+            if hint is None:
+                raise
+            raise hint from e
     except Exception as e:
         user = is_user_error(e)
         if not user or debug:
@@ -151,6 +124,7 @@ def run_command(command: str, fn: Callable[[], object], debug: bool = False) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    show()
     return run_command(args.command, lambda: args.func(args), debug=args.debug)
 
 

@@ -30,7 +30,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from quadmix_stream.dockey import DocKey
 from quadmix_stream.errors import UserError
-from quadmix_stream.formats import ShardReader, ShardReadError, open_shard, read_error
+from quadmix_stream.formats import (
+    ShardReader,
+    ShardReadError,
+    get_format,
+    open_shard,
+    read_error,
+)
 from quadmix_stream.formats.mds import mds_index
 from quadmix_stream.hashing import doc_key
 from quadmix_stream.labels import LabelError, Manifest, ShardLabels
@@ -153,6 +159,7 @@ class QuaDMixDataset(IterableDataset):
         self.store = Store(dataset, storage)
         self.root = self.store.url  # for messages
         self.manifest = Manifest.load(self.store)
+        get_format(self.manifest.format).prepare()
         #: why ``"auto"`` chose a window other than 256 (``None``: it did not, or no ``"auto"``)
         self.window_note: str | None = None
         if shuffle_block_shards == "auto":

@@ -73,7 +73,7 @@ def mean_loss(
         pair = batch_loss(x, m).double()
         acc = pair if acc is None else acc + pair
     if acc is None:
-        raise ValueError("an evaluation set without a block")
+        raise UserError("an evaluation set without a block")
     return acc[..., 0] / acc[..., 1]
 
 

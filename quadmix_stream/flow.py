@@ -39,6 +39,7 @@ This module runs the steps; the report (text, tables, plots) is :mod:`quadmix_st
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Iterator
@@ -54,12 +55,14 @@ from quadmix_stream.params import SamplingParams
 from quadmix_stream.progress import fmt_duration
 from quadmix_stream.recipe import RecipeError, build, read_yaml
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from quadmix_stream.search.config import SearchConfig
 
 
 def _log(msg: str) -> None:
-    print(f"[run] {msg}", flush=True)
+    log.info("[run] %s", msg)
 
 
 def _add_time(out: Path, stage: str, seconds: float) -> float:
@@ -246,7 +249,7 @@ def _label(raw: dict[str, Any], base: Path, out: Path) -> str | Path:
     _log(f"label: {base / raw['label']} → {lr.out or 'the shards, in place'}")
     labelled = run_label(lr)  # checks the recipe: `lr.out` is now set (the shards' folder)
     if getattr(labelled, "manifest", None) is not None:
-        print(labelled.summary(), flush=True)  # throughput per labeller, issues found
+        log.info(labelled.summary())  # throughput per labeller, issues found
     assert lr.out is not None
     return dataset_location(lr.out)
 

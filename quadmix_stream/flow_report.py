@@ -8,6 +8,7 @@ of every stage. :mod:`quadmix_stream.flow` runs the steps and calls :func:`write
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,8 @@ import numpy as np
 from quadmix_stream.io import atomic_write_text
 from quadmix_stream.labels import Manifest
 from quadmix_stream.params import SamplingParams
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from quadmix_stream.storage import Store
@@ -55,10 +58,9 @@ def results_figure(results: dict[str, dict[str, Any]]) -> Any:
     Points with error bars, not bars: losses sit far from zero, and a bar whose axis does not
     start at zero exaggerates the gaps between methods.
     """
-    import matplotlib
+    from quadmix_stream.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the flow report's figure")
 
     names = list(results)
     sets = list(next(iter(results.values()))["seeds"].values())[0].keys()
@@ -82,7 +84,9 @@ def results_figure(results: dict[str, dict[str, Any]]) -> Any:
 
 def plot_results(results: dict[str, dict[str, Any]], path: Path) -> Path:
     """Write :func:`results_figure` as a PNG."""
-    import matplotlib.pyplot as plt
+    from quadmix_stream.extras import pyplot
+
+    plt = pyplot("the flow report's figure")
 
     fig = results_figure(results)
     fig.savefig(path, dpi=110)
@@ -124,7 +128,7 @@ def write_report(
     lines += _wall_time(out, times)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
-    print("\n".join(lines[:16]))
+    log.info("\n".join(lines[:16]))
     return path
 
 

@@ -94,7 +94,10 @@ def build_causal_lm(cfg: ModelConfig, vocab_size: int, seq_len: int) -> torch.nn
         seq_len: the training sequence length (``max_position_embeddings`` when the config
             leaves it ``None``).
     """
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from quadmix_stream.extras import require
+
+    transformers = require("transformers", "a Hugging Face model in the trainer", "hf")
+    AutoModelForCausalLM, LlamaConfig = transformers.AutoModelForCausalLM, transformers.LlamaConfig
 
     config = LlamaConfig(
         vocab_size=vocab_size,

@@ -116,26 +116,25 @@ class PackedDataset(IterableDataset):
     def state_dict(self) -> dict:
         """This consumer's snapshot: inner stream state plus the packing leftovers."""
         inner = self.dataset.state_dict()
-        live = self._live or {"carry": [], "carry_domains": [], "doc": None, "started": []}
-        c = str(inner.get("consumer", 0))
-        return {
-            PACKED_MARK: 1,
-            "inner": inner,
-            "leftovers": {c: copy.deepcopy(live)},
-            "seq_len": self.seq_len,
-        }
+        if self._live is None and self._resume is not None:
+            # restored and not iterated since: the restored leftovers are still to be packed
+            leftovers = copy.deepcopy(self._resume["leftovers"])
+        else:
+            live = self._live or {"carry": [], "carry_domains": [], "doc": None, "started": []}
+            leftovers = {str(inner.get("consumer", 0)): copy.deepcopy(live)}
+        return {PACKED_MARK: 1, "inner": inner, "leftovers": leftovers, "seq_len": self.seq_len}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         packed = [s for s in _find_packed(state)]
         if not packed:
-            raise ValueError("not a packed loader state (no 'quadmix_packed_state' marker)")
+            raise UserError("not a packed loader state (no 'quadmix_packed_state' marker)")
         st = merge_packed(packed) if len(packed) > 1 else dict(packed[0])
         if st["seq_len"] != self.seq_len:
-            raise ValueError(
+            raise UserError(
                 f"packed state is for seq_len={st['seq_len']}, this loader has {self.seq_len}"
             )
         self.dataset.load_state_dict(st["inner"])
-        self._resume = st
+        self._resume, self._live = st, None
 
     def _my_leftovers(self, consumer: int, consumers: int) -> list[dict]:
         st = self._resume

@@ -26,12 +26,10 @@ def plot_selection(
     ``report``: :func:`~quadmix_stream.inspect.inspect_dataset`'s result for the same params,
     seed and epoch, when the caller has it (saves a pass over the sidecars).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from quadmix_stream.extras import pyplot
     from quadmix_stream.inspect import inspect_dataset
+
+    plt = pyplot("inspect --plot")
 
     store = as_store(root)  # a remote dataset: one client for the manifest and the sidecars
     m = Manifest.load(store)

@@ -9,6 +9,7 @@ The interval between plain lines defaults to ``$QUADMIX_PROGRESS_S`` seconds (el
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -18,6 +19,15 @@ from contextlib import contextmanager
 from typing import IO, Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def _say(line: str, stream: IO[str] | None) -> None:
+    """A plain progress line: to ``stream`` when one is given, else to the library's log."""
+    if stream is None:
+        log.info(line)
+    else:
+        print(line, file=stream, flush=True)
 
 
 def default_every() -> float:
@@ -56,7 +66,8 @@ class Progress:
         unit: the unit's name (``step``, ``doc``, ``batch``).
         enabled: report at all (``False`` on ranks other than 0).
         every_s: seconds between plain lines (default :func:`default_every`).
-        stream: where to write (default ``sys.stderr``).
+        stream: where to write (default: plain lines to the ``quadmix_stream`` log at INFO, a
+            bar to ``sys.stderr``).
         bar: ``True``/``False`` force a tqdm bar or plain lines; ``None``: a bar on a TTY.
     """
 
@@ -76,17 +87,23 @@ class Progress:
         self.n = self.start_n = initial
         self.enabled = enabled
         self.every_s = default_every() if every_s is None else every_s
-        self.stream = stream or sys.stderr
+        self.stream = stream
         self.fields: dict[str, Any] = {}
         self.t0 = self._last = time.monotonic()
         self.lines = 0
+        self._printed_n: int | None = None  # the count of the last plain line
         self._bar = None
-        use_bar = bar if bar is not None else _isatty(self.stream)
+        use_bar = bar if bar is not None else _isatty(stream or sys.stderr)
         if enabled and use_bar:
             from tqdm import tqdm
 
             self._bar = tqdm(
-                total=total, initial=initial, desc=desc, unit=unit, file=self.stream, leave=True
+                total=total,
+                initial=initial,
+                desc=desc,
+                unit=unit,
+                file=stream or sys.stderr,
+                leave=True,
             )
 
     def update(self, n: int = 1, **fields: Any) -> None:
@@ -120,17 +137,18 @@ class Progress:
         return f"[{self.desc}] " + " | ".join(parts)
 
     def _print(self) -> None:
-        print(self.line(), file=self.stream, flush=True)
+        _say(self.line(), self.stream)
         self.lines += 1
+        self._printed_n = self.n
 
     def close(self) -> None:
-        """Final report (always one plain line when not on a bar)."""
+        """Final report (a plain line unless the last one already says it, or the bar)."""
         if not self.enabled:
             return
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        else:
+        elif self._printed_n != self.n:  # not the line just printed again
             self._print()
         self.enabled = False
 
@@ -155,9 +173,8 @@ def counted(items: Iterable[T], progress: Progress) -> Iterator[T]:
 def heartbeat(
     desc: str, every_s: float | None = None, stream: IO[str] | None = None, enabled: bool = True
 ) -> Iterator[None]:
-    """A line every few seconds while work without a counter runs (a child process, one long
-    call), and one when it ends: ``[desc] running, elapsed 15s`` … ``[desc] done in 42s``."""
-    stream = stream or sys.stderr
+    """A line every few seconds (to ``stream``, else the log) while work without a counter runs
+    (a child process, one long call), and one when it ends: ``[desc] running, elapsed 15s`` … ``[desc] done in 42s``."""
     every = max(0.2, default_every() if every_s is None else every_s)
     t0 = time.monotonic()
     stop = threading.Event()
@@ -165,7 +182,7 @@ def heartbeat(
     def beat() -> None:
         while not stop.wait(every):
             elapsed = fmt_duration(time.monotonic() - t0)
-            print(f"[{desc}] running, elapsed {elapsed}", file=stream, flush=True)
+            _say(f"[{desc}] running, elapsed {elapsed}", stream)
 
     th = threading.Thread(target=beat, name="heartbeat", daemon=True)
     if enabled:
@@ -177,7 +194,7 @@ def heartbeat(
             stop.set()
             th.join()
             took = fmt_duration(time.monotonic() - t0)
-            print(f"[{desc}] done in {took}", file=stream, flush=True)
+            _say(f"[{desc}] done in {took}", stream)
 
 
 def _name(key: str) -> str:

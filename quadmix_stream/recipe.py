@@ -24,6 +24,11 @@ class RecipeError(UserError):
     """A recipe that cannot be used; the message names the section and key."""
 
 
+def key_path(where: str, key: str) -> str:
+    """``where`` + ``key`` in errors: ``recipes/x.yaml: train.steps`` (a file starts the path)."""
+    return f"{where}: {key}" if where.endswith((".yaml", ".yml")) else f"{where}.{key}"
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
@@ -110,7 +115,7 @@ def build(
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for k, v in data.items():
-        sub = f"{where}.{k}"
+        sub = key_path(where, k)
         nested = _dataclass_in(hints[k])
         if convert and k in convert:
             v = convert[k](v, sub)

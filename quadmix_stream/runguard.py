@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -25,8 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from quadmix_stream.errors import UserError
 
-class OutputError(ValueError):
+log = logging.getLogger(__name__)
+
+
+class OutputError(UserError):
     """The output folder or a file in it cannot be written (shown as one line by the CLIs).
 
     A ``ValueError`` so that ``quadmix-stream``'s command line prints it without a traceback.
@@ -129,11 +133,10 @@ def exit_with_parent(
         while True:
             time.sleep(interval_s)
             if os.getppid() != parent:
-                print(
-                    f"[rank {os.environ.get('RANK', '?')}] parent process {parent} (the torchrun "
-                    "agent) died: stopping",
-                    file=sys.stderr,
-                    flush=True,
+                log.warning(
+                    "[rank %s] parent process %s (the torchrun agent) died: stopping",
+                    os.environ.get("RANK", "?"),
+                    parent,
                 )
                 if on_exit is not None:
                     on_exit()

@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from quadmix_stream.choices import choose
+from quadmix_stream.errors import UserError
 from quadmix_stream.hashing import SALT_COPIES, SALT_SAMPLE, uniform
 
 
@@ -77,9 +78,9 @@ def build_sigma_table(
     """
     raw = np.asarray(raw, dtype=np.float64)
     if raw.size == 0:
-        raise ValueError("cannot build a σ table from an empty pool")
+        raise UserError("cannot build a σ table from an empty pool")
     if not np.all(np.isfinite(raw)):
-        raise ValueError("σ table: raw scores contain NaN or inf")
+        raise UserError("σ table: raw scores contain NaN or inf")
     w = np.maximum(np.asarray(tokens, dtype=np.float64), 1.0)
     oriented = -raw if higher_is_better else raw  # ascending oriented = best first
     uniq, inv = np.unique(oriented, return_inverse=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.formats import WriterBackend, sidecar_name, split_doc, writer_backend
 from quadmix_stream.hashing import doc_key
 from quadmix_stream.io import sha256_file
@@ -59,7 +60,7 @@ class DatasetWriter:
         row_group_rows: int = 1000,
     ) -> None:
         if fmt not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+            raise UserError(f"format must be one of {FORMATS}, got {fmt!r}")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         if any(self.root.iterdir()):

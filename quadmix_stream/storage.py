@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from quadmix_stream.errors import UserError
+from quadmix_stream.extras import MissingExtraError, install_hint, require
 from quadmix_stream.io import default_cache_dir, sha256_file
 from quadmix_stream.validate import parse_json, read_json
 
@@ -244,9 +245,15 @@ class Store:
         with _CLIENTS_LOCK:
             fs = _CLIENTS.get(key)
             if fs is None:
-                import fsspec
-
-                fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **opts)
+                extra = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}.get(
+                    self.protocol, "all"
+                )
+                feature = f"reading {self.protocol}:// URLs"
+                fsspec = require("fsspec", feature, extra)
+                try:
+                    fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **opts)
+                except ImportError as e:  # fsspec is there, the protocol's client is not
+                    raise MissingExtraError(f"{feature}: {e}: {install_hint(extra)}") from e
                 if hasattr(fs, "connect"):
                     # s3fs: make the client once; concurrent first calls would each build one
                     fs.connect()
@@ -273,6 +280,8 @@ class Store:
                     "credentials the client finds (AWS_PROFILE, AWS_ACCESS_KEY_ID, ~/.aws, "
                     "GOOGLE_APPLICATION_CREDENTIALS, …)"
                 ) from None
+            except MissingExtraError:
+                raise
             except Exception as e:
                 if not _is_transient(e) or attempt == self.config.retries:
                     raise StorageError(

@@ -11,7 +11,7 @@ epoch), so a start, an epoch boundary or a resume with warm caches reads a few s
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -36,6 +36,8 @@ from quadmix_stream.selection import (
     sigma_scores,
 )
 from quadmix_stream.storage import Store, as_store
+
+log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 1 << 21  # rows per chunk of a pool-wide pass (each chunk is one unit of work)
 
@@ -134,7 +136,7 @@ class PoolTables:
     def _pass(self, name: str, compute, combine) -> dict[str, np.ndarray]:
         n = len(self.chunk_bounds) - 1
         t0 = time.monotonic()
-        say = Throttle(lambda msg: print(msg, file=sys.stderr, flush=True), 5.0)
+        say = Throttle(log.info, 5.0)
 
         def progress(done: int, total: int) -> None:
             say(

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from quadmix_stream.errors import UserError
+from quadmix_stream.extras import require
 from quadmix_stream.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -42,12 +44,11 @@ class TextTokenizer:
             if self.path.is_dir() and (self.path / "tokenizer.json").is_file():
                 self.path = self.path / "tokenizer.json"
             if self.path.is_file():
-                from tokenizers import Tokenizer
-
-                tok: Any = Tokenizer.from_file(str(self.path))
+                tok: Any = require("tokenizers", "a tokenizer.json").Tokenizer.from_file(
+                    str(self.path)
+                )
             elif self.path.is_dir():
-                from transformers import AutoTokenizer
-
+                AutoTokenizer = require("transformers", "a tokenizer folder", "hf").AutoTokenizer
                 tok = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
             else:
                 raise FileNotFoundError(
@@ -78,7 +79,7 @@ class TextTokenizer:
         names = (eos_token,) if eos_token else (*_EOS_CANDIDATES, *([own_eos] if own_eos else []))
         found = [t for t in names if t in vocab]
         if not found:
-            raise ValueError(
+            raise UserError(
                 f"tokenizer {self.path or type(tok).__name__}: no end-of-text token among "
                 f"{list(names)}; pass eos_token"
             )
@@ -102,6 +103,7 @@ class TextTokenizer:
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | Path) -> Path:
     """Train a byte-level BPE with ``vocab_size`` entries (EOS included); save it atomically."""
+    require("tokenizers", "training a tokenizer")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())

@@ -85,6 +85,8 @@ def parse_json(data: bytes, path: str | Path, error: type[Exception], what: str)
         ) from None
     except RecursionError:
         raise error(f"{path}: the {what} is nested too deeply to be valid") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts (4,300)
+        raise error(f"{path}: the {what} holds a value that cannot be read ({e})") from None
 
 
 def expect_object(

@@ -4,7 +4,9 @@ outside the dataset folder (issue 13: items 2, 6, 7, 10, 13, 14, 15, 16)."""
 from __future__ import annotations
 
 import ast
+import errno
 import json
+import os
 import shutil
 import tomllib
 from importlib.metadata import packages_distributions
@@ -183,6 +185,7 @@ def test_malformed_manifest_is_a_label_error_naming_file_and_field(tmp_path, man
     [
         (b'{"schema": "caf\xe9"}', r"quadmix.json: the manifest is not UTF-8 text \(byte 15"),
         (b"{]", r"quadmix.json: the manifest is not valid JSON \(line 1, column 2"),
+        (b'{"rows": ' + b"9" * 5000 + b"}", r"quadmix.json: the manifest holds a value that"),
     ],
 )
 def test_unreadable_manifest_bytes(tmp_path, data, pattern):
@@ -402,8 +405,20 @@ def test_unexpected_errors_show_a_traceback(capsys):
     assert "Traceback" in capsys.readouterr().err
 
 
-def test_plain_value_error_of_a_listed_module_is_one_line(tmp_path, capsys):
-    """Modules not yet raising UserError (here: the search's target-set reader) keep one line."""
+@pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC, errno.EACCES])
+def test_a_read_only_or_full_disk_is_one_line(capsys, code):
+    from quadmix_stream.cli import run_command
+
+    def write() -> int:
+        raise OSError(code, os.strerror(code), "/data/out/counts.parquet")
+
+    assert run_command("sample", write) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "/data/out/counts.parquet" in err
+
+
+def test_user_error_raised_deep_inside_is_one_line(tmp_path, capsys):
+    """A UserError is one line wherever it is raised (here: the search's target-set reader)."""
     from quadmix_stream.cli import run_command
     from quadmix_stream.search.data import load_target_texts
 
@@ -470,7 +485,8 @@ def test_every_third_party_import_is_a_declared_dependency():
         for r in reqs
     }
     dists = packages_distributions()
-    own = {"quadmix_stream", "loaders", "trainers"}
+    # `tests`: bench remote starts the test suite's loopback S3 server from a source checkout
+    own = {"quadmix_stream", "loaders", "trainers", "tests"}
     undeclared = {}
     for mod, where in _third_party_imports().items():
         if mod in own or mod in sys.stdlib_module_names or mod == "__future__":

@@ -8,10 +8,13 @@ import sys
 from collections import Counter
 
 import numpy as np
+import pytest
 
 from quadmix_stream.cli import main
 from quadmix_stream.labels import Manifest, load_labels
 from quadmix_stream.params import SamplingParams
+
+pytestmark = pytest.mark.core
 
 
 def test_help_lists_commands(capsys):
@@ -146,6 +149,7 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
 
 
 def test_inspect_plot_and_mixture_meter(tmp_path, capsys):
+    pytest.importorskip("matplotlib")  # an extra's package: skipped in the core-only env
     from quadmix_stream.dataset import QuaDMixDataset, collate_docs
     from quadmix_stream.metrics import MixtureMeter
 

@@ -30,6 +30,8 @@ from .streamutil import (
     wide_params,
 )
 
+pytestmark = pytest.mark.core
+
 
 def make(root, params=None, **kw) -> QuaDMixDataset:
     kw.setdefault("seed", 7)
@@ -131,6 +133,7 @@ def test_exact_resume_infinite_across_epochs(mds_ds):
 
 @pytest.mark.slow
 def test_exact_resume_in_stateful_dataloader_with_workers(mds_ds):
+    pytest.importorskip("torchdata")  # an extra's package: skipped in the core-only env
     from torchdata.stateful_dataloader import StatefulDataLoader
 
     from quadmix_stream.dataset import collate_docs
@@ -157,6 +160,7 @@ def test_exact_resume_in_stateful_dataloader_with_workers(mds_ds):
     ("before", "after"), [((2, 2), (1, 3)), ((2, 2), (3, 1)), ((1, 1), (2, 2))]
 )
 def test_elastic_resume_loses_and_repeats_nothing(mds_ds, before, after):
+    pytest.importorskip("torchdata")  # an extra's package: skipped in the core-only env
     from torchdata.stateful_dataloader import StatefulDataLoader
 
     from quadmix_stream.dataset import collate_docs
@@ -422,6 +426,7 @@ def test_hand_edited_states_are_refused(mds_ds):
 
 
 def test_finite_packed_stream_across_ranks_is_refused(mds_ds, tmp_path):
+    pytest.importorskip("tokenizers")  # an extra's package: skipped in the core-only env
     from quadmix_stream.packing import PackedDataset
     from quadmix_stream.synth import iter_docs
     from quadmix_stream.tokenizer import TextTokenizer, train_tokenizer

@@ -14,6 +14,8 @@ from quadmix_stream.launch import torchrun_command
 
 from .streamutil import expected_items, wide_params
 
+pytestmark = pytest.mark.core
+
 SCRIPT = Path(__file__).with_name("dist_stream_script.py")
 
 

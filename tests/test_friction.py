@@ -161,8 +161,8 @@ def test_pretrain_that_would_do_nothing_says_so(mds_ds, tmp_path, capsys):
     recipe["data"].update(workers=0, vocab_size=280)
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     assert pretrain([str(tmp_path / "r.yaml")]) == 0
-    assert "nothing to train" not in capsys.readouterr().out
+    assert "nothing to train" not in capsys.readouterr().err
     assert pretrain([str(tmp_path / "r.yaml")]) == 0  # resumes the finished run: 0 steps
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "nothing to train" in out and "is at step 1 and train.steps is 1" in out
     assert "--steps N (N > 1)" in out

@@ -22,6 +22,8 @@ from quadmix_stream.recipe import RecipeError
 
 from .conftest import requires_shared_data
 
+pytestmark = pytest.mark.core
+
 
 def _write(path: Path, docs: list[dict]) -> Path:
     with gzip.open(path, "wt", encoding="utf-8") as f:

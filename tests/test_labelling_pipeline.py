@@ -302,7 +302,7 @@ def test_clear_errors(tmp_path, ft_models, capsys):  # noqa: F811
     d["output"]["rows_per_shard"] = 7
     assert main(["label", str(write_recipe(tmp_path / "r.yaml", d))]) == 2
     assert "another plan" in capsys.readouterr().err
-    with pytest.raises(ValueError, match=r"unknown keys \['oops'\]"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['oops'\]"):
         parse_recipe({"input": {"paths": ["x"]}, "oops": 1}, tmp_path)
 
 

@@ -21,6 +21,8 @@ from quadmix_stream.labels import (
 )
 from quadmix_stream.shards import DatasetWriter
 
+pytestmark = pytest.mark.core
+
 
 def _write(root: Path, fmt: str, n: int = 25) -> list[dict]:
     docs = [
@@ -57,6 +59,7 @@ def test_round_trip_every_row(tmp_path, fmt):
 
 
 def test_tar_is_plain_webdataset(tmp_path):
+    pytest.importorskip("webdataset")  # an extra's package: skipped in the core-only env
     import webdataset as wds
 
     docs = _write(tmp_path / "ds", "tar")
@@ -66,6 +69,7 @@ def test_tar_is_plain_webdataset(tmp_path):
 
 
 def test_mds_is_plain_streaming(tmp_path):
+    pytest.importorskip("streaming")  # an extra's package: skipped in the core-only env
     from streaming import StreamingDataset
 
     docs = _write(tmp_path / "ds", "mds")
@@ -77,6 +81,10 @@ def test_mds_columns_decode_as_streaming_does(tmp_path):
     """The one MDS sample decoder: strict gives MDSReader.decode_sample's values and types for
     every common encoding; lenient (the labelling's, no streaming import) gives text and Python
     scalars and leaves other encodings out."""
+    pytest.importorskip("streaming")  # an extra's package: skipped in the core-only env
+    from decimal import Decimal
+
+    from PIL import Image
     from streaming import MDSWriter
     from streaming.base.format.mds.reader import MDSReader
 
@@ -84,11 +92,18 @@ def test_mds_columns_decode_as_streaming_does(tmp_path):
 
     cols = {"text": "str", "n": "int", "f": "float32", "u": "uint8", "si": "str_int"}
     cols |= {"j": "json", "b": "bytes", "arr": "ndarray:int16:3"}
+    cols |= {"d": "float64", "h": "float16", "i8": "int8", "u64": "uint64", "sf": "str_float"}
+    cols |= {"sd": "str_decimal", "nd": "ndarray", "ndt": "ndarray:float32", "png": "png"}
+    cols |= {"pil": "pil", "pngs": "list[png]"}
     with MDSWriter(out=str(tmp_path), columns=cols, compression=None) as w:
         for i in range(5):
+            img = Image.new("RGB", (i + 1, 2), (i, 2 * i, 3 * i))
             w.write(
                 {"text": f"héllo {i}", "n": i, "f": i / 3, "u": i, "si": i * 7, "j": {"a": [i]}}
                 | {"b": bytes([i]) * i, "arr": np.arange(3, dtype=np.int16) + i}
+                | {"d": i / 7, "h": i / 5, "i8": -i, "u64": 2**63 + i, "sf": i / 9}
+                | {"sd": Decimal(i) / 3, "nd": np.arange(i + 1).reshape(1, -1)}
+                | {"ndt": np.ones(i + 2, np.float32), "png": img, "pil": img, "pngs": [img, img]}
             )
     (entry,) = json.loads((tmp_path / "index.json").read_text())["shards"]
     name = entry["raw_data"]["basename"]
@@ -102,9 +117,17 @@ def test_mds_columns_decode_as_streaming_does(tmp_path):
         )
         assert a.keys() == b.keys()
         for k in a:
-            assert type(a[k]) is type(b[k])
-            assert np.array_equal(a[k], b[k]) if k == "arr" else a[k] == b[k]
-    assert read_shard(tmp_path / name, entry)[3] == {
+            assert type(a[k]) is type(b[k]), k
+            if k in ("png", "pil"):
+                assert a[k].tobytes() == b[k].tobytes()
+            elif k == "pngs":
+                assert [x.tobytes() for x in a[k]] == [x.tobytes() for x in b[k]]
+            elif isinstance(a[k], np.ndarray):
+                assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+            else:
+                assert a[k] == b[k], k
+    lenient = read_shard(tmp_path / name, entry)[3]
+    assert {k: lenient[k] for k in ("text", "n", "f", "u", "si", "j")} == {
         "text": "héllo 3",
         "n": 3,
         "f": np.float32(1.0).item(),

@@ -5,6 +5,10 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.core
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -60,6 +60,21 @@ def test_exact_resume_mid_document(jsonl_ds, tok, stop):
     assert flat(head) + flat(again) == flat(want)
 
 
+def test_state_right_after_a_restore_is_the_restored_state(jsonl_ds, tok):
+    """A checkpoint taken after a restore and before the next block keeps the carried tokens."""
+    want = list(packed(jsonl_ds, tok, seq_len=64))
+    ds = packed(jsonl_ds, tok, seq_len=64)
+    it = iter(ds)
+    head = [next(it) for _ in range(7)]
+    state = json.loads(json.dumps(ds.state_dict()))
+    restored = packed(jsonl_ds, tok, seq_len=64)
+    restored.load_state_dict(state)
+    assert json.loads(json.dumps(restored.state_dict())) == state
+    again = packed(jsonl_ds, tok, seq_len=64)
+    again.load_state_dict(restored.state_dict())
+    assert flat(head) + flat(again) == flat(want)
+
+
 def test_elastic_resume_keeps_every_token(jsonl_ds, tok):
     states, head = [], []
     for rank in range(2):

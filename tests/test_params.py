@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from quadmix_stream.params import DEFAULT_RANGES, ParamsError, SamplingParams
 
+pytestmark = pytest.mark.core
+
 D, S = ["web", "code", "news"], ["dclm", "edu"]
 
 

@@ -25,6 +25,8 @@ from quadmix_stream.synth import make_text
 
 from .streamutil import wide_params
 
+pytestmark = pytest.mark.core
+
 DUMPS = ("CC-MAIN-2024-10", "CC-MAIN-2024-18")
 GROUP_ROWS = 20
 GROUPS = 5

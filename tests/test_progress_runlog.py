@@ -25,9 +25,14 @@ def test_progress_plain_lines_every_interval_with_eta():
         r"\[job\] step 4/10 \(40%\) \| loss 2\.5 \| tokens/s 12,346 \| elapsed \d+s", line
     )
     assert "| ETA " in line
-    p.close()
+    p.update(1)
+    p.close()  # the final count, once
     last = s.getvalue().splitlines()[-1]
-    assert last.startswith("[job] step 4/10 (40%)") and p.lines == 2
+    assert last.startswith("[job] step 5/10 (50%)") and p.lines == 2
+    p = Progress("job", 3, every_s=0, stream=s)
+    p.update(3)
+    p.close()  # the last line already says 3/3: not printed twice
+    assert p.lines == 1 and s.getvalue().splitlines()[-1].startswith("[job] step 3/3 (100%)")
 
 
 def test_progress_disabled_off_rank_zero_and_bar_on_request():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from quadmix_stream.recipe import read_yaml
 
@@ -44,14 +45,39 @@ def test_recipe_errors_name_the_key(tmp_path):
 
     bad = tmp_path / "r.yaml"
     bad.write_text("train: {steps: many}\n")
-    with pytest.raises(RecipeError, match="pretrain.train.steps: expected an integer, got 'many'"):
+    with pytest.raises(RecipeError, match="r.yaml: train.steps: expected an integer, got 'many'"):
         load_config(bad)
     bad.write_text("train: {stepz: 3}\n")
-    with pytest.raises(RecipeError, match=r"pretrain.train: unknown key\(s\) \['stepz'\]"):
+    with pytest.raises(RecipeError, match=r"r.yaml: train: unknown key\(s\) \['stepz'\]"):
         load_config(bad)
     bad.write_text("train: {eval_sets: [a.jsonl]}\n")
-    with pytest.raises(RecipeError, match=r"pretrain.train: eval_sets: a mapping"):
+    with pytest.raises(RecipeError, match=r"r.yaml: train: eval_sets: a mapping"):
         load_config(bad)
     bad.write_text("data: !!python/object/apply:os.system ['echo hi']\n")
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(
+    "argv,body,where",
+    [
+        (
+            ["label"],
+            {"output": {"dri": "x"}},
+            "output: unknown key(s) ['dri']; known: ['compression',",
+        ),
+        (["label"], {"run": {"progress": "false"}}, "run.progress: expected true or false"),
+        (["search", "run"], {"proxy": {"stepz": 3}}, "proxy: unknown key(s) ['stepz']; known: ["),
+        (["train"], {"train": {"stepz": 3}}, "train: unknown key(s) ['stepz']; known: ["),
+        (["run"], {"labl": "x.yaml"}, "unknown key(s) ['labl']"),
+    ],
+)
+def test_a_misspelt_key_is_one_line_naming_file_and_key(tmp_path, capsys, argv, body, where):
+    """Every recipe kind (labelling, search, trainer, flow) goes through one checked loader."""
+    from quadmix_stream.cli import main
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(body))
+    assert main([*argv, str(path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert str(path) in line and where in line, line

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from quadmix_stream.benchmarks.s3local import FaultProxy, LocalS3
 from quadmix_stream.labels import Manifest
 from quadmix_stream.launch import torchrun_command
 from quadmix_stream.params import SamplingParams
 
 from .streamutil import kill_tree
+from .support.s3local import FaultProxy, LocalS3
 
 BUCKET = "qms-flow"
 STEPS = 20

@@ -50,7 +50,7 @@ _NOT_OURS = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_IGNORE_CONFIGURED_ENDPOINT
 def server() -> Iterator:
     """moto's S3 server on 127.0.0.1; the AWS_* variables point every client at it (this
     process, and the subprocesses it starts)."""
-    from quadmix_stream.benchmarks.s3local import LocalS3
+    from .support.s3local import LocalS3
 
     with LocalS3() as srv, pytest.MonkeyPatch.context() as mp:
         for k, v in srv.env().items():

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from torch.utils.data import DataLoader
 
-from quadmix_stream.benchmarks.s3local import FaultProxy, LocalS3
 from quadmix_stream.dataset import QuaDMixDataset, collate_docs
 from quadmix_stream.labels import Manifest
 from quadmix_stream.params import domain_mixture
 from quadmix_stream.storage import StorageConfig, StorageError
 
 from .streamutil import wide_params
+from .support.s3local import FaultProxy, LocalS3
 from .test_scale_stream import pairs, sampled, torchrun
 
 BUCKET = "qms-tests"

@@ -30,7 +30,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
-from quadmix_stream.benchmarks.s3local import FaultProxy, LocalS3, free_port, split_s3_url
+from .support.s3local import FaultProxy, LocalS3, free_port, split_s3_url
 
 BUCKET = "qms-s3local"
 PREFIX = "corpus"

@@ -24,6 +24,8 @@ from quadmix_stream.sampling import (
     sample_rows_per_domain,
 )
 
+pytestmark = pytest.mark.core
+
 forms = st.sampled_from(["multiplicative", "exponent"])
 pos = st.floats(0.0, 1000.0, allow_nan=False)
 unit = st.floats(0.0, 1.0, allow_nan=False)

@@ -101,7 +101,7 @@ def test_read_only_output_folder_is_one_line_error(env):
     assert p.returncode == 2, p.stderr[-2000:]
     lines = [x for x in p.stderr.splitlines() if x.strip()]
     assert lines == [
-        f"pretrain (rank 0): error: output folder {ro / 'run'} is not writable: "
+        f"pretrain: error: output folder {ro / 'run'} is not writable: "
         "Read-only file system"
     ], p.stderr[-2000:]
 
@@ -140,8 +140,7 @@ def test_disk_full_at_checkpoint_stops_every_rank_naming_the_file(env):
     )
     assert p.returncode != 0
     want = f"cannot write {mnt / 'run' / 'checkpoints' / 'step-00000008.pt'}: No space left"
-    for rank in (0, 1):
-        assert f"pretrain (rank {rank}): error: {want}" in p.stderr, p.stderr[-3000:]
+    assert p.stderr.count(f"pretrain: error: {want}") == 1, p.stderr[-3000:]  # rank 0 says it
     assert "basic_ios" not in p.stderr and "enforce fail" not in p.stderr
     assert p.stdout.split() == [".", "..", "step-00000004.pt"]  # no .tmp on the full disk
     import torch
@@ -320,8 +319,8 @@ def test_progress_lines_tensorboard_and_wandb_offline(env, mds_ds):
         env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"},
     )
     assert p.returncode == 0, p.stderr[-3000:]
-    lines = [x for x in p.stderr.splitlines() if x.startswith("[pretrain] ")]
-    assert len(lines) == 7  # one per step (progress_every: 0) and the final one
+    lines = [x for x in p.stderr.splitlines() if x.startswith("[pretrain] step ")]
+    assert len(lines) == 6  # one per step (progress_every: 0); the last is not printed twice
     assert lines[2].startswith("[pretrain] step 3/6 (50%) | loss ")
     assert " | tokens/s " in lines[2] and " | ETA " in lines[2]
     assert "ETA" not in lines[-1] and lines[-1].startswith("[pretrain] step 6/6 (100%)")

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 from quadmix_stream.window import IN_FLIGHT, MIX_WINDOW, auto_window, fit_window
 
+pytestmark = pytest.mark.core
+
 
 @given(
     st.lists(st.integers(1, 10**9), min_size=1, max_size=50),
@@ -65,7 +67,7 @@ def test_dataset_auto_window(mds_ds):
         assert load_config_from(recipe, load_config).data.shuffle_block_shards == ok
     for bad in (0, "many", True):
         recipe["data"]["shuffle_block_shards"] = bad
-        with pytest.raises(RecipeError, match="pretrain.data.shuffle_block_shards"):
+        with pytest.raises(RecipeError, match="data.shuffle_block_shards"):
             load_config_from(recipe, load_config)
 
 

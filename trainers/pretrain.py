@@ -34,6 +34,7 @@ import argparse
 import dataclasses
 import gc
 import hashlib
+import logging
 import os
 import sys
 import time
@@ -45,17 +46,21 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.evaluation import autocast, full_blocks, hf_batch_loss, mean_loss
+from quadmix_stream.logs import show
 from quadmix_stream.metrics import MixtureMeter
 from quadmix_stream.model import ModelConfig, build_causal_lm
 from quadmix_stream.progress import Progress
 from quadmix_stream.recipe import RecipeError, build, read_yaml
-from quadmix_stream.runguard import OutputError, exit_with_parent, under_torchrun
+from quadmix_stream.runguard import exit_with_parent, under_torchrun
 from quadmix_stream.schedule import warmup_cosine
-from quadmix_stream.storage import StorageConfig
+from quadmix_stream.storage import StorageConfig, is_remote
 from quadmix_stream.trainers.run_folder import checkpoints, claim_out, save_checkpoint
 from quadmix_stream.trainers.runlog import LoggingConfig, RunLogger, truncate_log
 from quadmix_stream.window import is_window
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DataConfig", "ModelConfig", "PretrainConfig", "TrainConfig", "load_config", "train"]
 
@@ -106,7 +111,7 @@ class TrainConfig:
             not isinstance(sets, dict)
             or not all(isinstance(k, str) and isinstance(v, str) for k, v in sets.items())
         ):
-            raise ValueError(f"eval_sets: a mapping {{name: JSONL path}}, got {sets!r}")
+            raise UserError(f"eval_sets: a mapping {{name: JSONL path}}, got {sets!r}")
 
 
 @dataclass(frozen=True)
@@ -118,13 +123,25 @@ class PretrainConfig:
     out: str = "runs/pretrain"
 
 
+def overrides(params: str | None, steps: int | None) -> dict[str, Any]:
+    """The command line's ``--params`` and ``--steps`` as recipe overrides."""
+    over: dict[str, Any] = {}
+    if params:
+        over["data.params"] = params
+    if steps is not None:
+        over["train.steps"] = steps
+    return over
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PretrainConfig:
     raw = read_yaml(path)
-    raw = raw.get("pretrain", raw)  # a whole-flow recipe keeps this under `pretrain:`
+    where = str(path)
+    if "pretrain" in raw:  # a whole-flow recipe keeps this under `pretrain:`
+        raw, where = raw["pretrain"], f"{path}: pretrain"
     for key, value in (overrides or {}).items():  # "train.steps" → raw["train"]["steps"]
         section, _, name = key.partition(".")
         raw.setdefault(section, {})[name] = value
-    return build(PretrainConfig, raw, "pretrain", convert={"shuffle_block_shards": _window_spec})
+    return build(PretrainConfig, raw, where, convert={"shuffle_block_shards": _window_spec})
 
 
 def _window_spec(value: Any, where: str) -> int | str | None:
@@ -148,24 +165,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, help="override train.steps")
     ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     a = ap.parse_args(argv)
-    over: dict[str, Any] = {}
-    if a.params:
-        over["data.params"] = a.params
-    if a.steps is not None:
-        over["train.steps"] = a.steps
+    show(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     try:
-        cfg = load_config(a.recipe, over)
+        cfg = load_config(a.recipe, overrides(a.params, a.steps))
         out = Path(a.out or cfg.out)
         return train(cfg, out, resume=not a.no_resume, params_changed=bool(a.params))
-    except (OutputError, RecipeError) as e:  # the user's to fix: one line, no traceback
-        rank = os.environ.get("RANK", "0")
-        print(f"pretrain (rank {rank}): error: {e}", file=sys.stderr, flush=True)
+    except UserError as e:  # the user's to fix: one line, once (every rank meets the same error)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"pretrain: error: {e}", file=sys.stderr, flush=True)
         if dist.is_initialized():
             dist.destroy_process_group()
         return 2
 
 
 # ---------------------------------------------------------------- setting up
+def check_inputs(cfg: PretrainConfig) -> Any:
+    """The params file, the dataset's manifest and the evaluation sets, read and checked: a
+    mistake in them is a :class:`UserError` before anything slow starts. Returns the params."""
+    from quadmix_stream.labels import Manifest
+    from quadmix_stream.params import SamplingParams
+    from quadmix_stream.storage import as_store
+
+    params = SamplingParams.load(cfg.data.params)
+    manifest = Manifest.load(as_store(cfg.data.dataset))
+    params.check_names(manifest.domains, manifest.scorer_names)
+    sets = dict(cfg.train.eval_sets or {})
+    if cfg.train.eval_set:
+        sets["eval"] = cfg.train.eval_set
+    for name, path in sets.items():
+        if not is_remote(str(path)) and not Path(path).is_file():
+            raise UserError(f"train.eval_sets.{name}: {path}: no such file")
+    return params
+
+
 def lr_multiplier(step: int, tc: TrainConfig) -> float:
     """The schedule as a multiple of ``train.lr`` (``warmup`` in steps; floor at ``train.steps``)."""
     return warmup_cosine(
@@ -242,6 +274,20 @@ def resume_record(ckpt: Path, step: int, exact: bool, ckpt_loader: dict, world: 
             "to_params": params.fingerprint(),
         }
     return rec
+
+
+def resume_line(rec: dict) -> str:
+    """What a resume did, in words, for the console (``rec``: :func:`resume_record`)."""
+    head = f"resumed from {rec['checkpoint']} at step {rec['step']}: "
+    if rec["exact"]:
+        return head + "the loader continues item for item"
+    sw = rec["switch"]
+    why = []
+    if sw["from_world"] != sw["to_world"]:
+        why.append(f"{sw['from_world']} → {sw['to_world']} ranks")
+    if sw["from_params"] != sw["to_params"]:
+        why.append(f"params {sw['from_params'][:12]} → {sw['to_params'][:12]}")
+    return head + "the rest of the epoch is re-dealt (" + ", ".join(why or ["new workers"]) + ")"
 
 
 def eval_sets(
@@ -348,18 +394,29 @@ def step_scalars(rec: dict, domains: list[str]) -> dict[str, float]:
 def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: bool = False) -> int:
     from quadmix_stream.dataset import QuaDMixDataset
     from quadmix_stream.packing import PackedDataset
-    from quadmix_stream.params import SamplingParams
 
-    world, rank, device = init_distributed(cfg)
     d, tc = cfg.data, cfg.train
+    params = check_inputs(cfg)  # seconds, before the process group, tokenizer and model
+    world, rank, device = init_distributed(cfg)
     lock = claim_out(out, rank)  # before any work: writable, and no other trainer in it
+    say = log.info if rank == 0 else log.debug
+    say(
+        "[pretrain] %d rank(s) on %s; params %r, dataset %s",
+        world,
+        device,
+        params.provenance,
+        d.dataset,
+    )
     # a local folder or an object-storage URL (s3://…): never wrapped in Path, which would
     # turn the URL into a relative folder name
     storage = StorageConfig(cache_limit=d.cache_limit)
+    say(
+        "[pretrain] tokenizer: %s", d.tokenizer or f"a {d.vocab_size}-token BPE trained on the pool"
+    )
     tok = load_tokenizer(d, out, rank, storage)
     model, ddp, opt, sched = build_training(cfg, tok.vocab_size, device)
+    say("[pretrain] model: %s parameters", f"{sum(p.numel() for p in model.parameters()):,}")
 
-    params = SamplingParams.load(d.params)
     ds = QuaDMixDataset(
         d.dataset,
         params,
@@ -372,7 +429,7 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
         storage=storage,
     )
     if ds.window_note and rank == 0:
-        print(f"[pretrain] {ds.window_note}", flush=True)
+        log.info("[pretrain] %s", ds.window_note)
     packed = PackedDataset(ds, tok, d.seq_len, track_docs=d.track_docs)
 
     step, ckpt_loader = 0, None
@@ -388,7 +445,10 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
         truncate_log(out / "log.jsonl", step)
     loader, exact = open_loader(cfg, packed, ckpt_loader)
     if ckpt_loader is not None and rank == 0:
-        logger.write(resume_record(ckpts[-1], step, bool(exact), ckpt_loader, world, params))
+        rec = resume_record(ckpts[-1], step, bool(exact), ckpt_loader, world, params)
+        logger.write(rec)
+        say("[pretrain] %s", resume_line(rec))
+    say("[pretrain] reading the evaluation sets")
 
     evals, coverage = eval_sets(tc, tok, d.seq_len)
     domains = ds.manifest.domains
@@ -409,10 +469,13 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
             },
         )
     if step >= tc.steps and rank == 0:  # e.g. resumed a finished run: say so, don't exit silently
-        print(
-            f"nothing to train: {out} is at step {step} and train.steps is {tc.steps}; "
-            f"pass --steps N (N > {step}) to train further",
-            flush=True,
+        log.info(
+            "nothing to train: %s is at step %d and train.steps is %d; pass --steps N (N > %d) "
+            "to train further",
+            out,
+            step,
+            tc.steps,
+            step,
         )
 
     it = iter(loader)
@@ -441,6 +504,8 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
             progress.update(1, loss=rec["loss"], tokens_per_s=rec["tokens_per_s"])
             t0, tokens_since = time.perf_counter(), 0
         if step % tc.checkpoint_every == 0 or step == tc.steps:
+            if step == tc.steps:
+                say("[pretrain] writing the final checkpoint (step %d)", step)
             save_checkpoint(out, step, model, opt, sched, loader, rank, tc.keep_last, logger)
 
     progress.close()
@@ -452,6 +517,7 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
         dist.destroy_process_group()
     if lock is not None:
         lock.release()
+    say("[pretrain] done: %s is at step %d", out, step)
     return 0
 
 

@@ -131,8 +131,8 @@ class RunLogger:
             except ImportError:
                 if cfg.tensorboard:
                     raise ValueError(
-                        "logging.tensorboard: true needs the tensorboard package "
-                        "(pip install tensorboard)"
+                        "logging.tensorboard: true needs the tensorboard package: "
+                        "pip install 'quadmix-stream[logging]'"
                     ) from None
             else:
                 self.tb = SummaryWriter(str(out / "tb"))
@@ -168,7 +168,9 @@ def _wandb_init(out: Path, opts: dict[str, Any], run_config: dict[str, Any]) -> 
     try:
         import wandb
     except ImportError:
-        raise ValueError("logging.wandb needs the wandb package (pip install wandb)") from None
+        raise ValueError(
+            "logging.wandb needs the wandb package: pip install 'quadmix-stream[logging]'"
+        ) from None
     id_file = out / "wandb-run-id"
     run_id = id_file.read_text().strip() if id_file.exists() else None
     if run_id is None:

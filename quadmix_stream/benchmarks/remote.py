@@ -50,6 +50,26 @@ def _measure(proxy, make: Callable[[], Iterable]) -> dict[str, float]:
     }
 
 
+def _test_servers() -> tuple[type, type]:
+    """The test suite's loopback S3 server and latency proxy (``tests/support``, not installed:
+    this benchmark runs from a source checkout)."""
+    import sys
+
+    from quadmix_stream.errors import UserError
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "tests" / "support" / "s3local.py").is_file():
+        raise UserError(
+            "bench remote starts the test suite's local S3 server (tests/support/): run it from "
+            "a source checkout installed with `pip install -e '.[dev]'`"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from tests.support.s3local import FaultProxy, LocalS3
+
+    return FaultProxy, LocalS3
+
+
 def run(
     work: str | None,
     docs_per_domain: int,
@@ -61,7 +81,8 @@ def run(
     import torch
 
     from quadmix_stream.benchmarks.corpus import bench_docs, write_corpus
-    from quadmix_stream.benchmarks.s3local import FaultProxy, LocalS3
+
+    FaultProxy, LocalS3 = _test_servers()
 
     torch.set_num_threads(1)
     tmp = Path(work or tempfile.mkdtemp(prefix="qms-bench-remote-"))

@@ -4,8 +4,9 @@ For each pool size N it builds (once, reused) a labelled MDS dataset of N tiny d
 measures, each in a fresh process with a 2-worker DataLoader, for QuaDMixDataset and for
 mosaicml-streaming's ``StreamingDataset`` on the same shards:
 
-* proportional set size (PSS: shared pages counted once) of the rank and its workers above the
-  rank's imports, steady (after a few hundred batches) and peak (sampled every 50 ms);
+* proportional set size (PSS: shared pages counted once) of the rank and its workers: the whole
+  tree with each library's own imports (what a training rank pays), and above those imports,
+  steady (after a few hundred batches) and peak (sampled every 50 ms);
 * time to the first batch (QuaDMix: cold caches, then warm), of an epoch boundary, and from
   ``load_state_dict`` to the first batch mid-epoch.
 
@@ -145,13 +146,17 @@ class _Peak(threading.Thread):
 
 def child(lib: str, root: str, method: str, steps: int, cache: str) -> dict:
     """Measure one library on one pool in this (fresh) process; returns the figures."""
-    import torch  # noqa: F401  (imports counted in the baseline)
-    from streaming import StreamingDataLoader, StreamingDataset
-    from torchdata.stateful_dataloader import StatefulDataLoader
+    import torch  # noqa: F401
 
-    from quadmix_stream.dataset import QuaDMixDataset, collate_docs
-    from quadmix_stream.labels import Manifest
-    from quadmix_stream.params import SamplingParams
+    # each library imports only what it needs: a training script's rank holds those imports too
+    if lib == "quadmix":
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        from quadmix_stream.dataset import QuaDMixDataset, collate_docs
+        from quadmix_stream.labels import Manifest
+        from quadmix_stream.params import SamplingParams
+    else:
+        from streaming import StreamingDataLoader, StreamingDataset
 
     base = _pss([os.getpid()])
     peak = _Peak()
@@ -189,7 +194,8 @@ def child(lib: str, root: str, method: str, steps: int, cache: str) -> dict:
     out["first_batch_s"] = time.perf_counter() - t0
     for _ in range(steps):
         next(it)
-    out["steady_pss"] = _pss(_family()) - base
+    out["total_pss"] = _pss(_family())  # the whole tree, imports included
+    out["steady_pss"] = out["total_pss"] - base
     state = loader.state_dict()
     del it, loader
     t0 = time.perf_counter()
@@ -253,11 +259,28 @@ def _line(r: dict) -> str:
         f"{r['n_docs']:>12,} {r['lib']:<10} {r['method']:<6} {r['cache']:<5} "
         f"first {r['first_batch_s']:7.2f} s  epoch {r['epoch_boundary_s']:7.2f} s  "
         f"resume {r['resume_s']:7.2f} s  PSS steady {r['steady_pss'] / mb:8.1f} MiB  "
-        f"peak {r['peak_pss'] / mb:8.1f} MiB  ({r['steady_pss'] / r['n_docs']:6.2f} B/doc)"
+        f"peak {r['peak_pss'] / mb:8.1f} MiB  ({r['steady_pss'] / r['n_docs']:6.2f} B/doc)  "
+        f"whole tree {r['total_pss'] / mb:8.1f} MiB"
     )
 
 
 def _summary(rows: list[dict]) -> None:
+    print(
+        "\nwhole process tree (rank + 2 fork workers, imports included), QuaDMix warm ÷ Streaming:"
+    )
+    for n in sorted({r["n_docs"] for r in rows}):
+        q = [
+            r
+            for r in rows
+            if (r["n_docs"], r["lib"], r["method"], r["cache"]) == (n, "quadmix", "fork", "warm")
+        ]
+        s = [r for r in rows if (r["n_docs"], r["lib"]) == (n, "streaming")]
+        if q and s:
+            mb = 1 << 20
+            print(
+                f"  {n:>12,} documents: {q[0]['total_pss'] / mb:8.1f} MiB ÷ "
+                f"{s[0]['total_pss'] / mb:8.1f} MiB = {q[0]['total_pss'] / s[0]['total_pss']:.2f}"
+            )
     print("\nslope of PSS (rank + 2 workers, above imports) against pool documents:")
     for lib, method, cache in sorted({(r["lib"], r["method"], r["cache"]) for r in rows}):
         pts = sorted(

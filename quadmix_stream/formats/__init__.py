@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.formats import jsonl, mds, table, tar
 from quadmix_stream.formats.base import (
     ScannedShard,
@@ -70,7 +71,7 @@ assert set(REGISTRY) == set(FORMATS)
 def get_format(fmt: str) -> ShardFormat:
     """The implementation of format ``fmt``."""
     if fmt not in REGISTRY:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        raise UserError(f"format must be one of {FORMATS}, got {fmt!r}")
     return REGISTRY[fmt]
 
 

@@ -156,6 +156,13 @@ class ShardFormat:
         """A row reader of the shard file at ``path`` (a local file or a cached copy)."""
         raise NotImplementedError
 
+    def prepare(self) -> None:
+        """Import what reading this format needs, in the process that builds the stream.
+
+        Called before DataLoader workers fork: a package first imported in a worker is a private
+        copy per worker, one imported before the fork is shared memory.
+        """
+
     def scan(self, path: Path, spec: ShardSpec, cache_dir: Path | None = None) -> ScannedShard:
         """Every row of the local shard file ``path``, in order (labelling shards in place).
 

@@ -4,14 +4,14 @@ Layout of an MDS shard (format version 2): ``uint32 n``, ``uint32 offsets[n + 1]
 config as JSON, then the samples; a sample is ``uint32`` sizes of its variable-size columns
 followed by the columns' bytes, in column-name order.
 
-Writing needs no ``streaming`` import: :func:`encode_shard` produces the bytes and ``index.json``
-entry of ``streaming.MDSWriter(columns=MDS_COLUMNS)`` (a test compares them), cut into shards at
-our row counts (``MDSWriter`` cuts by size only). Reading splits a sample into its columns in one
-place (:class:`MDSColumns`), under two policies: the labelling's helper processes read whole
-shards with :func:`read_shard` without importing ``streaming`` (it pulls in torch, transformers
-and sklearn: about 10 s on a 2-core box), decoding only text, JSON and numeric columns; the
-stream's row reader (:class:`MDSShardReader`) returns what ``streaming``'s ``MDSReader`` returns,
-every encoding it knows. Neither ever unpickles.
+Nothing here imports ``streaming`` (it pulls in torchvision and caps numpy and transformers, and
+a DataLoader worker that imported it would carry ~250 MiB of its own). :func:`encode_shard`
+produces the bytes and ``index.json`` entry of ``streaming.MDSWriter(columns=MDS_COLUMNS)`` (a
+test compares them), cut into shards at our row counts (``MDSWriter`` cuts by size only).
+Reading splits a sample into its columns in one place (:class:`MDSColumns`), under two policies:
+the labelling reads whole shards with :func:`read_shard`, decoding only text, JSON and numeric
+columns; the stream's row reader (:class:`MDSShardReader`) returns what ``streaming``'s
+``MDSReader`` returns, every encoding it knows (:mod:`.mds_encodings`). Neither ever unpickles.
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zstandard
 
-# The `zstd` binding (a declared dependency), not `zstandard`: it is what MDSWriter compresses
-# with, so our compressed shards are its bytes too.
-import zstd
-
+from quadmix_stream.formats import mds_encodings
 from quadmix_stream.formats.base import (
     SampleDecoder,
     ScannedShard,
@@ -111,7 +109,8 @@ def encode_shard(
     )
     stored = raw
     if compression == "zstd":
-        stored = zstd.compress(raw, ZSTD_LEVEL)
+        # the frame MDSWriter's `zstd` binding writes at this level (same libzstd: same bytes)
+        stored = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
     elif compression is not None:
         raise ValueError(f"MDS compression must be None or 'zstd', got {compression!r}")
     entry = {
@@ -201,14 +200,50 @@ def mds_index(root: str | Path | Store) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------- reading
+#: The keys of an MDS shard entry (those ``streaming``'s ``MDSReader.from_json`` accepts).
+ENTRY_KEYS = frozenset(
+    {
+        "version",
+        "format",
+        "column_encodings",
+        "column_names",
+        "column_sizes",
+        "compression",
+        "hashes",
+        "raw_data",
+        "samples",
+        "size_limit",
+        "zip_data",
+    }
+)
+FILE_INFO_KEYS = frozenset({"basename", "bytes", "hashes"})
+
+
+def check_entry(name: str, entry: dict[str, Any]) -> None:
+    """Refuse an ``index.json`` shard entry that ``streaming``'s ``MDSReader`` would refuse."""
+    where = f"shard {name!r}: index.json entry"
+    keys = set(entry)
+    if keys != ENTRY_KEYS:
+        missing, extra = sorted(ENTRY_KEYS - keys), sorted(keys - ENTRY_KEYS)
+        raise LabelError(f"{where}: missing fields {missing}, unknown fields {extra}")
+    if entry["version"] != 2:
+        raise LabelError(f"{where}: field 'version' is {entry['version']!r}, expected 2")
+    if entry["format"] != "mds":
+        raise LabelError(f"{where}: field 'format' is {entry['format']!r}, expected 'mds'")
+    for key in ("raw_data", "zip_data"):
+        part = entry[key]
+        if part and (not isinstance(part, dict) or set(part) != FILE_INFO_KEYS):
+            raise LabelError(f"{where}: field {key!r} must have exactly {sorted(FILE_INFO_KEYS)}")
+
+
 class MDSColumns:
     """Decodes the samples of one MDS shard: the one place MDS sample bytes are taken apart.
 
     A sample is the ``uint32`` sizes of its variable-size columns, then each column's bytes.
-    ``strict`` (the stream) gives what ``streaming``'s ``MDSReader.decode_sample`` gives: ``str``
-    and ``json`` decoded here, every other encoding by ``streaming``'s own coder; the index
-    entry is checked as ``MDSReader.from_json`` checks it and pickled columns are refused. Not
-    ``strict`` (the labelling, no ``streaming`` import): ``str`` with replacement characters,
+    ``strict`` (the stream) gives what ``streaming``'s ``MDSReader.decode_sample`` gives, every
+    encoding by :mod:`.mds_encodings`; the index entry is checked as ``MDSReader.from_json``
+    checks it, and pickled columns and unknown encodings are refused. Not ``strict`` (the
+    labelling): ``str`` with replacement characters,
     ``str_*`` as text, numbers as Python scalars, other encodings left out.
 
     Args:
@@ -222,20 +257,26 @@ class MDSColumns:
         self.encodings: list[str] = entry["column_encodings"]
         self.sizes: list[int | None] = entry["column_sizes"]
         self.strict = strict
-        self._coder: Any = None
+        self._coders: list[Any] = []
         if not strict:
             return
-        unsafe = [c for c, e in zip(self.names, self.encodings, strict=False) if e == "pkl"]
+        unsafe = [
+            c for c, e in zip(self.names, self.encodings, strict=False) if e in mds_encodings.UNSAFE
+        ]
         if unsafe:  # decoding would unpickle data we did not write
             raise LabelError(
                 f"shard {name!r}: MDS columns {unsafe} are pickled; refusing to unpickle untrusted "
                 "data (re-encode them as json/str)"
             )
-        from streaming.base.format.mds.encodings import mds_decode
-        from streaming.base.format.mds.reader import MDSReader
-
-        MDSReader.from_json("", None, entry)  # streaming's checks of the entry; opens no file
-        self._coder = mds_decode
+        check_entry(name, entry)
+        for col, enc in zip(self.names, self.encodings, strict=False):
+            try:
+                coder = mds_encodings.decoder(enc)
+            except ValueError as e:
+                raise LabelError(f"shard {name!r}: MDS column {col!r}: {e}") from None
+            if coder is None:
+                raise LabelError(f"shard {name!r}: MDS column {col!r} has unknown encoding {enc!r}")
+            self._coders.append(coder)
 
     def decode(self, data: bytes) -> dict[str, Any]:
         """One sample's bytes → {column: value}."""
@@ -249,17 +290,17 @@ class MDSColumns:
             sizes.append(int(size))
         sample: dict[str, Any] = {}
         # streaming zips leniently; our reader has always refused ragged column lists
-        for name, enc, size in zip(self.names, self.encodings, sizes, strict=not self.strict):
+        for i, (name, enc, size) in enumerate(
+            zip(self.names, self.encodings, sizes, strict=not self.strict)
+        ):
             raw = data[idx : idx + size]
             idx += size
-            if enc == "json":
+            if self.strict:
+                sample[name] = self._coders[i](raw)
+            elif enc == "json":
                 sample[name] = json.loads(raw.decode("utf-8"))
             elif enc == "str":
-                sample[name] = (
-                    raw.decode("utf-8") if self.strict else raw.decode("utf-8", "replace")
-                )
-            elif self.strict:
-                sample[name] = self._coder(enc, raw)
+                sample[name] = raw.decode("utf-8", "replace")
             elif enc in ("str_int", "str_float", "str_decimal"):
                 sample[name] = raw.decode("utf-8")
             elif enc in _FIXED:
@@ -278,7 +319,7 @@ def read_shard(path: Path, entry: dict[str, Any]) -> list[dict[str, Any]]:
     if entry.get("zip_data") and comp:
         if not str(comp).startswith("zstd"):
             raise LabelError(f"shard {path.name!r}: MDS compression {comp!r} is not supported here")
-        data = zstd.decompress(data)
+        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
     n = int(np.frombuffer(data, np.uint32, count=1)[0])
     offs = np.frombuffer(data, np.uint32, count=n + 1, offset=4).astype(np.int64)
     cols = MDSColumns(path.name, entry, strict=False)

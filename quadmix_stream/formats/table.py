@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.formats.base import (
     ScannedShard,
     ShardFormat,
@@ -40,7 +41,7 @@ def docs_table(rows: Sequence[tuple[str, str, dict]], where: str = "") -> Any:
         try:
             cols[k] = pa.array([r[2].get(k) for r in rows])
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-            raise ValueError(
+            raise UserError(
                 f"{where}: meta field {k!r} has values of mixed types; Parquet/Arrow shards hold "
                 f"one type per column ({e})"
             ) from None
@@ -269,6 +270,10 @@ class TableFormat(ShardFormat):
         self, root: Path, fmt: str, compression: str | None, row_group_rows: int
     ) -> WriterBackend:
         return TableBackend(root, self.fmt, row_group_rows)
+
+    def prepare(self) -> None:
+        import pyarrow.ipc  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
 
     def open_local(self, path: Path, spec: ShardSpec) -> ShardReader:
         cls = ParquetShardReader if self.fmt == "parquet" else ArrowShardReader

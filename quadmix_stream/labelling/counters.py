@@ -59,8 +59,9 @@ class TokenizerCounter(Labeler):
         file = self.path if self.path.is_file() else self.path / "tokenizer.json"
         try:
             if file.is_file():
-                from tokenizers import Tokenizer
+                from quadmix_stream.extras import require
 
+                Tokenizer = require("tokenizers", "a token counter", "label").Tokenizer
                 self.tok = Tokenizer.from_file(str(file))
                 self.tok.no_truncation()
                 self.tok.no_padding()
@@ -69,8 +70,9 @@ class TokenizerCounter(Labeler):
                 from quadmix_stream.labelling.neural import offline_env
 
                 offline_env()
-                from transformers import AutoTokenizer
+                from quadmix_stream.extras import require
 
+                AutoTokenizer = require("transformers", "a token counter").AutoTokenizer
                 self.tok = AutoTokenizer.from_pretrained(
                     str(self.path), local_files_only=True, trust_remote_code=False
                 )

@@ -59,8 +59,11 @@ class Embedder:
             self._torch = torch
             self.device, self.dtype = pick_device(device)
             if (self.path / "modules.json").is_file():
-                from sentence_transformers import SentenceTransformer
+                from quadmix_stream.extras import require
 
+                SentenceTransformer = require(
+                    "sentence_transformers", "an embedding labeller"
+                ).SentenceTransformer
                 self.st = SentenceTransformer(
                     str(self.path), device=str(self.device), local_files_only=True
                 )
@@ -69,7 +72,10 @@ class Embedder:
                 self.st.max_seq_length = self.max_length
                 self.tok = self.st.tokenizer
             else:
-                from transformers import AutoModel, AutoTokenizer
+                from quadmix_stream.extras import require
+
+                transformers = require("transformers", "an embedding labeller")
+                AutoModel, AutoTokenizer = transformers.AutoModel, transformers.AutoTokenizer
 
                 self.st = None
                 self.tok = AutoTokenizer.from_pretrained(

@@ -47,8 +47,9 @@ class FastTextLabeler(Labeler):
             resolve_path(path), f"labeller {name!r} (fasttext)", want_dir=False
         )
         try:
-            import fasttext
+            from quadmix_stream.extras import require
 
+            fasttext = require("fasttext", "a fasttext labeller")
             fasttext.FastText.eprint = lambda *a, **k: None  # silence the load warning
             self.model = fasttext.load_model(str(self.path))
         except Exception as e:

@@ -100,7 +100,12 @@ class TransformersLabeler(Labeler):
         offline_env()
         try:
             import torch
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+            from quadmix_stream.extras import require
+
+            transformers = require("transformers", "a classifier labeller")
+            AutoModelForSequenceClassification = transformers.AutoModelForSequenceClassification
+            AutoTokenizer = transformers.AutoTokenizer
 
             self.device, self.dtype = pick_device(device)
             self.tok = AutoTokenizer.from_pretrained(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.formats import mds as mds_format
 from quadmix_stream.formats import sidecar_name, split_doc, writer_backend
 from quadmix_stream.io import sha256_file
@@ -50,7 +51,7 @@ def write_shard(
     if not docs:
         return None
     if fmt not in OUTPUT_FORMATS:
-        raise ValueError(f"output format must be one of {OUTPUT_FORMATS}, got {fmt!r}")
+        raise UserError(f"output format must be one of {OUTPUT_FORMATS}, got {fmt!r}")
     backend = writer_backend(root, fmt, compression)
     backend.index = index
     spans = [backend.add(*split_doc(d)) for d in docs]

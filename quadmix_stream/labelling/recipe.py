@@ -37,13 +37,9 @@ import yaml
 
 from quadmix_stream.labelling.inputs import InputSpec
 from quadmix_stream.labelling.outputs import OUTPUT_FORMATS
-from quadmix_stream.recipe import RecipeError
+from quadmix_stream.recipe import RecipeError, build, read_yaml
 from quadmix_stream.storage import is_remote
 
-_TOP = {"name", "input", "output", "domains", "unknown_domain", "train", "labelers", "run"}
-_OUTPUT = {"dir", "format", "rows_per_shard", "compression"}
-_LABELERS = {"domain", "tokens", "scorers"}
-_RUN = {"io_workers", "progress", "barrier_timeout_s"}
 RESERVED = ("domain", "tokens")
 
 
@@ -138,57 +134,93 @@ def _resolve(p: str | Path, base: Path) -> Path | str:
     return (q if q.is_absolute() else base / q).resolve()
 
 
-def _check_keys(d: dict, known: set[str], where: str) -> None:
-    if not isinstance(d, dict):
-        raise RecipeError(f"{where}: expected a mapping, got {type(d).__name__}")
-    bad = sorted(set(d) - known)
-    if bad:
-        raise RecipeError(f"{where}: unknown keys {bad} (known: {sorted(known)})")
+@dataclass(frozen=True, kw_only=True)
+class OutputSection:
+    """``output:`` where the labelled dataset goes."""
+
+    dir: str | None = None
+    format: str = "mds"
+    rows_per_shard: int = 2000
+    compression: str | None = None
 
 
-def parse_recipe(d: dict[str, Any], base: Path, name: str = "label") -> Recipe:
-    """A :class:`Recipe` from a mapping (as loaded from YAML)."""
-    _check_keys(d, _TOP, "recipe")
-    r = Recipe(name=str(d.get("name", name)), base=base)
-    inp = dict(d.get("input") or {})
-    if isinstance(inp.get("paths"), str):
-        inp["paths"] = [inp["paths"]]
-    _check_keys(inp, set(InputSpec.__dataclass_fields__), "input")
-    r.input = InputSpec(**inp)
-    out = dict(d.get("output") or {})
-    _check_keys(out, _OUTPUT, "output")
-    if out.get("dir"):
-        r.out = _resolve(out["dir"], base)
-    r.format = out.get("format", r.format)
-    r.rows_per_shard = int(out.get("rows_per_shard", r.rows_per_shard))
-    r.compression = out.get("compression", r.compression)
-    r.domains = list(d["domains"]) if d.get("domains") else None
-    r.unknown_domain = str(d.get("unknown_domain", "error"))
-    r.train = list(d.get("train") or [])
-    labs = dict(d.get("labelers") or {})
-    _check_keys(labs, _LABELERS, "labelers")
-    r.domain = labs.get("domain")
-    tok = labs.get("tokens", "whitespace")
-    r.tokens = {"type": tok} if isinstance(tok, str) else dict(tok)
-    r.scorers = [dict(s) for s in labs.get("scorers") or []]
-    run = dict(d.get("run") or {})
-    _check_keys(run, _RUN, "run")
-    r.io_workers = int(run.get("io_workers", r.io_workers))
-    r.progress = bool(run.get("progress", r.progress))
-    r.barrier_timeout_s = float(run.get("barrier_timeout_s", r.barrier_timeout_s))
-    return r
+@dataclass(frozen=True, kw_only=True)
+class LabelersSection:
+    """``labelers:`` the domain labeller, the token counter and the quality scorers."""
+
+    domain: dict[str, Any] | None = None
+    tokens: dict[str, Any] | str = "whitespace"  # a type name, or a labeller spec
+    scorers: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSection:
+    """``run:`` how the job runs."""
+
+    io_workers: int = 1
+    progress: bool = True
+    barrier_timeout_s: float = 6 * 3600.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelRecipeFile:
+    """A labelling recipe file as written (checked by :func:`quadmix_stream.recipe.build`)."""
+
+    name: str | None = None
+    input: InputSpec | None = None
+    output: OutputSection | None = None
+    domains: list[str] | None = None
+    unknown_domain: str = "error"
+    train: list[dict[str, Any]] | None = None
+    labelers: LabelersSection | None = None
+    run: RunSection | None = None
+
+
+def _paths(value: Any, where: str) -> list[str]:
+    """``input.paths``: one glob or a list of them."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RecipeError(f"{where}: expected a glob or a list of globs, got {value!r}")
+    return list(value)
+
+
+def parse_recipe(
+    d: dict[str, Any], base: Path, name: str = "label", where: str = "recipe"
+) -> Recipe:
+    """A :class:`Recipe` from a mapping (as loaded from YAML); ``where`` names it in errors."""
+    f = build(LabelRecipeFile, d, where, RecipeError, convert={"paths": _paths})
+    out, labs, run = (
+        f.output or OutputSection(),
+        f.labelers or LabelersSection(),
+        f.run or RunSection(),
+    )
+    return Recipe(
+        name=f.name or name,
+        base=base,
+        input=f.input or InputSpec(),
+        out=_resolve(out.dir, base) if out.dir else None,
+        format=out.format,
+        rows_per_shard=out.rows_per_shard,
+        compression=out.compression,
+        domains=list(f.domains) if f.domains else None,
+        unknown_domain=f.unknown_domain,
+        train=list(f.train or []),
+        domain=labs.domain,
+        tokens={"type": labs.tokens} if isinstance(labs.tokens, str) else dict(labs.tokens),
+        scorers=[dict(s) for s in labs.scorers or []],
+        io_workers=run.io_workers,
+        progress=run.progress,
+        barrier_timeout_s=run.barrier_timeout_s,
+    )
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read a YAML recipe (safe loader only)."""
+    """Read a YAML recipe (safe loader only); errors name the file and the key."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {path} does not exist")
-    try:
-        d = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"recipe {path}: not valid YAML ({e})") from None
-    return parse_recipe(d, path.resolve().parent, name=path.stem)
+    return parse_recipe(read_yaml(path), path.resolve().parent, path.stem, where=str(path))
 
 
 def parse_kv(text: str) -> dict[str, Any]:

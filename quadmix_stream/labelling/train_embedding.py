@@ -42,10 +42,13 @@ def train_embedding_head(
 ) -> dict[str, Any]:
     """Fit a logistic-regression head on embeddings; ``kind="domain"`` (from ``docs[field]``) or
     ``kind="quality"`` (positives vs a uniform sample of negatives). Writes the head ``.npz``."""
-    from sklearn.linear_model import LogisticRegression
-
+    from quadmix_stream.extras import require
     from quadmix_stream.labelling.embedding import Embedder, save_head
     from quadmix_stream.labelling.paths import content_hash
+
+    LogisticRegression = require(
+        "sklearn.linear_model", "training an embedding head", "label"
+    ).LogisticRegression
 
     emb_model = Embedder(model_path, max_length=max_length, batch_size=batch_size)
     rows: list[tuple[str, dict]] = []

@@ -64,7 +64,9 @@ def _fit_fasttext(lines: list[str], out: Path, params: Mapping[str, Any]) -> Any
     import subprocess
     import sys
 
-    import fasttext
+    from quadmix_stream.extras import require
+
+    fasttext = require("fasttext", "training a fasttext labeller")
 
     fasttext.FastText.eprint = lambda *a, **k: None
     order = np.random.default_rng(int(params.get("seed", 0))).permutation(len(lines))

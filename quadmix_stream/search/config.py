@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.locations import dataset_location, location_str
 from quadmix_stream.model import PROXY_MODEL, ModelConfig, model_section
 from quadmix_stream.params import DEFAULT_RANGES
@@ -30,7 +31,7 @@ from quadmix_stream.schedule import warmup_cosine
 SPACES = ("quadmix", "domain_mixture")
 
 
-class SearchConfigError(ValueError):
+class SearchConfigError(UserError):
     """A recipe or run-folder setting that cannot be used; the message names the key."""
 
 

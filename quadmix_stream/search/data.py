@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 # the evaluation sets live with the trainer's (re-exported: the pipeline reads them from here)
+from quadmix_stream.errors import UserError
 from quadmix_stream.evaluation import eval_coverage, load_target_texts, target_blocks
 from quadmix_stream.hashing import SALT_PROXY_POOL, uniform
 from quadmix_stream.packing import BlockPacker
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 
-class SelectionError(RuntimeError):
+class SelectionError(UserError):
     """θ selects too little to train on (the proxy is recorded as failed, with this reason)."""
 
 

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.sampling import expected_copies, sample_rows_per_domain
 from quadmix_stream.search.pool import Pool
@@ -52,7 +53,7 @@ class Featurizer:
         self, kind: str, pool: Pool, form: str = "multiplicative", sample_per_domain: int = 2000
     ) -> None:
         if kind not in KINDS:
-            raise ValueError(f"regressor.features: must be one of {KINDS}, got {kind!r}")
+            raise UserError(f"regressor.features: must be one of {KINDS}, got {kind!r}")
         self.kind, self.pool, self.form = kind, pool, form
         self.m, self.n = len(pool.domains), len(pool.scorers)
         if kind != "theta":

@@ -16,12 +16,9 @@ import numpy as np
 
 def _plt() -> Any:  # matplotlib.pyplot, imported on first use
     """matplotlib.pyplot on the Agg backend (no display needed)."""
-    import matplotlib
+    from quadmix_stream.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot("the search report's figures")
 
 
 def _save(fig: Any, path: Path) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.evaluation import autocast, lm_loss, mean_loss
 from quadmix_stream.locations import dataset_location
 from quadmix_stream.model import ModelConfig, build_causal_lm, count_params
@@ -56,7 +57,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(spec)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"proxy.device: {spec!r} asked for but CUDA is not available")
+        raise UserError(f"proxy.device: {spec!r} asked for but CUDA is not available")
     return dev
 
 

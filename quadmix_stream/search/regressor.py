@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.io import atomic_write_text
 from quadmix_stream.search.config import RegressorConfig
 
@@ -78,7 +79,7 @@ def make_model(name: str, n: int, cfg: RegressorConfig):
         )
         gp = GaussianProcessRegressor(kernel, normalize_y=True, random_state=cfg.seed)
         return make_pipeline(StandardScaler(), gp)
-    raise ValueError(f"unknown regressor model {name!r}; expected one of {MODELS}")
+    raise UserError(f"unknown regressor model {name!r}; expected one of {MODELS}")
 
 
 def fit_model(name: str, x: np.ndarray, y: np.ndarray, cfg: RegressorConfig, n: int | None = None):
@@ -118,7 +119,7 @@ def validate(xs: dict[str, np.ndarray], y: np.ndarray, cfg: RegressorConfig) -> 
 
     n = len(y)
     if n < MIN_RUNS:
-        raise ValueError(
+        raise UserError(
             f"fit: {n} successful proxy runs; at least {MIN_RUNS} are needed to fit and validate "
             "a regressor (train more proxies: raise proposals.n and run `proxies` again)"
         )

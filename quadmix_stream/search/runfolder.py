@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.io import atomic_write_bytes, atomic_write_text, sha256_file
 from quadmix_stream.labels import Manifest
 from quadmix_stream.locations import dataset_location, location_str, read_location
@@ -48,7 +49,7 @@ SCHEMA = "quadmix-stream/search"
 VERSION = 1
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserError):
     """A run folder that does not fit the request (other dataset, other settings, missing step)."""
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.params import DEFAULT_RANGES, SamplingParams
 from quadmix_stream.search.config import SearchConfig
 from quadmix_stream.search.pool import Pool
@@ -525,9 +526,9 @@ def ship(folder: RunFolder) -> dict:
     cfg = folder.config
     measured, failed = measured_contenders(folder)
     if not (folder.path / "evals" / f"{STAR}.json").exists():
-        raise ValueError(f"{folder.path}: θ* has no measured proxy yet (run `evaluate`)")
+        raise UserError(f"{folder.path}: θ* has no measured proxy yet (run `evaluate`)")
     if not measured:
-        raise ValueError(f"{folder.path}: no contender was measured at every seed (run `evaluate`)")
+        raise UserError(f"{folder.path}: no contender was measured at every seed (run `evaluate`)")
     bounds, notes = {}, []
     if STAR not in measured:
         notes.append(f"θ*'s proxy failed ({failed.get(STAR, 'not measured at every seed')})")

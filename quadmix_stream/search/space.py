@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from quadmix_stream.errors import UserError
 from quadmix_stream.params import SamplingParams
 from quadmix_stream.search.config import ProposalConfig
 
@@ -40,7 +41,7 @@ def propose(
     if space == "quadmix":
         return SamplingParams.propose_vectors(n, m, k, seed, cfg.ranges or None)
     if space != "domain_mixture":
-        raise ValueError(f"unknown proposal space {space!r}")
+        raise UserError(f"unknown proposal space {space!r}")
     w = np.random.default_rng(seed).dirichlet(np.full(m, cfg.dirichlet), size=n)
     return mixture_vectors(w, domain_tokens, k, cfg.scale)
 
@@ -53,7 +54,7 @@ def mixture_vectors(
     n, m = w.shape
     t = np.asarray(domain_tokens, dtype=np.float64)
     if np.any(t <= 0):
-        raise ValueError("domain_mixture: every domain needs tokens in the pool")
+        raise UserError("domain_mixture: every domain needs tokens in the pool")
     eta = scale * w * t.sum() / t
     alpha = np.full((n, m * n_scorers), 1.0 / n_scorers)
     return np.concatenate([alpha, np.zeros((n, m)), np.ones((n, m)), eta, np.zeros((n, m))], 1)

@@ -1,4 +1,4 @@
-"""The wire side of :class:`~quadmix_stream.benchmarks.faultproxy.FaultProxy`: its HTTP server
+"""The wire side of :class:`~tests.support.faultproxy.FaultProxy`: its HTTP server
 and request handler.
 
 :class:`ProxyHandler` forwards one client connection's requests to the upstream (keep-alive on
@@ -19,10 +19,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from quadmix_stream.benchmarks.faultproxy import FaultProxy
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +70,7 @@ class ProxyServer(ThreadingHTTPServer):
 
     daemon_threads = True
     request_queue_size = 1024  # listen backlog: many ranks/workers connect at once
-    proxy: FaultProxy
+    proxy: Any  # the FaultProxy serving (typed loosely: that module imports this one)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         t = threading.Thread(

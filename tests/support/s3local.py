@@ -53,7 +53,7 @@ __all__ = [
     "split_s3_url",
 ]
 
-from quadmix_stream.benchmarks.faultproxy import FAULT_KINDS, FaultProxy
+from .faultproxy import FAULT_KINDS, FaultProxy
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """A fault-injecting HTTP reverse proxy to put in front of an S3 endpoint (:class:`FaultProxy`).
 
 A threaded reverse proxy (standard library only) between the clients and an S3 server such as
-:class:`quadmix_stream.benchmarks.s3local.LocalS3`. It forwards requests unchanged (the
+:class:`tests.support.s3local.LocalS3`. It forwards requests unchanged (the
 ``Host`` header included, so SigV4 signatures still verify upstream), streams responses back,
 adds latency, and injects faults with a seeded random generator: dropped connections,
 ``503 SlowDown`` / ``500 InternalError`` replies, truncated bodies (full ``Content-Length``,
@@ -21,7 +21,7 @@ from types import MappingProxyType, TracebackType
 from typing import Self
 from urllib.parse import urlsplit
 
-from quadmix_stream.benchmarks.faultproxy_wire import S3_ERRORS, ProxyHandler, ProxyServer
+from .faultproxy_wire import S3_ERRORS, ProxyHandler, ProxyServer
 
 __all__ = ["FAULT_KINDS", "FaultProxy"]
 

@@ -159,11 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("recipe", help="YAML recipe (sections data, model, train, out)")
-    ap.add_argument("--out", help="run folder (default: the recipe's `out`)")
-    ap.add_argument("--params", help="a new params.json: resume the epoch under these params")
-    ap.add_argument("--steps", type=int, help="override train.steps")
-    ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    from quadmix_stream.commands.train import add_run_arguments
+
+    add_run_arguments(ap)
     a = ap.parse_args(argv)
     show(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     try:

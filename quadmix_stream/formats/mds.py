@@ -51,20 +51,7 @@ MDS_COLUMNS = {"id": "str", "text": "str", "meta": "json"}
 SIZE_LIMIT = 1 << 31  # the size_limit recorded in the config (what we used to pass MDSWriter)
 ZSTD_LEVEL = 3  # streaming's default zstd level
 
-_FIXED = {
-    "int": np.int64,
-    "uint8": np.uint8,
-    "uint16": np.uint16,
-    "uint32": np.uint32,
-    "uint64": np.uint64,
-    "int8": np.int8,
-    "int16": np.int16,
-    "int32": np.int32,
-    "int64": np.int64,
-    "float16": np.float16,
-    "float32": np.float32,
-    "float64": np.float64,
-}
+_FIXED = {"int": np.int64, **mds_encodings.SCALARS}  # numeric encodings, as numpy dtypes
 
 
 # ---------------------------------------------------------------- writing

@@ -75,10 +75,12 @@ def model_section(
     if not isinstance(value, Mapping):
         raise error(f"{where}: expected a mapping, got {value!r}")
     data: dict[str, Any] = {}
+    given: dict[str, str] = {}  # setting → the key the user wrote for it
     for key, v in value.items():
         name = ALIASES.get(key, key)
         if name in data:
-            raise error(f"{where}: {key!r} and {name!r} name the same setting; give one")
+            raise error(f"{where}: {given[name]!r} and {key!r} name the same setting; give one")
+        given[name] = key
         data[name] = v
     if defaults is not None:
         data = {**dataclasses.asdict(defaults), **data}

@@ -106,7 +106,7 @@ class Piece:
         """Does the piece hold every item of the shard at ``position``?"""
         return (
             self.floor is None
-            and (position > self.lo[0] or self.lo[1:] == (LOW, LOW))
+            and (position > self.lo[0] or (position == self.lo[0] and self.lo[1:] == (LOW, LOW)))
             and position < self.hi[0]
         )
 

@@ -82,17 +82,28 @@ def read_sidecar(path: str | Path, shard: str, scorers: Sequence[str]) -> ShardL
     for name in ("key", "domain", "tokens", "scores", "scorers"):
         if name not in cols:
             raise LabelError(f"shard {shard!r}: sidecar field {name!r} is missing")
-    names = json.loads(cols["scorers"].tobytes().decode())
+    try:
+        names = json.loads(cols["scorers"].tobytes().decode())
+    except ValueError as e:  # not UTF-8, not JSON
+        raise LabelError(
+            f"shard {shard!r}: sidecar field 'scorers' is not a JSON list ({e})"
+        ) from None
     if names != list(scorers):
         raise LabelError(
             f"shard {shard!r}: sidecar field 'scores' has scorers {names}, manifest has {list(scorers)}"
         )
-    n = cols["key"].size
+    key = cols["key"]
+    if key.ndim != 1 or key.dtype.kind not in "iu":
+        raise LabelError(
+            f"shard {shard!r}: sidecar field 'key' must be one integer per row, got "
+            f"{key.dtype} of shape {key.shape}"
+        )
+    n = key.size
     for name in ("domain", "tokens", "offset", "length"):
         if name in cols and cols[name].shape != (n,):
-            raise LabelError(
-                f"shard {shard!r}: sidecar field {name!r} has {cols[name].shape[0]} rows, key has {n}"
-            )
+            shape = cols[name].shape
+            has = f"{shape[0]} rows" if len(shape) == 1 else f"shape {shape}"
+            raise LabelError(f"shard {shard!r}: sidecar field {name!r} has {has}, key has {n}")
     if cols["scores"].shape != (n, len(scorers)):
         raise LabelError(
             f"shard {shard!r}: sidecar field 'scores' has shape {cols['scores'].shape}, expected ({n}, {len(scorers)})"

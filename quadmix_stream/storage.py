@@ -85,8 +85,13 @@ class StorageConfig:
         cache_dir: node-local folder for downloaded files (default ``<cache>/remote``).
         cache_limit: bytes (or ``"64gb"``) the cache folder may hold; files in use are never
             evicted, so the folder can exceed it by the shards in flight. ``None``: no limit.
-        retries: attempts after the first for a transient failure.
+        retries: attempts after the first for a transient failure (timeouts, 5xx, throttling,
+            resets, truncated bodies); the client's own retries are turned off, so these are all
+            the attempts there are.
         backoff_s: first retry delay; doubled each retry (with jitter), capped at 10 s.
+        deadline_s: the most one operation (a file, a set of ranges) may take, retries
+            included: no retry starts after it, and each attempt waits at most ``timeout_s``.
+        timeout_s: how long one request may wait for a connection or for the next bytes.
         request_bytes: what one request costs, in bytes of transfer: a hole of up to this many
             bytes between two needed rows is read through rather than skipped, and a shard is
             read by byte ranges (uncompressed MDS, WebDataset tar) only when its ranges cost
@@ -103,6 +108,8 @@ class StorageConfig:
     cache_limit: int | str | None = None
     retries: int = 8
     backoff_s: float = 0.2
+    deadline_s: float = 120.0
+    timeout_s: float = 20.0
     request_bytes: int = 8192
     prefetch_threads: int = 8
     storage_options: dict[str, Any] = field(default_factory=dict)
@@ -140,6 +147,21 @@ class _Truncated(OSError):
 
 
 _FINAL = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+#: Client errors no retry heals (by class name: the clients are optional packages).
+_FINAL_NAMES = frozenset(
+    {
+        "NoCredentialsError",
+        "PartialCredentialsError",
+        "CredentialRetrievalError",
+        "ParamValidationError",
+        "InvalidRegionError",
+        "DefaultCredentialsError",  # google-auth
+    }
+)
+#: A local disk that is full, read-only or refuses the name: the cache cannot take the file.
+_FINAL_ERRNOS = frozenset(
+    {errno.EACCES, errno.ENOENT, errno.EINVAL, errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+)
 
 
 # Errors of the clients under fsspec (botocore, aiohttp, gcsfs, ...) that reach us untranslated:
@@ -147,16 +169,32 @@ _FINAL = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryEr
 _CLIENT_MODULES = ("botocore.", "aiobotocore.", "aiohttp.", "fsspec.", "s3fs.", "gcsfs.", "google.")
 
 
+def _advice(e: BaseException) -> str:
+    """What to do about an error no retry heals."""
+    names = {c.__name__ for c in type(e).__mro__}
+    if names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
+        return "no credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+    if "DefaultCredentialsError" in names:
+        return "no credentials found: set GOOGLE_APPLICATION_CREDENTIALS"
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the local cache's disk is full: free space or set cache_dir/cache_limit"
+    if isinstance(e, OSError) and e.errno == errno.EROFS:
+        return "the local cache's disk is read-only: set cache_dir to a writable folder"
+    return "check the URL and the storage options"
+
+
 def _is_transient(e: BaseException) -> bool:
-    if isinstance(e, _FINAL):
+    if isinstance(e, _FINAL) or any(c.__name__ in _FINAL_NAMES for c in type(e).__mro__):
+        return False
+    if isinstance(e, OSError) and e.errno in _FINAL_ERRNOS:
         return False
     if isinstance(e, TimeoutError | ConnectionError | _Truncated):
         return True
     if any(c.__module__.startswith(_CLIENT_MODULES) for c in type(e).__mro__):
         return True
     # s3fs turns service errors into OSError with an errno; a bare OSError from the network
-    # stack (reset, broken pipe, EIO) is transient too. EACCES/ENOENT were caught above.
-    return isinstance(e, OSError) and e.errno not in (errno.EACCES, errno.ENOENT, errno.EINVAL)
+    # stack (reset, broken pipe, EIO) is transient too (the final errnos were caught above)
+    return isinstance(e, OSError)
 
 
 class Store:
@@ -232,6 +270,15 @@ class Store:
     def _connect(self) -> Any:
         opts = dict(self.config.storage_options)
         given = "endpoint_url" in opts or "endpoint_url" in opts.get("client_kwargs", {})
+        if self.protocol in ("s3", "s3a"):
+            # one retry layer (ours, bounded by deadline_s): botocore makes one attempt, with
+            # timeouts, unless the options say otherwise; s3fs's own retries are set below
+            t = min(self.config.timeout_s, self.config.deadline_s)
+            cfg = dict(opts.get("config_kwargs") or {})
+            cfg.setdefault("retries", {"max_attempts": 1, "mode": "standard"})
+            cfg.setdefault("connect_timeout", t)
+            cfg.setdefault("read_timeout", t)
+            opts["config_kwargs"] = cfg
         if self.protocol in ("s3", "s3a") and not given:
             # read now, not when fsspec was imported (fsspec's config copies
             # FSSPEC_S3_ENDPOINT_URL at import); S3_ENDPOINT_URL is mosaicml-streaming's name
@@ -254,6 +301,8 @@ class Store:
                     fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **opts)
                 except ImportError as e:  # fsspec is there, the protocol's client is not
                     raise MissingExtraError(f"{feature}: {e}: {install_hint(extra)}") from e
+                if self.protocol in ("s3", "s3a"):
+                    fs.retries = 1  # s3fs's retry loop: one attempt (ours retries)
                 if hasattr(fs, "connect"):
                     # s3fs: make the client once; concurrent first calls would each build one
                     fs.connect()
@@ -265,15 +314,14 @@ class Store:
         """``fn()`` retried on transient failures; ``missing_ok``: a missing file re-raises
         ``FileNotFoundError`` (for callers that word their own message)."""
         delay = self.config.backoff_s
+        t0 = time.monotonic()
         for attempt in range(self.config.retries + 1):
             try:
                 return fn()
             except FileNotFoundError:
                 if missing_ok:
                     raise FileNotFoundError(self.where(name)) from None
-                raise StorageError(
-                    f"{self.where(name)}: no such file (deleted, or never uploaded?)"
-                ) from None
+                raise StorageError(f"{self.where(name)}: {self.missing_why()}") from None
             except PermissionError as e:
                 raise StorageError(
                     f"{self.where(name)}: access denied ({type(e).__name__}); check the "
@@ -283,14 +331,33 @@ class Store:
             except MissingExtraError:
                 raise
             except Exception as e:
-                if not _is_transient(e) or attempt == self.config.retries:
+                left = self.config.deadline_s - (time.monotonic() - t0)
+                if not _is_transient(e) or attempt == self.config.retries or left <= 0:
+                    took = f"{time.monotonic() - t0:.0f} s"
+                    why = "" if _is_transient(e) else "; not retried: " + _advice(e)
                     raise StorageError(
-                        f"{self.where(name)}: cannot be read after {attempt + 1} attempts "
-                        f"({type(e).__name__}: {e})"
+                        f"{self.where(name)}: cannot be read ({attempt + 1} attempt(s) in {took}, "
+                        f"deadline_s {self.config.deadline_s:g}; {type(e).__name__}: {e}){why}"
                     ) from e
-                time.sleep(min(delay, 10.0) * (1 + random.random()))
+                time.sleep(min(delay, 10.0, left) * (1 + random.random()))
                 delay *= 2
         raise AssertionError("unreachable")
+
+    def root_missing(self) -> str | None:
+        """Why nothing can be found under the root (no such folder or bucket), else ``None``."""
+        if not self.remote:
+            return None if Path(self.url).is_dir() else f"the folder {self.url} does not exist"
+        bucket = self.url.split("://", 1)[1].split("/", 1)[0]
+        try:
+            exists = self.fs.exists(f"{self.protocol}://{bucket}")
+        except Exception:  # the check is a courtesy: its failure changes nothing
+            exists = True
+        return None if exists else f"the bucket {bucket!r} does not exist (check URL and endpoint)"
+
+    def missing_why(self) -> str:
+        """Why a file is missing, in words."""
+        root = self.root_missing()
+        return f"no such file: {root}" if root else "no such file (deleted, or never uploaded?)"
 
     def sizes(self) -> dict[str, int]:
         """Bytes of every file under the root, by name relative to it (``{}`` when the root
@@ -381,11 +448,15 @@ class Store:
         if not self.remote:
             path = self.path(name)
             if missing is not None and not path.exists():
-                raise error(missing)
+                root = self.root_missing()
+                raise error(root or missing)
             return read_json(path, error, what)
         try:
             data = self.read_bytes(name)
         except FileNotFoundError:
+            root = self.root_missing()
+            if root:
+                raise error(f"{self.where(name)}: {root}") from None
             raise error(missing or f"{self.where(name)}: no such {what}") from None
         except StorageError as e:  # every other remote failure, retried and worded already
             raise error(str(e)) from None

@@ -101,8 +101,7 @@ def test_read_only_output_folder_is_one_line_error(env):
     assert p.returncode == 2, p.stderr[-2000:]
     lines = [x for x in p.stderr.splitlines() if x.strip()]
     assert lines == [
-        f"pretrain: error: output folder {ro / 'run'} is not writable: "
-        "Read-only file system"
+        f"pretrain: error: output folder {ro / 'run'} is not writable: Read-only file system"
     ], p.stderr[-2000:]
 
 

@@ -399,10 +399,11 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
     lock = claim_out(out, rank)  # before any work: writable, and no other trainer in it
     say = log.info if rank == 0 else log.debug
     say(
-        "[pretrain] %d rank(s) on %s; params %r, dataset %s",
+        "[pretrain] %d rank(s) on %s; params %s (%s), dataset %s",
         world,
         device,
-        params.provenance,
+        d.params,
+        params.fingerprint()[:12],
         d.dataset,
     )
     # a local folder or an object-storage URL (s3://…): never wrapped in Path, which would

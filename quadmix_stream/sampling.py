@@ -284,7 +284,9 @@ def expected_copies(
 # ---------------------------------------------------------------- realised copies
 def realize(expected: np.ndarray, keys: np.ndarray, seed: int, epoch: int) -> np.ndarray:
     """c(x) = ⌊S⌋ + [u(x) < S − ⌊S⌋] with u a counter-based uniform of (seed, key, epoch)."""
-    s = np.asarray(expected, dtype=np.float64)
+    # an absurd S (η of 1e19, inf) stays absurdly large instead of wrapping around in int64:
+    # the callers' "at most 255 copies" check must see it
+    s = np.minimum(np.asarray(expected, dtype=np.float64), 2.0**62)
     base = np.floor(s)
     u = uniform(keys, seed, epoch, SALT_COPIES)
     return (base + (u < (s - base))).astype(np.int64)

@@ -219,3 +219,12 @@ def test_prepared_pipeline_equals_equations(form):
     assert not ref_s.complete.any() and ref_s.domain.size < 3 * 2_000 * m
     sampled = expected_of(sig, dom, p, RankModel.build(ref_s, p, small))
     assert np.abs(sampled - want).mean() < 0.05
+
+
+def test_realize_keeps_absurd_expected_counts_large():
+    """η ≥ ~5e18 once wrapped around int64 to 0 or negative copies, past the 255-copies check."""
+    from quadmix_stream.sampling import realize
+
+    keys = np.arange(4, dtype=np.uint64)
+    c = realize(np.array([5e18, 1e300, np.inf, 2.5]), keys, seed=0, epoch=0)
+    assert (c[:3] > 255).all() and c[3] in (2, 3)

@@ -41,6 +41,7 @@ def _python(code: str, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_importing_the_loader_imports_no_lab_package():
     r = _python(
         f"""
@@ -54,6 +55,7 @@ def test_importing_the_loader_imports_no_lab_package():
     assert r.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["mds", "jsonl", "parquet"])
 def test_dataloader_workers_import_no_new_package(request, fmt):
     """Every third-party package a worker uses is imported by the rank before it forks: a lazy
@@ -98,6 +100,7 @@ def test_require_names_the_extra():
     assert isinstance(MissingExtraError("x"), ImportError)  # `except ImportError` still works
 
 
+@pytest.mark.slow
 def test_cli_says_which_extra_to_install(mds_ds, tmp_path):
     """A command whose extra is missing exits 2 with one line (the package is hidden here by a
     ``None`` in ``sys.modules``, which is what an absent package looks like to ``import``)."""

@@ -1,4 +1,4 @@
-"""Pool-wide passes computed once per node and shared through files (DESIGN.md §9).
+"""Pool-wide passes computed once per node and shared through files (docs/design.md, "Pool-wide work, once per node").
 
 Some inputs of the stream need every shard's labels: each domain's size, the bounded label
 sample that Eq. 2's rank tables are built on, and an epoch's per-shard item totals (for

@@ -1,4 +1,4 @@
-"""Label sidecars and the dataset manifest (DESIGN.md §4).
+"""Label sidecars and the dataset manifest (docs/reference.md, "Label sidecars" and "The manifest").
 
 A labelled dataset is a folder with shards, one columnar label sidecar per shard (row-aligned with
 it, readable without touching the payload) and ``quadmix.json``, the manifest. Everything is

@@ -1,6 +1,6 @@
 """The epoch's items in a θ-independent key order, cut into contiguous per-consumer ranges.
 
-Why this shape (DESIGN.md §5 recommends canonical partitions; this keeps every guarantee and
+Why this shape (docs/design.md, "Where this differs from fixed partitions"; it keeps every guarantee and
 lets each consumer touch only its own shards):
 
 * Every copy ``k`` of global row ``r`` is an *item* with id ``r·256 + k``. Its **key** is

@@ -1,4 +1,4 @@
-"""The QuaDMix sampling function as pure, vectorised numpy (DESIGN.md §3).
+"""The QuaDMix sampling function as pure, vectorised numpy (docs/design.md, "The math").
 
 Pipeline: raw scores --σ--> normalised scores --Eq.1--> merged quality q̄ --Eq.2--> in-domain
 rank r --Eq.3--> expected copies S --realize--> integer copies c. Nothing here does I/O.

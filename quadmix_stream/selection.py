@@ -1,7 +1,7 @@
 """Params → expected and realised copies of documents (the "compile" step), one shard at a time.
 
 A document's copies depend on its own labels plus small global tables, so any process computes
-the counts of the shards it reads and nothing else (DESIGN.md §9):
+the counts of the shards it reads and nothing else (docs/design.md, "Counts from a shard's own labels and small tables"):
 
 * σ tables (in the manifest) normalise raw scores;
 * Eq. 2 needs each domain's distribution of merged quality q̄. It comes from a *reference*: a

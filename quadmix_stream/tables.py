@@ -1,4 +1,4 @@
-"""A labelled pool seen one shard at a time, with its small global tables (DESIGN.md §9).
+"""A labelled pool seen one shard at a time, with its small global tables (docs/design.md, "The stream").
 
 :class:`PoolTables` is what every process of the stream holds about the pool: the manifest's
 per-shard metadata, the σ tables, the Eq. 2 reference (bounded sample) and, per epoch, one item

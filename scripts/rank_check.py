@@ -8,7 +8,7 @@ configuration (below: the recipe's, 4× the tokens over half the pool, the
 full-size model's width), the flow's params files (its baselines and what shipped) are trained as
 proxies with data seeds 0-2 in a run folder of their own over the flow's labels, and their mean
 objective is compared with the full-size trainings' (``results.json``): Spearman over methods.
-An exploratory measurement (docs/RESULTS.md, the repetition regime), not a step of the flow.
+An exploratory measurement (docs/results.md, the repetition regime), not a step of the flow.
 """
 
 from __future__ import annotations

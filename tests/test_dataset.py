@@ -1,4 +1,4 @@
-"""QuaDMixDataset: the eight guarantees of DESIGN.md §5, each with its own test."""
+"""QuaDMixDataset: the eight guarantees of docs/design.md, each with its own test."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""The README's Python examples run as written (blocks that start with ``# example: NAME``)."""
+"""The docs' Python examples run as written (blocks that start with ``# example: NAME``).
+
+They are looked for in README.md, docs/*.md and docs/guides/*.md; each runs in a folder that
+holds the synthetic corpus at ``data/synth``, as the docs say.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,28 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = {
-    m.group(1): m.group(0)
-    for m in re.finditer(r"# example: ([\w-]+)\n.*?(?=\n```)", README.read_text(), re.S)
-}
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "docs" / "guides").glob("*.md")),
+]
+FOUND = [
+    (m.group(1), m.group(0), doc)
+    for doc in DOCS
+    for m in re.finditer(r"# example: ([\w-]+)\n.*?(?=\n```)", doc.read_text(), re.S)
+]
+BLOCKS = {name: block for name, block, _ in FOUND}
+NAMES = [
+    "plain-loop",
+    "params-by-hand",
+    "packed-loop",
+    "stateful",
+    "hf-trainer",
+    "lightning",
+    "torchtitan",
+    "grain",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +60,13 @@ def workdir(tmp_path_factory):
 
 
 def test_examples_found():
-    assert {"plain-loop", "stateful", "hf-trainer", "lightning", "torchtitan"} <= set(BLOCKS)
+    assert set(NAMES) <= set(BLOCKS)
+    assert len(FOUND) == len(BLOCKS), "two examples share a name"
+    assert "plain-loop" in (ROOT / "README.md").read_text()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name", ["plain-loop", "stateful", "hf-trainer", "lightning", "torchtitan"]
-)
+@pytest.mark.parametrize("name", NAMES)
 def test_example_runs(workdir, name):
     r = subprocess.run(
         [sys.executable, "-c", BLOCKS[name]],

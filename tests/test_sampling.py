@@ -1,4 +1,4 @@
-"""Property tests of the QuaDMix math (DESIGN.md §3)."""
+"""Property tests of the QuaDMix math (docs/design.md, "The math")."""
 
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ from quadmix_stream.trainers.run_folder import checkpoints, claim_out, save_chec
 from quadmix_stream.trainers.runlog import LoggingConfig, RunLogger, truncate_log
 from quadmix_stream.window import is_window
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("quadmix_stream.trainers.pretrain")  # also when run as __main__
 
 __all__ = ["DataConfig", "ModelConfig", "PretrainConfig", "TrainConfig", "load_config", "train"]
 
@@ -410,7 +410,9 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
     # turn the URL into a relative folder name
     storage = StorageConfig(cache_limit=d.cache_limit)
     say(
-        "[pretrain] tokenizer: %s", d.tokenizer or f"a {d.vocab_size}-token BPE trained on the pool"
+        "[pretrain] tokenizer: %s",
+        d.tokenizer
+        or f"a {d.vocab_size}-token BPE of the pool (trained once, kept in the run folder)",
     )
     tok = load_tokenizer(d, out, rank, storage)
     model, ddp, opt, sched = build_training(cfg, tok.vocab_size, device)

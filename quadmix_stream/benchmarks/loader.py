@@ -44,7 +44,7 @@ Report = Callable[[str, float, int], None]
 def run(
     corpus: str | None, work: str | None, docs_per_domain: int, repeat: int
 ) -> list[tuple[str, float, int]]:
-    """Measure every row, print it and the ratios against DESIGN.md §8's targets.
+    """Measure every row, print it and the ratios against the targets of docs/benchmarks.md.
 
     Args:
         corpus: a raw corpus folder to take documents from (default: the synthetic corpus).
@@ -168,12 +168,12 @@ def _quadmix_rows(mds: Path, tar: Path, sd: Any, repeat: int, report: Report) ->
 
 
 def _print_ratios(rows: list[tuple[str, float, int]]) -> None:
-    """The ratios DESIGN.md §8 sets targets for."""
+    """The ratios docs/benchmarks.md ("Targets") sets targets for."""
     r = {name[:4].strip(): rate for name, rate, _ in rows}
     d_loader = rows[3][1]
     d_inproc = rows[4][1]
     e = rows[5][1]
-    print("ratios (targets from DESIGN.md §8):")
+    print("ratios (targets from docs/benchmarks.md):")
     print(
         f"  (d) DataLoader / (b) StreamingDataset DataLoader = {d_loader / r['(b)']:.2f}  (target ≥ 1.0)"
     )

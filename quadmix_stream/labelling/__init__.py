@@ -1,4 +1,4 @@
-"""Labelling: domain, quality scores and token counts for every document (DESIGN.md §2, §4).
+"""Labelling: domain, quality scores and token counts for every document (docs/guides/label.md; the formats in docs/reference.md).
 
 * the labellers: one interface (:mod:`.labeler`: texts → array) over fasttext
   (:mod:`.fasttext_labeler`), transformers classifiers/regressors (:mod:`.neural`), embedding +

@@ -8,7 +8,7 @@ JSONL corpus:
 2. *pipeline*: ``quadmix-stream label`` from the gzipped/plain JSONL files to MDS shards +
    sidecars + manifest (planning, reading, parsing, writing, hashing, σ tables included);
 3. a second pipeline with a single fasttext scorer (domain and tokens from cheap labellers),
-   against fasttext's bare predict: the design target is ≤ 20% overhead.
+   against fasttext's bare predict: the target (docs/benchmarks.md, "Targets") is ≤ 20% overhead.
 """
 
 from __future__ import annotations

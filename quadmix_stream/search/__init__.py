@@ -1,4 +1,4 @@
-"""Offline parameter search (DESIGN.md §3, §6): proposals → proxy trainings → regressor → θ*.
+"""Offline parameter search (docs/design.md, "The search"): proposals → proxy trainings → regressor → θ*.
 
 A search lives in one *run folder* (:mod:`.runfolder`). Its steps are separate and resumable:
 
@@ -12,7 +12,7 @@ rounds       (optional) refit, draw θ near the best, train them, repeat (``pipe
 ``fit``      LightGBM, ridge and a Gaussian process on θ and on the selection profile, scored by
              held-out and k-fold Spearman; the best predicts (:mod:`.regressor`);
 ``select``   100k fresh proposals, predict, θ* = mean of the best k, the best few candidates
-             (:mod:`.select`) plus the baselines of DESIGN.md §3 (:mod:`.baselines`);
+             (:mod:`.select`) plus the baselines of docs/design.md, "The search" (:mod:`.baselines`);
 ``evaluate`` train proxies on θ*, the candidates and the baselines; the best *measured* ships
              as params.json;
 ``report``   markdown + PNG plots (:mod:`.report`).

@@ -1,4 +1,4 @@
-"""The baselines of DESIGN.md §3 as params files, so they run through the same proxies.
+"""The baselines (docs/design.md, "The search") as params files, so they run through the same proxies.
 
 * ``random``: every document once (:meth:`SamplingParams.keep_all`).
 * ``topk-<scorer>``: the best ``fraction`` of each domain's tokens by one scorer, once each

@@ -193,7 +193,7 @@ class RoundsConfig:
 
 @dataclass(frozen=True)
 class BaselineConfig:
-    """Baselines of DESIGN.md §3 written next to θ*."""
+    """Baselines (docs/design.md, "The search") written next to θ*."""
 
     #: fraction of each domain's tokens kept by the top-k and Criteria-Mix baselines
     topk_fraction: float = 0.3

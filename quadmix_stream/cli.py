@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -101,6 +102,9 @@ def run_command(command: str, fn: Callable[[], object], debug: bool = False) -> 
     try:
         try:
             return int(fn() or 0)
+        except BrokenPipeError:  # `quadmix-stream inspect … | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+            return 0
         except ModuleNotFoundError as e:  # a package of an extra that is not installed
             hint = missing_extra(e)
             if hint is None:

@@ -224,8 +224,10 @@ def test_shard_changed_after_labelling(ds):
 
 
 def test_missing_manifest_and_bad_manifest(tmp_path, ds):
-    with pytest.raises(LabelError, match="no quadmix.json"):
+    with pytest.raises(LabelError, match="the folder .*nowhere does not exist"):
         Manifest.load(tmp_path / "nowhere")
+    with pytest.raises(LabelError, match="no quadmix.json"):
+        Manifest.load(tmp_path)
     d = json.loads((ds / "quadmix.json").read_text())
     del d["sigma"]["q"]
     (ds / "quadmix.json").write_text(json.dumps(d))

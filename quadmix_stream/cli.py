@@ -86,10 +86,9 @@ def is_user_error(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in _USER_ERRNOS
 
 
-#: errno values of an OSError that the user can fix (a read-only or full disk, a path too long).
-_USER_ERRNOS = frozenset(
-    {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.EACCES}
-)
+#: errno values of an OSError the user can fix (a read-only or full disk, a path too long);
+#: a denied path (EACCES) is a PermissionError, in _USER_OS_ERRORS.
+_USER_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG})
 
 
 def run_command(command: str, fn: Callable[[], object], debug: bool = False) -> int:

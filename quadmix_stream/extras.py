@@ -51,6 +51,12 @@ def install_hint(extra: str) -> str:
     return f"pip install 'quadmix-stream[{extra}]'"
 
 
+def _missing(feature: str, package: str, extra: str) -> MissingExtraError:
+    return MissingExtraError(
+        f"{feature} needs {package!r}, which is not installed: {install_hint(extra)}"
+    )
+
+
 def require(module: str, feature: str, extra: str | None = None) -> ModuleType:
     """Import ``module`` (dotted names allowed) for ``feature``, or raise a one-line error.
 
@@ -66,10 +72,7 @@ def require(module: str, feature: str, extra: str | None = None) -> ModuleType:
         missing = (e.name or top).split(".")[0]
         if missing != top and missing in EXTRA_OF:  # the package is there, one of its deps not
             top = missing
-        name = extra or EXTRA_OF.get(top, "all")
-        raise MissingExtraError(
-            f"{feature} needs {top!r}, which is not installed: {install_hint(name)}"
-        ) from e
+        raise _missing(feature, top, extra or EXTRA_OF.get(top, "all")) from e
 
 
 def pyplot(feature: str) -> ModuleType:
@@ -89,6 +92,4 @@ def missing_extra(e: BaseException) -> MissingExtraError | None:
     top = e.name.split(".")[0]
     if top not in EXTRA_OF:
         return None
-    return MissingExtraError(
-        f"this needs {top!r}, which is not installed: {install_hint(EXTRA_OF[top])}"
-    )
+    return _missing("this", top, EXTRA_OF[top])

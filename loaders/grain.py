@@ -11,8 +11,8 @@
     it2 = iter(ds); it2.set_state(state)            # continues item for item
 
 :class:`QuaDMixIterDataset` is a source ``grain.IterDataset`` over a
-:class:`~quadmix_stream.dataset.QuaDMixDataset` (items are its document dicts) or a
-:class:`~quadmix_stream.packing.PackedDataset` (items are its token blocks: torch tensors, which
+:class:`~quadmix_stream.stream.dataset.QuaDMixDataset` (items are its document dicts) or a
+:class:`~quadmix_stream.stream.packing.PackedDataset` (items are its token blocks: torch tensors, which
 Grain's ``.batch()`` stacks into numpy arrays). Its iterator's ``get_state()`` is the stream's
 own ``state_dict()`` (the items consumed so far) and ``set_state()`` its ``load_state_dict()``,
 so anything that saves Grain iterator states — ``grain.checkpoint.CheckpointHandler`` (and its
@@ -45,7 +45,7 @@ stream is refused (it has no random access).
 A finite stream (``infinite=False``) is one epoch per iterator: call ``stream.set_epoch(e)`` and
 make a new iterator for the next epoch (a finished epoch's state resumes as finished). Elastic
 resume (another ``dp_world``/worker count/params): gather every consumer's state with
-:func:`quadmix_stream.checkpoint.gather_state`, ``stream.load_state_dict(global_state)`` before
+:func:`quadmix_stream.stream.checkpoint.gather_state`, ``stream.load_state_dict(global_state)`` before
 building the dataset, and start its iterators without ``set_state``.
 """
 
@@ -58,9 +58,9 @@ from typing import Any
 
 import numpy as np
 
-from quadmix_stream.dataset import QuaDMixDataset
 from quadmix_stream.extras import require
-from quadmix_stream.packing import PackedDataset
+from quadmix_stream.stream.dataset import QuaDMixDataset
+from quadmix_stream.stream.packing import PackedDataset
 
 grain = require("grain", "quadmix_stream.loaders.grain", "grain")
 
@@ -272,7 +272,7 @@ def stream_states(state: Any) -> list[dict[str, Any]]:
     """The stream states inside a Grain pipeline's state (one per ``mp_prefetch`` worker).
 
     E.g. to gather them into a global state for an elastic resume
-    (:func:`quadmix_stream.checkpoint.gather_state`).
+    (:func:`quadmix_stream.stream.checkpoint.gather_state`).
     """
     if isinstance(state, Mapping):
         if state.get(GRAIN_MARK) == 1:

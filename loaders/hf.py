@@ -53,7 +53,7 @@ class _SaveLoaderState(TrainerCallback):
 class QuaDMixTrainer(Trainer):
     """``Trainer`` whose train loader is a StatefulDataLoader over a QuaDMix stream.
 
-    ``train_dataset`` is a :class:`~quadmix_stream.packing.PackedDataset` (or a
+    ``train_dataset`` is a :class:`~quadmix_stream.stream.packing.PackedDataset` (or a
     ``QuaDMixDataset`` with a ``data_collator`` of your own). The loader is built here, not by
     accelerate: the stream already splits itself across ranks and workers.
     """

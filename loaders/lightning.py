@@ -23,11 +23,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from quadmix_stream.dataset import QuaDMixDataset
 from quadmix_stream.extras import require
 from quadmix_stream.loaders.stateful import checkpoint_loader, make_loader, restore_loader
-from quadmix_stream.packing import PackedDataset
-from quadmix_stream.state import find_states
+from quadmix_stream.stream.dataset import QuaDMixDataset
+from quadmix_stream.stream.packing import PackedDataset
+from quadmix_stream.stream.state import find_states
 
 pl = require("lightning.pytorch", "quadmix_stream.loaders.lightning", "lightning")
 
@@ -99,7 +99,7 @@ class QuaDMixDataModule(pl.LightningDataModule):
         batch_size: per-rank batch size.
         num_workers: DataLoader worker processes per rank.
         **loader_kw: passed to the ``StatefulDataLoader`` (e.g. ``collate_fn``; the default
-            for a ``QuaDMixDataset`` is :func:`~quadmix_stream.dataset.collate_docs`).
+            for a ``QuaDMixDataset`` is :func:`~quadmix_stream.stream.dataset.collate_docs`).
 
     An ``infinite=True`` stream is one Lightning epoch: train with ``max_steps``. A finite
     stream is one pass per Lightning epoch (``max_epochs``): the DataModule sets the stream's

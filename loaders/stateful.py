@@ -8,9 +8,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from quadmix_stream.checkpoint import gather_state
-from quadmix_stream.dataset import QuaDMixDataset, collate_docs
-from quadmix_stream.packing import PackedDataset
+from quadmix_stream.mixing.params import SamplingParams
+from quadmix_stream.stream.checkpoint import gather_state
+from quadmix_stream.stream.dataset import QuaDMixDataset, collate_docs
+from quadmix_stream.stream.packing import PackedDataset
+from quadmix_stream.stream.state import StateError, find_states
 
 
 def collate_lm(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -78,6 +80,14 @@ def checkpoint_loader(loader: Any, state: dict[str, Any] | None = None) -> dict[
         "rank_states": per_rank,
         "global": gather_state(mine),
     }
+
+
+def loader_params(ckpt: dict[str, Any]) -> SamplingParams:
+    """The params in force when ``ckpt`` (a :func:`checkpoint_loader` result) was taken."""
+    states = find_states(ckpt["global"])
+    if not states:
+        raise StateError("checkpoint: no quadmix-stream loader state found")
+    return SamplingParams.from_dict(states[0]["params"])
 
 
 def restore_loader(

@@ -9,7 +9,7 @@ tokenizer=…, seq_len=…, local_batch_size=…, snapshot_every_n_steps=…)``)
 
 The loader is torchtitan's :class:`ParallelAwareDataloader` (a ``StatefulDataLoader`` with the
 ``Stateful`` protocol that torchtitan's ``CheckpointManager`` saves with DCP), over a
-:class:`~quadmix_stream.packing.PackedDataset` of an infinite QuaDMix stream dealt by the
+:class:`~quadmix_stream.stream.packing.PackedDataset` of an infinite QuaDMix stream dealt by the
 *data-parallel* rank and degree (not the world: tensor- and pipeline-parallel peers read the
 same data). Batches are what torchtitan's trainer takes: ``({"input": ids[:, :-1]}, ids[:, 1:])``
 from blocks of ``seq_len + 1`` tokens (documents joined by the tokenizer's end-of-text id).
@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from quadmix_stream.dataset import QuaDMixDataset
 from quadmix_stream.extras import require
-from quadmix_stream.packing import PackedDataset
-from quadmix_stream.tokenizer import TextTokenizer
+from quadmix_stream.stream.dataset import QuaDMixDataset
+from quadmix_stream.stream.packing import PackedDataset
+from quadmix_stream.training.tokenizer import TextTokenizer
 
 ParallelAwareDataloader = require(
     "torchtitan.components.dataloader", "quadmix_stream.loaders.torchtitan", "torchtitan"
@@ -68,7 +68,7 @@ class QuaDMixTitanDataLoader(ParallelAwareDataloader):
         dp_world_size: data-parallel degree (torchtitan's ``batch_degree``).
         dp_rank: this process's data-parallel rank.
         tokenizer: torchtitan's tokenizer; its ``tokenizer_path`` is read with
-            :class:`~quadmix_stream.tokenizer.TextTokenizer` unless ``config.tokenizer_path``
+            :class:`~quadmix_stream.training.tokenizer.TextTokenizer` unless ``config.tokenizer_path``
             is set (documents are encoded by the same ``tokenizer.json``).
         seq_len: tokens per sample given to the model (blocks hold ``seq_len + 1``).
         local_batch_size: samples per batch on this rank.

@@ -2,9 +2,9 @@
 
 import logging
 
-from quadmix_stream.labels import LabelError, Manifest, ScorerInfo
-from quadmix_stream.params import ParamsError, SamplingParams
-from quadmix_stream.selection import RankConfig
+from quadmix_stream.formats.labels import LabelError, Manifest, ScorerInfo
+from quadmix_stream.mixing.params import ParamsError, SamplingParams
+from quadmix_stream.stream.selection import RankConfig
 
 __version__ = "0.1.0"
 
@@ -14,23 +14,23 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 def __getattr__(name: str):  # keep `import quadmix_stream` light: torch loads on first use
     if name in ("QuaDMixDataset", "collate_docs"):
-        from quadmix_stream import dataset
+        from quadmix_stream.stream import dataset
 
         return getattr(dataset, name)
     if name == "gather_state":
-        from quadmix_stream.checkpoint import gather_state
+        from quadmix_stream.stream.checkpoint import gather_state
 
         return gather_state
     if name == "PackedDataset":
-        from quadmix_stream.packing import PackedDataset
+        from quadmix_stream.stream.packing import PackedDataset
 
         return PackedDataset
     if name == "DatasetWriter":
-        from quadmix_stream.shards import DatasetWriter
+        from quadmix_stream.formats.shards import DatasetWriter
 
         return DatasetWriter
     if name == "StateError":
-        from quadmix_stream.state import StateError
+        from quadmix_stream.stream.state import StateError
 
         return StateError
     raise AttributeError(f"module 'quadmix_stream' has no attribute {name!r}")

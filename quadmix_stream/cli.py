@@ -25,7 +25,7 @@ COMMANDS = [
     "quadmix_stream.commands.search",
     "quadmix_stream.commands.train",
     "quadmix_stream.commands.bench",
-    "quadmix_stream.flow",
+    "quadmix_stream.flow.run",
 ]
 
 

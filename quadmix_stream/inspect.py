@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from quadmix_stream.hashing import SALT_SAMPLE, uniform
-from quadmix_stream.labels import LabelError, Manifest, ShardLabels
-from quadmix_stream.params import SamplingParams
-from quadmix_stream.selection import mixture_sums
-from quadmix_stream.storage import Store, as_store
-from quadmix_stream.tables import PoolTables
+from quadmix_stream.formats.labels import LabelError, Manifest, ShardLabels
+from quadmix_stream.mixing.hashing import SALT_SAMPLE, uniform
+from quadmix_stream.mixing.params import SamplingParams
+from quadmix_stream.storage.store import Store, as_store
+from quadmix_stream.stream.selection import mixture_sums
+from quadmix_stream.stream.tables import PoolTables
 
 HIST_BINS = ("0", "1", "2", "3", "4+")
 #: scorer quantiles are exact up to this many documents, from a uniform sample of it above
@@ -29,9 +29,9 @@ def inspect_dataset(
     coverage), ``scorers`` (raw score quantiles) and ``totals``.
 
     ``root`` is the dataset's folder, its URL (``s3://bucket/ds``: only the manifest and the
-    label sidecars are fetched, never a shard), or an open :class:`~quadmix_stream.storage.Store`.
+    label sidecars are fetched, never a shard), or an open :class:`~quadmix_stream.storage.store.Store`.
     The pool is read one shard's labels at a time, with the stream's own tables
-    (:class:`~quadmix_stream.tables.PoolTables`: the same Eq. 2 reference, so the counts are the
+    (:class:`~quadmix_stream.stream.tables.PoolTables`: the same Eq. 2 reference, so the counts are the
     stream's): memory is one shard plus the scorer sample, whatever the pool's size. Quantiles are
     exact up to :data:`QUANTILE_SAMPLE` documents, and from a uniform sample of that many above.
     """

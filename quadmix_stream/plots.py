@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from quadmix_stream.labels import Manifest
-from quadmix_stream.params import SamplingParams
-from quadmix_stream.sampling import expected_copies
-from quadmix_stream.storage import Store, as_store
+from quadmix_stream.formats.labels import Manifest
+from quadmix_stream.mixing.params import SamplingParams
+from quadmix_stream.mixing.sampling import expected_copies
+from quadmix_stream.storage.store import Store, as_store
 
 
 def plot_selection(

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from quadmix_stream.params import SamplingParams
+from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.search.pipeline import step_propose
 from quadmix_stream.search.proxy import ProxyJob
 from quadmix_stream.search.runfolder import RunFolder, objective_of

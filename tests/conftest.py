@@ -18,7 +18,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 # Test modules that import an extra's packages when collected: not collected where that extra is
 # missing (CI's core-only environment runs `pytest -m core`; the dev environment has them all).
-_COLLECT_NEEDS = {"test_search_*.py": "lightgbm", "test_s3local.py": "moto"}
+_COLLECT_NEEDS = {"*/test_search_*.py": "lightgbm", "*/test_s3local.py": "moto"}
 collect_ignore_glob = [
     glob for glob, module in _COLLECT_NEEDS.items() if importlib.util.find_spec(module) is None
 ]

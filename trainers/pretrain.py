@@ -3,14 +3,14 @@
     torchrun --nproc_per_node N -m quadmix_stream.trainers.pretrain RECIPE.yaml [--out DIR]
     python -m quadmix_stream.trainers.pretrain RECIPE.yaml          # one process
 
-The causal LM of :mod:`quadmix_stream.model` (no download), DDP (gloo on CPU, NCCL on GPU),
-AdamW with :mod:`quadmix_stream.schedule`'s warm-up + cosine, gradient accumulation, bf16
-autocast on CUDA, periodic evaluation on a target set (:mod:`quadmix_stream.evaluation`), logging of loss, tokens/s and realised vs expected per-domain tokens
+The causal LM of :mod:`quadmix_stream.training.model` (no download), DDP (gloo on CPU, NCCL on GPU),
+AdamW with :mod:`quadmix_stream.training.schedule`'s warm-up + cosine, gradient accumulation, bf16
+autocast on CUDA, periodic evaluation on a target set (:mod:`quadmix_stream.training.evaluation`), logging of loss, tokens/s and realised vs expected per-domain tokens
 (``OUT/log.jsonl``; TensorBoard and Weights & Biases through the recipe's ``logging:`` section,
 see :mod:`quadmix_stream.trainers.runlog`), and a progress line every few seconds on rank 0.
 
 The dataset (``data.dataset``) is a folder or a URL (``s3://bucket/ds``, read through
-:mod:`quadmix_stream.storage` with a node-local cache bounded by ``data.cache_limit``); the log's
+:mod:`quadmix_stream.storage.store` with a node-local cache bounded by ``data.cache_limit``); the log's
 ``start`` event names it by location and manifest fingerprint. ``train.eval_set`` may be a URL too.
 
 Guards: the output folder must be writable (checked before any work), one trainer per folder
@@ -21,8 +21,12 @@ Resume: run the same command again; the latest checkpoint in ``OUT/checkpoints``
 (model, optimiser, scheduler, step, loader). Same world size and params → every rank restores
 its own loader state and the run continues item for item. Another world size, or
 ``--params NEW.json`` → the global loader state is re-dealt (nothing consumed is repeated,
-nothing is lost) and the log records the switch and its step. Log records past the
-checkpoint's step (the killed invocation's last steps, trained again) are cut from ``log.jsonl``.
+nothing is lost) and the log records the switch and its step. The params in force are part of
+every checkpoint: after a switch, the plain command resumes under the switched params (the
+recipe's ``data.params`` only starts a run). ``--steps N`` on a resume keeps the LR schedule the
+run was planned with (its floor after the planned steps); ``--replan-lr`` stretches the cosine to
+N. Log records past the checkpoint's step (the killed invocation's last steps, trained again)
+are cut from ``log.jsonl``.
 
 The module holds the recipe's sections, the set-up, one step and the loop (a little over 400
 lines) so that :func:`train` reads in one sitting next to the parts it calls.
@@ -47,18 +51,19 @@ import torch
 import torch.distributed as dist
 
 from quadmix_stream.errors import UserError
-from quadmix_stream.evaluation import autocast, full_blocks, hf_batch_loss, mean_loss
 from quadmix_stream.logs import show
-from quadmix_stream.metrics import MixtureMeter
-from quadmix_stream.model import ModelConfig, build_causal_lm
 from quadmix_stream.progress import Progress
 from quadmix_stream.recipe import RecipeError, build, read_yaml
-from quadmix_stream.runguard import exit_with_parent, under_torchrun
-from quadmix_stream.schedule import warmup_cosine
-from quadmix_stream.storage import StorageConfig, is_remote
+from quadmix_stream.storage.store import StorageConfig, is_remote
+from quadmix_stream.stream.metrics import MixtureMeter
+from quadmix_stream.stream.window import is_window
+from quadmix_stream.trainers.args import add_run_arguments
 from quadmix_stream.trainers.run_folder import checkpoints, claim_out, save_checkpoint
 from quadmix_stream.trainers.runlog import LoggingConfig, RunLogger, truncate_log
-from quadmix_stream.window import is_window
+from quadmix_stream.training.evaluation import autocast, full_blocks, hf_batch_loss, mean_loss
+from quadmix_stream.training.model import ModelConfig, build_causal_lm
+from quadmix_stream.training.runguard import exit_with_parent, under_torchrun
+from quadmix_stream.training.schedule import warmup_cosine
 
 log = logging.getLogger("quadmix_stream.trainers.pretrain")  # also when run as __main__
 
@@ -76,7 +81,7 @@ class DataConfig:
     seq_len: int = 64
     workers: int = 1
     # "auto": 256 shards per window, fewer from object storage when that many would not fit
-    # cache_limit (quadmix_stream.window); or a number of shards, or null (a rank's whole share)
+    # cache_limit (quadmix_stream.stream.window); or a number of shards, or null (a rank's whole share)
     shuffle_block_shards: int | str | None = "auto"
     track_docs: bool = False  # log the (epoch, row, copy) of documents started in each step
     # a remote dataset (s3://…): bytes its node-local cache may hold, e.g. "64gb" (None: no limit)
@@ -154,20 +159,21 @@ def _window_spec(value: Any, where: str) -> int | str | None:
 
 # ---------------------------------------------------------------- the run
 def main(argv: list[str] | None = None) -> int:
+
     ap = argparse.ArgumentParser(
         prog="python -m quadmix_stream.trainers.pretrain",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from quadmix_stream.commands.train import add_run_arguments
-
     add_run_arguments(ap)
     a = ap.parse_args(argv)
     show(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     try:
         cfg = load_config(a.recipe, overrides(a.params, a.steps))
         out = Path(a.out or cfg.out)
-        return train(cfg, out, resume=not a.no_resume, params_changed=bool(a.params))
+        return train(
+            cfg, out, resume=not a.no_resume, params_changed=bool(a.params), replan_lr=a.replan_lr
+        )
     except UserError as e:  # the user's to fix: one line, once (every rank meets the same error)
         if os.environ.get("RANK", "0") == "0":
             print(f"pretrain: error: {e}", file=sys.stderr, flush=True)
@@ -180,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
 def check_inputs(cfg: PretrainConfig) -> Any:
     """The params file, the dataset's manifest and the evaluation sets, read and checked: a
     mistake in them is a :class:`UserError` before anything slow starts. Returns the params."""
-    from quadmix_stream.labels import Manifest
-    from quadmix_stream.params import SamplingParams
-    from quadmix_stream.storage import as_store
+    from quadmix_stream.formats.labels import Manifest
+    from quadmix_stream.mixing.params import SamplingParams
+    from quadmix_stream.storage.store import as_store
 
     params = SamplingParams.load(cfg.data.params)
     manifest = Manifest.load(as_store(cfg.data.dataset))
@@ -196,10 +202,12 @@ def check_inputs(cfg: PretrainConfig) -> Any:
     return params
 
 
-def lr_multiplier(step: int, tc: TrainConfig) -> float:
-    """The schedule as a multiple of ``train.lr`` (``warmup`` in steps; floor at ``train.steps``)."""
+def lr_multiplier(step: int, tc: TrainConfig, planned_steps: int | None = None) -> float:
+    """The schedule as a multiple of ``train.lr``: ``warmup`` steps, then a cosine reaching its
+    floor at ``planned_steps`` (default ``train.steps``) and holding it after."""
+    steps = tc.steps if planned_steps is None else planned_steps
     return warmup_cosine(
-        step, warmup=tc.warmup, decay_steps=tc.steps - tc.warmup, min_ratio=tc.min_lr_ratio
+        step, warmup=tc.warmup, decay_steps=steps - tc.warmup, min_ratio=tc.min_lr_ratio
     )
 
 
@@ -223,7 +231,8 @@ def init_distributed(cfg: PretrainConfig) -> tuple[int, int, torch.device]:
 
 def load_tokenizer(d: DataConfig, out: Path, rank: int, storage: StorageConfig):
     """The recipe's tokenizer, or a BPE trained on the pool once (rank 0) and shared via ``out``."""
-    from quadmix_stream.tokenizer import TextTokenizer, pool_texts, train_tokenizer
+    from quadmix_stream.stream.pool import pool_texts
+    from quadmix_stream.training.tokenizer import TextTokenizer, train_tokenizer
 
     tok_path = Path(d.tokenizer) if d.tokenizer else out / "tokenizer.json"
     if not d.tokenizer and rank == 0 and not tok_path.exists():
@@ -233,8 +242,9 @@ def load_tokenizer(d: DataConfig, out: Path, rank: int, storage: StorageConfig):
     return TextTokenizer(tok_path)
 
 
-def build_training(cfg: PretrainConfig, vocab_size: int, device: torch.device):
-    """Model (same initialisation on every rank and run), its DDP wrapper, AdamW, schedule."""
+def build_training(cfg: PretrainConfig, vocab_size: int, device: torch.device, lr_steps: int):
+    """Model (same initialisation on every rank and run), its DDP wrapper, AdamW, and the
+    schedule planned over ``lr_steps``."""
     tc = cfg.train
     torch.manual_seed(tc.seed)
     model = build_causal_lm(cfg.model, vocab_size, cfg.data.seq_len).to(device)
@@ -243,7 +253,7 @@ def build_training(cfg: PretrainConfig, vocab_size: int, device: torch.device):
         model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.95)
     )
     # a lambda, not a partial: LambdaLR would put a callable object's fields in the checkpoint
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, tc))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, tc, lr_steps))
     return model, ddp, opt, sched
 
 
@@ -259,6 +269,52 @@ def open_loader(cfg: PretrainConfig, packed, ckpt_loader: dict | None) -> tuple[
     if ckpt_loader is None:
         return make_loader(packed, tc.batch_size, d.workers, **kw), None
     return restore_loader(ckpt_loader, packed, tc.batch_size, d.workers, **kw)
+
+
+def params_in_force(recipe_params, recipe_path: str, ck: dict | None, switching: bool):
+    """The params this invocation trains under, and a line saying which and why.
+
+    A fresh run uses the recipe's ``data.params`` (``--params`` overrides it). A resume keeps
+    the params in force at its checkpoint (its loader state holds them): after a ``--params``
+    switch, the plain command goes on under the switched params. ``--params`` on a resume
+    switches (again).
+    """
+    from quadmix_stream.loaders.stateful import loader_params
+
+    fp = recipe_params.fingerprint()[:12]
+    if ck is None:
+        return recipe_params, f"{recipe_path} ({fp})"
+    saved = loader_params(ck["loader"])
+    at = f"step {int(ck['step'])}"
+    if saved.fingerprint() == recipe_params.fingerprint():
+        return recipe_params, f"{recipe_path} ({fp}), as at {at}"
+    if switching:
+        return (
+            recipe_params,
+            f"{recipe_path} ({fp}), switching from {saved.fingerprint()[:12]} at {at}",
+        )
+    return saved, (
+        f"{saved.fingerprint()[:12]}, kept from the checkpoint at {at} (the recipe's "
+        f"data.params {recipe_path} is {fp}: this run switched away from it; pass --params FILE "
+        "to switch again)"
+    )
+
+
+def planned_lr_steps(tc: TrainConfig, ck: dict | None, replan: bool) -> tuple[int, str | None]:
+    """The number of steps the LR schedule is planned over, and a line when that is news.
+
+    A resume keeps the plan saved in its checkpoint, so ``--steps`` extending a run does not
+    lift the LR from its floor back up the cosine; ``--replan-lr`` stretches the cosine instead.
+    """
+    planned = tc.steps if ck is None else int(ck.get("lr_steps", tc.steps))
+    if planned == tc.steps:
+        return planned, None
+    if replan:
+        return tc.steps, f"LR schedule re-planned over {tc.steps} steps (was {planned})"
+    return planned, (
+        f"train.steps is {tc.steps}; the LR schedule keeps its plan of {planned} steps "
+        f"(held at {tc.min_lr_ratio:g}·lr after them); pass --replan-lr to stretch it to {tc.steps}"
+    )
 
 
 def resume_record(ckpt: Path, step: int, exact: bool, ckpt_loader: dict, world: int, params):
@@ -389,23 +445,29 @@ def step_scalars(rec: dict, domains: list[str]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- the loop
-def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: bool = False) -> int:
-    from quadmix_stream.dataset import QuaDMixDataset
-    from quadmix_stream.packing import PackedDataset
+def train(
+    cfg: PretrainConfig,
+    out: Path,
+    resume: bool = True,
+    params_changed: bool = False,
+    replan_lr: bool = False,
+) -> int:
+    from quadmix_stream.stream.dataset import QuaDMixDataset
+    from quadmix_stream.stream.packing import PackedDataset
 
     d, tc = cfg.data, cfg.train
-    params = check_inputs(cfg)  # seconds, before the process group, tokenizer and model
+    recipe_params = check_inputs(cfg)  # seconds, before the process group, tokenizer and model
     world, rank, device = init_distributed(cfg)
     lock = claim_out(out, rank)  # before any work: writable, and no other trainer in it
     say = log.info if rank == 0 else log.debug
-    say(
-        "[pretrain] %d rank(s) on %s; params %s (%s), dataset %s",
-        world,
-        device,
-        d.params,
-        params.fingerprint()[:12],
-        d.dataset,
-    )
+    ckpts = checkpoints(out) if resume else []
+    ck = torch.load(ckpts[-1], map_location="cpu", weights_only=True) if ckpts else None
+    params, params_note = params_in_force(recipe_params, d.params, ck, params_changed)
+    lr_steps, lr_note = planned_lr_steps(tc, ck, replan_lr)
+    say("[pretrain] %d rank(s) on %s; dataset %s", world, device, d.dataset)
+    say("[pretrain] params in force: %s", params_note)
+    if lr_note:
+        say("[pretrain] %s", lr_note)
     # a local folder or an object-storage URL (s3://…): never wrapped in Path, which would
     # turn the URL into a relative folder name
     storage = StorageConfig(cache_limit=d.cache_limit)
@@ -415,7 +477,7 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
         or f"a {d.vocab_size}-token BPE of the pool (trained once, kept in the run folder)",
     )
     tok = load_tokenizer(d, out, rank, storage)
-    model, ddp, opt, sched = build_training(cfg, tok.vocab_size, device)
+    model, ddp, opt, sched = build_training(cfg, tok.vocab_size, device, lr_steps)
     say("[pretrain] model: %s parameters", f"{sum(p.numel() for p in model.parameters()):,}")
 
     ds = QuaDMixDataset(
@@ -434,9 +496,7 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
     packed = PackedDataset(ds, tok, d.seq_len, track_docs=d.track_docs)
 
     step, ckpt_loader = 0, None
-    ckpts = checkpoints(out) if resume else []
-    if ckpts:
-        ck = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
@@ -507,7 +567,9 @@ def train(cfg: PretrainConfig, out: Path, resume: bool = True, params_changed: b
         if step % tc.checkpoint_every == 0 or step == tc.steps:
             if step == tc.steps:
                 say("[pretrain] writing the final checkpoint (step %d)", step)
-            save_checkpoint(out, step, model, opt, sched, loader, rank, tc.keep_last, logger)
+            save_checkpoint(
+                out, step, model, opt, sched, loader, rank, tc.keep_last, logger, lr_steps=lr_steps
+            )
 
     progress.close()
     logger.close()

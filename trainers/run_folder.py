@@ -16,14 +16,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from quadmix_stream.runguard import (
+from quadmix_stream.trainers.runlog import RunLogger
+from quadmix_stream.training.runguard import (
     OutputError,
     RunLock,
     check_writable,
     remove_stale_tmp,
     write_file_atomic,
 )
-from quadmix_stream.trainers.runlog import RunLogger
 
 
 def log_jsonl(path: Path, record: dict) -> None:
@@ -80,8 +80,10 @@ def save_checkpoint(
     rank: int,
     keep_last: int,
     logger: RunLogger | None = None,
+    lr_steps: int | None = None,
 ) -> None:
-    """Model, optimiser, scheduler, step and the loader (each rank's own + the global state).
+    """Model, optimiser, scheduler (and ``lr_steps``, the length it is planned over), step and
+    the loader (each rank's own + the global state, which holds the params in force).
 
     A failed write (disk full) raises :class:`OutputError` naming the file on every rank (not
     only on rank 0, whose peers would otherwise die in a collective with a gloo/NCCL error);
@@ -99,6 +101,8 @@ def save_checkpoint(
             "step": step,
             "loader": state,
         }
+        if lr_steps is not None:
+            ck["lr_steps"] = lr_steps
         try:
             save_atomic(ck, out / "checkpoints" / f"step-{step:08d}.pt")
         except OutputError as e:

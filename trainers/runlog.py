@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quadmix_stream.io import atomic_write_text
+from quadmix_stream.storage.io import atomic_write_text
 
 WANDB_KEYS = {"project", "entity", "name", "group", "tags", "mode", "notes"}
 #: events that mark an invocation, not a step: never cut by :func:`truncate_log`

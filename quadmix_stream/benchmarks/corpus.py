@@ -13,8 +13,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from quadmix_stream.labels import Manifest, ScorerInfo
-from quadmix_stream.shards import DatasetWriter
+from quadmix_stream.formats.labels import Manifest, ScorerInfo
+from quadmix_stream.formats.shards import DatasetWriter
 
 HEURISTIC_SCORERS = (
     ScorerInfo("alpha_frac", True, "heuristic:alpha_frac-v1"),

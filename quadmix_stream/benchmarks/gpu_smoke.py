@@ -74,10 +74,11 @@ def _say(msg: str) -> None:
 
 def prepare(work: Path, dry: bool, vocab: int) -> tuple[Path, Path, Path]:
     """A synthetic labelled pool, a params file and a BPE tokenizer in ``work`` (reused)."""
-    from quadmix_stream.labels import Manifest
-    from quadmix_stream.params import SamplingParams
+    from quadmix_stream.formats.labels import Manifest
+    from quadmix_stream.mixing.params import SamplingParams
+    from quadmix_stream.stream.pool import pool_texts
     from quadmix_stream.synth import synth
-    from quadmix_stream.tokenizer import pool_texts, train_tokenizer
+    from quadmix_stream.training.tokenizer import train_tokenizer
 
     ds, params, tok = work / "pool", work / "params.json", work / "tokenizer.json"
     if not (ds / "quadmix.json").exists():
@@ -126,7 +127,7 @@ def toy_recipe(full: Path, work: Path) -> Path:
 
 def trainer_command(recipe: Path) -> list[str]:
     """torchrun with ONE rank: the trainer then opens a process group (NCCL on a GPU)."""
-    from quadmix_stream.launch import torchrun_command
+    from quadmix_stream.training.launch import torchrun_command
 
     return torchrun_command(1, "-m", "quadmix_stream.trainers.pretrain", str(recipe), always=True)
 
@@ -203,10 +204,10 @@ def run_loader(recipe: Path, batches: int, device: str) -> dict[str, Any]:
     """Tokens/s of the packed stream copied to ``device`` (pinned memory on CUDA)."""
     import torch
 
-    from quadmix_stream.dataset import QuaDMixDataset
     from quadmix_stream.loaders.stateful import make_loader
-    from quadmix_stream.packing import PackedDataset
-    from quadmix_stream.params import SamplingParams
+    from quadmix_stream.mixing.params import SamplingParams
+    from quadmix_stream.stream.dataset import QuaDMixDataset
+    from quadmix_stream.stream.packing import PackedDataset
     from quadmix_stream.trainers.pretrain import load_config
 
     cfg = load_config(recipe)

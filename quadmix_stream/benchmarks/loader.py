@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from quadmix_stream.benchmarks.corpus import bench_docs, write_corpus
-from quadmix_stream.labels import Manifest
-from quadmix_stream.params import SamplingParams
+from quadmix_stream.formats.labels import Manifest
+from quadmix_stream.mixing.params import SamplingParams
 
 
 def _rate(fn: Callable[[], Iterable], repeat: int = 1) -> tuple[float, int]:
@@ -128,7 +128,7 @@ def _quadmix_rows(mds: Path, tar: Path, sd: Any, repeat: int, report: Report) ->
     """Rows (d)-(f): QuaDMixDataset keeping all or ~10 %, against read-everything-then-filter."""
     from torch.utils.data import DataLoader
 
-    from quadmix_stream.dataset import QuaDMixDataset, collate_docs
+    from quadmix_stream.stream.dataset import QuaDMixDataset, collate_docs
 
     m = Manifest.load(mds)
     keep_all = SamplingParams.keep_all(m.domains, m.scorer_names)

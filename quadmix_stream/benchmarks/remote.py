@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quadmix_stream.labels import Manifest
-from quadmix_stream.params import SamplingParams
+from quadmix_stream.formats.labels import Manifest
+from quadmix_stream.mixing.params import SamplingParams
 
 BUCKET = "qms-bench"
 BATCH = 64
@@ -141,8 +141,8 @@ def _readers(
     from streaming import StreamingDataset
     from torch.utils.data import DataLoader
 
-    from quadmix_stream.dataset import QuaDMixDataset, collate_docs
-    from quadmix_stream.storage import StorageConfig
+    from quadmix_stream.storage.store import StorageConfig
+    from quadmix_stream.stream.dataset import QuaDMixDataset, collate_docs
 
     url = f"s3://{BUCKET}/mds"
 

@@ -45,11 +45,17 @@ ID_START = "d"  # ids are "d" + 13 digits
 def build_pool(root: Path, n_docs: int, seed: int = 0) -> Path:
     """A labelled MDS dataset of ``n_docs`` tiny documents (reused when already complete)."""
     from quadmix_stream.formats import sidecar_name
+    from quadmix_stream.formats.labels import (
+        Manifest,
+        ScorerInfo,
+        ShardEntry,
+        ShardLabels,
+        write_sidecar,
+    )
     from quadmix_stream.formats.mds import encode_shard
-    from quadmix_stream.hashing import doc_key
-    from quadmix_stream.io import sha256_file
-    from quadmix_stream.labels import Manifest, ScorerInfo, ShardEntry, ShardLabels, write_sidecar
-    from quadmix_stream.sampling import build_sigma_tables
+    from quadmix_stream.mixing.hashing import doc_key
+    from quadmix_stream.mixing.sampling import build_sigma_tables
+    from quadmix_stream.storage.io import sha256_file
 
     done = root / "bench-pool.json"
     spec = {"n_docs": n_docs, "rows": ROWS, "domains": DOMAINS, "scorers": SCORERS, "seed": seed}
@@ -152,9 +158,9 @@ def child(lib: str, root: str, method: str, steps: int, cache: str) -> dict:
     if lib == "quadmix":
         from torchdata.stateful_dataloader import StatefulDataLoader
 
-        from quadmix_stream.dataset import QuaDMixDataset, collate_docs
-        from quadmix_stream.labels import Manifest
-        from quadmix_stream.params import SamplingParams
+        from quadmix_stream.formats.labels import Manifest
+        from quadmix_stream.mixing.params import SamplingParams
+        from quadmix_stream.stream.dataset import QuaDMixDataset, collate_docs
     else:
         from streaming import StreamingDataLoader, StreamingDataset
 

@@ -127,10 +127,10 @@ def _bench_loader(a: argparse.Namespace) -> int:
 
 
 def _bench_compile(a: argparse.Namespace) -> int:
-    from quadmix_stream.labels import ScorerInfo
-    from quadmix_stream.params import SamplingParams
-    from quadmix_stream.sampling import build_sigma_table, realize
-    from quadmix_stream.selection import RankConfig, RankModel, Reference, expected_of
+    from quadmix_stream.formats.labels import ScorerInfo
+    from quadmix_stream.mixing.params import SamplingParams
+    from quadmix_stream.mixing.sampling import build_sigma_table, realize
+    from quadmix_stream.stream.selection import RankConfig, RankModel, Reference, expected_of
 
     rng = np.random.default_rng(0)
     n, m, k = a.rows, a.domains, a.scorers
@@ -141,7 +141,7 @@ def _bench_compile(a: argparse.Namespace) -> int:
     scorers = [ScorerInfo(f"s{j}") for j in range(k)]
     tables = [build_sigma_table(raw[:, j], tokens, True) for j in range(k)]
     params = SamplingParams.propose(1, [f"d{i}" for i in range(m)], [s.name for s in scorers], 0)[0]
-    from quadmix_stream.sampling import apply_sigma
+    from quadmix_stream.mixing.sampling import apply_sigma
 
     t0 = time.perf_counter()
     np.sort(raw[:, 0])

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from quadmix_stream.errors import UserError
-from quadmix_stream.labels import FORMATS
+from quadmix_stream.formats.labels import FORMATS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -83,9 +83,9 @@ def _synth(a: argparse.Namespace) -> int:
 
 
 def _inspect(a: argparse.Namespace) -> int:
+    from quadmix_stream.formats.labels import Manifest
     from quadmix_stream.inspect import format_report, inspect_dataset
-    from quadmix_stream.labels import Manifest
-    from quadmix_stream.params import SamplingParams
+    from quadmix_stream.mixing.params import SamplingParams
 
     params = None
     if a.params:
@@ -103,9 +103,9 @@ def _inspect(a: argparse.Namespace) -> int:
 
 
 def _sample(a: argparse.Namespace) -> int:
-    from quadmix_stream.labels import Manifest
-    from quadmix_stream.materialize import write_sample
-    from quadmix_stream.params import SamplingParams
+    from quadmix_stream.formats.labels import Manifest
+    from quadmix_stream.mixing.params import SamplingParams
+    from quadmix_stream.stream.materialize import write_sample
 
     m = Manifest.load(a.dataset)
     params = SamplingParams.load(a.params).reorder(m.domains, m.scorer_names)

@@ -129,7 +129,7 @@ def _label(a: argparse.Namespace) -> int:
     from quadmix_stream.labelling.pipeline import run_label
     from quadmix_stream.labelling.recipe import Recipe, load_recipe, parse_kv
     from quadmix_stream.labelling.run_report import RunResult
-    from quadmix_stream.storage import is_remote
+    from quadmix_stream.storage.store import is_remote
 
     def where(x: str) -> str:
         return x.rstrip("/") if is_remote(x) else str(Path(x).resolve())

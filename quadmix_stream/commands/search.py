@@ -104,7 +104,7 @@ def _step(a: argparse.Namespace) -> int:
             cfg = cfg.replace(dataset=a.dataset)
         pipeline.step_propose(a.run_dir, cfg, None if cfg else a.dataset)
     elif step == "proxies" and a.nproc > 1:
-        from quadmix_stream.launch import torchrun_command
+        from quadmix_stream.training.launch import torchrun_command
 
         cmd = torchrun_command(a.nproc, "-m", "quadmix_stream.trainers.proxy", a.run_dir)
         for flag in ("dataset", "group", "device", "threads", "limit"):

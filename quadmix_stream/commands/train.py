@@ -14,6 +14,7 @@ import sys
 import uuid
 
 from quadmix_stream.errors import UserError
+from quadmix_stream.trainers.args import add_run_arguments
 
 ENTRY = "quadmix_stream.trainers.pretrain"
 
@@ -33,15 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_run_arguments(p)
     p.add_argument("--nproc", type=int, default=1, help="ranks on this machine (default 1)")
     p.set_defaults(func=_train)
-
-
-def add_run_arguments(ap: argparse.ArgumentParser) -> None:
-    """The trainer's command-line arguments (here and in ``quadmix-stream train``)."""
-    ap.add_argument("recipe", help="YAML recipe (sections data, model, train, logging, out)")
-    ap.add_argument("--out", help="run folder (default: the recipe's `out`)")
-    ap.add_argument("--params", help="a new params.json: resume the epoch under these params")
-    ap.add_argument("--steps", type=int, help="override train.steps")
-    ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
 
 
 def _train(a: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from quadmix_stream.formats.base import (
     sidecar_name,
     split_doc,
 )
+from quadmix_stream.formats.labels import FORMATS, LabelError, Manifest
 from quadmix_stream.formats.ranges import (
     PinnedReader,
     RangeShardReader,
@@ -37,8 +38,7 @@ from quadmix_stream.formats.ranges import (
     ranges_cost,
     read_spans,
 )
-from quadmix_stream.labels import FORMATS, LabelError, Manifest
-from quadmix_stream.storage import Store, as_store
+from quadmix_stream.storage.store import Store, as_store
 
 __all__ = [
     "REGISTRY",

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from quadmix_stream.labels import LabelError
+from quadmix_stream.formats.labels import LabelError
 
 if TYPE_CHECKING:
-    from quadmix_stream.storage import Store
+    from quadmix_stream.storage.store import Store
 
 #: ``(sample bytes, row) → document``: decodes one sample fetched as a byte range.
 SampleDecoder = Callable[[bytes, int], dict[str, Any]]

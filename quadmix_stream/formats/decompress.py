@@ -15,7 +15,7 @@ from pathlib import Path
 
 import zstandard
 
-from quadmix_stream.io import atomic_write_bytes, sha256_file
+from quadmix_stream.storage.io import atomic_write_bytes, sha256_file
 
 
 def zstd_copy(path: Path, sha256: str, cache_dir: Path) -> Path:

@@ -19,8 +19,8 @@ from quadmix_stream.formats.base import (
     WriterBackend,
     split_doc,
 )
-from quadmix_stream.io import atomic_write_bytes
-from quadmix_stream.labels import LabelError
+from quadmix_stream.formats.labels import LabelError
+from quadmix_stream.storage.io import atomic_write_bytes
 
 
 def shard_name(index: int) -> str:

@@ -35,15 +35,15 @@ from quadmix_stream.formats.base import (
     WriterBackend,
 )
 from quadmix_stream.formats.decompress import zstd_copy
-from quadmix_stream.io import (
+from quadmix_stream.formats.labels import LabelError
+from quadmix_stream.storage.io import (
     atomic_write_bytes,
     atomic_write_text,
     check_inside,
     default_cache_dir,
     sha256_file,
 )
-from quadmix_stream.labels import LabelError
-from quadmix_stream.storage import Store, as_store
+from quadmix_stream.storage.store import Store, as_store
 from quadmix_stream.validate import expect_list, expect_object
 
 #: Our columns, as DatasetWriter writes them (MDSWriter sorts them by name).

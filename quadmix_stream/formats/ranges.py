@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from quadmix_stream.formats.base import SampleDecoder, ShardReader
-from quadmix_stream.storage import Store
+from quadmix_stream.storage.store import Store
 
 
 class PinnedReader(ShardReader):

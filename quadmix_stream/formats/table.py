@@ -24,8 +24,8 @@ from quadmix_stream.formats.base import (
     ShardSpec,
     WriterBackend,
 )
-from quadmix_stream.io import atomic_write_bytes
-from quadmix_stream.labels import LabelError
+from quadmix_stream.formats.labels import LabelError
+from quadmix_stream.storage.io import atomic_write_bytes
 
 
 def docs_table(rows: Sequence[tuple[str, str, dict]], where: str = "") -> Any:

@@ -25,9 +25,9 @@ from quadmix_stream.formats.base import (
     WriterBackend,
 )
 from quadmix_stream.formats.decompress import gunzip_copy
-from quadmix_stream.io import atomic_write_bytes, default_cache_dir, sha256_file
-from quadmix_stream.labels import LabelError
-from quadmix_stream.storage import Store
+from quadmix_stream.formats.labels import LabelError
+from quadmix_stream.storage.io import atomic_write_bytes, default_cache_dir, sha256_file
+from quadmix_stream.storage.store import Store
 
 
 def shard_name(index: int) -> str:

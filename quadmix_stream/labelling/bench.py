@@ -57,7 +57,7 @@ def _corpus(a: argparse.Namespace, work: Path) -> tuple[list[str], str]:
     if SHARED.is_dir():
         files = sorted(str(p) for p in SHARED.glob("*.jsonl.gz"))
         return files, f"shared corpus {SHARED} ({len(files)} files)"
-    from quadmix_stream.synth import iter_docs
+    from quadmix_stream.synth.text import iter_docs
 
     path = work / "synthetic.jsonl.gz"
     with gzip.open(path, "wt", encoding="utf-8") as f:

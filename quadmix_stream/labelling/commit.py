@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from quadmix_stream.formats.labels import LabelError, ShardLabels
 from quadmix_stream.labelling.issues import Issues
 from quadmix_stream.labelling.labeler_set import LabelerSet
 from quadmix_stream.labelling.outputs import WrittenShard
 from quadmix_stream.labelling.plan import Plan
 from quadmix_stream.labelling.records import Record, UnitState, shard_dict, write_record
 from quadmix_stream.labelling.roots import Root
-from quadmix_stream.labels import LabelError, ShardLabels
 
 
 @dataclass

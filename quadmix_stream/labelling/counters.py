@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from quadmix_stream.labelling.labeler import Labeler
-from quadmix_stream.labelling.paths import LabelerError, require_readable, resolve_path
+from quadmix_stream.labelling.paths import LabelerError, require_readable
+from quadmix_stream.storage.locations import resolve_path
 
 
 class WhitespaceCounter(Labeler):

@@ -10,11 +10,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from quadmix_stream.formats.labels import MANIFEST_NAME, Manifest
 from quadmix_stream.formats.mds import mds_index
 from quadmix_stream.formats.table import table_columns
 from quadmix_stream.labelling.inputs import TAR_SUFFIXES
 from quadmix_stream.labelling.roots import WORK_DIR, RemoteRoot, Root
-from quadmix_stream.labels import MANIFEST_NAME, Manifest
 
 
 def detect_shards(root: Root, fmt: str = "auto") -> tuple[str, list[str], dict[str, Any]]:

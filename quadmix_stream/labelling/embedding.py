@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from quadmix_stream.io import atomic_write_bytes
 from quadmix_stream.labelling.labeler import Labeler
 from quadmix_stream.labelling.neural import (
     CHARS_PER_TOKEN,
@@ -29,8 +28,9 @@ from quadmix_stream.labelling.paths import (
     content_hash,
     fingerprint,
     require_readable,
-    resolve_path,
 )
+from quadmix_stream.storage.io import atomic_write_bytes
+from quadmix_stream.storage.locations import resolve_path
 
 
 # ---------------------------------------------------------------- embeddings

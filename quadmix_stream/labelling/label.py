@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from quadmix_stream.formats.labels import LabelError
 from quadmix_stream.labelling.commit import Labelled, commit_unit
 from quadmix_stream.labelling.dist import World
 from quadmix_stream.labelling.issues import Issues
@@ -23,7 +24,6 @@ from quadmix_stream.labelling.records import UnitState
 from quadmix_stream.labelling.roots import Root
 from quadmix_stream.labelling.run_report import RankStats
 from quadmix_stream.labelling.worker import IOConfig, IOHelper, Task
-from quadmix_stream.labels import LabelError
 
 
 def label_unit(

@@ -9,12 +9,13 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from quadmix_stream.formats.labels import ScorerInfo
 from quadmix_stream.labelling.labeler import Labeler
-from quadmix_stream.labelling.paths import require_readable, resolve_path
+from quadmix_stream.labelling.paths import require_readable
 from quadmix_stream.labelling.recipe import Recipe
 from quadmix_stream.labelling.registry import build_labeler
-from quadmix_stream.labels import ScorerInfo
 from quadmix_stream.recipe import RecipeError
+from quadmix_stream.storage.locations import resolve_path
 
 
 @dataclass

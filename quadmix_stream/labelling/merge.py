@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from quadmix_stream.formats.labels import LabelError, Manifest, ScorerInfo, ShardEntry
 from quadmix_stream.labelling.discover import shard_columns
 from quadmix_stream.labelling.issues import Issues
 from quadmix_stream.labelling.labeler_set import LabelerSet
@@ -20,8 +21,7 @@ from quadmix_stream.labelling.plan import Plan
 from quadmix_stream.labelling.recipe import Recipe
 from quadmix_stream.labelling.records import UnitState, unit_state
 from quadmix_stream.labelling.roots import LocalRoot, Root, as_root
-from quadmix_stream.labels import LabelError, Manifest, ScorerInfo, ShardEntry
-from quadmix_stream.sampling import build_sigma_tables
+from quadmix_stream.mixing.sampling import build_sigma_tables
 
 
 def manifest_extra(recipe: Recipe, root: Root, plan: Plan, labs: LabelerSet) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from quadmix_stream.labelling.labeler import Labeler
 from quadmix_stream.labelling.paths import (
     LabelerError,
     require_readable,
-    resolve_path,
 )
+from quadmix_stream.storage.locations import resolve_path
 
 #: characters kept per model token before tokenizing (a cut text still fills the model's window)
 CHARS_PER_TOKEN = 16

@@ -1,4 +1,4 @@
-"""Writing one new payload shard per unit, in the layout of :class:`~quadmix_stream.shards.DatasetWriter`.
+"""Writing one new payload shard per unit, in the layout of :class:`~quadmix_stream.formats.shards.DatasetWriter`.
 
 Each unit's shard is written on its own (atomically, under a name fixed by the unit index), so
 ranks can write in parallel and a killed run leaves either a whole shard or none. Shards are
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from quadmix_stream.errors import UserError
 from quadmix_stream.formats import mds as mds_format
 from quadmix_stream.formats import sidecar_name, split_doc, writer_backend
-from quadmix_stream.io import sha256_file
+from quadmix_stream.storage.io import sha256_file
 
 if TYPE_CHECKING:
     from quadmix_stream.labelling.roots import Root

@@ -1,4 +1,4 @@
-"""Model paths: ``package://`` resolution, readability checks and content fingerprints.
+"""Model paths: readability checks and content fingerprints.
 
 A labeller's fingerprint is a hash of the bytes of its model (file or folder) plus the settings
 that change its output. Changing either marks the labeller's column stale in finished shards.
@@ -7,7 +7,6 @@ that change its output. Changing either marks the labeller's column stale in fin
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -15,31 +14,11 @@ from typing import Any
 
 from quadmix_stream.errors import UserError
 
-PACKAGE_PREFIX = "package://"
-
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 class LabelerError(UserError):
     """A labeller that cannot be built or run; the message names the labeller and the path."""
-
-
-def resolve_path(path: str | os.PathLike, base: Path | None = None) -> Path:
-    """Resolve ``package://pkg/sub/path`` (a file shipped inside an installed package) or a path.
-
-    Relative plain paths are taken against ``base`` when given.
-    """
-    s = str(path)
-    if s.startswith(PACKAGE_PREFIX):
-        pkg, _, rest = s[len(PACKAGE_PREFIX) :].partition("/")
-        spec = importlib.util.find_spec(pkg)
-        if spec is None or not spec.submodule_search_locations:
-            raise LabelerError(f"{s}: package {pkg!r} is not installed")
-        return Path(next(iter(spec.submodule_search_locations))) / rest
-    p = Path(os.path.expanduser(s))
-    if base is not None and not p.is_absolute():
-        p = base / p
-    return p
 
 
 def require_readable(path: Path, what: str, want_dir: bool | None = None) -> Path:

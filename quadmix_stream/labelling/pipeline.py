@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from quadmix_stream.formats.labels import LabelError, Manifest
 from quadmix_stream.labelling.dist import World, init_world, split_units
 from quadmix_stream.labelling.issues import Issues
 from quadmix_stream.labelling.label import LabelRun, label_units
@@ -37,7 +38,6 @@ from quadmix_stream.labelling.records import UnitState, clean_tmp, unit_state, w
 from quadmix_stream.labelling.roots import WORK_DIR, LocalRoot, Root, as_root
 from quadmix_stream.labelling.run_report import RunResult, gather_stats
 from quadmix_stream.labelling.worker import IOHelper
-from quadmix_stream.labels import LabelError, Manifest
 
 
 def run_label(

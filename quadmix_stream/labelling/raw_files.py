@@ -11,10 +11,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from quadmix_stream.formats.labels import LabelError
 from quadmix_stream.labelling.inputs import RAW_SUFFIXES
-from quadmix_stream.labels import LabelError
 from quadmix_stream.recipe import RecipeError
-from quadmix_stream.storage import is_remote
+from quadmix_stream.storage.store import is_remote
 
 
 def basename(path: str | Path) -> str:
@@ -159,7 +159,7 @@ def count_rows(path: Path | str, every: int, limit: int | None = None) -> tuple[
 
 
 def synthetic_docs(opts: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    from quadmix_stream.synth import iter_docs
+    from quadmix_stream.synth.text import iter_docs
 
     domains = opts.get("domains")
     levels = opts.get("levels")

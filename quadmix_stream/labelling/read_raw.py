@@ -9,14 +9,14 @@ from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
+from quadmix_stream.formats.labels import LabelError
 from quadmix_stream.labelling.documents import normalize_doc
 from quadmix_stream.labelling.inputs import InputSpec, Unit
 from quadmix_stream.labelling.issues import Issues
 from quadmix_stream.labelling.plan import plan_raw
 from quadmix_stream.labelling.raw_files import basename, open_lines, open_parquet, synthetic_docs
-from quadmix_stream.labels import LabelError
 from quadmix_stream.recipe import RecipeError
-from quadmix_stream.storage import is_remote
+from quadmix_stream.storage.store import is_remote
 
 
 class LineCursor:

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from quadmix_stream.formats import ShardSpec, get_format
-from quadmix_stream.io import resolve_inside
+from quadmix_stream.formats.labels import LabelError
 from quadmix_stream.labelling.documents import shard_doc
 from quadmix_stream.labelling.inputs import InputSpec
 from quadmix_stream.labelling.issues import Issues
-from quadmix_stream.labels import LabelError
+from quadmix_stream.storage.io import resolve_inside
 
 
 def scan_spec(

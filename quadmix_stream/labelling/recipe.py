@@ -38,7 +38,7 @@ import yaml
 from quadmix_stream.labelling.inputs import InputSpec
 from quadmix_stream.labelling.outputs import OUTPUT_FORMATS
 from quadmix_stream.recipe import RecipeError, build, read_yaml
-from quadmix_stream.storage import is_remote
+from quadmix_stream.storage.store import is_remote
 
 RESERVED = ("domain", "tokens")
 

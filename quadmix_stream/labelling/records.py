@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quadmix_stream.io import atomic_write_text
 from quadmix_stream.labelling.outputs import WrittenShard
 from quadmix_stream.labelling.roots import WORK_DIR, Root, as_root
+from quadmix_stream.storage.io import atomic_write_text
 
 
 @dataclass

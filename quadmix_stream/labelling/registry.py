@@ -29,7 +29,8 @@ from quadmix_stream.labelling.fields import FieldLabeler
 from quadmix_stream.labelling.heuristic import HeuristicLabeler
 from quadmix_stream.labelling.labeler import Labeler
 from quadmix_stream.labelling.neural import TransformersLabeler
-from quadmix_stream.labelling.paths import LabelerError, resolve_path
+from quadmix_stream.labelling.paths import LabelerError
+from quadmix_stream.storage.locations import resolve_path
 
 
 class Options:

@@ -1,5 +1,5 @@
 """Raw input files on object storage (``--input "s3://bucket/raw/*.jsonl.gz"``): globbed with
-the fsspec filesystem of a :class:`~quadmix_stream.storage.Store` and streamed (decompressed on
+the fsspec filesystem of a :class:`~quadmix_stream.storage.store.Store` and streamed (decompressed on
 the fly), never copied whole."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import os
 import threading
 from typing import IO, Any
 
-from quadmix_stream.labels import LabelError
-from quadmix_stream.storage import Store
+from quadmix_stream.formats.labels import LabelError
+from quadmix_stream.storage.store import Store
 
 _STORES: dict[str, Store] = {}
 _STORES_LOCK = threading.Lock()

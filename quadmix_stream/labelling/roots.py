@@ -4,7 +4,7 @@
 or already holds them (labelling in place), their sidecars, the manifest and the run's work files
 (``.quadmix-label/``: the plan, one commit record per unit, per-rank stats). :class:`LocalRoot` is
 a folder; :class:`RemoteRoot` is a URL such as ``s3://bucket/ds`` read and written through a
-:class:`~quadmix_stream.storage.Store` (retries, credentials and endpoints as the stream reads
+:class:`~quadmix_stream.storage.store.Store` (retries, credentials and endpoints as the stream reads
 them; ``AWS_ENDPOINT_URL`` for MinIO, R2 or a local test server).
 
 On object storage:
@@ -41,10 +41,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from quadmix_stream.io import check_inside, default_cache_dir, resolve_inside
-from quadmix_stream.io import sha256_file as _sha256_file
-from quadmix_stream.labels import LabelError, Manifest, ShardLabels, read_sidecar, write_sidecar
-from quadmix_stream.storage import StorageConfig, Store, is_remote
+from quadmix_stream.formats.labels import (
+    LabelError,
+    Manifest,
+    ShardLabels,
+    read_sidecar,
+    write_sidecar,
+)
+from quadmix_stream.storage.io import check_inside, default_cache_dir, resolve_inside
+from quadmix_stream.storage.io import sha256_file as _sha256_file
+from quadmix_stream.storage.store import StorageConfig, Store, is_remote
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -55,7 +61,7 @@ REMOTE_THREADS = 16
 
 
 class _StoreRoot:
-    """What both roots do through their :class:`~quadmix_stream.storage.Store`."""
+    """What both roots do through their :class:`~quadmix_stream.storage.store.Store`."""
 
     remote: bool
     store: Store
@@ -290,7 +296,7 @@ class RemoteRoot(_StoreRoot):
 
     def save_manifest(self, manifest: Manifest) -> None:
         """PUT ``quadmix.json`` (the bytes :meth:`Manifest.save` writes locally)."""
-        from quadmix_stream.labels import MANIFEST_NAME
+        from quadmix_stream.formats.labels import MANIFEST_NAME
 
         self.proc_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.proc_dir) as tmp:

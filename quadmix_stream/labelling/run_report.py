@@ -6,11 +6,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from quadmix_stream.formats.labels import LabelError, Manifest
 from quadmix_stream.labelling.dist import World
 from quadmix_stream.labelling.issues import Issues
 from quadmix_stream.labelling.records import write_root_json
 from quadmix_stream.labelling.roots import WORK_DIR, Root
-from quadmix_stream.labels import LabelError, Manifest
 
 
 @dataclass

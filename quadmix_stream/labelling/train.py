@@ -18,13 +18,14 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from quadmix_stream.io import atomic_write_text
-from quadmix_stream.labelling.paths import LabelerError, resolve_path
+from quadmix_stream.labelling.paths import LabelerError
 from quadmix_stream.labelling.read_raw import iter_documents
 from quadmix_stream.labelling.train_data import input_spec, where_filter
 from quadmix_stream.labelling.train_embedding import train_embedding_head
 from quadmix_stream.labelling.train_fasttext import train_fasttext_domain, train_fasttext_quality
 from quadmix_stream.progress import Progress, counted
+from quadmix_stream.storage.io import atomic_write_text
+from quadmix_stream.storage.locations import resolve_path
 
 
 def _expand(x: Any, out: Path, base: Path) -> Any:

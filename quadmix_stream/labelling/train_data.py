@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from quadmix_stream.hashing import doc_key, uniform
 from quadmix_stream.labelling.fields import get_field
 from quadmix_stream.labelling.inputs import InputSpec
 from quadmix_stream.labelling.paths import LabelerError
+from quadmix_stream.mixing.hashing import doc_key, uniform
 
 SALT_SPLIT = 0x51A7_0101
 SALT_NEG = 0x51A7_0102

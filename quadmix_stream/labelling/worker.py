@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from quadmix_stream.hashing import doc_key
+from quadmix_stream.formats.labels import LabelError
 from quadmix_stream.labelling.inputs import InputSpec, Unit
 from quadmix_stream.labelling.outputs import WrittenShard, existing_shard, write_shard
 from quadmix_stream.labelling.read_raw import LineCursor, read_raw_unit
 from quadmix_stream.labelling.read_shards import read_shard_unit
 from quadmix_stream.labelling.roots import RemoteRoot, as_root
-from quadmix_stream.labels import LabelError
+from quadmix_stream.mixing.hashing import doc_key
 
 
 @dataclass

@@ -20,8 +20,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from quadmix_stream.params import SamplingParams
-from quadmix_stream.sampling import rank_exact, sample_rows_per_domain
+from quadmix_stream.mixing.params import SamplingParams
+from quadmix_stream.mixing.sampling import rank_exact, sample_rows_per_domain
 from quadmix_stream.search.pool import Pool
 
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from quadmix_stream.evaluation import autocast, lm_loss, mean_loss
 from quadmix_stream.search.data import SelectionError, TokenStream
 from quadmix_stream.search.proxy import (
     ProxyContext,
@@ -36,6 +35,7 @@ from quadmix_stream.search.proxy import (
     result,
     stream_stats,
 )
+from quadmix_stream.training.evaluation import autocast, lm_loss, mean_loss
 
 
 @dataclass

@@ -56,9 +56,8 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
 def bench_proxies(a: argparse.Namespace) -> int:
     import torch
 
-    from quadmix_stream.labels import Manifest
-    from quadmix_stream.locations import dataset_location, local_copy
-    from quadmix_stream.params import SamplingParams
+    from quadmix_stream.formats.labels import Manifest
+    from quadmix_stream.mixing.params import SamplingParams
     from quadmix_stream.search.batched import train_group
     from quadmix_stream.search.config import ModelConfig, ProxyConfig, TokenizerConfig
     from quadmix_stream.search.proxy import (
@@ -70,6 +69,7 @@ def bench_proxies(a: argparse.Namespace) -> int:
     )
     from quadmix_stream.search.space import to_params
     from quadmix_stream.search.tokenizer import TextTokenizer, prepare_tokenizer
+    from quadmix_stream.storage.locations import dataset_location, local_copy
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from quadmix_stream.errors import UserError
-from quadmix_stream.locations import dataset_location, location_str
-from quadmix_stream.model import PROXY_MODEL, ModelConfig, model_section
-from quadmix_stream.params import DEFAULT_RANGES
+from quadmix_stream.mixing.params import DEFAULT_RANGES
+from quadmix_stream.mixing.sampling import FORMS
 from quadmix_stream.recipe import build, check_number
-from quadmix_stream.sampling import FORMS
-from quadmix_stream.schedule import warmup_cosine
+from quadmix_stream.storage.locations import dataset_location, location_str
+from quadmix_stream.training.model import PROXY_MODEL, ModelConfig, model_section
+from quadmix_stream.training.schedule import warmup_cosine
 
 SPACES = ("quadmix", "domain_mixture")
 
@@ -72,7 +72,7 @@ class TokenizerConfig:
 class ProxyConfig:
     """One proxy training: model, token budget, optimiser, evaluation, placement."""
 
-    #: the proxy LM (:mod:`quadmix_stream.model`); keys a recipe leaves out are RegMix's
+    #: the proxy LM (:mod:`quadmix_stream.training.model`); keys a recipe leaves out are RegMix's
     model: ModelConfig = field(default_factory=lambda: PROXY_MODEL)
     seq_len: int = 2048
     batch_size: int = 512

@@ -1,6 +1,6 @@
 """What a proxy reads: its θ's token stream, packed into batches.
 
-The training stream is :class:`~quadmix_stream.dataset.QuaDMixDataset` for θ, one epoch after
+The training stream is :class:`~quadmix_stream.stream.dataset.QuaDMixDataset` for θ, one epoch after
 another (epochs re-draw the realised copies, exactly as ``infinite=True`` does), tokenized and
 packed into ``seq_len`` blocks with an end-of-text token after each document, until the token
 budget is reached; documents repeat when the selection is smaller than the budget. With
@@ -9,8 +9,8 @@ seeded by the stream seed, the document and the epoch), so a small budget spread
 documents instead of a few long ones. The epochs
 are driven here (``set_epoch``) rather than with ``infinite=True`` so that a θ whose selection
 is empty is detected and reported instead of spinning forever. Blocks are cut by
-:class:`~quadmix_stream.packing.BlockPacker`, as the trainer's; the evaluation sets are built by
-:mod:`quadmix_stream.evaluation`. With ``pool_fraction`` < 1 the stream keeps only the documents
+:class:`~quadmix_stream.stream.packing.BlockPacker`, as the trainer's; the evaluation sets are built by
+:mod:`quadmix_stream.training.evaluation`. With ``pool_fraction`` < 1 the stream keeps only the documents
 of a fixed hash-chosen part of the pool (a uniform subsample, independent of θ and of the
 stream's own draws), so a small proxy budget meets a selection as often as the full training.
 """
@@ -26,11 +26,11 @@ import torch
 
 # the evaluation sets live with the trainer's (re-exported: the pipeline reads them from here)
 from quadmix_stream.errors import UserError
-from quadmix_stream.evaluation import eval_coverage, load_target_texts, target_blocks
-from quadmix_stream.hashing import SALT_PROXY_POOL, uniform
-from quadmix_stream.packing import BlockPacker
-from quadmix_stream.params import SamplingParams
+from quadmix_stream.mixing.hashing import SALT_PROXY_POOL, uniform
+from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.search.tokenizer import TextTokenizer
+from quadmix_stream.stream.packing import BlockPacker
+from quadmix_stream.training.evaluation import eval_coverage, load_target_texts, target_blocks
 
 __all__ = [
     "SelectionError",
@@ -50,7 +50,7 @@ class SelectionError(UserError):
 
 def open_stream(dataset: str | Path, params: SamplingParams, seed: int):
     """The proxy's QuaDMix stream: the whole stream in this process, whatever the torchrun rank."""
-    from quadmix_stream.dataset import QuaDMixDataset
+    from quadmix_stream.stream.dataset import QuaDMixDataset
 
     return QuaDMixDataset(dataset, params, seed=seed, balance=None, rank=0, world_size=1)
 

@@ -28,8 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from quadmix_stream.errors import UserError
-from quadmix_stream.params import SamplingParams
-from quadmix_stream.sampling import expected_copies, sample_rows_per_domain
+from quadmix_stream.mixing.params import SamplingParams
+from quadmix_stream.mixing.sampling import expected_copies, sample_rows_per_domain
 from quadmix_stream.search.pool import Pool
 
 KINDS = ("theta", "profile", "theta+profile")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quadmix_stream.params import SamplingParams
+from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.search import regressor
 from quadmix_stream.search.config import (
     ProposalConfig,
@@ -442,8 +442,8 @@ def step_report(path: str | Path, dataset: str | Path | None = None, log: Log = 
 # ---------------------------------------------------------------- everything
 def ensure_dataset(cfg: SearchConfig, log: Log = print) -> None:
     """Write the recipe's synthetic corpus (``synth:``) at ``dataset`` when it has no manifest."""
-    from quadmix_stream.labels import MANIFEST_NAME
-    from quadmix_stream.storage import Store, is_remote
+    from quadmix_stream.formats.labels import MANIFEST_NAME
+    from quadmix_stream.storage.store import Store, is_remote
 
     if cfg.synth is None:
         return

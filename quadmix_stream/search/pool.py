@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from quadmix_stream.hashing import SALT_POOL_SAMPLE, uniform
-from quadmix_stream.labels import DatasetLabels, Manifest
-from quadmix_stream.locations import dataset_location
-from quadmix_stream.params import SamplingParams
-from quadmix_stream.selection import RankConfig, Reference, Selection, sigma_scores
-from quadmix_stream.storage import Store
-from quadmix_stream.tables import PoolTables
+from quadmix_stream.formats.labels import DatasetLabels, Manifest
+from quadmix_stream.mixing.hashing import SALT_POOL_SAMPLE, uniform
+from quadmix_stream.mixing.params import SamplingParams
+from quadmix_stream.storage.locations import dataset_location
+from quadmix_stream.storage.store import Store
+from quadmix_stream.stream.selection import RankConfig, Reference, Selection, sigma_scores
+from quadmix_stream.stream.tables import PoolTables
 
 #: documents whose labels the search holds at most (≈ 60 bytes each with three scorers)
 MAX_DOCS = 2_000_000

@@ -1,8 +1,8 @@
 """One proxy: a small causal LM trained on θ's stream for a fixed token budget, then evaluated.
 
-The model is :mod:`quadmix_stream.model`'s Llama-family LM (RegMix's 1M proxies are the same
-family), the learning rate :mod:`quadmix_stream.schedule`'s, the losses
-:mod:`quadmix_stream.evaluation`'s: the pretraining trainer's. Every proxy
+The model is :mod:`quadmix_stream.training.model`'s Llama-family LM (RegMix's 1M proxies are the same
+family), the learning rate :mod:`quadmix_stream.training.schedule`'s, the losses
+:mod:`quadmix_stream.training.evaluation`'s: the pretraining trainer's. Every proxy
 of a search starts from the same weights (``proxy.init_seed``) and reads its θ's stream with the
 job's data seed: the same for every proposal (``proxy.data_seed``, so two proxies differ only by
 θ), or one per proposal (``proxy.seed_per_run``, see :func:`run_seed`). The score is the mean per-token loss on the
@@ -25,10 +25,7 @@ from typing import Any
 import torch
 
 from quadmix_stream.errors import UserError
-from quadmix_stream.evaluation import autocast, lm_loss, mean_loss
-from quadmix_stream.locations import dataset_location
-from quadmix_stream.model import ModelConfig, build_causal_lm, count_params
-from quadmix_stream.params import SamplingParams
+from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.search.config import ProxyConfig
 from quadmix_stream.search.data import (
     SelectionError,
@@ -39,6 +36,9 @@ from quadmix_stream.search.data import (
     target_blocks,
 )
 from quadmix_stream.search.tokenizer import TextTokenizer
+from quadmix_stream.storage.locations import dataset_location
+from quadmix_stream.training.evaluation import autocast, lm_loss, mean_loss
+from quadmix_stream.training.model import ModelConfig, build_causal_lm, count_params
 
 __all__ = [  # count_params: the report counts the proxy's parameters through this module
     "ProxyContext",
@@ -132,7 +132,9 @@ class ProxyContext:
     ``progress`` (when set) receives a line every ``progress_every`` seconds of training.
     """
 
-    dataset: str | Path  # a folder, or a URL kept as the string (see quadmix_stream.locations)
+    dataset: (
+        str | Path
+    )  # a folder, or a URL kept as the string (see quadmix_stream.storage.locations)
     tokenizer: TextTokenizer
     cfg: ProxyConfig
     device: torch.device

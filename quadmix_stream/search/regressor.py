@@ -29,8 +29,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from quadmix_stream.errors import UserError
-from quadmix_stream.io import atomic_write_text
 from quadmix_stream.search.config import RegressorConfig
+from quadmix_stream.storage.io import atomic_write_text
 
 MIN_RUNS = 8
 MODELS = ("lgbm", "linear", "gp")

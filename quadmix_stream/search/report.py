@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quadmix_stream.io import atomic_write_text
-from quadmix_stream.params import SamplingParams
+from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.search.plots import (
     plot_error_vs_runs,
     plot_importance,
@@ -30,6 +29,7 @@ from quadmix_stream.search.retest import verdict
 from quadmix_stream.search.runfolder import RunFolder
 from quadmix_stream.search.select import measured_contenders
 from quadmix_stream.search.summaries import best_per_round, coverage_lines
+from quadmix_stream.storage.io import atomic_write_text
 
 WEAK_SPEARMAN = 0.5
 NOTES = (

@@ -37,13 +37,13 @@ from pathlib import Path
 import numpy as np
 
 from quadmix_stream.errors import UserError
-from quadmix_stream.io import atomic_write_bytes, atomic_write_text, sha256_file
-from quadmix_stream.labels import Manifest
-from quadmix_stream.locations import dataset_location, location_str, read_location
-from quadmix_stream.params import SamplingParams
+from quadmix_stream.formats.labels import Manifest
+from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.search.config import SearchConfig
 from quadmix_stream.search.tokenizer import run_tokenizer_path
-from quadmix_stream.storage import is_remote
+from quadmix_stream.storage.io import atomic_write_bytes, atomic_write_text, sha256_file
+from quadmix_stream.storage.locations import dataset_location, location_str, read_location
+from quadmix_stream.storage.store import is_remote
 
 SCHEMA = "quadmix-stream/search"
 VERSION = 1

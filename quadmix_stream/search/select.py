@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from quadmix_stream.errors import UserError
-from quadmix_stream.params import DEFAULT_RANGES, SamplingParams
+from quadmix_stream.mixing.params import DEFAULT_RANGES, SamplingParams
 from quadmix_stream.search.config import SearchConfig
 from quadmix_stream.search.pool import Pool
 from quadmix_stream.search.proxy import stream_fingerprint

@@ -7,7 +7,7 @@ become the QuaDMix parameters λ = 0, ω = 1, ε = 0, α uniform (quality ignore
 η[d] = scale · w[d] · T / T[d] (T[d]: tokens of domain d in the pool), so every document of
 domain d is expected η[d] times and domain d gets the share w[d] of ``scale · T`` selected tokens.
 
-Both produce θ in the flat order of :mod:`quadmix_stream.params`, so the proxies, the regressor
+Both produce θ in the flat order of :mod:`quadmix_stream.mixing.params`, so the proxies, the regressor
 and the selection are the same code for both.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from quadmix_stream.errors import UserError
-from quadmix_stream.params import SamplingParams
+from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.search.config import ProposalConfig
 
 

@@ -2,7 +2,7 @@
 
 Either a byte-level BPE trained on the pool with ``tokenizers``, or a tokenizer given by path
 (a ``tokenizer.json``, or a folder: its ``tokenizer.json`` is copied, else the whole folder is,
-for transformers tokenizers without one). Encoding lives in :mod:`quadmix_stream.tokenizer`.
+for transformers tokenizers without one). Encoding lives in :mod:`quadmix_stream.training.tokenizer`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import shutil
 from pathlib import Path
 
 from quadmix_stream.search.config import SearchConfigError, TokenizerConfig
-from quadmix_stream.tokenizer import TextTokenizer, pool_texts, train_tokenizer
+from quadmix_stream.stream.pool import pool_texts
+from quadmix_stream.training.tokenizer import TextTokenizer, train_tokenizer
 
 __all__ = ["TextTokenizer", "prepare_tokenizer", "run_tokenizer_path"]
 

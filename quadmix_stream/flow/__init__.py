@@ -1,0 +1,1 @@
+"""``quadmix-stream run``: label → search → train → report in one command."""

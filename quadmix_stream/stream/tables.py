@@ -1,0 +1,285 @@
+"""A labelled pool seen one shard at a time, with its small global tables (docs/design.md, "The stream").
+
+:class:`PoolTables` is what every process of the stream holds about the pool: the manifest's
+per-shard metadata, the σ tables, the Eq. 2 reference (bounded sample) and, per epoch, one item
+total per shard. Everything of size O(pool documents) stays on disk: a shard's labels are read
+when that shard is needed and dropped after. The three pool-wide passes (domain sizes, the
+reference, an epoch's per-shard totals) run once per node through :func:`cache.cooperative`,
+split over every process that needs them, and are cached by (dataset, params, rank config, seed,
+epoch), so a start, an epoch boundary or a resume with warm caches reads a few small files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from quadmix_stream.errors import UserError
+from quadmix_stream.formats.labels import (
+    LabelError,
+    Manifest,
+    ShardLabels,
+    read_shard_labels,
+    shard_starts,
+)
+from quadmix_stream.mixing.hashing import SALT_SAMPLE, hash64
+from quadmix_stream.mixing.params import SamplingParams
+from quadmix_stream.mixing.sampling import realize
+from quadmix_stream.storage.cache import Throttle, cooperative, release_free_memory
+from quadmix_stream.storage.io import default_cache_dir
+from quadmix_stream.storage.store import Store, as_store
+from quadmix_stream.stream.order import MAX_COPIES
+from quadmix_stream.stream.selection import (
+    RankConfig,
+    RankModel,
+    Reference,
+    expected_of,
+    mixture_sums,
+    reference_threshold,
+    sigma_scores,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 1 << 21  # rows per chunk of a pool-wide pass (each chunk is one unit of work)
+
+
+class PoolTables:
+    """Per-shard labels and counts, and the pool's global tables, for one labelled dataset.
+
+    Args:
+        root: dataset folder, URL or :class:`Store`.
+        manifest: its manifest.
+        config: how Eq. 2 is computed.
+        cache_dir: where pool-wide results are cached (default :func:`default_cache_dir`); a
+            node-local folder is right: each node computes what it needs once.
+        verify_shards: hash each shard file on its first use in this process.
+    """
+
+    def __init__(
+        self,
+        root: str | Path | Store,
+        manifest: Manifest,
+        config: RankConfig = RankConfig(),
+        cache_dir: str | Path | None = None,
+        verify_shards: bool = False,
+    ) -> None:
+        self.root, self.manifest, self.config = as_store(root), manifest, config
+        self.verify_shards = verify_shards
+        self.n_shards = len(manifest.shards)
+        if not self.n_shards:
+            raise LabelError(f"{root}: the manifest lists no shards")
+        self.shard_start = shard_starts(manifest)
+        self.folder = Path(cache_dir or default_cache_dir()) / "pools" / manifest.fingerprint()
+        per = max(1, CHUNK_ROWS // max(1, int(np.diff(self.shard_start).max())))
+        self.chunk_bounds = list(range(0, self.n_shards, per)) + [self.n_shards]
+        self._labels: OrderedDict[int, ShardLabels] = OrderedDict()
+        self.keep_shards = 8  # shards whose labels stay in memory (LRU)
+        self._counts: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._models: dict[str, RankModel] = {}
+        self._totals: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._sizes: np.ndarray | None = None
+
+    def fork(self) -> PoolTables:
+        """A copy with caches of its own (for a background thread)."""
+        other = PoolTables.__new__(PoolTables)
+        other.__dict__ = self.__getstate__()
+        other._models, other._totals = {}, OrderedDict()
+        return other
+
+    def __getstate__(self) -> dict:
+        d = dict(self.__dict__)  # spawn workers: ship the small tables, not the shard caches
+        d["_labels"], d["_counts"] = OrderedDict(), OrderedDict()
+        return d
+
+    # ------------------------------------------------------------ one shard
+    def shard_of_row(self, row: int) -> tuple[int, int]:
+        """(shard, row within it) of a global row."""
+        s = int(np.searchsorted(self.shard_start, row, side="right") - 1)
+        return s, int(row - self.shard_start[s])
+
+    def labels(self, shard: int) -> ShardLabels:
+        """The validated labels of one shard (a few recent shards are kept)."""
+        lab = self._labels.get(shard)
+        if lab is None:
+            lab = read_shard_labels(self.root, self.manifest, shard, self.verify_shards)
+            self._labels[shard] = lab
+            if len(self._labels) > self.keep_shards:
+                self._labels.popitem(last=False)
+        else:
+            self._labels.move_to_end(shard)
+        return lab
+
+    def expected(self, shard: int, params: SamplingParams) -> np.ndarray:
+        """S(x) of every document of a shard."""
+        lab = self.labels(shard)
+        sig = sigma_scores(lab.scores, self.manifest)
+        return expected_of(sig, lab.domain, params, self.rank_model(params))
+
+    def counts(self, shard: int, params: SamplingParams, seed: int, epoch: int) -> np.ndarray:
+        """Realised copies c(x) (uint8) of every document of a shard in ``epoch``."""
+        key = (shard, params.fingerprint(), seed, epoch)
+        c = self._counts.get(key)
+        if c is None:
+            lab = self.labels(shard)
+            c = realize(self.expected(shard, params), lab.key, seed, epoch)
+            if c.size and c.max() > MAX_COPIES:
+                raise UserError(
+                    f"shard {self.manifest.shards[shard].name!r}: a document gets {int(c.max())} "
+                    f"copies under these params; at most {MAX_COPIES} are supported (lower η)"
+                )
+            c = c.astype(np.uint8)
+            self._counts[key] = c
+            if len(self._counts) > 16:
+                self._counts.popitem(last=False)
+        return c
+
+    # ------------------------------------------------------------ global tables
+    def _pass(self, name: str, compute, combine) -> dict[str, np.ndarray]:
+        n = len(self.chunk_bounds) - 1
+        t0 = time.monotonic()
+        say = Throttle(log.info, 5.0)
+
+        def progress(done: int, total: int) -> None:
+            say(
+                f"quadmix-stream: {name}: {done} chunks of {total} done here ({time.monotonic() - t0:.0f} s)"
+            )
+
+        return cooperative(self.folder, name, n, compute, combine, progress)
+
+    def _chunk(self, i: int) -> range:
+        return range(self.chunk_bounds[i], self.chunk_bounds[i + 1])
+
+    def domain_sizes(self) -> np.ndarray:
+        """(M,) documents per domain in the pool (one cached pool-wide pass)."""
+        if self._sizes is None:
+            m = len(self.manifest.domains)
+
+            def compute(i: int) -> dict[str, np.ndarray]:
+                tot = np.zeros(m, dtype=np.int64)
+                for s in self._chunk(i):
+                    tot += np.bincount(self.labels(s).domain, minlength=m)
+                return {"sizes": tot}
+
+            def combine(parts: list[dict]) -> dict[str, np.ndarray]:
+                return {"sizes": np.sum([p["sizes"] for p in parts], axis=0)}
+
+            self._sizes = self._pass("domains", compute, combine)["sizes"]
+        return self._sizes
+
+    def reference(self) -> Reference:
+        """The Eq. 2 reference sample (one cached pool-wide pass; O(domains × sample) rows).
+
+        Not kept in memory: only the rank models built from it are (a table per sampled domain).
+        """
+        sizes = self.domain_sizes()
+        thr = reference_threshold(sizes, self.config.per_domain)
+        n_s = len(self.manifest.scorers)
+
+        def compute(i: int) -> dict[str, np.ndarray]:
+            sig, dom, tok = (
+                [np.zeros((0, n_s))],
+                [np.zeros(0, np.int64)],
+                [np.zeros(0, np.int64)],
+            )
+            for s in self._chunk(i):
+                lab = self.labels(s)
+                h = hash64(lab.key, SALT_SAMPLE)
+                pick = np.flatnonzero(h <= thr[lab.domain.astype(np.int64)])
+                sig.append(sigma_scores(lab.scores[pick], self.manifest))
+                dom.append(lab.domain[pick].astype(np.int64))
+                tok.append(lab.tokens[pick].astype(np.int64))
+            return {
+                "sigma": np.concatenate(sig),
+                "domain": np.concatenate(dom),
+                "tokens": np.concatenate(tok),
+            }
+
+        def combine(parts: list[dict]) -> dict[str, np.ndarray]:
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+        r = self._pass(f"reference-{self.config.fingerprint()}", compute, combine)
+        return Reference(
+            sigma=r["sigma"].reshape(-1, n_s),
+            domain=r["domain"],
+            tokens=r["tokens"],
+            domain_sizes=sizes,
+        )
+
+    def rank_model(self, params: SamplingParams) -> RankModel:
+        fp = params.fingerprint()
+        if fp not in self._models:
+            if len(self._models) >= 4:
+                self._models.pop(next(iter(self._models)))
+            self._models[fp] = RankModel.build(self.reference(), params, self.config)
+            release_free_memory()  # the reference is transient: only the model stays
+        return self._models[fp]
+
+    def totals(self, params: SamplingParams, seed: int, epoch: int) -> np.ndarray:
+        """(n_shards,) items of each shard in ``epoch`` (one cached pool-wide pass per epoch)."""
+        key = (params.fingerprint(), seed, epoch)
+        t = self._totals.get(key)
+        if t is None:
+            self.rank_model(params)  # the reference pass first (it has its own cache)
+
+            def compute(i: int) -> dict[str, np.ndarray]:
+                return {
+                    "totals": np.array(
+                        [
+                            int(self.counts(s, params, seed, epoch).sum(dtype=np.int64))
+                            for s in self._chunk(i)
+                        ],
+                        dtype=np.int64,
+                    )
+                }
+
+            def combine(parts: list[dict]) -> dict[str, np.ndarray]:
+                return {"totals": np.concatenate([p["totals"] for p in parts])}
+
+            name = f"totals-{params.fingerprint()}-{self.config.fingerprint()}-s{seed}-e{epoch}"
+            t = self._pass(name, compute, combine)["totals"]
+            if t.shape != (self.n_shards,):
+                raise OSError(
+                    f"{self.folder / name}.npz: wrong shape {t.shape}; delete it to recompute"
+                )
+            self._totals[key] = t
+            if len(self._totals) > 4:
+                self._totals.popitem(last=False)
+        return t
+
+    def mixture(
+        self, params: SamplingParams, seed: int, epoch: int | None
+    ) -> dict[str, np.ndarray]:
+        """Per-domain documents, tokens and unique documents: expected (``epoch=None``) or
+        realised in ``epoch`` (one cached pool-wide pass)."""
+        m = len(self.manifest.domains)
+
+        def compute(i: int) -> dict[str, np.ndarray]:
+            tot = {k: np.zeros(m) for k in ("docs", "tokens", "unique_docs")}
+            for s in self._chunk(i):
+                lab = self.labels(s)
+                w = (
+                    self.expected(s, params)
+                    if epoch is None
+                    else self.counts(s, params, seed, epoch).astype(np.float64)
+                )
+                part = mixture_sums(lab.domain, lab.tokens, w, m, realised=epoch is not None)
+                for k in tot:
+                    tot[k] += part[k]
+            return tot
+
+        def combine(parts: list[dict]) -> dict[str, np.ndarray]:
+            return {k: np.sum([p[k] for p in parts], axis=0) for k in parts[0]}
+
+        when = "expected" if epoch is None else f"s{seed}-e{epoch}"
+        name = f"mixture-{params.fingerprint()}-{self.config.fingerprint()}-{when}"
+        return self._pass(name, compute, combine)
+
+    def iter_counts(self, params: SamplingParams, seed: int, epoch: int):
+        """(shard, labels, expected, counts) for every shard in order, one shard in memory."""
+        for s in range(self.n_shards):
+            yield s, self.labels(s), self.expected(s, params), self.counts(s, params, seed, epoch)

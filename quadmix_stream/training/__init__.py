@@ -1,0 +1,1 @@
+"""Pieces every trainer shares: tokenizer, model, LR schedule, evaluation sets, launching."""

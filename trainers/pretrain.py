@@ -53,7 +53,7 @@ import torch.distributed as dist
 from quadmix_stream.errors import UserError
 from quadmix_stream.logs import show
 from quadmix_stream.progress import Progress
-from quadmix_stream.recipe import RecipeError, build, read_yaml
+from quadmix_stream.recipe import RecipeError, build, read_yaml, short_repr
 from quadmix_stream.storage.store import StorageConfig, is_remote
 from quadmix_stream.stream.metrics import MixtureMeter
 from quadmix_stream.stream.window import is_window
@@ -86,18 +86,37 @@ class DataConfig:
     track_docs: bool = False  # log the (epoch, row, copy) of documents started in each step
     # a remote dataset (s3://…): bytes its node-local cache may hold, e.g. "64gb" (None: no limit)
     cache_limit: str | None = None
+    # {step: params file}: those params are in force from that step on (an anneal, say), on
+    # every rank and worker at the same point, switched in the running job
+    params_schedule: dict[int, str] | None = None
+
+    def __post_init__(self) -> None:
+        sched = self.params_schedule
+        if sched is not None and (
+            not isinstance(sched, dict)
+            or not all(
+                isinstance(k, int) and not isinstance(k, bool) and k >= 1 and isinstance(v, str)
+                for k, v in sched.items()
+            )
+        ):
+            raise UserError(
+                f"params_schedule: a mapping {{step ≥ 1: params file}}, got {short_repr(sched)}"
+            )
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 100
-    batch_size: int = 8  # per rank and micro-step
-    grad_accum: int = 1
+    # sequences per optimiser step over all ranks; it stays the same when a resume brings another
+    # number of ranks (gradient accumulation makes up the difference)
+    batch_size: int = 8
+    # sequences per forward pass on each rank (0: batch_size / ranks, no accumulation)
+    micro_batch_size: int = 0
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
-    warmup: int = 10
+    warmup_steps: int = 10
     weight_decay: float = 0.1
-    clip: float = 1.0
+    grad_clip: float = 1.0
     seed: int = 0
     eval_set: str | None = None  # JSONL with a "text" field; logged as eval_loss
     eval_sets: dict[str, str] | None = None  # more named JSONL sets, logged as eval_losses[name]
@@ -183,31 +202,59 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------- setting up
-def check_inputs(cfg: PretrainConfig) -> Any:
-    """The params file, the dataset's manifest and the evaluation sets, read and checked: a
-    mistake in them is a :class:`UserError` before anything slow starts. Returns the params."""
+def check_inputs(cfg: PretrainConfig) -> tuple[Any, dict[int, Any]]:
+    """The params files, the dataset's manifest and the evaluation sets, read and checked: a
+    mistake in them is a :class:`UserError` before anything slow starts.
+
+    Returns the params of ``data.params`` and the schedule, ``{step: params}``.
+    """
     from quadmix_stream.formats.labels import Manifest
     from quadmix_stream.mixing.params import SamplingParams
     from quadmix_stream.storage.store import as_store
 
-    params = SamplingParams.load(cfg.data.params)
     manifest = Manifest.load(as_store(cfg.data.dataset))
-    params.check_names(manifest.domains, manifest.scorer_names)
+    loaded = {}
+    for step, path in {0: cfg.data.params, **(cfg.data.params_schedule or {})}.items():
+        where = "data.params" if step == 0 else f"data.params_schedule.{step}"
+        try:
+            loaded[step] = SamplingParams.load(path)
+            loaded[step].check_names(manifest.domains, manifest.scorer_names)
+        except UserError as e:
+            raise type(e)(f"{where}: {e}") from None
     sets = dict(cfg.train.eval_sets or {})
     if cfg.train.eval_set:
         sets["eval"] = cfg.train.eval_set
     for name, path in sets.items():
         if not is_remote(str(path)) and not Path(path).is_file():
             raise UserError(f"train.eval_sets.{name}: {path}: no such file")
-    return params
+    params = loaded.pop(0)
+    return params, dict(sorted(loaded.items()))
+
+
+def scheduled(params, schedule: dict[int, Any], step: int):
+    """The params the recipe puts in force at ``step``: the last schedule entry at or before it."""
+    return next((schedule[s] for s in sorted(schedule, reverse=True) if s <= step), params)
+
+
+def micro_batches(tc: TrainConfig, world: int) -> tuple[int, int]:
+    """(sequences per forward pass on a rank, forward passes per step) for ``world`` ranks."""
+    micro = tc.micro_batch_size or tc.batch_size // world
+    accum, left = divmod(tc.batch_size, max(1, micro) * world)
+    if micro < 1 or left or accum < 1:
+        raise UserError(
+            f"train.batch_size {tc.batch_size} must be a multiple of micro_batch_size "
+            f"{tc.micro_batch_size or 'batch_size / ranks'} × {world} rank(s); set "
+            "train.micro_batch_size to a divisor of batch_size / ranks"
+        )
+    return micro, accum
 
 
 def lr_multiplier(step: int, tc: TrainConfig, planned_steps: int | None = None) -> float:
-    """The schedule as a multiple of ``train.lr``: ``warmup`` steps, then a cosine reaching its
+    """The schedule as a multiple of ``train.lr``: ``warmup_steps``, then a cosine reaching its
     floor at ``planned_steps`` (default ``train.steps``) and holding it after."""
     steps = tc.steps if planned_steps is None else planned_steps
     return warmup_cosine(
-        step, warmup=tc.warmup, decay_steps=steps - tc.warmup, min_ratio=tc.min_lr_ratio
+        step, warmup=tc.warmup_steps, decay_steps=steps - tc.warmup_steps, min_ratio=tc.min_lr_ratio
     )
 
 
@@ -257,46 +304,60 @@ def build_training(cfg: PretrainConfig, vocab_size: int, device: torch.device, l
     return model, ddp, opt, sched
 
 
-def open_loader(cfg: PretrainConfig, packed, ckpt_loader: dict | None) -> tuple[Any, bool | None]:
+def loader_options(d: DataConfig) -> dict[str, Any]:
+    return {"prefetch_factor": 2} if d.workers else {}
+
+
+def open_loader(
+    cfg: PretrainConfig, packed, ckpt_loader: dict | None, micro: int
+) -> tuple[Any, bool | None]:
     """A stateful loader over ``packed``: fresh, or restored from a checkpoint's loader state.
 
     Returns the loader and, after a restore, whether it continues item for item (``exact``).
     """
     from quadmix_stream.loaders.stateful import make_loader, restore_loader
 
-    d, tc = cfg.data, cfg.train
-    kw = {"prefetch_factor": 2} if d.workers else {}
+    d = cfg.data
+    kw = loader_options(d)
     if ckpt_loader is None:
-        return make_loader(packed, tc.batch_size, d.workers, **kw), None
-    return restore_loader(ckpt_loader, packed, tc.batch_size, d.workers, **kw)
+        return make_loader(packed, micro, d.workers, **kw), None
+    return restore_loader(ckpt_loader, packed, micro, d.workers, **kw)
 
 
-def params_in_force(recipe_params, recipe_path: str, ck: dict | None, switching: bool):
-    """The params this invocation trains under, and a line saying which and why.
+def params_in_force(
+    cfg: PretrainConfig, params, schedule: dict[int, Any], ck: dict | None, switching: bool
+):
+    """The params this invocation starts under, and a line saying which and why.
 
-    A fresh run uses the recipe's ``data.params`` (``--params`` overrides it). A resume keeps
-    the params in force at its checkpoint (its loader state holds them): after a ``--params``
+    A fresh run starts under ``data.params`` (``--params`` overrides it). A resume keeps the
+    params in force at its checkpoint (its loader state holds them): after a ``--params``
     switch, the plain command goes on under the switched params. ``--params`` on a resume
-    switches (again).
+    switches (again); a schedule entry at the checkpoint's step switches there, as the
+    uninterrupted run did right after writing that checkpoint.
     """
     from quadmix_stream.loaders.stateful import loader_params
 
-    fp = recipe_params.fingerprint()[:12]
+    paths = {0: cfg.data.params, **(cfg.data.params_schedule or {})}
+    by_step = {0: params, **schedule}
+
+    def named(p, path: str) -> str:
+        return f"{path} ({p.fingerprint()[:12]})"
+
     if ck is None:
-        return recipe_params, f"{recipe_path} ({fp})"
+        return params, named(params, paths[0])
+    step = int(ck["step"])
     saved = loader_params(ck["loader"])
-    at = f"step {int(ck['step'])}"
-    if saved.fingerprint() == recipe_params.fingerprint():
-        return recipe_params, f"{recipe_path} ({fp}), as at {at}"
     if switching:
-        return (
-            recipe_params,
-            f"{recipe_path} ({fp}), switching from {saved.fingerprint()[:12]} at {at}",
-        )
+        return params, f"{named(params, paths[0])}, switching from {saved.fingerprint()[:12]}"
+    if step in schedule:
+        return schedule[step], f"{named(schedule[step], paths[step])}, scheduled from step {step}"
+    due = max(s for s in by_step if s <= step)
+    if saved.fingerprint() == by_step[due].fingerprint():
+        return saved, f"{named(saved, paths[due])}, as at step {step}"
     return saved, (
-        f"{saved.fingerprint()[:12]}, kept from the checkpoint at {at} (the recipe's "
-        f"data.params {recipe_path} is {fp}: this run switched away from it; pass --params FILE "
-        "to switch again)"
+        f"{saved.fingerprint()[:12]}, kept from the checkpoint at step {step} (the recipe has "
+        f"{named(by_step[due], paths[due])} there: this run switched away from it; pass "
+        "--params FILE to switch again)"
     )
 
 
@@ -378,14 +439,16 @@ class StepResult:
     docs: list[int]
 
 
-def train_step(ddp, model, opt, sched, it, cfg: PretrainConfig, world: int, device) -> StepResult:
-    """``grad_accum`` micro-batches (DDP syncs on the last), clipping, one AdamW step."""
+def train_step(
+    ddp, model, opt, sched, it, cfg: PretrainConfig, world: int, accum: int, device
+) -> StepResult:
+    """``accum`` micro-batches (DDP syncs on the last), clipping, one AdamW step."""
     tc = cfg.train
     loss_sum = torch.zeros(1, device=device)
     dom: torch.Tensor | None = None
     h = hashlib.sha256()
     docs: list[int] = []
-    for micro in range(tc.grad_accum):
+    for i in range(accum):
         batch = next(it)
         x = batch["input_ids"].to(device)
         h.update(batch["input_ids"].numpy().tobytes())
@@ -393,12 +456,12 @@ def train_step(ddp, model, opt, sched, it, cfg: PretrainConfig, world: int, devi
         dom = dt if dom is None else dom + dt
         if cfg.data.track_docs:
             docs += [v for v in batch["doc_ids"].flatten().tolist() if v >= 0]
-        sync = nullcontext() if (world == 1 or micro == tc.grad_accum - 1) else ddp.no_sync()
+        sync = nullcontext() if (world == 1 or i == accum - 1) else ddp.no_sync()
         with sync, autocast(device):
-            loss = ddp(input_ids=x, labels=x).loss / tc.grad_accum
+            loss = ddp(input_ids=x, labels=x).loss / accum
             loss.backward()
         loss_sum += loss.detach()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
@@ -452,17 +515,20 @@ def train(
     params_changed: bool = False,
     replan_lr: bool = False,
 ) -> int:
+    from quadmix_stream.loaders.stateful import switch_params
     from quadmix_stream.stream.dataset import QuaDMixDataset
     from quadmix_stream.stream.packing import PackedDataset
 
     d, tc = cfg.data, cfg.train
-    recipe_params = check_inputs(cfg)  # seconds, before the process group, tokenizer and model
+    # seconds, before the process group, tokenizer and model
+    recipe_params, schedule = check_inputs(cfg)
     world, rank, device = init_distributed(cfg)
+    micro, accum = micro_batches(tc, world)
     lock = claim_out(out, rank)  # before any work: writable, and no other trainer in it
     say = log.info if rank == 0 else log.debug
     ckpts = checkpoints(out) if resume else []
     ck = torch.load(ckpts[-1], map_location="cpu", weights_only=True) if ckpts else None
-    params, params_note = params_in_force(recipe_params, d.params, ck, params_changed)
+    params, params_note = params_in_force(cfg, recipe_params, schedule, ck, params_changed)
     lr_steps, lr_note = planned_lr_steps(tc, ck, replan_lr)
     say("[pretrain] %d rank(s) on %s; dataset %s", world, device, d.dataset)
     say("[pretrain] params in force: %s", params_note)
@@ -488,7 +554,7 @@ def train(
         shuffle_block_shards=d.shuffle_block_shards,
         # the ranks on this node and their workers share its cache ("auto" window)
         consumers_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * max(1, d.workers),
-        resume_with_new_params=params_changed,
+        resume_with_new_params=True,  # params_in_force chose them; a state under others is re-dealt
         storage=storage,
     )
     if ds.window_note and rank == 0:
@@ -504,7 +570,7 @@ def train(
     logger = RunLogger(out, cfg.logging, dataclasses.asdict(cfg), enabled=rank == 0)
     if rank == 0:  # steps after the checkpoint are trained again: drop their first try
         truncate_log(out / "log.jsonl", step)
-    loader, exact = open_loader(cfg, packed, ckpt_loader)
+    loader, exact = open_loader(cfg, packed, ckpt_loader, micro)
     if ckpt_loader is not None and rank == 0:
         rec = resume_record(ckpts[-1], step, bool(exact), ckpt_loader, world, params)
         logger.write(rec)
@@ -540,22 +606,37 @@ def train(
         )
 
     it = iter(loader)
+    start = step
     t0, tokens_since = time.perf_counter(), 0
     progress = Progress(
         "pretrain", tc.steps, initial=step, enabled=rank == 0, every_s=cfg.logging.progress_every
     )
     while step < tc.steps:
-        r = gather(train_step(ddp, model, opt, sched, it, cfg, world, device), world)
+        if step in schedule and step != start:  # every rank at the same step; no restart
+            del it
+            loader = switch_params(
+                loader, packed, schedule[step], micro, d.workers, **loader_options(d)
+            )
+            it = iter(loader)
+            meter = MixtureMeter(domains, ds.expected_mixture())
+            if rank == 0:
+                logger.write(
+                    {"event": "switch", "step": step, "params": schedule[step].fingerprint()}
+                )
+            say(
+                "[pretrain] step %d: params %s in force (data.params_schedule)",
+                step,
+                f"{d.params_schedule[step]} ({schedule[step].fingerprint()[:12]})",
+            )
+        r = gather(train_step(ddp, model, opt, sched, it, cfg, world, accum, device), world)
         step += 1
         meter.update({"domain_tokens": r.domain_tokens.numpy()[None]})
-        tokens_since += tc.batch_size * tc.grad_accum * d.seq_len * world
+        tokens_since += tc.batch_size * d.seq_len
         if rank == 0:
             rate = tokens_since / (time.perf_counter() - t0)
             rec = step_record(step, r, sched.get_last_lr()[0], rate, meter.summary(), d.track_docs)
             if step % tc.eval_every == 0 or step == tc.steps:
-                losses = {
-                    k: round(evaluate(model, x, device, tc.batch_size), 6) for k, x in evals.items()
-                }
+                losses = {k: round(evaluate(model, x, device, micro), 6) for k, x in evals.items()}
                 if None in losses:
                     rec["eval_loss"] = losses.pop(None)
                 if losses:

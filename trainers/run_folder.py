@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from quadmix_stream.trainers.runlog import RunLogger
+from quadmix_stream.trainers.runlog import RunLogger, redact_record
 from quadmix_stream.training.runguard import (
     OutputError,
     RunLock,
@@ -28,7 +28,7 @@ from quadmix_stream.training.runguard import (
 
 def log_jsonl(path: Path, record: dict) -> None:
     with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(redact_record(record)) + "\n")
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -40,7 +40,7 @@ def checkpoints(out: Path) -> list[Path]:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` through a ``.tmp`` + rename; an error (disk full) names the file."""
+    """``torch.save`` through a temporary file + rename; an error (disk full) names the file."""
     write_file_atomic(path, lambda f: torch.save(obj, f))
 
 
@@ -62,8 +62,10 @@ def claim_out(out: Path, rank: int) -> RunLock | None:
             check_writable(out)
             check_writable(out / "checkpoints")
             lock = RunLock(out, "trainer").acquire()
-            for d in (out, out / "checkpoints"):
-                remove_stale_tmp(d)  # left by a killed writer; the lock says none is running
+            # left by a killed writer; the lock says none is running. OUT may hold the user's
+            # files too (only our temporary names go); checkpoints/ holds only ours
+            remove_stale_tmp(out)
+            remove_stale_tmp(out / "checkpoints", own_folder=True)
         except OutputError as e:
             err = str(e)
     agree_on_error(err)
@@ -87,7 +89,7 @@ def save_checkpoint(
 
     A failed write (disk full) raises :class:`OutputError` naming the file on every rank (not
     only on rank 0, whose peers would otherwise die in a collective with a gloo/NCCL error);
-    the previous checkpoints stay, and no ``.tmp`` is left.
+    the previous checkpoints stay, and no temporary file is left.
     """
     from quadmix_stream.loaders.stateful import checkpoint_loader
 

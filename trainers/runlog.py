@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from quadmix_stream.storage.io import atomic_write_text
+from quadmix_stream.storage.redact import redact
 
 WANDB_KEYS = {"project", "entity", "name", "group", "tags", "mode", "notes"}
 #: events that mark an invocation, not a step: never cut by :func:`truncate_log`
@@ -52,6 +53,19 @@ class LoggingConfig:
         bad = sorted(set(w) - WANDB_KEYS)
         if bad:
             raise ValueError(f"wandb: unknown key(s) {bad}; known: {sorted(WANDB_KEYS)}")
+
+
+def redact_record(value: Any) -> Any:
+    """``value`` with every string in it (nested mappings and lists too) through
+    :func:`~quadmix_stream.storage.redact.redact`: a dataset URL or a storage error in a record
+    keeps its credentials out of ``log.jsonl`` and W&B. Keys are names, never redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {k: redact_record(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_record(v) for v in value]
+    return value
 
 
 def read_log(path: Path) -> list[dict]:
@@ -137,13 +151,15 @@ class RunLogger:
             else:
                 self.tb = SummaryWriter(str(out / "tb"))
         if cfg.wandb is not None:
-            self.wandb_run = _wandb_init(out, dict(cfg.wandb), dict(run_config))
+            # the recipe names the dataset, maybe as a URL with credentials: never to W&B
+            self.wandb_run = _wandb_init(out, dict(cfg.wandb), redact_record(run_config))
 
     def write(self, rec: dict[str, Any]) -> None:
         """Append one record (with its ``time``) to ``log.jsonl``."""
         if self.enabled:
             with open(self.path, "a") as f:
-                f.write(json.dumps({**rec, "time": round(time.time(), 3)}) + "\n")
+                rec = redact_record({**rec, "time": round(time.time(), 3)})
+                f.write(json.dumps(rec) + "\n")
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         """Scalars for TensorBoard and W&B (names with ``/`` group into sections)."""

@@ -93,14 +93,20 @@ def prepare(work: Path, dry: bool, vocab: int) -> tuple[Path, Path, Path]:
     return ds, params, tok
 
 
+#: forward passes per step of the smoke's one GPU: the recipe's accumulation on 64 GPUs
+SMOKE_ACCUM = 4
+
+
 def derive_recipe(src: Path, work: Path, ds: Path, params: Path, tok: Path, steps: int) -> Path:
     """``src`` with the data, eval set and run folder in ``work`` and ``steps`` steps (one
-    checkpoint and one evaluation, at the last step); model, batch and workers unchanged."""
+    checkpoint and one evaluation, at the last step); model, micro-batch and workers unchanged,
+    and the batch of one GPU at the recipe's scale (``SMOKE_ACCUM`` forward passes per step)."""
     raw = yaml.safe_load(src.read_text())
     body = raw.get("pretrain", raw)
     body["data"].update(dataset=str(ds), params=str(params), tokenizer=str(tok))
     body["train"].update(
         steps=steps,
+        batch_size=int(body["train"]["micro_batch_size"]) * SMOKE_ACCUM,
         eval_set=str(ds / "eval_sets" / "target.jsonl"),
         eval_every=steps,
         checkpoint_every=steps,
@@ -117,8 +123,8 @@ def toy_recipe(full: Path, work: Path) -> Path:
     body = yaml.safe_load(full.read_text())
     body["model"] = dict(TOY_MODEL)
     body["data"].update(seq_len=64, workers=1)
-    body["train"].update(steps=2, batch_size=2, grad_accum=2, threads=1, eval_every=2)
-    body["train"].update(checkpoint_every=2, warmup=1)
+    body["train"].update(steps=2, batch_size=4, micro_batch_size=2, threads=1, eval_every=2)
+    body["train"].update(checkpoint_every=2, warmup_steps=1)
     body["out"] = str(work / "pretrain-toy")
     out = work / "pretrain-toy.yaml"
     out.write_text(yaml.safe_dump(body, sort_keys=False))
@@ -174,7 +180,7 @@ def run_trainer(recipe: Path, timeout: int) -> dict[str, Any]:
         "world": start["world"],
         "model_parameters": start["model_parameters"],
         "steps": len(steps),
-        "tokens_per_step": cfg.train.batch_size * cfg.train.grad_accum * cfg.data.seq_len,
+        "tokens_per_step": cfg.train.batch_size * cfg.data.seq_len,
         "first_loss": steps[0]["loss"],
         "last_loss": steps[-1]["loss"],
         "eval_loss": steps[-1].get("eval_loss"),
@@ -267,7 +273,7 @@ def run(a: argparse.Namespace) -> int:
     cfg = load_config(full)  # the full-scale recipe parses and builds
     _say(
         f"recipe {a.recipe}: {cfg.model.num_hidden_layers}×{cfg.model.hidden_size}, seq "
-        f"{cfg.data.seq_len}, batch {cfg.train.batch_size}×{cfg.train.grad_accum}, "
+        f"{cfg.data.seq_len}, batch {cfg.train.batch_size} (micro {cfg.train.micro_batch_size}), "
         f"{cfg.data.workers} workers, {a.steps} steps"
     )
     recipe = toy_recipe(full, work) if dry else full

@@ -37,17 +37,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(a: argparse.Namespace) -> int:
-    from quadmix_stream.trainers.pretrain import check_inputs, load_config, overrides
+    from quadmix_stream.trainers.pretrain import check_inputs, load_config, micro_batches, overrides
 
     if a.nproc < 1:
         raise UserError(f"--nproc: at least 1, got {a.nproc}")
-    check_inputs(load_config(a.recipe, overrides(a.params, a.steps)))
+    cfg = load_config(a.recipe, overrides(a.params, a.steps))
+    check_inputs(cfg)
+    micro_batches(cfg.train, a.nproc)
     args = ["-m", ENTRY, a.recipe]
     for flag, value in (("--out", a.out), ("--params", a.params), ("--steps", a.steps)):
         if value is not None:
             args += [flag, str(value)]
     if a.no_resume:
         args.append("--no-resume")
+    if a.replan_lr:
+        args.append("--replan-lr")
     return _launch(a.nproc, args)
 
 

@@ -361,9 +361,7 @@ def _train_all(
             r["model_parameters"] = start["model_parameters"]
             if "eval_coverage" in start:  # logs written before it was recorded lack it
                 r["eval_coverage"] = start["eval_coverage"]
-            r["tokens"] = (
-                pc.train.steps * pc.train.batch_size * pc.train.grad_accum * pc.data.seq_len
-            )
+            r["tokens"] = pc.train.steps * pc.train.batch_size * pc.data.seq_len
             # the trainer's log spans every invocation of this training, killed ones included
             times[f"train-{name}-seed{seed}"] = wall_time(log)
     return results

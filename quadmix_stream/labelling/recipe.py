@@ -37,7 +37,7 @@ import yaml
 
 from quadmix_stream.labelling.inputs import InputSpec
 from quadmix_stream.labelling.outputs import OUTPUT_FORMATS
-from quadmix_stream.recipe import RecipeError, build, read_yaml
+from quadmix_stream.recipe import RecipeError, build, read_yaml, short_repr
 from quadmix_stream.storage.store import is_remote
 
 RESERVED = ("domain", "tokens")
@@ -101,7 +101,9 @@ class Recipe:
                 f"({_resolve(self.input.shards, self.base)}), not {self.out}"
             )
         if self.format not in OUTPUT_FORMATS:
-            raise RecipeError(f"output.format must be one of {OUTPUT_FORMATS}, got {self.format!r}")
+            raise RecipeError(
+                f"output.format must be one of {OUTPUT_FORMATS}, got {short_repr(self.format)}"
+            )
         if self.rows_per_shard < 1:
             raise RecipeError("output.rows_per_shard must be ≥ 1")
         if self.compression not in (None, "zstd"):
@@ -121,10 +123,10 @@ class Recipe:
             if not n or not isinstance(n, str):
                 raise RecipeError("labelers.scorers: every scorer needs a 'name'")
             if n in RESERVED:
-                raise RecipeError(f"labelers.scorers: {n!r} is a reserved column name")
+                raise RecipeError(f"labelers.scorers: {short_repr(n)} is a reserved column name")
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise RecipeError(f"labelers.scorers: duplicate names {dup}")
+            raise RecipeError(f"labelers.scorers: duplicate names {short_repr(dup)}")
 
 
 def _resolve(p: str | Path, base: Path) -> Path | str:
@@ -181,7 +183,7 @@ def _paths(value: Any, where: str) -> list[str]:
     if isinstance(value, str):
         return [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise RecipeError(f"{where}: expected a glob or a list of globs, got {value!r}")
+        raise RecipeError(f"{where}: expected a glob or a list of globs, got {short_repr(value)}")
     return list(value)
 
 
@@ -231,7 +233,7 @@ def parse_kv(text: str) -> dict[str, Any]:
             if not out:
                 out["type"] = part
                 continue
-            raise RecipeError(f"expected key=value, got {part!r} in {text!r}")
+            raise RecipeError(f"expected key=value, got {short_repr(part)} in {short_repr(text)}")
         k, v = part.split("=", 1)
         out[k.strip()] = yaml.safe_load(v) if v else ""
     return out

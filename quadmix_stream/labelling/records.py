@@ -16,7 +16,7 @@ from typing import Any
 
 from quadmix_stream.labelling.outputs import WrittenShard
 from quadmix_stream.labelling.roots import WORK_DIR, Root, as_root
-from quadmix_stream.storage.io import atomic_write_text
+from quadmix_stream.storage.io import atomic_write_text, is_stale_tmp
 
 
 @dataclass
@@ -117,8 +117,12 @@ def _base(name: str) -> str:
 
 
 def clean_tmp(root: Path | Root) -> int:
-    """Remove temp files a killed run left (``.name.XXXX.tmp`` from atomic writes, MDS temp dirs;
-    on object storage, the scratch folders of killed processes: PUTs leave no temp objects)."""
+    """Remove temp files a killed run left (on object storage, the scratch folders of killed
+    processes: PUTs leave no temp objects).
+
+    In the dataset folder, which may hold the user's own files, only our temporary names go
+    (``.NAME.<random>.qms.tmp``, :func:`~quadmix_stream.storage.io.is_tmp_name`); in the work
+    folder, which holds only ours, any hidden ``.*.tmp`` file or folder (older names too)."""
     import shutil
 
     root = as_root(root)
@@ -126,12 +130,13 @@ def clean_tmp(root: Path | Root) -> int:
         root.prepare()
         return 0
     root = root.path  # type: ignore[union-attr]
+    work = work_dir(root)
     n = 0
-    for d in (root, work_dir(root), work_dir(root) / "done", work_dir(root) / "tmp"):
+    for d, own in ((root, False), (work, True), (work / "done", True), (work / "tmp", True)):
         if not d.is_dir():
             continue
         for p in d.iterdir():
-            if p.name.startswith(".") and p.name.endswith(".tmp"):
+            if is_stale_tmp(p.name, own_folder=own):
                 if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
                 else:

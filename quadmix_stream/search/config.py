@@ -81,7 +81,7 @@ class ProxyConfig:
     tokens: int = 1_048_576_000  # 1000 steps × 512 × 2048 (RegMix's 1M proxies: 1B tokens)
     lr: float = 4e-4
     min_lr_ratio: float = 0.1
-    warmup: float = 0.04
+    warmup_fraction: float = 0.04
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
@@ -126,9 +126,9 @@ class ProxyConfig:
         return self.micro_batch_size or self.batch_size
 
     def lr_at(self, step: int) -> float:
-        """The learning rate of ``step``: warm-up over ``warmup`` (a fraction) of the steps, then
+        """The learning rate of ``step``: warm-up over ``warmup_fraction`` of the steps, then
         cosine decay reaching ``min_lr_ratio · lr`` at the last step."""
-        warm = int(round(self.warmup * self.steps))
+        warm = int(round(self.warmup_fraction * self.steps))
         return warmup_cosine(
             step,
             warmup=warm,
@@ -411,8 +411,10 @@ def _check(c: SearchConfig) -> None:
         )
     if x.model.attn_implementation not in (None, "eager", "sdpa"):
         raise SearchConfigError("proxy.model.attn_implementation: 'eager' or 'sdpa'")
-    if not 0 <= x.warmup < 1 or not 0 <= x.min_lr_ratio <= 1:
-        raise SearchConfigError("proxy.warmup must be in [0, 1) and proxy.min_lr_ratio in [0, 1]")
+    if not 0 <= x.warmup_fraction < 1 or not 0 <= x.min_lr_ratio <= 1:
+        raise SearchConfigError(
+            "proxy.warmup_fraction must be in [0, 1) and proxy.min_lr_ratio in [0, 1]"
+        )
     if c.select.top_k > c.select.n:
         raise SearchConfigError(f"select.top_k ({c.select.top_k}) > select.n ({c.select.n})")
     if c.regressor.features not in ("theta", "profile", "theta+profile", "auto"):

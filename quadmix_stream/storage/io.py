@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import re
+import secrets
 from pathlib import Path
 
 from quadmix_stream.errors import UnsafePathError
@@ -17,11 +18,62 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "quadmix-stream"
 
 
+#: How every temporary file this package writes ends: ``.NAME.<8 hex digits>.qms.tmp``, beside
+#: the file NAME it becomes. Cleanups delete only names of this form (:func:`is_tmp_name`), so a
+#: user's own ``.notes.tmp`` in an output folder is never taken for one of ours.
+TMP_SUFFIX = ".qms.tmp"
+_TMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}" + re.escape(TMP_SUFFIX))
+
+
+def tmp_path(path: str | Path) -> Path:
+    """A fresh temporary name beside ``path`` (hidden; random, so writers never share one)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+
+
+def open_tmp(path: str | Path, mode: int = 0o600) -> tuple[int, Path]:
+    """Create a new temporary file beside ``path`` (``O_EXCL``: never an existing file or link).
+
+    Args:
+        path: the file the temporary one will be renamed to.
+        mode: permission bits before the umask (0o600, as ``tempfile.mkstemp`` gives).
+
+    Returns:
+        The open descriptor (write-only) and the temporary file's path.
+    """
+    while True:
+        tmp = tmp_path(path)
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), tmp
+        except FileExistsError:  # a name drawn twice: draw again
+            continue
+
+
+def is_tmp_name(name: str) -> bool:
+    """Whether a file name is one of our temporary files (see :data:`TMP_SUFFIX`)."""
+    return _TMP_NAME.fullmatch(name) is not None
+
+
+def is_stale_tmp(name: str, *, own_folder: bool = False) -> bool:
+    """Whether a killed writer's leftover named ``name`` may be deleted.
+
+    Args:
+        name: a file name in the folder being cleaned.
+        own_folder: the folder holds only files this package wrote (a work folder, a
+            checkpoints folder): there any hidden ``.*.tmp`` is ours, the older names
+            (``.NAME.XXXXXXXX.tmp``, ``.NAME.tmp``) included. In a folder the user may also
+            write to, only :func:`is_tmp_name` names are.
+    """
+    if is_tmp_name(name):
+        return True
+    return own_folder and name.startswith(".") and name.endswith(".tmp")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = open_tmp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -29,7 +81,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from quadmix_stream.errors import UserError
 from quadmix_stream.storage.io import atomic_write_bytes
+from quadmix_stream.storage.redact import redact
 from quadmix_stream.storage.store import Store, is_remote
 
 
@@ -59,7 +60,7 @@ def read_location(location: str | Path) -> bytes:
     try:
         return Store(parent).read_bytes(name)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{text}: no such file") from None
+        raise FileNotFoundError(f"{redact(text)}: no such file") from None
 
 
 def local_copy(location: str | Path, dest: Path) -> Path:

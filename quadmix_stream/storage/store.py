@@ -39,7 +39,6 @@ import hashlib
 import os
 import random
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -49,7 +48,8 @@ from typing import Any, TypeVar
 
 from quadmix_stream.errors import UserError
 from quadmix_stream.extras import MissingExtraError, install_hint, require
-from quadmix_stream.storage.io import default_cache_dir, sha256_file
+from quadmix_stream.storage.io import default_cache_dir, open_tmp, sha256_file
+from quadmix_stream.storage.redact import redact, scrub, url_secrets
 from quadmix_stream.validate import parse_json, read_json
 
 T = TypeVar("T")
@@ -220,6 +220,8 @@ class Store:
             root = str(root)
             self.url = root[len("file://") :] if root.startswith("file://") else root
             self.folder = Path(self.url)
+        # credentials in the URL itself: masked in every message (see :meth:`_scrub`)
+        self._secrets = url_secrets(self.url) if self.remote else []
         self.limit = parse_bytes(self.config.cache_limit)
         self.bytes_fetched = 0  # bytes downloaded by this process (benchmarks, tests)
         self._init_process()
@@ -241,15 +243,25 @@ class Store:
         self._init_process()
 
     def __repr__(self) -> str:
-        return f"Store({self.url!r})"
+        return f"Store({redact(self.url)!r})"
 
     def __str__(self) -> str:
         return self.url
 
     # ------------------------------------------------------------ names
     def where(self, name: str) -> str:
-        """The file's URL or path, for messages."""
+        """The file's URL or path, as the client takes it (credentials in the URL included:
+        messages use :meth:`shown`)."""
         return f"{self.url}/{name}" if self.remote else str(Path(self.url, name))
+
+    def shown(self, name: str) -> str:
+        """:meth:`where` with the URL's credentials masked: what a message may print."""
+        return redact(self.where(name))
+
+    def _scrub(self, text: str) -> str:
+        """``text`` (a message, a client's error) without this store's credentials: URLs
+        redacted, and the URL's userinfo wherever a client echoed it without the URL."""
+        return scrub(text, self._secrets)
 
     def path(self, name: str) -> Path:
         """The local path of a file of a local store."""
@@ -320,11 +332,11 @@ class Store:
                 return fn()
             except FileNotFoundError:
                 if missing_ok:
-                    raise FileNotFoundError(self.where(name)) from None
-                raise StorageError(f"{self.where(name)}: {self.missing_why()}") from None
+                    raise FileNotFoundError(self.shown(name)) from None
+                raise StorageError(f"{self.shown(name)}: {self.missing_why()}") from None
             except PermissionError as e:
                 raise StorageError(
-                    f"{self.where(name)}: access denied ({type(e).__name__}); check the "
+                    f"{self.shown(name)}: access denied ({type(e).__name__}); check the "
                     "credentials the client finds (AWS_PROFILE, AWS_ACCESS_KEY_ID, ~/.aws, "
                     "GOOGLE_APPLICATION_CREDENTIALS, …)"
                 ) from None
@@ -335,9 +347,12 @@ class Store:
                 if not _is_transient(e) or attempt == self.config.retries or left <= 0:
                     took = f"{time.monotonic() - t0:.0f} s"
                     why = "" if _is_transient(e) else "; not retried: " + _advice(e)
+                    # the client's text may quote the URL (with a presigned query, or the
+                    # userinfo taken for a bucket name) and span lines (botocore's validation)
+                    said = self._scrub(" ".join(str(e).split()))
                     raise StorageError(
-                        f"{self.where(name)}: cannot be read ({attempt + 1} attempt(s) in {took}, "
-                        f"deadline_s {self.config.deadline_s:g}; {type(e).__name__}: {e}){why}"
+                        f"{self.shown(name)}: cannot be read ({attempt + 1} attempt(s) in {took}, "
+                        f"deadline_s {self.config.deadline_s:g}; {type(e).__name__}: {said}){why}"
                     ) from e
                 time.sleep(min(delay, 10.0, left) * (1 + random.random()))
                 delay *= 2
@@ -352,7 +367,11 @@ class Store:
             exists = self.fs.exists(f"{self.protocol}://{bucket}")
         except Exception:  # the check is a courtesy: its failure changes nothing
             exists = True
-        return None if exists else f"the bucket {bucket!r} does not exist (check URL and endpoint)"
+        if exists:
+            return None
+        # the "bucket" of s3://KEY:SECRET@bucket starts with the userinfo: masked
+        shown = self._scrub(f"{self.protocol}://{bucket}").split("://", 1)[1]
+        return f"the bucket {shown!r} does not exist (check URL and endpoint)"
 
     def missing_why(self) -> str:
         """Why a file is missing, in words."""
@@ -456,11 +475,12 @@ class Store:
         except FileNotFoundError:
             root = self.root_missing()
             if root:
-                raise error(f"{self.where(name)}: {root}") from None
-            raise error(missing or f"{self.where(name)}: no such {what}") from None
+                raise error(f"{self.shown(name)}: {root}") from None
+            # ``missing`` is the caller's wording, which may name the URL as given
+            raise error(self._scrub(missing or f"{self.where(name)}: no such {what}")) from None
         except StorageError as e:  # every other remote failure, retried and worded already
             raise error(str(e)) from None
-        return parse_json(data, self.where(name), error, what)
+        return parse_json(data, self.shown(name), error, what)
 
     # ------------------------------------------------------------ whole files in the cache
     def fetch(self, name: str, *, size: int | None = None, sha256: str | None = None) -> Path:
@@ -481,7 +501,7 @@ class Store:
                 self._evict()  # after pinning: the file just fetched is not a candidate
                 return local
         raise StorageError(
-            f"{self.where(name)}: the cache folder {self.folder} evicts it as soon as it "
+            f"{self.shown(name)}: the cache folder {self.folder} evicts it as soon as it "
             "lands; raise cache_limit"
         )
 
@@ -523,8 +543,9 @@ class Store:
         self.folder.mkdir(parents=True, exist_ok=True)
         bad_hash = 0
         while True:
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{local.name}.", suffix=".tmp")
+            fd, tmp_file = open_tmp(local)
             os.close(fd)
+            tmp = str(tmp_file)  # the client writes it by path
             try:
 
                 def get(tmp: str = tmp) -> None:
@@ -539,8 +560,9 @@ class Store:
                     bad_hash += 1
                     if bad_hash > 2:
                         raise StorageError(
-                            f"{url}: its bytes do not match the manifest's sha256 (the object "
-                            "changed after labelling, or is corrupt); relabel or restore it"
+                            f"{self.shown(name)}: its bytes do not match the manifest's sha256 "
+                            "(the object changed after labelling, or is corrupt); relabel or "
+                            "restore it"
                         )
                     continue
                 os.replace(tmp, local)

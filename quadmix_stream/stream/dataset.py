@@ -199,6 +199,19 @@ class QuaDMixDataset(IterableDataset):
         params.check_names(m.domains, m.scorer_names)
         return params
 
+    def set_params(self, params: SamplingParams | str | Path) -> None:
+        """Make ``params`` the params in force, for a switch mid-run.
+
+        Call it between iterations, then :meth:`load_state_dict` the state taken at the switch
+        point (every consumer's, gathered): the rest of the epoch is re-dealt under ``params``,
+        nothing consumed comes back, and every rank and worker switches at that same point.
+        :func:`quadmix_stream.loaders.stateful.switch_params` does all three for a
+        ``StatefulDataLoader``.
+        """
+        new = params if isinstance(params, SamplingParams) else SamplingParams.load(params)
+        self.params = self._aligned(new)
+        self.resume_with_new_params = True
+
     # ------------------------------------------------------------ pickling for workers
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from quadmix_stream.recipe import RecipeError
+
+if TYPE_CHECKING:  # torch loads when a model is built, not when a recipe is read
+    import torch
 
 #: recipe keys read as another field (the search's spelling before the two configs were one)
 ALIASES = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads"}

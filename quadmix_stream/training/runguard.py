@@ -7,8 +7,10 @@
 * :func:`exit_with_parent`: a rank started by torchrun exits when its agent dies. torchrun starts
   every worker in a session of its own, so killing only the agent would otherwise leave the ranks
   training and checkpointing into the folder, racing the next run.
-* :func:`write_file_atomic`: stream a large object into ``.NAME.tmp`` and rename it; on any error
-  the ``.tmp`` is removed and the error names the file (and says when the disk is full).
+* :func:`write_file_atomic`: stream a large object into a hidden temporary file beside it
+  (``.NAME.<random>.qms.tmp``, see :func:`quadmix_stream.storage.io.tmp_path`) and rename it; on
+  any error the temporary file is removed and the error names the file (and says when the disk
+  is full).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import IO
 
 from quadmix_stream.errors import UserError
+from quadmix_stream.storage.io import is_stale_tmp, open_tmp
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +107,18 @@ class RunLock:
         self.release()
 
 
-def remove_stale_tmp(folder: str | Path) -> list[Path]:
-    """Delete ``.*.tmp`` files left in ``folder`` by a killed writer (call it under the lock)."""
+def remove_stale_tmp(folder: str | Path, *, own_folder: bool = False) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder`` (call it under the lock).
+
+    Only our own temporary names are deleted (a user's ``.notes.tmp`` stays); ``own_folder``:
+    the folder holds only our files (``OUT/checkpoints``), so the older ``.NAME.tmp`` names of
+    earlier versions go too (see :func:`~quadmix_stream.storage.io.is_stale_tmp`).
+    """
     gone = []
     for p in Path(folder).glob(".*.tmp"):
-        p.unlink(missing_ok=True)
-        gone.append(p)
+        if p.is_file() and is_stale_tmp(p.name, own_folder=own_folder):
+            p.unlink(missing_ok=True)
+            gone.append(p)
     return gone
 
 
@@ -125,7 +134,8 @@ def exit_with_parent(
 
     A daemon thread compares ``os.getppid()`` with the parent at start: once the parent is gone
     the process is re-parented and the id changes. ``os._exit`` stops the process even while the
-    main thread is blocked in a collective; a half-written ``.tmp`` is removed by the next run.
+    main thread is blocked in a collective; a half-written temporary file is removed by the next
+    run (:func:`remove_stale_tmp`).
     """
     parent = os.getppid()
 
@@ -148,20 +158,22 @@ def exit_with_parent(
 
 
 def write_file_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through ``write(file)`` into a hidden ``.tmp`` and rename it into place.
+    """Write ``path`` through ``write(file)`` into a hidden temporary file and rename it into place.
 
-    Readers see the old file or the whole new one. On any error (disk full included) the ``.tmp``
-    is removed, ``path`` is untouched, and an :class:`OutputError` names the file.
+    Readers see the old file or the whole new one. On any error (disk full included) the
+    temporary file is removed, ``path`` is untouched, and an :class:`OutputError` names the file.
 
     ``torch.save`` to a *path* turns ENOSPC into ``RuntimeError: basic_ios::clear``; giving it an
     open Python file instead lets the OS error through, and the free space is checked as well so
     the message says "No space left on device" either way.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp: Path | None = None
     rec = None
     try:
-        with open(tmp, "wb") as f:
+        # 0o666: the umask decides, as for any file the run writes (mkstemp's would be 0o600)
+        fd, tmp = open_tmp(path, 0o666)
+        with os.fdopen(fd, "wb") as f:
             rec = _ErrorRecorder(f)
             write(rec)  # type: ignore[arg-type]
             f.flush()
@@ -169,7 +181,8 @@ def write_file_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> N
         os.replace(tmp, path)
     except BaseException as e:
         full = isinstance(e, Exception) and _disk_full(path.parent)  # before freeing the .tmp
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         if not isinstance(e, Exception):
             raise
         seen = ([rec.error] if rec is not None and rec.error else []) + _chain(e)

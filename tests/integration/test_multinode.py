@@ -45,7 +45,13 @@ def test_two_nodes_then_one(tmp_path, mds_ds):
                     "vocab_size": 300,
                 },
                 "model": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2},
-                "train": {"steps": 4, "batch_size": 2, "checkpoint_every": 4, "threads": 1},
+                "train": {
+                    "steps": 4,
+                    "batch_size": 8,  # 4 ranks × 2, then 2 ranks × 2 passes of 2
+                    "micro_batch_size": 2,
+                    "checkpoint_every": 4,
+                    "threads": 1,
+                },
                 "out": str(tmp_path / "run"),
             }
         )

@@ -56,7 +56,7 @@ def setup(tmp_path_factory, mds_ds):
         ranges={"omega": (0.4, 0.9), "eta": (0.5, 1.5), "lam": (1, 20)},
     )[0].save(tmp / "p.json")
 
-    def recipe(name: str, out: Path, **train) -> Path:
+    def recipe(name: str, out: Path, data: dict | None = None, **train) -> Path:
         r = {
             "data": {
                 "dataset": str(mds_ds),
@@ -65,15 +65,17 @@ def setup(tmp_path_factory, mds_ds):
                 "workers": 1,
                 "track_docs": True,
                 "vocab_size": 300,
+                **(data or {}),
             },
             "model": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2},
             "train": {
                 "steps": STEPS,
-                "batch_size": 4,
+                "batch_size": 8,  # 2 ranks × 4, or 1 rank × 2 passes of 4
+                "micro_batch_size": 4,
                 "checkpoint_every": 4,
                 "keep_last": 2,
                 "threads": 1,
-                "warmup": 2,
+                "warmup_steps": 2,
                 **train,
             },
             "out": str(out),
@@ -87,22 +89,27 @@ def setup(tmp_path_factory, mds_ds):
     return tmp, recipe, full
 
 
-def test_kill_and_resume_continues_exactly(setup):
-    tmp, recipe, full = setup
-    out = tmp / "killed"
-    r = recipe("killed", out)
+def _kill_after_checkpoint(nproc: int, r: Path, out: Path, at: int) -> None:
+    """Run ``r`` and SIGKILL torchrun and its workers once the checkpoint of step ``at`` exists."""
     proc = subprocess.Popen(
-        _cmd(2, r), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        _cmd(nproc, r), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     deadline = time.time() + 240
     while time.time() < deadline:
         if (out / "log.jsonl").exists() and any(
-            x.get("event") == "checkpoint" and x["step"] >= 4 for x in _log(out)
+            x.get("event") == "checkpoint" and x["step"] >= at for x in _log(out)
         ):
             break
         time.sleep(0.2)
     kill_tree(proc.pid)  # torchrun and its workers, mid-run
     proc.wait()
+
+
+def test_kill_and_resume_continues_exactly(setup):
+    tmp, recipe, full = setup
+    out = tmp / "killed"
+    r = recipe("killed", out)
+    _kill_after_checkpoint(2, r, out, 4)
     done = max(x["step"] for x in _log(out) if "loss" in x)
     assert done < STEPS, "the run finished before it could be killed"
     shutil.copytree(out, tmp / "killed-copy")
@@ -129,7 +136,12 @@ def test_resume_on_one_process_loses_and_repeats_nothing(setup, mds_ds):
     ck = max(x["step"] for x in _log(out) if x.get("event") == "checkpoint")
     # big batches (the batch size may change with the topology) reach epoch 1 in ~100 steps
     steps = ck + 110
-    _run(1, recipe("one", out, batch_size=128, steps=steps, checkpoint_every=1000))
+    _run(
+        1,
+        recipe(
+            "one", out, batch_size=128, micro_batch_size=128, steps=steps, checkpoint_every=1000
+        ),
+    )
     resumed = [x for x in _log(out) if x.get("event") == "resume"][-1]
     assert resumed["switch"]["from_world"] == 2 and resumed["switch"]["to_world"] == 1
     before = [d for s, r in _steps(full).items() if s <= ck for d in r["docs"]]
@@ -191,3 +203,40 @@ def test_resume_with_new_params_follows_them(setup, mds_ds):
         if e == 0:
             assert d not in before
             assert k < ds_new.counts(shard, 0)[local]
+
+
+def test_params_schedule_switches_in_the_running_job_and_resumes_exactly(setup, mds_ds):
+    """``data.params_schedule`` switches every rank and worker at step 8 without a restart; the
+    run resumed from its checkpoint before the switch (it then switches live) and from the one
+    at it (it resumes under the new params) trains the same batches as the uninterrupted run.
+    (A SIGKILLed run resumes from its last checkpoint the same way: see the first test.)"""
+    tmp, recipe, full = setup
+    favouring(mds_ds, "code", others=0.0, this=1.0).save(tmp / "anneal.json")
+    data = {"params_schedule": {8: str(tmp / "anneal.json")}}
+    ref = tmp / "sched"
+    _run(2, recipe("sched", ref, data=data, keep_last=10))  # checkpoints 4, 8, 12, 14
+    a, f = _steps(ref), _steps(full)
+    assert [x["step"] for x in _log(ref) if x.get("event") == "switch"] == [8]
+    assert all(a[s]["batch_sha"] == f[s]["batch_sha"] for s in range(1, 9))  # same until then
+    m = Manifest.load(mds_ds)
+    code_rows = set(
+        np.flatnonzero(load_labels(mds_ds, m).domain == m.domains.index("code")).tolist()
+    )
+    assert all(
+        {decode_doc_id(d)[1] for d in a[s]["docs"]} <= code_rows for s in range(11, STEPS + 1)
+    )
+    for at in (4, 8):
+        out = tmp / f"sched-{at}"
+        shutil.copytree(ref, out)
+        for ck in (out / "checkpoints").glob("step-*.pt"):  # as if the run had died after `at`
+            if int(ck.stem.split("-")[1]) > at:
+                ck.unlink()
+        said = _run(2, recipe(f"sched-{at}", out, data=data, keep_last=10))
+        if at == 8:
+            assert "scheduled from step 8" in said
+        b = _steps(out)
+        assert [x["step"] for x in _log(out) if x.get("event") == "resume"] == [at]
+        assert sorted(b) == list(range(1, STEPS + 1))
+        for s in range(1, STEPS + 1):
+            assert b[s]["batch_sha"] == a[s]["batch_sha"], (at, s)
+            assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-5), (at, s)

@@ -30,6 +30,7 @@ NAMES = [
     "params-by-hand",
     "packed-loop",
     "stateful",
+    "switch",
     "hf-trainer",
     "lightning",
     "torchtitan",

@@ -119,11 +119,12 @@ def test_trainer_killed_and_resumed_on_s3_trains_each_document_once(s3, tmp_path
                 "model": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2},
                 "train": {
                     "steps": STEPS,
-                    "batch_size": BATCH,
+                    "batch_size": 2 * BATCH,  # 2 ranks
+                    "micro_batch_size": BATCH,
                     "checkpoint_every": 4,
                     "keep_last": 2,
                     "threads": 1,
-                    "warmup": 2,
+                    "warmup_steps": 2,
                 },
                 "out": str(out),
             }

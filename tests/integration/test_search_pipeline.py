@@ -272,7 +272,9 @@ def test_empty_selection_and_divergence_fail_only_their_proxy(mds_ds, tmp_path, 
 
     def train_one(job, ctx):
         if job.name == "run-00005":
-            hot = dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, lr=1e6, warmup=0.0))
+            hot = dataclasses.replace(
+                ctx, cfg=dataclasses.replace(ctx.cfg, lr=1e6, warmup_fraction=0.0)
+            )
             return real(job, hot)
         return real(job, ctx)
 

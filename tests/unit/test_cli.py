@@ -27,6 +27,18 @@ def test_help_lists_commands(capsys):
         assert cmd in out
 
 
+def test_the_parser_imports_no_heavy_package():
+    """Every command's `--help` (and every error in its flags) answers without loading torch or
+    an extra: the parser imports only what its sub-commands need to describe themselves."""
+    code = (
+        "import sys, quadmix_stream.cli as c; c.build_parser(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'lightgbm', 'matplotlib', 's3fs') "
+        "if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
+
+
 def test_synth_inspect_sample(tmp_path, capsys):
     ds = tmp_path / "ds"
     assert (

@@ -154,7 +154,7 @@ def test_pretrain_that_would_do_nothing_says_so(mds_ds, tmp_path, capsys):
     recipe = {
         "data": {"dataset": str(mds_ds), "params": str(tmp_path / "p.json"), "seq_len": 16},
         "model": {"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2},
-        "train": {"steps": 1, "batch_size": 2, "threads": 1, "warmup": 0},
+        "train": {"steps": 1, "batch_size": 2, "threads": 1, "warmup_steps": 0},
         "out": str(tmp_path / "run"),
     }
     recipe["data"].update(workers=0, vocab_size=280)

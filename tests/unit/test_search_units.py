@@ -313,7 +313,7 @@ def test_group_with_an_empty_selection(ctx, pool):
 
 def test_divergence_is_a_failed_proxy_not_a_crash(mds_ds, tok, pool):
     hot = ProxyContext.create(
-        mds_ds, tok, tiny_proxy(lr=1e6, warmup=0.0), mds_ds / "eval_sets" / "target.jsonl"
+        mds_ds, tok, tiny_proxy(lr=1e6, warmup_fraction=0.0), mds_ds / "eval_sets" / "target.jsonl"
     )
     jobs = jobs_for(pool, 2)
     r = train_one(jobs[0], hot)

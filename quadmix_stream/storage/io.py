@@ -61,7 +61,7 @@ def is_stale_tmp(name: str, *, own_folder: bool = False) -> bool:
         name: a file name in the folder being cleaned.
         own_folder: the folder holds only files this package wrote (a work folder, a
             checkpoints folder): there any hidden ``.*.tmp`` is ours, the older names
-            (``.NAME.XXXXXXXX.tmp``, ``.NAME.tmp``) included. In a folder the user may also
+            (``.NAME.<8 random characters>.tmp``, ``.NAME.tmp``) included. In a folder the user may also
             write to, only :func:`is_tmp_name` names are.
     """
     if is_tmp_name(name):

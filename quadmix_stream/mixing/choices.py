@@ -1,8 +1,8 @@
 """Pick one of a few alternative algorithms by name from a small table of pure functions.
 
 As mosaicml/streaming does for its shuffles (``algos = {...}``, ``get_shuffle(algo, ...)``):
-each place with alternatives (the balancing of an epoch's tail in :mod:`.order`, the rank
-method in :mod:`.selection`, the form of Eq. 3 in :mod:`.sampling`) keeps one name → function
+each place with alternatives (the balancing of an epoch's tail in :mod:`quadmix_stream.stream.order`, the rank
+method in :mod:`quadmix_stream.stream.selection`, the form of Eq. 3 in :mod:`.sampling`) keeps one name → function
 table, and an unknown name is refused with the list of valid ones.
 """
 

@@ -11,7 +11,7 @@ state (``state_dict``/``load_state_dict``) and window reads share per-process in
 (the live progress of the running iteration, the cached epoch sequences, the labels' LRU, the
 background fetch and prefetch threads). Everything pure is already elsewhere: the order in
 :mod:`.order`, the tables in :mod:`.tables`, state merging in :mod:`.state`, shard reading in
-:mod:`.formats`, files in :mod:`.storage`.
+:mod:`quadmix_stream.formats`, files in :mod:`quadmix_stream.storage`.
 """
 
 from __future__ import annotations

@@ -245,7 +245,7 @@ def expected_of(
 class Selection:
     """Expected copies of a whole pool held in memory, and realised copies per epoch.
 
-    For labels held in memory: the search's bounded label sample (:mod:`.search.pool`) and tests.
+    For labels held in memory: the search's bounded label sample (:mod:`quadmix_stream.search.pool`) and tests.
     The stream, ``sample``, ``inspect`` and the plots compute the same numbers one shard at a
     time (:class:`~quadmix_stream.stream.tables.PoolTables`).
     """

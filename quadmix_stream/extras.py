@@ -33,6 +33,7 @@ EXTRA_OF = {
     "lightning": "lightning",
     "torchtitan": "torchtitan",
     "grain": "grain",
+    "ray": "ray",
     "tensorboard": "logging",
     "wandb": "logging",
     "streaming": "bench",

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from quadmix_stream.executors import add_executor_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``label`` and ``train-labeler`` sub-commands."""
@@ -26,7 +28,9 @@ def _register_label(sub: argparse._SubParsersAction) -> None:
             "rewritten; existing columns become labels with field labellers. The "
             "manifest (σ tables over the whole pool) is written last. Resumable: re-running skips "
             "finished shards, and recomputes only columns whose labeller changed. Distributed: "
-            "`torchrun --nproc_per_node N -m quadmix_stream.cli label RECIPE`. "
+            "`torchrun --nproc_per_node N -m quadmix_stream.cli label RECIPE`, or on a Ray "
+            "cluster: --executor ray (--ray-address auto joins the cluster this machine is in; "
+            "each unit is a task, retried if its worker dies). "
             "Object storage: --shards, --input and --out also take URLs (s3://bucket/prefix, "
             "gs://... with gcsfs; credentials from the client's usual configuration, an "
             "S3-compatible endpoint from AWS_ENDPOINT_URL). Shards in a bucket are labelled in "
@@ -75,6 +79,7 @@ def _register_label(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--io-workers", type=int, choices=(0, 1), help="1: read/write in a helper")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--throttle", type=float, default=0.0, help=argparse.SUPPRESS)
+    add_executor_arguments(g)
     p.set_defaults(func=_label)
 
 
@@ -164,6 +169,7 @@ def _label(a: argparse.Namespace) -> int:
         r.io_workers = a.io_workers
     if a.no_progress:
         r.progress = False
+    r.executor = r.executor.with_overrides(a.executor, a.ray_address)
     res = run_label(r, status_only=a.status, retrain=a.retrain, throttle_s=a.throttle)
     if isinstance(res, list):
         counts = {k: sum(s.status == k for s in res) for k in ("done", "stale", "pending")}

@@ -6,6 +6,8 @@ import argparse
 import json
 import subprocess
 
+from quadmix_stream.executors import ExecutorConfig, add_executor_arguments
+
 STEPS = {
     "propose": "create/reopen the run folder (with --recipe), train the tokenizer, draw θ proposals",
     "proxies": "train the pending proxies (resumable; --nproc N spreads them over torchrun ranks)",
@@ -69,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _placement(p: argparse.ArgumentParser) -> None:
+    add_executor_arguments(p)
     p.add_argument(
         "--group", type=int, help="proxies trained at once (default: recipe proxy.group)"
     )
@@ -84,11 +87,27 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
 
 
 def _run(a: argparse.Namespace) -> int:
+    from quadmix_stream.search.config import SearchConfig
     from quadmix_stream.search.pipeline import run_all
 
-    out = run_all(a.recipe, a.out, group=a.group, device=a.device, threads=a.threads)
+    cfg = SearchConfig.load(a.recipe)
+    out = run_all(
+        cfg, a.out, group=a.group, device=a.device, threads=a.threads, executor=_executor(a, cfg)
+    )
     print(f"done: {out / 'params.json'}, {out / 'report' / 'report.md'}")
     return 0
+
+
+def _executor(a: argparse.Namespace, cfg=None) -> ExecutorConfig | None:
+    """The executor the flags ask for, on top of the recipe's (``cfg``) or the run folder's;
+    ``None`` when no flag is given (the run folder's recipe decides)."""
+    if a.executor is None and a.ray_address is None:
+        return None
+    if cfg is None:
+        from quadmix_stream.search.runfolder import RunFolder
+
+        cfg = RunFolder(a.run_dir, getattr(a, "dataset", None)).config
+    return cfg.executor.with_overrides(a.executor, a.ray_address)
 
 
 def _step(a: argparse.Namespace) -> int:
@@ -104,6 +123,11 @@ def _step(a: argparse.Namespace) -> int:
             cfg = cfg.replace(dataset=a.dataset)
         pipeline.step_propose(a.run_dir, cfg, None if cfg else a.dataset)
     elif step == "proxies" and a.nproc > 1:
+        if _executor(a) is not None and _executor(a).kind == "ray":
+            raise SearchConfigError(
+                "search proxies: --nproc launches torchrun ranks on this machine; with the ray "
+                "executor Ray places the proxies (drop --nproc)"
+            )
         from quadmix_stream.training.launch import torchrun_command
 
         cmd = torchrun_command(a.nproc, "-m", "quadmix_stream.trainers.proxy", a.run_dir)
@@ -113,18 +137,31 @@ def _step(a: argparse.Namespace) -> int:
         print(" ".join(cmd), flush=True)
         return subprocess.call(cmd)
     elif step == "proxies":
-        pipeline.step_proxies(a.run_dir, a.dataset, a.group, a.device, a.threads, a.limit)
+        pipeline.step_proxies(
+            a.run_dir, a.dataset, a.group, a.device, a.threads, a.limit, executor=_executor(a)
+        )
     elif step == "round":
         if a.round < 1:
             raise SearchConfigError("search round: R must be 1 or more (round 0 is `proxies`)")
-        pipeline.step_round(a.run_dir, a.round, a.dataset, a.group, a.device, a.threads)
+        pipeline.step_round(
+            a.run_dir, a.round, a.dataset, a.group, a.device, a.threads, executor=_executor(a)
+        )
     elif step in ("select", "evaluate"):
         fn = pipeline.step_select if step == "select" else pipeline.step_evaluate
-        fn(a.run_dir, a.dataset, a.group, a.device, a.threads)
+        fn(a.run_dir, a.dataset, a.group, a.device, a.threads, executor=_executor(a))
     elif step == "retest":
         from quadmix_stream.search.retest import retest
 
-        retest(a.run_dir, a.runs, a.data_seed, a.dataset, a.group, a.device, a.threads)
+        retest(
+            a.run_dir,
+            a.runs,
+            a.data_seed,
+            a.dataset,
+            a.group,
+            a.device,
+            a.threads,
+            executor=_executor(a),
+        )
     elif step == "status":
         print(json.dumps(pipeline.summary(a.run_dir), indent=1))
     else:

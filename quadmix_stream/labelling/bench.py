@@ -47,6 +47,13 @@ def add_bench(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", help="also time a tokenizer token counter (file or folder)")
     p.add_argument("--repeat", type=int, default=2, help="runs of each timing (best is kept)")
     p.add_argument("--keep", help="keep the work folder here (default: a temp folder)")
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: also run the pipeline on a local Ray instance one task and two tasks at a time "
+        "(the executor's overhead over one local process, and its speed-up)",
+    )
     p.set_defaults(func=_bench_label)
 
 
@@ -90,8 +97,17 @@ def _bench_label(a: argparse.Namespace) -> int:
         full.out = work / "ds_full"
         labs = build_labelers(full)
         labs1 = build_labelers(single)
-        best, results = _measure(a, work, models, full, single, labs, labs1, texts, chunks)
+        ray_start = _start_ray() if a.executor == "ray" else None
+        try:
+            best, results = _measure(a, work, models, full, single, labs, labs1, texts, chunks)
+        finally:
+            if ray_start is not None:
+                import ray
+
+                ray.shutdown()
         _report(a, n, units, labs, best, results)
+        if ray_start is not None:
+            _report_ray(best, ray_start)
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -229,7 +245,58 @@ def _measure(
                     inside[c] = inside.get(c, 0.0) + sec
             for c, sec in inside.items():
                 keep(f"{tag}:{c}", sec)
+        if a.executor == "ray":
+            _measure_ray(work, full, i, keep)
     return best, results
+
+
+def _start_ray() -> float:
+    """A local 2-CPU Ray instance for the executor comparison; returns its start time."""
+    from quadmix_stream.extras import require
+
+    ray = require("ray", "bench label --executor ray", "ray")
+    t0 = time.perf_counter()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
+    return time.perf_counter() - t0
+
+
+def _measure_ray(work: Path, full: Any, i: int, keep: Any) -> None:
+    """The full pipeline in one local process (no I/O helper) and on Ray one task at a time and
+    two at a time (one CPU per task: Ray keeps a pool of workers per request shape, and
+    alternating shapes would restart workers): the labelling phase of each."""
+    import dataclasses
+
+    from quadmix_stream.executors import ExecutorConfig
+    from quadmix_stream.labelling.pipeline import run_label
+
+    runs = [("local0", dataclasses.replace(full, io_workers=0))]
+    for slots in (1, 2):
+        ex = ExecutorConfig(kind="ray", cpus_per_task=1.0, max_in_flight=slots)
+        runs.append((f"ray{slots}", dataclasses.replace(full, executor=ex)))
+    if i == 0:  # warm the Ray workers (imports, models) once, untimed
+        for tag, recipe in runs[1:]:
+            recipe.out = work / f"ds_{tag}_warm"
+            run_label(recipe, log=sys.stderr)
+    for tag, recipe in runs:
+        recipe.out = work / f"ds_{tag}_{i}"
+        shutil.rmtree(recipe.out, ignore_errors=True)
+        t = time.perf_counter()
+        r = run_label(recipe, log=sys.stderr)
+        keep(tag, time.perf_counter() - t)
+        keep(tag + "_phase", r.phases.get("label", float("nan")))
+
+
+def _report_ray(best: dict[str, float], start_s: float) -> None:
+    l0, r1, r2 = best["local0_phase"], best["ray1_phase"], best["ray2_phase"]
+    print(
+        f"\nexecutors, all labellers, labelling phase: one local process (no I/O helper) "
+        f"{l0:.2f}s; ray, 1 task at a time {r1:.2f}s → overhead {r1 / l0 - 1:+.1%} (target ≤ +10%); "
+        f"ray, 2 at a time {r2:.2f}s → speed-up {r1 / r2:.2f}× over 1 at a time"
+    )
+    print(
+        f"  end to end: local {best['local0']:.2f}s, ray 1 at a time {best['ray1']:.2f}s, ray 2 "
+        f"at a time {best['ray2']:.2f}s; Ray start {start_s:.1f}s (once per run, not included)"
+    )
 
 
 def _report(

@@ -10,6 +10,8 @@ Guarantees:
   recomputes exactly those columns (checking that the documents still match the sidecar's keys).
 * **Distributed**: under ``torchrun`` rank 0 plans (and trains), ranks label contiguous blocks of
   the pending units, and rank 0 merges once every rank reports success.
+* **On Ray** (``executor: {kind: ray}``, ``--executor ray``): this process is the driver (it
+  plans, trains and merges) and each pending unit is a Ray task (:mod:`.ray_run`).
 * **Object storage**: the dataset (``--shards s3://bucket/ds``, ``--out s3://…``) may be a URL;
   shards, sidecars, records and the manifest are then written there in that order, one PUT each
   (see :mod:`.roots`), and a re-run on any machine resumes from the records in the bucket.
@@ -59,10 +61,17 @@ def run_label(
     log = log or sys.stderr
     t_start = time.perf_counter()
     recipe.check()
+    recipe.executor.check_installed()
     assert recipe.out is not None
     root = as_root(recipe.out)
     check_model_paths(recipe)  # on every rank, before anything (the output folder) is created
     world = init_world(recipe.barrier_timeout_s)
+    if world.size > 1 and recipe.executor.kind == "ray":
+        world.close()
+        raise LabelError(
+            "executor ray: launch the labelling driver as one process (no torchrun); Ray "
+            "spreads the units over the cluster"
+        )
     helper = IOHelper(recipe.io_workers)  # starts importing now, in parallel with the setup
     try:
         return _run(recipe, root, world, helper, status_only, retrain, throttle_s, log, t_start)
@@ -116,12 +125,18 @@ def _run(
     if status_only:
         return all_states
     work = [s for s in all_states if s.status != "done"]
-    mine = split_units(work, world.rank, world.size)
     phases["states"] = time.perf_counter() - t
     t = time.perf_counter()
-    run = LabelRun(recipe, root, plan, labs, world, helper, throttle_s, log)
-    stats = _guard(world, label_units, run, mine)
-    gathered = gather_stats(world, root, stats)
+    workers = world.size
+    if recipe.executor.kind == "ray":
+        from quadmix_stream.labelling.ray_run import label_on_ray
+
+        gathered, workers = label_on_ray(recipe, plan, work, current, throttle_s, log)
+    else:
+        mine = split_units(work, world.rank, world.size)
+        run = LabelRun(recipe, root, plan, labs, world, helper, throttle_s, log)
+        stats = _guard(world, label_units, run, mine)
+        gathered = gather_stats(world, root, stats)
     phases["label"] = time.perf_counter() - t
     t = time.perf_counter()
     merged = _guard(world, _finish, recipe, root, rank0, plan, labs, current)
@@ -129,7 +144,7 @@ def _run(
     assert recipe.out is not None
     res = RunResult(
         recipe.out,
-        world.size,
+        workers,
         len(plan.units),
         sum(s.status == "done" for s in all_states),
         len(work),
@@ -137,6 +152,7 @@ def _run(
         stats=gathered,
         wall_s=time.perf_counter() - t_start,
         phases=phases,
+        executor=recipe.executor.kind,
     )
     if merged is not None:
         res.manifest, res.issues = merged

@@ -10,6 +10,8 @@ Example (``recipes/label_synthetic.yaml`` has a complete one)::
       rows_per_shard: 2000
     domains: [web, news, code]           # optional: default = the domain labeller's classes
     unknown_domain: error                # or the name of a domain that takes unknown ones
+    executor: {kind: ray, address: auto} # optional: where units run (default local; see
+                                         # quadmix_stream.executors)
     train:                               # optional: labellers trained before labelling
       - {type: fasttext-domain, out: "{out}/models/domain.bin", input: {paths: [...]}}
     labelers:
@@ -35,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from quadmix_stream.executors import ExecutorConfig
 from quadmix_stream.labelling.inputs import InputSpec
 from quadmix_stream.labelling.outputs import OUTPUT_FORMATS
 from quadmix_stream.recipe import RecipeError, build, read_yaml, short_repr
@@ -66,6 +69,7 @@ class Recipe:
     io_workers: int = 1
     progress: bool = True
     barrier_timeout_s: float = 6 * 3600.0
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def expand(self, x: Any) -> Any:
         """Replace ``{out}`` / ``{recipe_dir}`` in strings (no evaluation of any kind)."""
@@ -176,6 +180,7 @@ class LabelRecipeFile:
     train: list[dict[str, Any]] | None = None
     labelers: LabelersSection | None = None
     run: RunSection | None = None
+    executor: ExecutorConfig | None = None
 
 
 def _paths(value: Any, where: str) -> list[str]:
@@ -214,6 +219,7 @@ def parse_recipe(
         io_workers=run.io_workers,
         progress=run.progress,
         barrier_timeout_s=run.barrier_timeout_s,
+        executor=f.executor or ExecutorConfig(),
     )
 
 

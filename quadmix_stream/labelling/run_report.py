@@ -47,6 +47,7 @@ class RunResult:
     stats: list[RankStats] = field(default_factory=list)
     wall_s: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
+    executor: str = "local"
 
     def summary(self) -> str:
         """The lines printed at the end of a run (and kept in ``last_run.json``)."""
@@ -56,7 +57,12 @@ class RunResult:
         wall = self.wall_s - train
         lines.append(
             f"labelled {docs} documents in {self.todo} of {self.planned} units with "
-            f"{self.world} rank(s) in {wall:.1f}s ({docs / max(wall, 1e-9):,.0f} docs/s"
+            + (
+                f"{self.world} rank(s)"
+                if self.executor == "local"
+                else f"{self.world} Ray task slots"
+            )
+            + f" in {wall:.1f}s ({docs / max(wall, 1e-9):,.0f} docs/s"
             + (f"; training took {train:.1f}s more" if train >= 0.05 else "")
             + f"); skipped {self.skipped} finished unit(s), relabelled stale columns in "
             f"{self.stale}"

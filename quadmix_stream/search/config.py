@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from quadmix_stream.errors import UserError
+from quadmix_stream.executors import ExecutorConfig
 from quadmix_stream.mixing.params import DEFAULT_RANGES
 from quadmix_stream.mixing.sampling import FORMS
 from quadmix_stream.recipe import build, check_number
@@ -244,6 +245,9 @@ class SearchConfig:
     evaluate: bool = True
     #: default run folder of ``search run``
     out: str | None = None
+    #: where proxies train: this machine (``local``) or Ray tasks (``ray``); not part of a
+    #: proxy's identity, so a run folder may change executor between steps
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def __post_init__(self) -> None:
         _check(self)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quadmix_stream.executors import ExecutorConfig
 from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.search import regressor
 from quadmix_stream.search.config import (
@@ -136,16 +137,25 @@ def step_proxies(
     device: str | None = None,
     threads: int | None = None,
     limit: int | None = None,
+    executor: ExecutorConfig | None = None,
     log: Log = print,
 ) -> dict:
-    """Train the pending proxies in this process (torchrun: ``quadmix_stream.trainers.proxy``)."""
+    """Train the pending proxies in this process, or as Ray tasks with a ``ray`` executor (the
+    recipe's ``executor:``, or ``executor``); torchrun: ``quadmix_stream.trainers.proxy``."""
     from quadmix_stream.search.runner import run_pending
 
     folder = RunFolder(path, dataset)
+    (executor or folder.config.executor).check_installed()
     pending = folder.pending()
     log(f"{path}: {len(pending)} proxies to train ({len(folder.finished())} finished)")
     summary = run_pending(
-        folder, group=group, device=device, threads=threads, limit=limit, progress=log
+        folder,
+        group=group,
+        device=device,
+        threads=threads,
+        limit=limit,
+        progress=log,
+        executor=executor or folder.config.executor,
     )
     folder.consolidate()
     if summary.get("trained"):
@@ -223,6 +233,7 @@ def step_round(
     group: int | None = None,
     device: str | None = None,
     threads: int | None = None,
+    executor: ExecutorConfig | None = None,
     log: Log = print,
 ) -> dict:
     """Search round ``r`` (1, 2, …): refit on every run, draw ``rounds.n`` θ near the best, train.
@@ -245,7 +256,7 @@ def step_round(
         if r > 1 and not (rounds == r - 1).any():
             raise RunFolderError(f"{path}: round {r - 1} was never drawn; run the rounds in order")
         if folder.pending():
-            step_proxies(path, dataset, group, device, threads, log=log)
+            step_proxies(path, dataset, group, device, threads, executor=executor, log=log)
         step_fit(path, dataset, log=lambda s: None)
         pool = Pool(folder.dataset)
         pred = load_predictor(folder, pool)
@@ -279,7 +290,7 @@ def step_round(
                 else ""
             )
         )
-    step_proxies(path, dataset, group, device, threads, log=log)
+    step_proxies(path, dataset, group, device, threads, executor=executor, log=log)
     best = best_per_round(RunFolder(path, dataset))
     log("best actual objective per round: " + ", ".join(f"{k} {v:.4f}" for k, v in best.items()))
     return best
@@ -292,6 +303,7 @@ def step_select(
     group: int | None = None,
     device: str | None = None,
     threads: int | None = None,
+    executor: ExecutorConfig | None = None,
     log: Log = print,
 ) -> dict:
     """θ*, the best candidates and the baselines; with ``evaluate`` (default) their proxies are
@@ -343,7 +355,7 @@ def step_select(
             rp.save(bdir / "regmix.json")
         log(f"baselines: {sorted(p.stem for p in bdir.glob('*.json'))} → {bdir}")
     if folder.config.evaluate:
-        step_evaluate(path, dataset, group, device, threads, log=log)
+        step_evaluate(path, dataset, group, device, threads, executor=executor, log=log)
     else:
         write_star_only(folder)
     return sel
@@ -356,13 +368,14 @@ def step_evaluate(
     group: int | None = None,
     device: str | None = None,
     threads: int | None = None,
+    executor: ExecutorConfig | None = None,
     log: Log = print,
 ) -> dict:
     """Train proxies on θ*, the verified candidates, the round bests and the baselines at every
     verification seed (skipping those already trained on the same stream and seed; a proposal's
     record of the same stream and seed is copied), then ship the best measured as params.json."""
     from quadmix_stream.search.proxy import ProxyJob, stream_fingerprint
-    from quadmix_stream.search.runner import context, run_jobs
+    from quadmix_stream.search.runner import ProxySource, run_jobs
     from quadmix_stream.search.select import (
         contenders,
         eval_name,
@@ -404,10 +417,11 @@ def step_evaluate(
         log(f"evaluate: training {len(jobs)} proxies ({', '.join(j.name for j in jobs)})")
         run_jobs(
             jobs,
-            context(folder, device, threads),
+            ProxySource.of(folder, device, threads),
             cfg.proxy.group if group is None else group,
             lambda r: folder.record(r, "evals"),
             log,
+            executor or cfg.executor,
         )
     else:
         log(f"evaluate: all {len(targets)} contenders already measured on their streams")
@@ -471,6 +485,7 @@ def run_all(
     device: str | None = None,
     threads: int | None = None,
     log: Log = print,
+    executor: ExecutorConfig | None = None,
 ) -> Path:
     cfg = recipe if isinstance(recipe, SearchConfig) else SearchConfig.load(recipe)
     out = Path(out or cfg.out or "")
@@ -478,14 +493,14 @@ def run_all(
         raise RunFolderError("no run folder: give --out or set `out:` in the recipe")
     ensure_dataset(cfg, log)
     step_propose(out, cfg, log=log)
-    kw = dict(group=group, device=device, threads=threads, log=log)
+    kw = dict(group=group, device=device, threads=threads, executor=executor, log=log)
     step_proxies(out, **kw)
     nested = out / REGMIX
     if cfg.regmix is not None:
         step_proxies(nested, **kw)
         log("--- RegMix-style domain-only search")
         step_fit(nested, log=log)
-        step_select(nested, log=log)
+        step_select(nested, executor=executor, log=log)
     log("--- QuaDMix search")
     for r in range(1, cfg.rounds.k + 1):
         log(f"--- search round {r} of {cfg.rounds.k}")

@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+from quadmix_stream.executors import ExecutorConfig
 from quadmix_stream.search.config import ProxyConfig
 from quadmix_stream.search.proxy import ProxyJob, run_seed
 from quadmix_stream.search.runfolder import RunFolder, RunFolderError, objective_of, write_json
-from quadmix_stream.search.runner import context, run_jobs
+from quadmix_stream.search.runner import ProxySource, run_jobs
 
 #: at least this test-retest Spearman for proxies that measure θ more than their draw
 RELIABLE = 0.7
@@ -68,22 +69,33 @@ def retest(
     device: str | None = None,
     threads: int | None = None,
     log=print,
+    executor: ExecutorConfig | None = None,
 ) -> dict:
     """Retrain ``runs`` proposals with ``data_seed`` (default: the recipe's + 1); write and
     return ``retest.json`` (pairs of objectives, Spearman, Pearson, spreads)."""
     folder = RunFolder(path, dataset)
-    ctx = context(folder, device, threads)
-    seed = ctx.cfg.data_seed + 1 if data_seed is None else int(data_seed)
+    source = ProxySource.of(folder, device, threads)
+    cfg = source.config(folder)
+    seed = cfg.data_seed + 1 if data_seed is None else int(data_seed)
     # the evaluation blocks were drawn with the recipe's seed and stay: only training changes
     # (with seed_per_run, each proposal's retest seed is drawn from the new base)
-    ctx.cfg = dataclasses.replace(ctx.cfg, data_seed=seed)
-    jobs, old = retest_jobs(folder, runs, ctx.cfg)
+    source = dataclasses.replace(source, data_seed=seed)
+    jobs, old = retest_jobs(folder, runs, dataclasses.replace(cfg, data_seed=seed))
     log(
         f"retest: {len(jobs)} proposals again with data seed {seed} (recorded: seed "
         f"{folder.config.proxy.data_seed})"
     )
     t0 = time.perf_counter()
-    recs = run_jobs(jobs, ctx, group or folder.config.proxy.group, lambda r: None, log)
+    recs = run_jobs(
+        jobs,
+        source,
+        group or folder.config.proxy.group,
+        lambda r: None,
+        log,
+        executor or folder.config.executor,
+    )
+    by_name = {r["name"]: r for r in recs}  # Ray returns them as they finish
+    recs = [by_name[j.name] for j in jobs]
     new = np.array([objective_of(r, folder.config.objective) for r in recs])
     ok = np.isfinite(new) & np.isfinite(old)
     res = {

@@ -139,6 +139,7 @@ class RunFolder:
 
     def __init__(self, path: str | Path, dataset: str | Path | None = None) -> None:
         self.path = Path(path)
+        self.dataset_override = dataset  # the dataset's new place, if it moved
         meta_path = self.path / "search.json"
         if not meta_path.exists():
             raise RunFolderError(

@@ -24,6 +24,7 @@ SOURCES = {
 LAYERS: list[tuple[str, ...]] = [
     # the base: errors, the one log, extras, typed JSON checks, the config loader, progress
     ("errors", "extras", "logs", "progress", "validate", "recipe", "synth.text"),
+    ("executors",),  # where offline units of work run: local, or tasks on a Ray cluster
     ("storage",),  # local and object-store files, atomic writes, locations
     ("mixing",),  # the pure math: hashing, the sampling function, params
     ("formats",),  # shard formats, label sidecars, the manifest, the dataset writer

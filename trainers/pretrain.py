@@ -89,6 +89,9 @@ class DataConfig:
     # {step: params file}: those params are in force from that step on (an anneal, say), on
     # every rank and worker at the same point, switched in the running job
     params_schedule: dict[int, str] | None = None
+    # hash each shard file on its first use in each process against the manifest (catches a
+    # shard changed in place at the same size; costs one full read of each shard per process)
+    verify_shards: bool = False
 
     def __post_init__(self) -> None:
         sched = self.params_schedule
@@ -556,6 +559,7 @@ def train(
         consumers_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * max(1, d.workers),
         resume_with_new_params=True,  # params_in_force chose them; a state under others is re-dealt
         storage=storage,
+        verify_shards=d.verify_shards,
     )
     if ds.window_note and rank == 0:
         log.info("[pretrain] %s", ds.window_note)

@@ -132,6 +132,7 @@ def _run(
         from quadmix_stream.labelling.ray_run import label_on_ray
 
         gathered, workers = label_on_ray(recipe, plan, work, current, throttle_s, log)
+        clean_tmp(root)  # what a worker killed mid-write left (its task was redone elsewhere)
     else:
         mine = split_units(work, world.rank, world.size)
         run = LabelRun(recipe, root, plan, labs, world, helper, throttle_s, log)

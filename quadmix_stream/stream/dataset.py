@@ -59,6 +59,7 @@ from quadmix_stream.stream.state import (
     STATE_VERSION,
     StateError,
     check_complete,
+    check_progress,
     find_states,
     merge_states,
     pieces_of,
@@ -414,6 +415,8 @@ class QuaDMixDataset(IterableDataset):
         length = seq.total if self.infinite else balanced_length(seq.total, consumers, self.balance)
         self._prefetch_totals(epoch + 1)
         a, b = consumer_range(length, consumer, consumers)
+        if skip < 1 << 62:  # an exact resume's count (larger: the whole epoch was consumed)
+            check_progress(consumer, epoch, skip, b - a)
         skip = min(skip, b - a)
         live["consumed"] = skip
         runs = [(seq, a, min(b, seq.total), epoch)]

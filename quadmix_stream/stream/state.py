@@ -170,7 +170,21 @@ SequenceFactory = Callable[[int, list[Piece] | None], EpochSequence]
 def consumed_in(state: Mapping, consumer: int, epoch: int, share: int) -> int:
     """Items of ``epoch`` that ``consumer`` had consumed, out of its ``share``."""
     pe, n = state["progress"][str(consumer)]
-    return share if pe > epoch else (min(n, share) if pe == epoch else 0)
+    if pe == epoch:
+        check_progress(consumer, epoch, n, share)
+    return share if pe > epoch else (n if pe == epoch else 0)
+
+
+def check_progress(consumer: int, epoch: int, consumed: int, share: int) -> None:
+    """A state's claim that ``consumer`` consumed ``consumed`` items of ``epoch`` must fit in the
+    ``share`` its range holds: a larger claim (an edited state, or one from another run) would
+    silently skip the rest of the epoch."""
+    if consumed > share:
+        raise StateError(
+            f"loader state: consumer {consumer} claims {consumed} items of epoch {epoch}, but its "
+            f"range holds {share}; the state was edited or comes from another run (resume from "
+            "the checkpoint it was saved with)"
+        )
 
 
 def remaining_pieces(state: Mapping, seq: EpochSequence, epoch: int) -> list[Piece]:

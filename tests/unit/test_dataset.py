@@ -424,6 +424,33 @@ def test_hand_edited_states_are_refused(mds_ds):
         make(mds_ds).load_state_dict(old)
 
 
+def test_a_state_claiming_more_than_a_consumers_range_is_refused(mds_ds):
+    from quadmix_stream.stream.state import merge_states
+
+    states = []
+    for rank in (0, 1):
+        ds = make(mds_ds, rank=rank, world_size=2)
+        it = iter(ds)
+        next(it)
+        states.append(json.loads(json.dumps(ds.state_dict())))
+    edited = json.loads(json.dumps(states[0]))
+    edited["progress"] = {"0": [0, 10**9]}
+    exact = make(mds_ds, rank=0, world_size=2)
+    exact.load_state_dict(edited)  # the claim is checked once the range is known
+    with pytest.raises(StateError, match="consumer 0 claims 1000000000 items of epoch 0"):
+        list(exact)
+    merged = merge_states(states)
+    merged["progress"]["1"] = [0, 10**9]
+    elastic = make(mds_ds)  # one consumer: the state is re-dealt
+    elastic.load_state_dict(merged)
+    with pytest.raises(StateError, match="consumer 1 claims 1000000000 items"):
+        list(elastic)
+    # the unedited states still resume
+    fine = make(mds_ds)
+    fine.load_state_dict(merge_states(states))
+    assert len(list(fine)) > 0
+
+
 def test_finite_packed_stream_across_ranks_is_refused(mds_ds, tmp_path):
     pytest.importorskip("tokenizers")  # an extra's package: skipped in the core-only env
     from quadmix_stream.stream.packing import PackedDataset

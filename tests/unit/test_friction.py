@@ -165,3 +165,31 @@ def test_pretrain_that_would_do_nothing_says_so(mds_ds, tmp_path, capsys):
     out = capsys.readouterr().err
     assert "nothing to train" in out and "is at step 1 and train.steps is 1" in out
     assert "--steps N (N > 1)" in out
+
+
+@pytest.mark.slow
+def test_pretrain_verify_shards_stops_on_a_shard_changed_in_place(mds_ds, tmp_path, capsys):
+    import shutil
+
+    from quadmix_stream.trainers.pretrain import main as pretrain
+
+    ds = tmp_path / "ds"
+    shutil.copytree(mds_ds, ds)
+    shard = sorted(ds.glob("shard.*.mds"))[0]
+    data = bytearray(shard.read_bytes())
+    i = next(j for j in range(len(data) // 2, len(data)) if 97 <= data[j] <= 121)
+    data[i] += 1  # one letter of one document: the same size, still valid text
+    shard.write_bytes(bytes(data))
+    wide_params(ds).save(tmp_path / "p.json")
+    recipe = {
+        "data": {"dataset": str(ds), "params": str(tmp_path / "p.json"), "seq_len": 16},
+        "model": {"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2},
+        "train": {"steps": 1, "batch_size": 2, "threads": 1, "warmup_steps": 0},
+        "out": str(tmp_path / "run"),
+    }
+    recipe["data"].update(workers=0, vocab_size=280, verify_shards=True)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert pretrain([str(tmp_path / "r.yaml")]) != 0
+    err = capsys.readouterr().err
+    assert shard.name in err and "shard_sha256" in err, err[-2000:]
+    assert "Traceback" not in err

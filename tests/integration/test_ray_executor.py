@@ -1,6 +1,8 @@
-"""The ray executor on a real local Ray head: labelling and proxies give the local executor's
-outputs byte for byte (proxy losses to float tolerance), a SIGKILLed Ray worker's task is retried
-without committing a unit twice, and a killed driver's re-run skips what was finished."""
+"""The ray executor on a real local Ray head: a SIGKILLed Ray worker's task is retried without
+committing a unit twice, a killed driver's re-run skips what was finished, and labelling and
+proxies end with the local executor's outputs byte for byte (proxy losses to float tolerance).
+Ray's own retry of a task whose worker died is the same for proxies, so it is killed once, in
+labelling."""
 # ruff: noqa: F811  (pytest fixtures imported by name)
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import pytest
 pytest.importorskip("ray", reason="the ray extra is not installed (pip install '.[ray]')")
 
 from quadmix_stream.cli import main  # noqa: E402
-from quadmix_stream.executors import ExecutorConfig  # noqa: E402
 from quadmix_stream.formats.labels import Manifest  # noqa: E402
 from tests.support.labelling import (  # noqa: E402, F401
     REPO,
@@ -107,6 +108,17 @@ class _CommitWatch(threading.Thread):
         return self.again
 
 
+def _kill_driver(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver (only the driver: Ray ends its job's tasks)."""
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+
+
 def _wait(cond, proc: subprocess.Popen, what: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -116,21 +128,6 @@ def _wait(cond, proc: subprocess.Popen, what: str, timeout: float = 180) -> None
             proc.kill()
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.02)
-
-
-def test_labelling_on_ray_equals_the_local_executor(
-    tmp_path, ft_models, docs_file, reference, ray_head, capsys
-):
-    out = tmp_path / "ray"
-    rec = _recipe(tmp_path, ft_models, out, docs_file)
-    assert main(["label", str(rec), "--ray-address", ray_head]) == 0
-    said = capsys.readouterr().out
-    assert f"in {UNITS} of {UNITS} units with 2 Ray task slots" in said, said
-    assert dataset_files(out) == reference[1]
-    assert Manifest.load(out).rows == 240
-    # a second run finds everything committed and starts no task
-    assert main(["label", str(rec), "--ray-address", ray_head]) == 0
-    assert f"skipped {UNITS} finished unit(s)" in capsys.readouterr().out
 
 
 def test_a_killed_ray_worker_is_retried_and_commits_nothing_twice(
@@ -156,7 +153,7 @@ def test_a_killed_ray_worker_is_retried_and_commits_nothing_twice(
 
 
 def test_a_killed_driver_resumes_without_redoing_finished_units(
-    tmp_path, ft_models, docs_file, reference, ray_head
+    tmp_path, ft_models, docs_file, reference, ray_head, capsys
 ):
     out = tmp_path / "ray"
     rec = _recipe(tmp_path, ft_models, out, docs_file)
@@ -164,47 +161,32 @@ def test_a_killed_driver_resumes_without_redoing_finished_units(
     proc = _driver(rec, ray_head, "--throttle", "0.6")
     try:
         _wait(lambda: done.is_dir() and len(list(done.glob("unit-*.json"))) >= 3, proc, "3 commits")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stdout.close()
+        _kill_driver(proc)
     time.sleep(2.0)  # Ray ends the dead driver's tasks; a unit in flight may still commit
     before = {p.name: p.stat().st_ino for p in done.glob("unit-*.json")}
     assert 3 <= len(before) < UNITS, before
     assert not (out / "quadmix.json").exists()
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "quadmix_stream.cli",
-            "label",
-            str(rec),
-            "--no-progress",
-            "--ray-address",
-            ray_head,
-        ],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    skipped = int(r.stdout.split("skipped ")[1].split(" ")[0])
-    assert skipped >= len(before), r.stdout
+    # the same command again, here in this process (the driver's code is the CLI's)
+    assert main(["label", str(rec), "--no-progress", "--ray-address", ray_head]) == 0
+    said = capsys.readouterr().out
+    skipped = int(said.split("skipped ")[1].split(" ")[0])
+    assert skipped >= len(before), said
+    assert f"in {UNITS - skipped} of {UNITS} units with 2 Ray task slots" in said, said
     after = {p.name: p.stat().st_ino for p in done.glob("unit-*.json")}
     assert {k: after[k] for k in before} == before  # finished units were not committed again
-    assert dataset_files(out) == reference[1]
+    assert dataset_files(out) == reference[1]  # the local executor's dataset, byte for byte
+    assert Manifest.load(out).rows == 240
 
 
-def test_proxies_survive_a_killed_worker_and_a_killed_driver(mds_ds, tmp_path, ray_head):
+def test_proxies_resume_after_a_killed_driver_and_match_the_local_executor(
+    mds_ds, tmp_path, ray_head
+):
     from quadmix_stream.search.pipeline import step_propose, step_proxies
     from quadmix_stream.search.runfolder import RunFolder
     from tests.integration.test_search_pipeline import tiny_config
 
-    n = 6
+    n = 4
     cfg = tiny_config(mds_ds, proposals={"n": n}, proxy={"group": 1, "tokens": 8 * 64 * 16})
     local = step_propose(tmp_path / "local", cfg.replace(regmix=None), log=lambda s: None).path
     remote = tmp_path / "ray"
@@ -216,18 +198,12 @@ def test_proxies_survive_a_killed_worker_and_a_killed_driver(mds_ds, tmp_path, r
         cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        _wait(lambda: ray_processes("qms-proxy"), proc, "a proxy task")
-        os.kill(ray_processes("qms-proxy")[0], signal.SIGKILL)  # Ray retries its proxy
-        _wait(lambda: len(list(results.glob("*.json"))) >= 2, proc, "2 proxies")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        _wait(lambda: len(list(results.glob("*.json"))) >= 1, proc, "a proxy result")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stdout.close()
+        _kill_driver(proc)
     time.sleep(1.0)
     before = {p.name: p.stat().st_ino for p in results.glob("*.json")}
-    assert 2 <= len(before) < n, before
+    assert 1 <= len(before) < n, before
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count(": ok (loss") == n - len(before), r.stdout  # one line per proxy
@@ -242,6 +218,3 @@ def test_proxies_survive_a_killed_worker_and_a_killed_driver(mds_ds, tmp_path, r
         assert b[name]["status"] == a[name]["status"] == "ok"
         assert b[name]["loss"] == pytest.approx(a[name]["loss"], rel=1e-5), name
         assert b[name]["docs"] == a[name]["docs"]
-    # nothing pending: in this process, the ray step reports nothing trained
-    ex = ExecutorConfig(kind="ray", address=ray_head)
-    assert step_proxies(remote, executor=ex, log=lambda s: None)["trained"] == 0

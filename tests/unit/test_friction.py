@@ -146,19 +146,24 @@ def test_results_plot_shows_points_with_error_bars_not_cut_bars():
         assert any(isinstance(c, ErrorbarContainer) for c in ax.containers)
 
 
-@pytest.mark.slow
-def test_pretrain_that_would_do_nothing_says_so(mds_ds, tmp_path, capsys):
-    from quadmix_stream.trainers.pretrain import main as pretrain
-
-    wide_params(mds_ds).save(tmp_path / "p.json")
+def _tiny_pretrain_recipe(ds, tmp_path, **data) -> None:
+    """``tmp_path/r.yaml``: one step of a tiny model on ``ds``, no DataLoader workers."""
+    wide_params(ds).save(tmp_path / "p.json")
     recipe = {
-        "data": {"dataset": str(mds_ds), "params": str(tmp_path / "p.json"), "seq_len": 16},
+        "data": {"dataset": str(ds), "params": str(tmp_path / "p.json"), "seq_len": 16},
         "model": {"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2},
         "train": {"steps": 1, "batch_size": 2, "threads": 1, "warmup_steps": 0},
         "out": str(tmp_path / "run"),
     }
-    recipe["data"].update(workers=0, vocab_size=280)
+    recipe["data"].update(workers=0, vocab_size=280, **data)
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+
+
+@pytest.mark.slow
+def test_pretrain_that_would_do_nothing_says_so(mds_ds, tmp_path, capsys):
+    from quadmix_stream.trainers.pretrain import main as pretrain
+
+    _tiny_pretrain_recipe(mds_ds, tmp_path)
     assert pretrain([str(tmp_path / "r.yaml")]) == 0
     assert "nothing to train" not in capsys.readouterr().err
     assert pretrain([str(tmp_path / "r.yaml")]) == 0  # resumes the finished run: 0 steps
@@ -180,15 +185,7 @@ def test_pretrain_verify_shards_stops_on_a_shard_changed_in_place(mds_ds, tmp_pa
     i = next(j for j in range(len(data) // 2, len(data)) if 97 <= data[j] <= 121)
     data[i] += 1  # one letter of one document: the same size, still valid text
     shard.write_bytes(bytes(data))
-    wide_params(ds).save(tmp_path / "p.json")
-    recipe = {
-        "data": {"dataset": str(ds), "params": str(tmp_path / "p.json"), "seq_len": 16},
-        "model": {"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2},
-        "train": {"steps": 1, "batch_size": 2, "threads": 1, "warmup_steps": 0},
-        "out": str(tmp_path / "run"),
-    }
-    recipe["data"].update(workers=0, vocab_size=280, verify_shards=True)
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    _tiny_pretrain_recipe(ds, tmp_path, verify_shards=True)
     assert pretrain([str(tmp_path / "r.yaml")]) != 0
     err = capsys.readouterr().err
     assert shard.name in err and "shard_sha256" in err, err[-2000:]

@@ -14,6 +14,7 @@ JSONL corpus:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -23,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from quadmix_stream.executors.ray import start_local_ray
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "corpus"
 
@@ -97,14 +100,10 @@ def _bench_label(a: argparse.Namespace) -> int:
         full.out = work / "ds_full"
         labs = build_labelers(full)
         labs1 = build_labelers(single)
-        ray_start = _start_ray() if a.executor == "ray" else None
-        try:
+        with contextlib.ExitStack() as stack:
+            # a local 2-CPU Ray instance for the executor comparison; the runs inside join it
+            ray_start = start_local_ray(stack, 2) if a.executor == "ray" else None
             best, results = _measure(a, work, models, full, single, labs, labs1, texts, chunks)
-        finally:
-            if ray_start is not None:
-                import ray
-
-                ray.shutdown()
         _report(a, n, units, labs, best, results)
         if ray_start is not None:
             _report_ray(best, ray_start)
@@ -248,16 +247,6 @@ def _measure(
         if a.executor == "ray":
             _measure_ray(work, full, i, keep)
     return best, results
-
-
-def _start_ray() -> float:
-    """A local 2-CPU Ray instance for the executor comparison; returns its start time."""
-    from quadmix_stream.extras import require
-
-    ray = require("ray", "bench label --executor ray", "ray")
-    t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
-    return time.perf_counter() - t0
 
 
 def _measure_ray(work: Path, full: Any, i: int, keep: Any) -> None:

@@ -64,7 +64,7 @@ def label_task(
         ],
         default=str,
     )
-    labs: LabelerSet = cached("label:" + key, lambda: _labelers(recipe))
+    labs: LabelerSet = cached("label:" + key, lambda: build_labelers(recipe))
     root = as_root(recipe.out)
     if root.remote:
         root.prepare()  # scratch left by this node's killed workers
@@ -74,12 +74,6 @@ def label_task(
         return label_units(run, todo)
     finally:
         root.close()
-
-
-def _labelers(recipe: Recipe) -> LabelerSet:
-    labs = build_labelers(recipe)
-    labs.columns()
-    return labs
 
 
 def _committed_since(root: Any, st: UnitState) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from dataclasses import dataclass
@@ -185,12 +186,10 @@ class _RayRuns:
     a pool of workers per request shape, and alternating shapes would restart workers."""
 
     def __init__(self, source: _BenchSource, jobs: list) -> None:
-        from quadmix_stream.extras import require
+        from quadmix_stream.executors.ray import start_local_ray
 
-        ray = require("ray", "bench proxies --executor ray", "ray")
-        t0 = time.perf_counter()
-        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
-        self.start_s = time.perf_counter() - t0
+        self.stack = contextlib.ExitStack()
+        self.start_s = start_local_ray(self.stack, 2)
         self.source, self.jobs = source, jobs
         self.best: dict[int, float] = {}
         self.losses: dict[int, np.ndarray] = {}
@@ -215,9 +214,7 @@ class _RayRuns:
             self.best[slots] = min(self.best.get(slots, dt), dt)
 
     def report(self, t_local: float, local_losses: np.ndarray) -> None:
-        import ray
-
-        ray.shutdown()
+        self.stack.close()  # stop the Ray instance
         n = len(self.jobs)
         t1, t2 = self.best[1], self.best[2]
         diff = max(float(np.nanmax(np.abs(v - local_losses))) for v in self.losses.values())

@@ -12,9 +12,10 @@ the proxies in flight, and the same command resumes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -103,12 +104,15 @@ def run_jobs(
     size = max(1, group)
     chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
     out: list[dict] = []
-    if executor is not None and executor.kind == "ray" and chunks:
-        if isinstance(source, ProxyContext):
-            raise TypeError("the ray executor rebuilds the context in each worker: pass a source")
-        from quadmix_stream.executors.ray import RayExecutor
+    with contextlib.ExitStack() as stack:
+        if executor is not None and executor.kind == "ray" and chunks:
+            if isinstance(source, ProxyContext):
+                raise TypeError(
+                    "the ray executor rebuilds the context in each worker: pass a source"
+                )
+            from quadmix_stream.executors.ray import RayExecutor
 
-        with RayExecutor(executor) as ex:
+            ex = stack.enter_context(RayExecutor(executor))
             calls = [(source, c, group, executor.cpus_per_task) for c in chunks]
             done = ex.run(
                 train_remote,
@@ -120,22 +124,18 @@ def run_jobs(
                 weight=lambda args: len(args[1]),
                 progress=progress is not None,
             )
-            for _, recs in done:
-                for rec in recs:
-                    on_result(rec)
-                    out.append(rec)
-                    if progress:
-                        progress(_line(rec))
-        return out
-    ctx = source if isinstance(source, ProxyContext) else source.context()
-    if progress is not None:
-        ctx.progress = progress
-    for chunk in chunks:
-        for rec in _train_chunk(chunk, ctx, group):
-            on_result(rec)
-            out.append(rec)
-            if progress:
-                progress(_line(rec))
+            batches: Iterable[list[dict]] = (recs for _, recs in done)
+        else:
+            ctx = source if isinstance(source, ProxyContext) else source.context()
+            if progress is not None:
+                ctx.progress = progress
+            batches = (_train_chunk(chunk, ctx, group) for chunk in chunks)
+        for recs in batches:
+            for rec in recs:
+                on_result(rec)
+                out.append(rec)
+                if progress:
+                    progress(_line(rec))
     return out
 
 

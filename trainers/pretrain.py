@@ -89,8 +89,10 @@ class DataConfig:
     # {step: params file}: those params are in force from that step on (an anneal, say), on
     # every rank and worker at the same point, switched in the running job
     params_schedule: dict[int, str] | None = None
-    # hash each shard file on its first use in each process against the manifest (catches a
-    # shard changed in place at the same size; costs one full read of each shard per process)
+    # check each document read against the text checksum its sidecar recorded at labelling
+    # (a shard changed in place stops the run naming shard and row; under 1 µs per document)
+    verify_documents: bool = True
+    # also hash each whole shard file on its first use in each process (one more full read)
     verify_shards: bool = False
 
     def __post_init__(self) -> None:
@@ -286,7 +288,8 @@ def load_tokenizer(d: DataConfig, out: Path, rank: int, storage: StorageConfig):
 
     tok_path = Path(d.tokenizer) if d.tokenizer else out / "tokenizer.json"
     if not d.tokenizer and rank == 0 and not tok_path.exists():
-        train_tokenizer(pool_texts(d.dataset, 5000, storage=storage), d.vocab_size, tok_path)
+        texts = pool_texts(d.dataset, 5000, storage=storage, verify_documents=d.verify_documents)
+        train_tokenizer(texts, d.vocab_size, tok_path)
     if dist.is_initialized():
         dist.barrier()
     return TextTokenizer(tok_path)
@@ -559,6 +562,7 @@ def train(
         consumers_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * max(1, d.workers),
         resume_with_new_params=True,  # params_in_force chose them; a state under others is re-dealt
         storage=storage,
+        verify_documents=d.verify_documents,
         verify_shards=d.verify_shards,
     )
     if ds.window_note and rank == 0:

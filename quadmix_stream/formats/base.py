@@ -25,12 +25,23 @@ if TYPE_CHECKING:
 SampleDecoder = Callable[[bytes, int], dict[str, Any]]
 
 
+def as_text(value: Any) -> str:
+    """A stored text value as the readers return it: bytes decoded as UTF-8 (invalid bytes
+    replaced), a null as ``""``, anything else through ``str``. The labelling records the
+    checksum of this text for shards labelled in place, so it must match what a reader gives."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
 def split_doc(doc: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     """(id, text, meta) of a document dict; ``meta`` is everything else."""
     if "id" not in doc or "text" not in doc:
         raise LabelError(f"a document needs 'id' and 'text' fields, got keys {sorted(doc)}")
     meta = {k: v for k, v in doc.items() if k not in ("id", "text")}
-    return str(doc["id"]), str(doc["text"]), meta
+    return str(doc["id"]), as_text(doc["text"]), meta
 
 
 def sidecar_name(shard_name: str) -> str:

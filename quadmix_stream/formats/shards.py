@@ -24,7 +24,7 @@ from quadmix_stream.formats.labels import (
     ShardLabels,
     write_sidecar,
 )
-from quadmix_stream.mixing.hashing import doc_key
+from quadmix_stream.mixing.hashing import doc_key, text_digest
 from quadmix_stream.mixing.sampling import build_sigma_tables
 from quadmix_stream.storage.io import sha256_file
 
@@ -76,7 +76,7 @@ class DatasetWriter:
         self.manifest: Manifest | None = None
 
     def _empty(self) -> dict[str, list]:
-        return {k: [] for k in ("key", "domain", "tokens", "scores", "offset", "length")}
+        return {k: [] for k in ("key", "digest", "domain", "tokens", "scores", "offset", "length")}
 
     def write(
         self, doc: dict[str, Any], domain: str | int, scores: Sequence[float], tokens: int
@@ -95,6 +95,7 @@ class DatasetWriter:
         off = self._backend.add(doc_id, text, meta)
         c = self._cur
         c["key"].append(doc_key(doc_id))
+        c["digest"].append(text_digest(text))
         c["domain"].append(d)
         c["tokens"].append(int(tokens))
         c["scores"].append(scores)
@@ -116,6 +117,7 @@ class DatasetWriter:
             scores=np.array(c["scores"], dtype=np.float64).reshape(-1, len(self.scorers)),
             offset=np.array(c["offset"], dtype=np.int64) if c["offset"] else None,
             length=np.array(c["length"], dtype=np.int64) if c["length"] else None,
+            digest=np.array(c["digest"], dtype=np.uint32),
         )
         self._pending.append((name, labels))
         self._cur = self._empty()

@@ -1,9 +1,10 @@
 """One shard's label sidecar: :class:`ShardLabels`, written and read as a small ``.npz``.
 
 A sidecar is row-aligned with its shard and readable without touching the payload: document
-keys, domain ids, token counts, raw scores in the manifest's scorer order, and for tar shards
-each sample's byte offset and length. Written with fixed zip timestamps (the same labels give
-the same bytes and sha256), read without unpickling; every error names the shard and the field.
+keys, domain ids, token counts, raw scores in the manifest's scorer order, each document's text
+checksum (checked on every read), and for tar shards each sample's byte offset and length.
+Written with fixed zip timestamps (the same labels give the same bytes and sha256), read
+without unpickling; every error names the shard and the field.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class ShardLabels:
     scores: np.ndarray  # float64 (rows, N) raw scores in manifest scorer order
     offset: np.ndarray | None = None  # int64 tar byte offset of each sample (tar only)
     length: np.ndarray | None = None  # int64 tar bytes of each sample (tar only)
+    digest: np.ndarray | None = None  # uint32 text checksum per document (None: older sidecars)
 
     @property
     def rows(self) -> int:
@@ -54,6 +56,8 @@ def write_sidecar(path: str | Path, labels: ShardLabels, scorers: Sequence[str])
     if labels.offset is not None:
         cols["offset"] = np.asarray(labels.offset, dtype=np.int64)
         cols["length"] = np.asarray(labels.length, dtype=np.int64)
+    if labels.digest is not None:
+        cols["digest"] = np.asarray(labels.digest, dtype=np.uint32)
     # np.savez layout (uncompressed zip of .npy members) with a fixed member timestamp, so the
     # same labels give the same bytes and sha256 (np.savez stamps the current time).
     buf = io.BytesIO()
@@ -99,11 +103,15 @@ def read_sidecar(path: str | Path, shard: str, scorers: Sequence[str]) -> ShardL
             f"{key.dtype} of shape {key.shape}"
         )
     n = key.size
-    for name in ("domain", "tokens", "offset", "length"):
+    for name in ("domain", "tokens", "offset", "length", "digest"):
         if name in cols and cols[name].shape != (n,):
             shape = cols[name].shape
             has = f"{shape[0]} rows" if len(shape) == 1 else f"shape {shape}"
             raise LabelError(f"shard {shard!r}: sidecar field {name!r} has {has}, key has {n}")
+    if "digest" in cols and cols["digest"].dtype != np.uint32:
+        raise LabelError(
+            f"shard {shard!r}: sidecar field 'digest' must be uint32, got {cols['digest'].dtype}"
+        )
     if cols["scores"].shape != (n, len(scorers)):
         raise LabelError(
             f"shard {shard!r}: sidecar field 'scores' has shape {cols['scores'].shape}, expected ({n}, {len(scorers)})"
@@ -115,4 +123,5 @@ def read_sidecar(path: str | Path, shard: str, scorers: Sequence[str]) -> ShardL
         scores=cols["scores"].astype(np.float64),
         offset=cols.get("offset"),
         length=cols.get("length"),
+        digest=cols.get("digest"),
     )

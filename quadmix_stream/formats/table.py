@@ -23,6 +23,7 @@ from quadmix_stream.formats.base import (
     ShardReader,
     ShardSpec,
     WriterBackend,
+    as_text,
 )
 from quadmix_stream.formats.labels import LabelError
 from quadmix_stream.storage.io import atomic_write_bytes
@@ -118,7 +119,7 @@ class TableDocs:
         else:
             doc_id = f"{self.shard}:{row}"
         meta = {c: arrays[k + j][i].as_py() for j, c in enumerate(self.meta)}
-        return {"id": doc_id, "text": "" if text is None else str(text), "meta": meta}
+        return {"id": doc_id, "text": as_text(text), "meta": meta}
 
 
 class _TableReader(ShardReader):

@@ -31,6 +31,7 @@ class Labelled:
     Attributes:
         idx: the unit.
         keys: its documents' keys (``uint64``), in shard order.
+        digests: its documents' text checksums (``uint32``, :func:`~quadmix_stream.mixing.hashing.text_digest`).
         values: column → values of the columns labelled in this run.
         issues: the unit's issues (reading and labelling).
         n: number of documents.
@@ -38,6 +39,7 @@ class Labelled:
 
     idx: int
     keys: np.ndarray
+    digests: np.ndarray
     values: dict[str, np.ndarray]
     issues: Issues
     n: int
@@ -107,6 +109,7 @@ def commit_unit(
         ),
         offset=np.asarray(shard.offset, dtype=np.int64) if shard.offset is not None else None,
         length=np.asarray(shard.length, dtype=np.int64) if shard.length is not None else None,
+        digest=p.digests,
     )
     side_sha = root.write_sidecar(shard.sidecar, labels, names)
     write_record(

@@ -154,7 +154,7 @@ def _label_docs(
 ) -> Labelled:
     """Label the documents of a ``docs`` message: every column of a pending unit, the stale
     columns of a stale one."""
-    _, idx, ids, texts, keys, fields, issues_d, read_s = msg
+    _, idx, ids, texts, keys, digests, fields, issues_d, read_s = msg
     stats.read_s += read_s
     st = state[idx]
     docs = fields if fields is not None else [{"id": i} for i in ids]
@@ -165,7 +165,7 @@ def _label_docs(
         cols = st.stale
         stats.relabelled += 1
     values = label_unit(labs, texts, docs, issues, cols, stats)
-    return Labelled(idx, keys, values, issues, len(texts))
+    return Labelled(idx, keys, digests, values, issues, len(texts))
 
 
 __all__ = ["LabelRun", "domain_ids", "label_unit", "label_units"]

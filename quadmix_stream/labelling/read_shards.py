@@ -10,11 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from quadmix_stream.formats import ShardSpec, get_format
+from quadmix_stream.formats.base import as_text
 from quadmix_stream.formats.labels import LabelError
 from quadmix_stream.labelling.documents import shard_doc
 from quadmix_stream.labelling.inputs import InputSpec
 from quadmix_stream.labelling.issues import Issues
+from quadmix_stream.mixing.hashing import text_digests
 from quadmix_stream.storage.io import resolve_inside
 
 
@@ -41,8 +45,10 @@ def read_shard_unit(
     mds_entries: dict[str, dict] | None,
     need_fields: bool = True,
     cache_dir: Path | None = None,
-) -> tuple[list[dict[str, Any]], Issues, tuple[list[int], list[int]] | None]:
-    """Every row of an existing shard as a flat document, with issues and (tar) byte offsets.
+) -> tuple[list[dict[str, Any]], Issues, tuple[list[int], list[int]] | None, np.ndarray]:
+    """Every row of an existing shard as a flat document, with issues, (tar) byte offsets and
+    each row's text checksum. The checksum is of the text as the stream's readers will return
+    it (:func:`~quadmix_stream.formats.base.as_text`), before the labelling's own cleaning.
 
     ``cache_dir``: where a ``.tar.gz`` shard is decompressed (default: the node's cache).
     """
@@ -55,6 +61,7 @@ def read_shard_unit(
             raise LabelError(f"shard {name!r}: not listed in {root}/index.json")
         mds_entry = mds_entries[name]
     scanned = get_format(fmt).scan(path, scan_spec(name, spec, mds_entry, need_fields), cache_dir)
+    digests = text_digests(as_text(d["text"]) for d in scanned.docs)
     issues = Issues()
     keys = scanned.keys
     docs = [
@@ -64,7 +71,7 @@ def read_shard_unit(
     offsets = None
     if scanned.offset is not None and scanned.length is not None:
         offsets = (scanned.offset, scanned.length)
-    return docs, issues, offsets
+    return docs, issues, offsets, digests
 
 
 __all__ = ["read_shard_unit", "scan_spec"]

@@ -4,7 +4,8 @@ While the rank's main process runs the models on unit *i*, a reader process writ
 payload shard and reads + parses unit *i+1*, so reading, JSON parsing, shard encoding and hashing
 overlap with inference. For each unit it sends two messages, in order:
 
-* ``("docs", index, ids, texts, keys, fields, issues, seconds)``: what the labellers need;
+* ``("docs", index, ids, texts, keys, digests, fields, issues, seconds)``: what the labellers
+  and the sidecar need;
 * ``("shard", index, WrittenShard | None, seconds)``: the payload is on disk (or, in place, hashed).
 
 With ``io_workers: 0`` the same producer runs inline (no process), which gives identical results.
@@ -37,7 +38,7 @@ from quadmix_stream.labelling.outputs import WrittenShard, existing_shard, write
 from quadmix_stream.labelling.read_raw import LineCursor, read_raw_unit
 from quadmix_stream.labelling.read_shards import read_shard_unit
 from quadmix_stream.labelling.roots import RemoteRoot, as_root
-from quadmix_stream.mixing.hashing import doc_key
+from quadmix_stream.mixing.hashing import doc_key, text_digests
 
 
 @dataclass
@@ -70,14 +71,14 @@ def produce(tasks: list[Task], cfg: IOConfig) -> Iterator[tuple]:
         for task in tasks:
             u = task.unit
             t0 = time.perf_counter()
-            offsets = None
+            offsets, digests = None, None
             if cfg.mode == "new":
                 docs, issues = read_raw_unit(u, cfg.spec, cursors)
             else:
                 if remote is not None:
                     remote.stage(u.source)
                 gunzip = remote.proc_dir / "gunzip" if remote is not None else None
-                docs, issues, offsets = read_shard_unit(
+                docs, issues, offsets, digests = read_shard_unit(
                     root, cfg.format, u.source, cfg.spec, cfg.mds_entries, cfg.need_fields, gunzip
                 )
                 if gunzip is not None:
@@ -85,13 +86,15 @@ def produce(tasks: list[Task], cfg: IOConfig) -> Iterator[tuple]:
             ids = [d["id"] for d in docs]
             texts = [d["text"] for d in docs]
             keys = np.fromiter((doc_key(i) for i in ids), dtype=np.uint64, count=len(ids))
+            if digests is None:  # the shard is written from these texts
+                digests = text_digests(texts)
             fields = (
                 [{k: v for k, v in d.items() if k != "text"} for d in docs]
                 if cfg.need_fields
                 else None
             )
             t1 = time.perf_counter()
-            yield ("docs", u.index, ids, texts, keys, fields, issues.to_dict(), t1 - t0)
+            yield ("docs", u.index, ids, texts, keys, digests, fields, issues.to_dict(), t1 - t0)
             shard: WrittenShard | None
             if cfg.mode == "sidecar":
                 shard = existing_shard(root, u.source, offsets)

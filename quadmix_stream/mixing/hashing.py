@@ -7,8 +7,10 @@ process computes the same draw for the same document with no shared RNG state.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 import numpy as np
+import xxhash
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -27,6 +29,22 @@ SALT_POOL_SAMPLE = 0x51A7_0007
 def doc_key(doc_id: str) -> int:
     """Stable 64-bit key of a document id (blake2b, independent of Python's hash seed)."""
     return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def text_digest(text: str) -> int:
+    """The checksum the sidecar records per document: the low 32 bits of XXH3-64 of its UTF-8
+    text (lone surrogates kept as they are, as a reader returns them).
+
+    An integrity check against silent corruption (bit rot, zeroed pages, a shard edited in
+    place; a changed document passes unnoticed with probability 2⁻³²), not a defence against
+    tampering. About 0.4 µs for 2 KB (CRC-32 takes ~1.2 µs), so every read can afford it.
+    """
+    return xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass")) & 0xFFFFFFFF
+
+
+def text_digests(texts: Iterable[str]) -> np.ndarray:
+    """:func:`text_digest` of each text, as ``uint32``."""
+    return np.fromiter((text_digest(t) for t in texts), dtype=np.uint32)
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ from quadmix_stream.formats import (
 )
 from quadmix_stream.formats.labels import LabelError, Manifest, ShardLabels
 from quadmix_stream.formats.mds import mds_index
-from quadmix_stream.mixing.hashing import doc_key
+from quadmix_stream.mixing.hashing import doc_key, text_digest
 from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.storage.store import StorageConfig, StorageError, Store
 from quadmix_stream.stream.dockey import DocKey
@@ -125,7 +125,12 @@ class QuaDMixDataset(IterableDataset):
             the epoch then follows ``params``); otherwise such a state is refused.
         rank_config: how Eq. 2 is computed (exact per domain when it fits the reference sample,
             else a rank table).
-        verify_shards: hash each shard file on its first use in each process.
+        verify_documents: check each document read against the text checksum its sidecar
+            recorded at labelling (XXH3, under 1 µs per document): a shard changed in place (bit
+            rot, zeroed bytes, an edited letter) stops the stream with the shard and row named.
+            Sidecars written before checksums existed have none; their documents are not checked.
+        verify_shards: also hash each whole shard file on its first use in each process (local
+            datasets; remote shards are hashed when fetched whole).
         cache_dir: where pool-wide tables are cached (default ``$QUADMIX_CACHE`` or
             ~/.cache/quadmix-stream); node-local is right.
         storage: how a remote dataset (``s3://…``, ``gs://…``) is read: local cache folder and
@@ -147,6 +152,7 @@ class QuaDMixDataset(IterableDataset):
         world_size: int | None = None,
         resume_with_new_params: bool = False,
         rank_config: RankConfig = RankConfig(),
+        verify_documents: bool = True,
         verify_shards: bool = False,
         cache_dir: str | Path | None = None,
         storage: StorageConfig | None = None,
@@ -179,6 +185,7 @@ class QuaDMixDataset(IterableDataset):
         self.rank, self.world_size = _resolve_world(rank, world_size)
         self.resume_with_new_params = resume_with_new_params
         self.rank_config = rank_config
+        self.verify_documents = bool(verify_documents)
         self.epoch = 0
         self.fingerprint = self.manifest.fingerprint()
         self.tables = PoolTables(self.store, self.manifest, rank_config, cache_dir, verify_shards)
@@ -493,10 +500,13 @@ class QuaDMixDataset(IterableDataset):
         dom = np.empty(ids.size, dtype=np.int64)
         tok = np.empty(ids.size, dtype=np.int64)
         key = np.empty(ids.size, dtype=np.uint64)
+        digest = np.full(ids.size, -1, dtype=np.int64)  # -1: not checked
         for s in np.unique(shards).tolist():
             m = shards == s
             lab = tables.labels(s)
             dom[m], tok[m], key[m] = lab.domain[local[m]], lab.tokens[local[m]], lab.key[local[m]]
+            if self.verify_documents and lab.digest is not None:
+                digest[m] = lab.digest[local[m]]
         names = self.manifest.domains
         readers: dict[int, ShardReader] = {}
         if self.store.remote and fetching is None:  # the first window: fetched here, in parallel
@@ -505,7 +515,7 @@ class QuaDMixDataset(IterableDataset):
             # Python objects for a chunk at a time: a window can hold millions of items
             for c in range(0, ids.size, READ_CHUNK):
                 sl = slice(c, c + READ_CHUNK)
-                for row, k, shard, lrow, d, t, kk in zip(
+                for row, k, shard, lrow, d, t, kk, dg in zip(
                     rows[sl].tolist(),
                     ks[sl].tolist(),
                     shards[sl].tolist(),
@@ -513,6 +523,7 @@ class QuaDMixDataset(IterableDataset):
                     dom[sl].tolist(),
                     tok[sl].tolist(),
                     key[sl].tolist(),
+                    digest[sl].tolist(),
                     strict=True,
                 ):
                     reader = readers.get(shard)
@@ -522,7 +533,7 @@ class QuaDMixDataset(IterableDataset):
                         else:
                             reader = readers[shard] = self._open(shard, lrow)
                     doc = self._read_one(reader, shard, lrow)
-                    self._check_key(doc, kk, shard, lrow)
+                    self._check_doc(doc, kk, dg, shard, lrow)
                     self.reads += 1
                     doc.update(
                         key=DocKey(kk),  # collates as a list under default_collate (uint64)
@@ -553,7 +564,8 @@ class QuaDMixDataset(IterableDataset):
         finally:
             reader.close()
         lab = self.tables.labels(shard)
-        self._check_key(doc, int(lab.key[local]), shard, local)
+        digest = -1 if lab.digest is None or not self.verify_documents else int(lab.digest[local])
+        self._check_doc(doc, int(lab.key[local]), digest, shard, local)
         doc.update(domain_id=int(lab.domain[local]), tokens=int(lab.tokens[local]))
         return doc
 
@@ -581,15 +593,23 @@ class QuaDMixDataset(IterableDataset):
         except Exception as e:  # a corrupt file: one error naming it, not a decoder's traceback
             raise read_error(self.manifest.shards[shard].name, row, e) from e
 
-    def _check_key(self, doc: dict[str, Any], key: int, shard: int, row: int) -> None:
+    def _check_doc(self, doc: dict[str, Any], key: int, digest: int, shard: int, row: int) -> None:
         """The labels used for this document are its own: the sidecar's key is the hash of the
-        id read from the shard (a sidecar swapped with another shard's fails here, not silently).
+        id read from the shard (a sidecar swapped with another shard's fails here, not silently),
+        and the text is the one labelled (``digest``: its recorded checksum; -1: not checked).
         """
+        name = self.manifest.shards[shard].name
         if doc_key(str(doc["id"])) != key:
             raise LabelError(
-                f"shard {self.manifest.shards[shard].name!r}, row {row}: the sidecar's key does "
-                f"not match the document read there (id {str(doc['id'])[:80]!r}); the sidecar "
-                "belongs to another shard or the shard changed after labelling (relabel it)"
+                f"shard {name!r}, row {row}: the sidecar's key does not match the document read "
+                f"there (id {str(doc['id'])[:80]!r}); the sidecar belongs to another shard or the "
+                "shard changed after labelling (relabel it)"
+            )
+        if digest >= 0 and text_digest(doc["text"]) != digest:
+            raise LabelError(
+                f"shard {name!r}, row {row}: the document's text does not match the checksum "
+                "recorded at labelling (the shard is corrupt or changed in place); restore the "
+                "shard or relabel it"
             )
 
     def _read_one(self, reader: ShardReader, shard: int, row: int) -> dict[str, Any]:

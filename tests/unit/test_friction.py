@@ -173,7 +173,14 @@ def test_pretrain_that_would_do_nothing_says_so(mds_ds, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_pretrain_verify_shards_stops_on_a_shard_changed_in_place(mds_ds, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "checks, says",
+    [
+        ({}, "does not match the checksum recorded at labelling"),  # the default
+        ({"verify_documents": False, "verify_shards": True}, "shard_sha256"),
+    ],
+)
+def test_pretrain_stops_on_a_shard_changed_in_place(mds_ds, tmp_path, capsys, checks, says):
     import shutil
 
     from quadmix_stream.trainers.pretrain import main as pretrain
@@ -185,8 +192,8 @@ def test_pretrain_verify_shards_stops_on_a_shard_changed_in_place(mds_ds, tmp_pa
     i = next(j for j in range(len(data) // 2, len(data)) if 97 <= data[j] <= 121)
     data[i] += 1  # one letter of one document: the same size, still valid text
     shard.write_bytes(bytes(data))
-    _tiny_pretrain_recipe(ds, tmp_path, verify_shards=True)
+    _tiny_pretrain_recipe(ds, tmp_path, **checks)
     assert pretrain([str(tmp_path / "r.yaml")]) != 0
     err = capsys.readouterr().err
-    assert shard.name in err and "shard_sha256" in err, err[-2000:]
+    assert shard.name in err and says in err, err[-2000:]
     assert "Traceback" not in err

@@ -70,6 +70,26 @@ def test_write_returns_the_files_sha256_and_reads_back(tmp_path):
     assert back.offset is None and back.length is None
 
 
+def test_text_checksums_round_trip_and_are_optional(tmp_path):
+    path = tmp_path / "s.labels.npz"
+    lab = labels(3)
+    lab.digest = np.array([0, 7, 2**32 - 1], dtype=np.uint32)
+    write_sidecar(path, lab, SCORERS)
+    back = read_sidecar(path, "s.mds", SCORERS)
+    assert back.digest.dtype == np.uint32 and back.digest.tolist() == [0, 7, 2**32 - 1]
+    save(tmp_path / "old.npz")  # a sidecar written before checksums existed
+    assert read_sidecar(tmp_path / "old.npz", "s.mds", SCORERS).digest is None
+
+
+def test_text_checksums_of_another_type(tmp_path):
+    path = tmp_path / "s.npz"
+    save(path, digest=np.zeros(3, np.float64))
+    with pytest.raises(
+        LabelError, match=r"^shard 's': sidecar field 'digest' must be uint32, got float64$"
+    ):
+        read_sidecar(path, "s", SCORERS)
+
+
 def test_tar_offsets_round_trip(tmp_path):
     path = tmp_path / "s.labels.npz"
     write_sidecar(path, labels(3, tar=True), SCORERS)
@@ -202,7 +222,7 @@ def test_scorers_differ_from_the_manifest(tmp_path):
         read_sidecar(path, "s", ["noise", "clean"])
 
 
-@pytest.mark.parametrize("field", ["domain", "tokens", "offset", "length"])
+@pytest.mark.parametrize("field", ["domain", "tokens", "offset", "length", "digest"])
 def test_column_of_another_length(tmp_path, field):
     path = tmp_path / "s.npz"
     save(path, **{field: np.zeros(2, np.int64)})

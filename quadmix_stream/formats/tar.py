@@ -82,8 +82,54 @@ def _sample_key_ext(name: str) -> tuple[str, str]:
     return (f"{head}/{key}" if head else key), ext
 
 
+_ZERO_BLOCK = bytes(512)
+
+
+def ustar_members(data: bytes) -> tuple[str, dict[str, bytes]] | None:
+    """(sample key, {extension: payload}) of a sample made only of plain USTAR headers and
+    regular files (as our writer makes them), parsed directly: ``tarfile`` costs ~70 µs a sample.
+
+    Returns None for anything else (pax or GNU long names, links, a bad header checksum, a
+    truncated member): the caller then parses the sample with ``tarfile``, which handles those
+    or raises its error.
+    """
+    members: dict[str, bytes] = {}
+    key, pos, n = "", 0, len(data)
+    while pos + 512 <= n:
+        h = data[pos : pos + 512]
+        if h == _ZERO_BLOCK:  # end of the archive
+            break
+        if h[156] not in (48, 0) or h[124] & 0x80:  # not a regular file; base-256 size
+            return None
+        try:
+            stored = int(h[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
+            size = int(h[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError:
+            return None
+        if stored != sum(h) - sum(h[148:156]) + 256:  # the header checksum (spaces for itself)
+            return None
+        name = h[:100].split(b"\0", 1)[0]
+        if h[257:262] == b"ustar":
+            prefix = h[345:500].split(b"\0", 1)[0]
+            if prefix:
+                name = prefix + b"/" + name
+        start = pos + 512
+        if start + size > n:
+            return None
+        try:
+            key, ext = _sample_key_ext(name.decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
+        members[ext] = data[start : start + size]
+        pos = start + (size + 511) // 512 * 512
+    return key, members
+
+
 def webdataset_members(data: bytes) -> tuple[str, dict[str, bytes]]:
     """(sample key, {extension: payload}) of one sample's bytes (handles pax/GNU long names)."""
+    fast = ustar_members(data)
+    if fast is not None:
+        return fast
     members: dict[str, bytes] = {}
     key = ""
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:

@@ -56,6 +56,11 @@ def redact(text: str) -> str:
     return _URL.sub(lambda m: _mask_query(m.group(0)), text)
 
 
+def has_userinfo(url: str) -> bool:
+    """Whether ``url`` starts with a scheme and carries userinfo (``s3://KEY:SECRET@bucket``)."""
+    return _USERINFO.match(url) is not None
+
+
 def url_secrets(url: str) -> list[str]:
     """The pieces of ``url``'s userinfo a client may echo *without* the URL around them, longest
     first (``[]`` without userinfo).

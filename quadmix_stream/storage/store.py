@@ -49,11 +49,23 @@ from typing import Any, TypeVar
 from quadmix_stream.errors import UserError
 from quadmix_stream.extras import MissingExtraError, install_hint, require
 from quadmix_stream.storage.io import default_cache_dir, open_tmp, sha256_file
-from quadmix_stream.storage.redact import redact, scrub, url_secrets
+from quadmix_stream.storage.redact import has_userinfo, redact, scrub, url_secrets
 from quadmix_stream.validate import parse_json, read_json
 
 T = TypeVar("T")
 
+#: Object stores whose URLs name a bucket, never a user.
+_BUCKET_PROTOCOLS = ("s3", "s3a", "gs", "gcs")
+_CREDENTIALS_HINT = {
+    "s3": "set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or pass "
+    "StorageConfig(storage_options={'key': …, 'secret': …}))",
+    "gs": "set GOOGLE_APPLICATION_CREDENTIALS (or pass "
+    "StorageConfig(storage_options={'token': …}))",
+}
+_CREDENTIALS_HINT["s3a"], _CREDENTIALS_HINT["gcs"] = (
+    _CREDENTIALS_HINT["s3"],
+    _CREDENTIALS_HINT["gs"],
+)
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 
@@ -214,6 +226,12 @@ class Store:
         if self.remote:
             self.url = str(root).rstrip("/")
             self.protocol = _URL.match(self.url).group(1).lower()  # type: ignore[union-attr]
+            if self.protocol in _BUCKET_PROTOCOLS and has_userinfo(self.url):
+                # the client would take "KEY:SECRET@bucket" for a bucket name
+                raise StorageError(
+                    f"{redact(self.url)}: credentials in the URL are never used; remove them and "
+                    f"{_CREDENTIALS_HINT[self.protocol]}"
+                )
             base = Path(self.config.cache_dir or default_cache_dir() / "remote")
             self.folder = base / hashlib.sha256(self.url.encode()).hexdigest()[:16]
         else:
@@ -287,7 +305,8 @@ class Store:
             # timeouts, unless the options say otherwise; s3fs's own retries are set below
             t = min(self.config.timeout_s, self.config.deadline_s)
             cfg = dict(opts.get("config_kwargs") or {})
-            cfg.setdefault("retries", {"max_attempts": 1, "mode": "standard"})
+            # (botocore's "max_attempts" counts retries; "total_max_attempts" counts requests)
+            cfg.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
             cfg.setdefault("connect_timeout", t)
             cfg.setdefault("read_timeout", t)
             opts["config_kwargs"] = cfg

@@ -105,14 +105,29 @@ def local_s3():
         yield s3
 
 
+@pytest.mark.core
 @pytest.mark.parametrize(
     "url",
     [
         f"s3://AKIAEXAMPLE:{SECRET}@there/ds",
         f"s3://AKIAEXAMPLE:{SECRET[:5]}/{SECRET[5:]}@there/ds",  # a "/" in the secret
-        f"s3://there/ds?X-Amz-Signature={SECRET}",
+        f"gs://token{SECRET}@there/ds",
     ],
 )
+def test_credentials_in_a_bucket_url_are_refused_saying_where_they_go(url):
+    from quadmix_stream.formats.labels import Manifest
+    from quadmix_stream.storage.store import StorageError, Store
+
+    for open_it in (Store, Manifest.load):
+        with pytest.raises(StorageError) as e:
+            open_it(url)
+        message = str(e.value)
+        assert SECRET[:5] not in message and SECRET[5:] not in message, message
+        assert "\n" not in message and "://***@there/ds: credentials in the URL" in message
+        assert ("AWS_ACCESS_KEY_ID" if url.startswith("s3") else "GOOGLE_APPLICATION") in message
+
+
+@pytest.mark.parametrize("url", [f"s3://there/ds?X-Amz-Signature={SECRET}"])
 def test_storage_errors_never_show_the_secret(local_s3, url):
     from quadmix_stream.formats.labels import LabelError, Manifest
     from quadmix_stream.storage.store import StorageConfig, StorageError, Store

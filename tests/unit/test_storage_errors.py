@@ -43,6 +43,37 @@ def silent_endpoint():
     srv.close()
 
 
+@pytest.fixture
+def busy_endpoint():
+    """A loopback S3 endpoint that answers every request with 503 SlowDown; counts them."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class SlowDown(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            seen.append(f"{self.command} {self.path}")
+            body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            self.send_response(503)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_HEAD = do_PUT = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), SlowDown)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", seen
+    srv.shutdown()
+    srv.server_close()
+
+
 def _options(endpoint: str, **creds: str) -> dict:
     return {"client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}, **creds}
 
@@ -76,6 +107,21 @@ def test_an_endpoint_that_never_answers_fails_within_the_deadline(silent_endpoin
     # the deadline, plus at most one attempt's timeout (connect + read) in flight when it passed
     assert took < 3 + 2 * 1 + 2, took
     assert "deadline_s 3" in str(e.value)
+
+
+def test_a_503_storm_ends_after_our_retries_alone(busy_endpoint):
+    """Throttling is retried with backoff, by us only: one request per attempt, not the
+    client's own retries inside each of ours."""
+    endpoint, seen = busy_endpoint
+    cfg = StorageConfig(
+        retries=4, backoff_s=0.05, storage_options=_options(endpoint, key="k", secret="s")
+    )
+    t0 = time.monotonic()
+    with pytest.raises(StorageError, match=r"s3://bucket/ds/quadmix.json: .*5 attempt\(s\)") as e:
+        Store("s3://bucket/ds", cfg).read_bytes("quadmix.json")
+    assert time.monotonic() - t0 < 10
+    assert "\n" not in str(e.value)
+    assert len(seen) == 5, seen
 
 
 def test_missing_credentials_fail_at_once_saying_what_to_set(silent_endpoint, no_aws_env):

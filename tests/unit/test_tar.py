@@ -26,6 +26,7 @@ from quadmix_stream.formats.tar import (
     scan_tar,
     shard_name,
     tar_sample_doc,
+    ustar_members,
     webdataset_doc,
     webdataset_members,
 )
@@ -141,6 +142,47 @@ def test_webdataset_members_skips_folders_and_reads_long_names():
         tarfile.PAX_FORMAT,
     )
     assert webdataset_members(data) == (f"{long_dir}/k1", {"txt": b"text", "meta.json": b"{}"})
+
+
+def _tarfile_members(data: bytes) -> tuple[str, dict[str, bytes]]:
+    out, key = {}, ""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+        for m in tf:
+            if m.isfile():
+                key, ext = _sample_key_ext(m.name)
+                out[ext] = tf.extractfile(m).read()
+    return key, out
+
+
+def test_plain_ustar_samples_are_parsed_without_tarfile_and_alike(tmp_path):
+    name, spans = write_ours(tmp_path)
+    data = (tmp_path / name).read_bytes()
+    for start, n in spans:
+        sample = data[start : start + n]
+        assert ustar_members(sample) == _tarfile_members(sample)
+    prefixed = tar_bytes([("p" * 90 + "/" + "k" * 40 + ".txt", b"t")])  # USTAR name prefix
+    assert ustar_members(prefixed) == _tarfile_members(prefixed)
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        tar_bytes([("d" * 120 + "/k.txt", b"t")], tarfile.PAX_FORMAT),  # a pax header
+        tar_bytes([("dir/", b""), ("dir/k.txt", b"t")]),  # a folder member
+        tar_bytes([("k.txt", b"text")])[:514],  # truncated payload
+        bytes([0x31]) + tar_bytes([("k.txt", b"text")])[1:],  # header checksum no longer holds
+    ],
+    ids=["pax", "folder", "truncated", "checksum"],
+)
+def test_anything_else_is_left_to_tarfile(sample):
+    assert ustar_members(sample) is None
+    try:  # and webdataset_members gives tarfile's answer, parsed or refused
+        want = _tarfile_members(sample)
+    except tarfile.TarError as e:
+        with pytest.raises(type(e)):
+            webdataset_members(sample)
+    else:
+        assert webdataset_members(sample) == want
 
 
 def test_webdataset_doc_fields():

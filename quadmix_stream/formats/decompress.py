@@ -10,12 +10,11 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import zstandard
 
-from quadmix_stream.storage.io import atomic_write_bytes, sha256_file
+from quadmix_stream.storage.io import atomic_write_bytes, open_tmp, sha256_file
 
 
 def zstd_copy(path: Path, sha256: str, cache_dir: Path) -> Path:
@@ -38,7 +37,7 @@ def gunzip_copy(path: Path, sha256: str, cache_dir: Path) -> Path:
     out = cache_dir / f"{(sha256 or sha256_file(path))[:24]}-{base}"
     if not out.exists():  # to a temp file, then renamed: workers never see a partial copy
         cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{out.name}.", suffix=".tmp")
+        fd, tmp = open_tmp(out)
         try:
             with gzip.open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 22)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -28,6 +27,7 @@ from quadmix_stream.labelling.train_data import (
     quality_sets,
 )
 from quadmix_stream.progress import heartbeat
+from quadmix_stream.storage.io import open_tmp, tmp_path
 
 
 def _ft_line(label: str, text: str, max_chars: int) -> str:
@@ -72,14 +72,14 @@ def _fit_fasttext(lines: list[str], out: Path, params: Mapping[str, Any]) -> Any
     order = np.random.default_rng(int(params.get("seed", 0))).permutation(len(lines))
     lines = [lines[i] for i in order]
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, train_path = tempfile.mkstemp(dir=out.parent, prefix=".train.", suffix=".txt")
-    tmp = out.parent / f".{out.name}.tmp"
+    fd, train_path = open_tmp(out.with_name(out.name + ".train.txt"))
+    tmp = tmp_path(out)
     params = dict(params)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.writelines(lines)
         for attempt in range(6):
-            job = json.dumps({"train": train_path, "params": params, "out": str(tmp)})
+            job = json.dumps({"train": str(train_path), "params": params, "out": str(tmp)})
             with heartbeat(f"train labeller: fasttext on {len(lines):,} docs → {out.name}"):
                 res = subprocess.run(
                     [sys.executable, "-m", "quadmix_stream.labelling.train_fasttext", job],
@@ -93,7 +93,7 @@ def _fit_fasttext(lines: list[str], out: Path, params: Mapping[str, Any]) -> Any
             params["lr"] = float(params.get("lr", 0.1)) / 2
         os.replace(tmp, out)
     finally:
-        Path(train_path).unlink(missing_ok=True)
+        train_path.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
     model = fasttext.load_model(str(out))
     model.lr_used = float(params.get("lr", 0.1))

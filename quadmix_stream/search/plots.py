@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from quadmix_stream.storage.io import tmp_path
+
 
 def _plt() -> Any:  # matplotlib.pyplot, imported on first use
     """matplotlib.pyplot on the Agg backend (no display needed)."""
@@ -23,8 +25,8 @@ def _plt() -> Any:  # matplotlib.pyplot, imported on first use
 
 def _save(fig: Any, path: Path) -> str:
     """Write ``fig`` atomically as ``path``, close it, and return the file name."""
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    tmp = tmp_path(path)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     tmp.replace(path)
     _plt().close(fig)
     return path.name

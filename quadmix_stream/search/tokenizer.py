@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from quadmix_stream.search.config import SearchConfigError, TokenizerConfig
+from quadmix_stream.storage.io import tmp_path
 from quadmix_stream.stream.pool import pool_texts
 from quadmix_stream.training.tokenizer import TextTokenizer, train_tokenizer
 
@@ -31,8 +32,7 @@ def prepare_tokenizer(cfg: TokenizerConfig, dataset: str | Path, run_dir: str | 
     if cfg.path:
         src = Path(cfg.path)
         if src.is_dir() and not (src / "tokenizer.json").is_file():
-            tmp = run_dir / ".tokenizer.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
+            tmp = tmp_path(run_dir / "tokenizer")
             shutil.copytree(src, tmp)
             tmp.rename(run_dir / "tokenizer")
             out = run_dir / "tokenizer"
@@ -42,7 +42,7 @@ def prepare_tokenizer(cfg: TokenizerConfig, dataset: str | Path, run_dir: str | 
                 raise SearchConfigError(
                     f"tokenizer.path: {cfg.path} is neither a tokenizer.json nor a tokenizer folder"
                 )
-            tmp = out.with_name(f".{out.name}.tmp")
+            tmp = tmp_path(out)
             shutil.copyfile(src, tmp)
             tmp.replace(out)
         how = f"copied from {cfg.path}"

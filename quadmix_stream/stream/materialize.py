@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from quadmix_stream.formats.labels import Manifest
 from quadmix_stream.mixing.params import SamplingParams
+from quadmix_stream.storage.io import open_tmp
 from quadmix_stream.stream.selection import RankConfig
 from quadmix_stream.stream.tables import PoolTables
 
@@ -58,7 +58,7 @@ def write_sample(
     names = [s.name for s in manifest.shards]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    fd, tmp = open_tmp(out, 0o666)  # the umask decides, as for any file the user writes
     os.close(fd)
     n = 0
     try:

@@ -9,12 +9,12 @@ evaluation set).
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 from pathlib import Path
 
 from quadmix_stream.formats.labels import Manifest, ScorerInfo
 from quadmix_stream.formats.shards import DatasetWriter
+from quadmix_stream.storage.io import tmp_path
 from quadmix_stream.synth.text import CORRUPTION, DOMAINS, TARGET_DOMAINS, iter_docs, write_eval_set
 
 SCORERS = (
@@ -42,7 +42,7 @@ def synth(
         raise FileExistsError(f"{out} is not empty; refusing to mix datasets")
     out.parent.mkdir(parents=True, exist_ok=True)
     # a plain mkdir (not mkdtemp, which makes it private): the folder keeps the usual mode
-    tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    tmp = tmp_path(out)
     tmp.mkdir()
     try:
         manifest = _write_synth(tmp, fmt, docs_per_domain, seed, rows_per_shard, target_docs)

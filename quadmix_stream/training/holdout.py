@@ -26,7 +26,7 @@ import numpy as np
 
 from quadmix_stream.errors import UserError
 from quadmix_stream.mixing.hashing import SALT_HOLDOUT, doc_key, uniform
-from quadmix_stream.storage.io import atomic_write_text
+from quadmix_stream.storage.io import atomic_write_text, tmp_path
 
 
 class HoldoutError(UserError):
@@ -190,7 +190,7 @@ def split_corpus(files: Sequence[Path], out: Path, cfg: SplitConfig) -> dict[str
         keep = [x for j, x in enumerate(ls) if not in_set[start + j]]
         start += len(ls)
         pool_docs += len(keep)
-        tmp = out / "pool" / f".{f.name}.tmp"
+        tmp = tmp_path(out / "pool" / f.name)
         with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=1) as g:
             g.writelines(x if x.endswith("\n") else x + "\n" for x in keep)
         tmp.replace(out / "pool" / f.name)

@@ -84,3 +84,37 @@ def test_the_labelling_cleanup_keeps_a_users_dotfile(tmp_path):
     assert (tmp_path / ".notes.tmp").read_text() == "mine"
     assert (tmp_path / "shard-00000.mds").exists()
     assert not any(p.exists() for p in [*ours, old_name])
+
+
+def test_every_writer_renames_from_our_temporary_name(tmp_path, monkeypatch, mds_ds):
+    """`sample --out`, `synth` and the decompression cache write under our temporary names, so
+    a killed run's leftovers are cleaned up and a user's own files never are."""
+    import gzip
+    import tarfile
+
+    from quadmix_stream.formats.decompress import gunzip_copy
+    from quadmix_stream.formats.labels import Manifest
+    from quadmix_stream.mixing.params import SamplingParams
+    from quadmix_stream.stream.materialize import write_sample
+    from quadmix_stream.synth import synth
+
+    renamed: list[str] = []
+    for fn in ("replace", "rename"):
+        real = getattr(os, fn)
+
+        def spy(src, dst, _real=real):
+            renamed.append(os.path.basename(os.fspath(src)))
+            return _real(src, dst)
+
+        monkeypatch.setattr(os, fn, spy)
+    m = Manifest.load(mds_ds)
+    write_sample(
+        mds_ds, SamplingParams.keep_all(m.domains, m.scorer_names), 0, 0, tmp_path / "s.jsonl"
+    )
+    synth(tmp_path / "synth", "jsonl", docs_per_domain=2, seed=0, rows_per_shard=10)
+    tar = tmp_path / "a.tar"
+    with tarfile.open(tar, "w"):
+        pass
+    (tmp_path / "a.tar.gz").write_bytes(gzip.compress(tar.read_bytes()))
+    gunzip_copy(tmp_path / "a.tar.gz", "", tmp_path / "cache")
+    assert len(renamed) >= 3 and all(is_tmp_name(n) for n in renamed), renamed

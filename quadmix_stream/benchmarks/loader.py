@@ -158,7 +158,7 @@ def _quadmix_rows(mds: Path, tar: Path, sd: Any, repeat: int, report: Report) ->
         ),
     )
     checked, unchecked = _rates(
-        [lambda: qds(keep_all), lambda: qds(keep_all, checks=False)], max(repeat, 3)
+        [lambda: qds(keep_all), lambda: qds(keep_all, checks=False)], max(repeat, 5)
     )
     report("(d) QuaDMixDataset keep-all, in-process", *checked)
     report("(d') keep-all, in-process, verify_documents=False", *unchecked)
@@ -193,7 +193,7 @@ def _print_ratios(rows: list[tuple[str, float, int]]) -> None:
         f"  (d) in-process / (a) raw read limit              = {d_inproc / r['(a)']:.2f}  (target ≥ 0.5)"
     )
     print(
-        f"  (d) with / (d') without document checks        = {d_inproc / unchecked:.2f}  (target ≥ 0.95)"
+        f"  (d) with / (d') without document checks          = {d_inproc / unchecked:.2f}  (target ≥ 0.95)"
     )
     print(
         f"  (e) 10% delivered / (a) raw read limit           = {e / r['(a)']:.2f}  (target ≥ 0.6)"

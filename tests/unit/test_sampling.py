@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quadmix_stream.mixing.hashing import doc_key, hash64, uniform
+from quadmix_stream.mixing.hashing import doc_key, hash64, text_digest, text_digests, uniform
 from quadmix_stream.mixing.sampling import (
     apply_sigma,
     build_rank_table,
@@ -228,3 +228,14 @@ def test_realize_keeps_absurd_expected_counts_large():
     keys = np.arange(4, dtype=np.uint64)
     c = realize(np.array([5e18, 1e300, np.inf, 2.5]), keys, seed=0, epoch=0)
     assert (c[:3] > 255).all() and c[3] in (2, 3)
+
+
+def test_text_digest_is_a_fixed_function_of_the_utf8_text():
+    """Sidecars store these values: they must never change between versions or processes."""
+    assert text_digest("") == 953390274
+    assert text_digest("abc") == 2301573456
+    assert text_digest("héllo") == 2069142303
+    assert text_digest("lone \ud800 x") == 1449983070  # a lone surrogate is hashed as is
+    assert text_digest("abc") != text_digest("abd") and text_digest("a") != text_digest("a ")
+    got = text_digests(["abc", "héllo"])
+    assert got.dtype == np.uint32 and got.tolist() == [2301573456, 2069142303]

@@ -73,7 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Start a real S3 API (moto) on the loopback interface behind a proxy that adds a "
             "per-request latency and counts bytes, upload the same uncompressed MDS shards, and "
             "read them with a fresh cache each time: (a) StreamingDataset(remote=…), (b) "
-            "QuaDMixDataset keeping everything, (c) QuaDMixDataset at ~10%% selection, all in a "
+            "QuaDMixDataset keeping everything, (c) QuaDMixDataset at ~10%% selection (with the default "
+            "request_bytes, then 8 KiB), all in a "
             "2-worker DataLoader. Prints items/s, bytes and requests per delivered item, and the "
             "ratios (b)/(a) items/s, (c)/(b) bytes, (c)/(b) items/s. Needs the dev extra (moto)."
         ),
@@ -84,8 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     rm.add_argument("--rows-per-shard", type=int, default=2000, help="documents per MDS shard")
     rm.add_argument(
         "--latency-ms",
-        default="0,20",
-        help="comma-separated per-request latencies to add (default 0,20)",
+        default="0,20,50",
+        help="comma-separated per-request latencies to add (default 0,20,50: loopback, and "
+        "round trips like a real object store's)",
     )
     rm.set_defaults(func=_bench_remote)
 

@@ -478,3 +478,25 @@ def test_stop_ends_every_connection_thread(s3: LocalS3) -> None:
     with pytest.raises(ConnectionRefusedError):  # the listening socket is closed too
         socket.create_connection(("127.0.0.1", port), timeout=2)
     p.stop()  # idempotent
+
+
+@pytest.mark.parametrize("max_connections", [4, 64])
+def test_store_connection_pool_follows_max_connections(
+    s3: LocalS3, proxy: FaultProxy, max_connections: int
+) -> None:
+    """Range reads go out concurrently up to ``StorageConfig.max_connections``, not botocore's 10."""
+    from quadmix_stream.storage.store import StorageConfig, Store
+
+    proxy.latency_s = 0.2  # every request waits: concurrent ones need their own connections
+    cfg = StorageConfig(
+        max_connections=max_connections, storage_options=s3.storage_options(proxy.endpoint_url)
+    )
+    store = Store(f"s3://{BUCKET}/{PREFIX}", cfg)
+    store.read_ranges("a.bin", [(0, 1)])  # the client's first use: credentials, signer
+    proxy.reset_counters()
+    ranges = [(i * 9_000, i * 9_000 + 7_000) for i in range(32)]
+    assert store.read_ranges("a.bin", ranges) == [A[s:e] for s, e in ranges]
+    if max_connections == 4:
+        assert proxy.connections <= 4
+    else:
+        assert proxy.connections > 10  # more than botocore's own pool would open

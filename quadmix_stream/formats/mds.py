@@ -264,27 +264,37 @@ class MDSColumns:
             if coder is None:
                 raise LabelError(f"shard {name!r}: MDS column {col!r} has unknown encoding {enc!r}")
             self._coders.append(coder)
+        # the stream decodes every sample it yields: the sizes of the variable-size columns are
+        # read in one unpack and the columns cut by a precomputed plan (as the loop below does)
+        sized = self.sizes[: len(self.names)]
+        self._var = struct.Struct(f"<{sum(1 for x in sized if not x)}I")
+        self._plan = list(zip(self.names, self._coders, sized, strict=False))
 
     def decode(self, data: bytes) -> dict[str, Any]:
         """One sample's bytes → {column: value}."""
+        if self.strict:
+            var = iter(self._var.unpack_from(data, 0))
+            idx = self._var.size
+            sample: dict[str, Any] = {}
+            for name, coder, size in self._plan:
+                n = size or next(var)
+                sample[name] = coder(data[idx : idx + n])
+                idx += n
+            return sample
         sizes = []
         idx = 0
-        # as MDSReader.decode_sample: a falsy size is variable (one zip over names and sizes)
-        for _, size in zip(self.names, self.sizes, strict=not self.strict):
+        # as MDSReader.decode_sample: a falsy size is variable; unlike streaming (which zips
+        # leniently, as the strict path above does), ragged column lists are refused here
+        for _, size in zip(self.names, self.sizes, strict=True):
             if not size:
                 (size,) = np.frombuffer(data[idx : idx + 4], np.uint32)
                 idx += 4
             sizes.append(int(size))
-        sample: dict[str, Any] = {}
-        # streaming zips leniently; our reader has always refused ragged column lists
-        for i, (name, enc, size) in enumerate(
-            zip(self.names, self.encodings, sizes, strict=not self.strict)
-        ):
+        sample = {}
+        for name, enc, size in zip(self.names, self.encodings, sizes, strict=True):
             raw = data[idx : idx + size]
             idx += size
-            if self.strict:
-                sample[name] = self._coders[i](raw)
-            elif enc == "json":
+            if enc == "json":
                 sample[name] = json.loads(raw.decode("utf-8"))
             elif enc == "str":
                 sample[name] = raw.decode("utf-8", "replace")

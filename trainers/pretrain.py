@@ -60,7 +60,13 @@ from quadmix_stream.stream.window import is_window
 from quadmix_stream.trainers.args import add_run_arguments
 from quadmix_stream.trainers.run_folder import checkpoints, claim_out, save_checkpoint
 from quadmix_stream.trainers.runlog import LoggingConfig, RunLogger, truncate_log
-from quadmix_stream.training.evaluation import autocast, full_blocks, hf_batch_loss, mean_loss
+from quadmix_stream.training.evaluation import (
+    autocast,
+    full_blocks,
+    hf_batch_loss,
+    mean_loss,
+    token_nll,
+)
 from quadmix_stream.training.model import ModelConfig, build_causal_lm
 from quadmix_stream.training.runguard import exit_with_parent, under_torchrun
 from quadmix_stream.training.schedule import warmup_cosine
@@ -441,6 +447,7 @@ class StepResult:
 
     loss: torch.Tensor
     domain_tokens: torch.Tensor
+    domain_loss: torch.Tensor  # [M, 2] float64: (loss sum, predicted tokens) per domain
     digest: str
     docs: list[int]
 
@@ -452,6 +459,7 @@ def train_step(
     tc = cfg.train
     loss_sum = torch.zeros(1, device=device)
     dom: torch.Tensor | None = None
+    dom_loss: torch.Tensor | None = None
     h = hashlib.sha256()
     docs: list[int] = []
     for i in range(accum):
@@ -464,14 +472,29 @@ def train_step(
             docs += [v for v in batch["doc_ids"].flatten().tolist() if v >= 0]
         sync = nullcontext() if (world == 1 or i == accum - 1) else ddp.no_sync()
         with sync, autocast(device):
-            loss = ddp(input_ids=x, labels=x).loss / accum
+            # the causal LM loss from per-token losses, which also give each domain's loss
+            nll = token_nll(ddp(input_ids=x).logits, x)
+            loss = nll.mean() / accum
             loss.backward()
         loss_sum += loss.detach()
+        pairs = domain_loss_pairs(nll.detach(), batch["token_domains"].to(device), dt.numel())
+        dom_loss = pairs if dom_loss is None else dom_loss + pairs
     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
-    return StepResult(loss_sum, dom, h.hexdigest(), docs)
+    assert dom is not None and dom_loss is not None
+    return StepResult(loss_sum, dom, dom_loss.cpu(), h.hexdigest(), docs)
+
+
+def domain_loss_pairs(nll: torch.Tensor, token_domains: torch.Tensor, m: int) -> torch.Tensor:
+    """``[m, 2]`` float64: per domain, the summed loss of its predicted tokens and their number
+    (position t of ``nll`` predicts token t + 1, whose domain it is counted in)."""
+    d = token_domains[..., 1:].reshape(-1)
+    out = torch.zeros(m, 2, dtype=torch.float64, device=nll.device)
+    out[:, 0].index_add_(0, d, nll.reshape(-1).double())
+    out[:, 1].index_add_(0, d, torch.ones_like(d, dtype=torch.float64))
+    return out
 
 
 def gather(r: StepResult, world: int) -> StepResult:
@@ -481,17 +504,27 @@ def gather(r: StepResult, world: int) -> StepResult:
     dist.all_reduce(r.loss)
     r.loss /= world
     dist.all_reduce(r.domain_tokens)
+    dist.all_reduce(r.domain_loss)
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, (r.digest, r.docs))
     digest = hashlib.sha256("".join(g[0] for g in gathered).encode()).hexdigest()
-    return StepResult(r.loss, r.domain_tokens, digest, [x for g in gathered for x in g[1]])
+    docs = [x for g in gathered for x in g[1]]
+    return StepResult(r.loss, r.domain_tokens, r.domain_loss, digest, docs)
 
 
 def step_record(step: int, r: StepResult, lr: float, tokens_per_s: float, mix: dict, docs: bool):
-    """The log line of a step (rank 0): loss, lr, throughput, realised vs expected mixture."""
+    """The log line of a step (rank 0): loss (also per domain), lr, throughput, realised vs
+    expected mixture."""
+    sums, counts = r.domain_loss[:, 0].tolist(), r.domain_loss[:, 1].tolist()
     rec = {
         "step": step,
         "loss": round(float(r.loss), 6),
+        "domain_loss": {
+            k: round(s / c, 6) for k, s, c in zip(mix, sums, counts, strict=True) if c > 0
+        },
+        "domain_tokens": {
+            k: int(n) for k, n in zip(mix, r.domain_tokens.tolist(), strict=True) if n > 0
+        },
         "lr": lr,
         "tokens_per_s": round(tokens_per_s, 1),
         "batch_sha": r.digest[:16],
@@ -507,6 +540,7 @@ def step_scalars(rec: dict, domains: list[str]) -> dict[str, float]:
     """A step record's scalars for TensorBoard / W&B."""
     scalars = {k: rec[k] for k in ("loss", "lr", "tokens_per_s", "eval_loss") if k in rec}
     scalars.update({f"eval_loss/{k}": v for k, v in rec.get("eval_losses", {}).items()})
+    scalars.update({f"train_loss/{k}": v for k, v in rec["domain_loss"].items()})
     for k in domains:
         scalars[f"mixture/realised/{k}"] = rec["realised_share"][k]
         scalars[f"mixture/expected/{k}"] = rec["expected_share"][k]

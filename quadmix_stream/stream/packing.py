@@ -74,9 +74,10 @@ class PackedDataset(IterableDataset):
     refused: its ranks would yield different numbers of blocks and hang DDP; ``balance=None``
     says the ranks do not synchronise).
 
-    Items: ``input_ids`` and ``labels`` (LongTensor ``[seq_len]``) and ``domain_tokens``
-    (LongTensor ``[M]``: how many of the block's tokens came from each domain, for logging the
-    realised mixture).
+    Items: ``input_ids`` and ``labels`` (LongTensor ``[seq_len]``), ``token_domains``
+    (LongTensor ``[seq_len]``: the domain id of each token, for per-domain training losses) and
+    ``domain_tokens`` (LongTensor ``[M]``: how many of the block's tokens came from each domain,
+    for logging the realised mixture).
 
     Args:
         dataset: the document stream.
@@ -208,6 +209,7 @@ class PackedDataset(IterableDataset):
                 item = {
                     "input_ids": t,
                     "labels": t.clone(),
+                    "token_domains": torch.tensor(doms, dtype=torch.long),
                     "domain_tokens": torch.from_numpy(np.bincount(doms, minlength=m)).long(),
                 }
                 if self.track_docs:

@@ -35,14 +35,22 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of every predicted position, in fp32: ``[..., seq_len − 1]``
+    (position t is the loss of token t + 1 given the tokens before it)."""
+    pred = logits[..., :-1, :].float()
+    nll = F.cross_entropy(
+        pred.reshape(-1, pred.shape[-1]), ids[..., 1:].reshape(-1), reduction="none"
+    )
+    return nll.reshape(ids[..., 1:].shape)
+
+
 def lm_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None):
     """Next-token cross-entropy in fp32: ``(sum, count)`` over predicted positions.
 
     With ``mask`` (real tokens), position t+1 counts when tokens t and t+1 are both real.
     """
-    pred = logits[..., :-1, :].float()
-    tgt = ids[..., 1:]
-    nll = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), tgt.reshape(-1), reduction="none")
+    nll = token_nll(logits, ids).reshape(-1)
     if mask is None:
         return nll.sum(), torch.tensor(float(nll.numel()), device=nll.device)
     keep = (mask[..., 1:] & mask[..., :-1]).reshape(-1).to(nll.dtype)

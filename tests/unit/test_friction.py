@@ -197,3 +197,37 @@ def test_pretrain_stops_on_a_shard_changed_in_place(mds_ds, tmp_path, capsys, ch
     err = capsys.readouterr().err
     assert shard.name in err and says in err, err[-2000:]
     assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_pretrain_logs_each_domains_training_loss(mds_ds, tmp_path):
+    """Per-domain losses are of the step's own tokens: weighted by their counts they give the
+    step's loss, and TensorBoard/W&B get them as ``train_loss/<domain>``."""
+    from quadmix_stream.trainers.pretrain import main as pretrain
+    from quadmix_stream.trainers.runlog import read_log
+
+    _tiny_pretrain_recipe(mds_ds, tmp_path)
+    assert pretrain([str(tmp_path / "r.yaml"), "--steps", "3"]) == 0
+    steps = [r for r in read_log(tmp_path / "run" / "log.jsonl") if "loss" in r and "step" in r]
+    assert len(steps) == 3
+    for rec in steps:
+        losses = rec["domain_loss"]
+        assert losses and set(losses) <= set(rec["realised_share"])
+        assert all(0 < v < 20 for v in losses.values())
+        tokens = rec["domain_tokens"]  # the step's tokens per domain
+        assert set(losses) <= set(tokens) and sum(tokens.values()) == 2 * 16  # batch × seq_len
+        # weighted by tokens (the loss skips each block's first token) they give the step's loss
+        mean = sum(losses[k] * tokens[k] for k in losses) / sum(tokens.values())
+        assert mean == pytest.approx(rec["loss"], rel=0.05)
+
+
+def test_domain_loss_pairs_count_each_predicted_token_in_its_domain():
+    import torch
+
+    from quadmix_stream.trainers.pretrain import domain_loss_pairs
+
+    nll = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5]])  # losses of tokens 1..3 of 2 blocks
+    doms = torch.tensor([[0, 1, 1, 2], [2, 2, 0, 0]])
+    got = domain_loss_pairs(nll, doms, 4)
+    assert got.dtype == torch.float64
+    assert got.tolist() == [[1.0, 2.0], [3.0, 2.0], [3.5, 2.0], [0.0, 0.0]]

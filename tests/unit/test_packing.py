@@ -44,6 +44,14 @@ def test_blocks_are_the_documents_tokens_in_order(jsonl_ds, tok):
     stream = [t for d in docs for t in tok.encode_docs([d["text"]])[0]]
     assert flat(blocks) == stream[: len(blocks) * 48]
     assert sum(int(b["domain_tokens"].sum()) for b in blocks) == len(blocks) * 48
+    # each token's domain is the domain of the document it came from
+    doms = [d["domain_id"] for d in docs for _ in tok.encode_docs([d["text"]])[0]]
+    assert [t for b in blocks for t in b["token_domains"].tolist()] == doms[: len(blocks) * 48]
+    for b in blocks:
+        assert torch.equal(
+            torch.bincount(b["token_domains"], minlength=b["domain_tokens"].numel()),
+            b["domain_tokens"],
+        )
 
 
 @pytest.mark.parametrize("stop", [0, 1, 7, 40])

@@ -598,14 +598,15 @@ class QuaDMixDataset(IterableDataset):
         id read from the shard (a sidecar swapped with another shard's fails here, not silently),
         and the text is the one labelled (``digest``: its recorded checksum; -1: not checked).
         """
-        name = self.manifest.shards[shard].name
         if doc_key(str(doc["id"])) != key:
+            name = self.manifest.shards[shard].name
             raise LabelError(
                 f"shard {name!r}, row {row}: the sidecar's key does not match the document read "
                 f"there (id {str(doc['id'])[:80]!r}); the sidecar belongs to another shard or the "
                 "shard changed after labelling (relabel it)"
             )
         if digest >= 0 and text_digest(doc["text"]) != digest:
+            name = self.manifest.shards[shard].name
             raise LabelError(
                 f"shard {name!r}, row {row}: the document's text does not match the checksum "
                 "recorded at labelling (the shard is corrupt or changed in place); restore the "

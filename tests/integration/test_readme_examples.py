@@ -88,6 +88,16 @@ def test_example_runs(workdir, name):
             return sum(p[1] for p in ck["global"]["inner"]["progress"].values())
 
         assert 0 < consumed(3) < consumed(6) < consumed(9)
+        assert consumed(12) > 0  # counted from the re-deal under the new params
+
+        def params_of(step: int) -> str:
+            ck = torch.load(
+                workdir / f"data/hf-run/checkpoint-{step}/quadmix_loader.pt", weights_only=True
+            )
+            return ck["global"]["inner"]["params_fingerprint"]
+
+        # the last resume took the new params: its checkpoint's state was saved under them
+        assert params_of(6) == params_of(9) != params_of(12)
     if name == "lightning":  # each checkpoint holds the state of exactly the batches trained on
         import torch
 
@@ -97,6 +107,7 @@ def test_example_runs(workdir, name):
             return st["_snapshot"]["_snapshot_step"] + st["_steps_since_snapshot"]
 
         assert "resumed exactly: True" in r.stdout
+        assert "re-dealt under new params: True" in r.stdout
         # Lightning's own saving of the loader would record one batch more (its fetch-ahead);
         # step 9 was reached by resuming at 6, so its count continues the restored state
         assert [batches_in_state(s) for s in (3, 6, 9)] == [3, 6, 9]

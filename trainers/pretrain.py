@@ -96,7 +96,7 @@ class DataConfig:
     # every rank and worker at the same point, switched in the running job
     params_schedule: dict[int, str] | None = None
     # check each document read against the text checksum its sidecar recorded at labelling
-    # (a shard changed in place stops the run naming shard and row; under 1 µs per document)
+    # (a shard changed in place stops the run naming shard and row; about 1 µs per document)
     verify_documents: bool = True
     # also hash each whole shard file on its first use in each process (one more full read)
     verify_shards: bool = False

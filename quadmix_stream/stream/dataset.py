@@ -126,7 +126,7 @@ class QuaDMixDataset(IterableDataset):
         rank_config: how Eq. 2 is computed (exact per domain when it fits the reference sample,
             else a rank table).
         verify_documents: check each document read against the text checksum its sidecar
-            recorded at labelling (XXH3, under 1 µs per document): a shard changed in place (bit
+            recorded at labelling (XXH3, about 1 µs per document): a shard changed in place (bit
             rot, zeroed bytes, an edited letter) stops the stream with the shard and row named.
             Sidecars written before checksums existed have none; their documents are not checked.
         verify_shards: also hash each whole shard file on its first use in each process (local

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from quadmix_stream.errors import UserError
-from quadmix_stream.storage.io import atomic_write_bytes
+from quadmix_stream.storage.io import atomic_write_bytes, read_npz
 
 
 class LabelError(UserError):
@@ -77,8 +77,7 @@ def read_sidecar(path: str | Path, shard: str, scorers: Sequence[str]) -> ShardL
     if not path.exists():
         raise LabelError(f"shard {shard!r}: label sidecar {path.name} is missing")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            cols = {k: z[k] for k in z.files}
+        cols = read_npz(path)
     except Exception as e:  # zip/npy parse errors of a corrupted file
         raise LabelError(
             f"shard {shard!r}: label sidecar {path.name} is unreadable ({e})"

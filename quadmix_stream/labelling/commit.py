@@ -22,6 +22,7 @@ from quadmix_stream.labelling.outputs import WrittenShard
 from quadmix_stream.labelling.plan import Plan
 from quadmix_stream.labelling.records import Record, UnitState, shard_dict, write_record
 from quadmix_stream.labelling.roots import Root
+from quadmix_stream.storage.io import read_npz
 
 
 @dataclass
@@ -50,8 +51,7 @@ def read_old_sidecar(root: Root, name: str) -> dict[str, Any]:
     data = root.read_bytes(name)
     if data is None:
         raise LabelError(f"{root.where(name)}: label sidecar is missing")
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        cols = {k: z[k] for k in z.files}
+    cols = read_npz(io.BytesIO(data))
     cols["scorers"] = json.loads(cols["scorers"].tobytes().decode())
     return cols
 

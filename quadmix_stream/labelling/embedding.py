@@ -29,7 +29,7 @@ from quadmix_stream.labelling.paths import (
     fingerprint,
     require_readable,
 )
-from quadmix_stream.storage.io import atomic_write_bytes
+from quadmix_stream.storage.io import atomic_write_bytes, read_npz
 from quadmix_stream.storage.locations import resolve_path
 
 
@@ -188,9 +188,9 @@ def save_head(
 def load_head(path: Path, what: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """(weight, bias, meta) of a head written by :func:`save_head` (never unpickles)."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            weight, bias = z["weight"], z["bias"]
-            meta = json.loads(z["meta"].tobytes().decode())
+        z = read_npz(path)
+        weight, bias = z["weight"], z["bias"]
+        meta = json.loads(z["meta"].tobytes().decode())
     except Exception as e:
         raise LabelerError(f"{what}: cannot read head {path}: {e}") from None
     if meta.get("schema") != HEAD_SCHEMA:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quadmix_stream.storage.io import atomic_write_bytes
+from quadmix_stream.storage.io import atomic_write_bytes, read_npz
 
 ChunkFn = Callable[[int], dict[str, np.ndarray]]
 CombineFn = Callable[[list[dict[str, np.ndarray]]], dict[str, np.ndarray]]
@@ -38,8 +38,7 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
     """Arrays of an ``.npz`` written by :func:`save_arrays` (never unpickles)."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        return read_npz(path)
     except FileNotFoundError:
         raise
     except Exception as e:  # a cache file damaged outside our atomic writes

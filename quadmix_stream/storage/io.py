@@ -6,9 +6,25 @@ import hashlib
 import os
 import re
 import secrets
+import threading
 from pathlib import Path
+from typing import IO
+
+import numpy as np
 
 from quadmix_stream.errors import UnsafePathError
+
+# numpy parses each .npy header with ast.literal_eval, and CPython 3.11's ast keeps one
+# recursion counter per interpreter: two threads parsing at once can fail with "SystemError: AST
+# constructor recursion depth mismatch" (python/cpython#106905). The stream reads sidecars and
+# cached tables from its prefetch threads, so every .npz read goes through this lock.
+_NPZ_LOCK = threading.Lock()
+
+
+def read_npz(source: str | Path | IO[bytes]) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, read whole (never unpickles; safe from any thread)."""
+    with _NPZ_LOCK, np.load(source, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
 
 def default_cache_dir() -> Path:

@@ -279,3 +279,20 @@ def test_two_dimensional_key_is_a_label_error(tmp_path):
     )
     with pytest.raises(LabelError, match=r"shard 's': sidecar field 'key'"):
         read_sidecar(path, "s", SCORERS)
+
+
+def test_sidecars_read_from_many_threads_at_once(tmp_path):
+    """The stream reads sidecars from its prefetch threads while the main thread reads others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"s{i}.labels.npz")
+        write_sidecar(paths[-1], labels(3 + i, tar=True), SCORERS)
+
+    def read_many(path) -> int:
+        return sum(read_sidecar(path, path.name, SCORERS).rows for _ in range(50))
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(read_many, paths * 2))
+    assert got == [50 * (3 + i) for i in range(4)] * 2

@@ -95,6 +95,9 @@ class DataConfig:
     # {step: params file}: those params are in force from that step on (an anneal, say), on
     # every rank and worker at the same point, switched in the running job
     params_schedule: dict[int, str] | None = None
+    # a controller that adapts the params as training goes, from per-domain training losses:
+    # {name: odm, every: 20, …} (quadmix_stream.control); not together with params_schedule
+    controller: dict[str, Any] | None = None
     # check each document read against the text checksum its sidecar recorded at labelling
     # (a shard changed in place stops the run naming shard and row; about 1 µs per document)
     verify_documents: bool = True
@@ -112,6 +115,11 @@ class DataConfig:
         ):
             raise UserError(
                 f"params_schedule: a mapping {{step ≥ 1: params file}}, got {short_repr(sched)}"
+            )
+        if self.controller is not None and sched:
+            raise UserError(
+                "controller: a run has one controller; params_schedule is one already (drop "
+                "one of data.controller and data.params_schedule)"
             )
 
 
@@ -238,6 +246,15 @@ def check_inputs(cfg: PretrainConfig) -> tuple[Any, dict[int, Any]]:
     for name, path in sets.items():
         if not is_remote(str(path)) and not Path(path).is_file():
             raise UserError(f"train.eval_sets.{name}: {path}: no such file")
+    if cfg.data.controller is not None:
+        from quadmix_stream.control import controller_config
+
+        controller_config(cfg.data.controller, "data.controller")
+        if loaded[0].form != "multiplicative":
+            raise UserError(
+                f"data.controller: adapts the multiplicative form of Eq. 3 only; {cfg.data.params} "
+                f"has form {loaded[0].form!r}"
+            )
     params = loaded.pop(0)
     return params, dict(sorted(loaded.items()))
 
@@ -361,6 +378,8 @@ def params_in_force(
     saved = loader_params(ck["loader"])
     if switching:
         return params, f"{named(params, paths[0])}, switching from {saved.fingerprint()[:12]}"
+    if cfg.data.controller is not None:
+        return saved, f"{saved.fingerprint()[:12]}, as data.controller left them at step {step}"
     if step in schedule:
         return schedule[step], f"{named(schedule[step], paths[step])}, scheduled from step {step}"
     due = max(s for s in by_step if s <= step)
@@ -387,6 +406,37 @@ def planned_lr_steps(tc: TrainConfig, ck: dict | None, replan: bool) -> tuple[in
     return planned, (
         f"train.steps is {tc.steps}; the LR schedule keeps its plan of {planned} steps "
         f"(held at {tc.min_lr_ratio:g}·lr after them); pass --replan-lr to stretch it to {tc.steps}"
+    )
+
+
+def make_controller(d: DataConfig, ds, schedule: dict[int, Any], ck: dict | None, switching: bool):
+    """The run's controller, restored from the checkpoint, and the params it has pending.
+
+    ``data.params_schedule`` is a :class:`~quadmix_stream.control.ScheduleController`;
+    ``data.controller`` names another. A controller adapts the params in force when it starts
+    (its state keeps them: a plain resume goes on adapting the same base); ``--params`` on a
+    resume starts it afresh from the new params. Returns ``(controller or None, pending params
+    or None, a line for the console or None)``.
+    """
+    from quadmix_stream.control import ScheduleController, build_controller
+    from quadmix_stream.mixing.params import SamplingParams
+
+    if d.controller is None:
+        return (ScheduleController(schedule) if schedule else None), None, None
+    saved = None if ck is None or switching else ck.get("control")
+    if saved is None:
+        tokens = [v["tokens"] for v in ds.expected_mixture().values()]
+        ctl = build_controller(d.controller, ds.params, tokens, "data.controller")
+        return ctl, None, f"controller {ctl.name}: adapting {ds.params.fingerprint()[:12]}"
+    state = saved["state"]
+    base = SamplingParams.from_dict(state["base"])
+    ctl = build_controller(d.controller, base, state["base_tokens"], "data.controller")
+    ctl.load_state_dict(state)
+    pending = saved.get("pending")
+    return (
+        ctl,
+        None if pending is None else SamplingParams.from_dict(pending),
+        f"controller {ctl.name}: adapting {base.fingerprint()[:12]}, restored from step {ck['step']}",
     )
 
 
@@ -555,6 +605,7 @@ def train(
     params_changed: bool = False,
     replan_lr: bool = False,
 ) -> int:
+    from quadmix_stream.control import DomainSignals
     from quadmix_stream.loaders.stateful import switch_params
     from quadmix_stream.stream.dataset import QuaDMixDataset
     from quadmix_stream.stream.packing import PackedDataset
@@ -601,6 +652,9 @@ def train(
     )
     if ds.window_note and rank == 0:
         log.info("[pretrain] %s", ds.window_note)
+    controller, pending, ctl_note = make_controller(d, ds, schedule, ck, params_changed)
+    if ctl_note:
+        say("[pretrain] %s", ctl_note)
     packed = PackedDataset(ds, tok, d.seq_len, track_docs=d.track_docs)
 
     step, ckpt_loader = 0, None
@@ -648,30 +702,43 @@ def train(
         )
 
     it = iter(loader)
-    start = step
     t0, tokens_since = time.perf_counter(), 0
     progress = Progress(
         "pretrain", tc.steps, initial=step, enabled=rank == 0, every_s=cfg.logging.progress_every
     )
     while step < tc.steps:
-        if step in schedule and step != start:  # every rank at the same step; no restart
+        if pending is not None and pending.fingerprint() != ds.params.fingerprint():
+            # every rank at the same step, no restart; a resume from the checkpoint of the step
+            # before has the same pending params and switches at the same point
             del it
-            loader = switch_params(
-                loader, packed, schedule[step], micro, d.workers, **loader_options(d)
-            )
+            loader = switch_params(loader, packed, pending, micro, d.workers, **loader_options(d))
             it = iter(loader)
             meter = MixtureMeter(domains, ds.expected_mixture())
+            why = (
+                f"data.params_schedule: {d.params_schedule[step]}"
+                if d.params_schedule
+                else f"controller {controller.name}"
+            )
             if rank == 0:
                 logger.write(
-                    {"event": "switch", "step": step, "params": schedule[step].fingerprint()}
+                    {
+                        "event": "switch",
+                        "step": step,
+                        "params": pending.fingerprint(),
+                        "by": controller.name,
+                        **controller.describe(),
+                    }
                 )
             say(
-                "[pretrain] step %d: params %s in force (data.params_schedule)",
-                step,
-                f"{d.params_schedule[step]} ({schedule[step].fingerprint()[:12]})",
+                "[pretrain] step %d: params %s in force (%s)", step, pending.fingerprint()[:12], why
             )
+        pending = None
         r = gather(train_step(ddp, model, opt, sched, it, cfg, world, accum, device), world)
         step += 1
+        if controller is not None:  # same signals on every rank → the same answer
+            pending = controller.observe(
+                step, DomainSignals.from_step(r.domain_tokens.numpy(), r.domain_loss.numpy())
+            )
         meter.update({"domain_tokens": r.domain_tokens.numpy()[None]})
         tokens_since += tc.batch_size * d.seq_len
         if rank == 0:
@@ -691,7 +758,22 @@ def train(
             if step == tc.steps:
                 say("[pretrain] writing the final checkpoint (step %d)", step)
             save_checkpoint(
-                out, step, model, opt, sched, loader, rank, tc.keep_last, logger, lr_steps=lr_steps
+                out,
+                step,
+                model,
+                opt,
+                sched,
+                loader,
+                rank,
+                tc.keep_last,
+                logger,
+                lr_steps=lr_steps,
+                control=None
+                if controller is None
+                else {
+                    "state": controller.state_dict(),
+                    "pending": None if pending is None else pending.to_dict(),
+                },
             )
 
     progress.close()

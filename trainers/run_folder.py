@@ -83,9 +83,11 @@ def save_checkpoint(
     keep_last: int,
     logger: RunLogger | None = None,
     lr_steps: int | None = None,
+    control: dict | None = None,
 ) -> None:
-    """Model, optimiser, scheduler (and ``lr_steps``, the length it is planned over), step and
-    the loader (each rank's own + the global state, which holds the params in force).
+    """Model, optimiser, scheduler (and ``lr_steps``, the length it is planned over), step,
+    the loader (each rank's own + the global state, which holds the params in force) and the
+    params controller's state (``control``: its ``state_dict`` and the params it has pending).
 
     A failed write (disk full) raises :class:`OutputError` naming the file on every rank (not
     only on rank 0, whose peers would otherwise die in a collective with a gloo/NCCL error);
@@ -105,6 +107,8 @@ def save_checkpoint(
         }
         if lr_steps is not None:
             ck["lr_steps"] = lr_steps
+        if control is not None:
+            ck["control"] = control
         try:
             save_atomic(ck, out / "checkpoints" / f"step-{step:08d}.pt")
         except OutputError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import time
@@ -240,3 +241,49 @@ def test_params_schedule_switches_in_the_running_job_and_resumes_exactly(setup, 
         for s in range(1, STEPS + 1):
             assert b[s]["batch_sha"] == a[s]["batch_sha"], (at, s)
             assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-5), (at, s)
+
+
+def test_odm_controller_switches_as_it_goes_and_resumes_exactly(setup, mds_ds):
+    """``data.controller: {name: odm}`` re-weights the domains every 2 steps from their training
+    losses, on every rank in the running job. Resumed from a checkpoint between two updates
+    (step 15) and from one with an update pending (step 20), the run trains the same batches and
+    its controller ends in the same state, bit for bit."""
+    import torch
+
+    tmp, recipe, full = setup
+    steps, data = 24, {"controller": {"name": "odm", "every": 2}}
+    ref = tmp / "odm"
+    train = {"steps": steps, "checkpoint_every": 5, "keep_last": 10}
+    _run(2, recipe("odm", ref, data=data, **train))  # checkpoints 5, 10, 15, 20, 24
+    a, f = _steps(ref), _steps(full)
+    switches = [x for x in _log(ref) if x.get("event") == "switch"]
+    # ODM explores uniformly while K·ε_t = 1, for its first K·ln K updates (ε_t is the
+    # exploration floor; K domains), then follows the losses. An update that leaves the params as
+    # they are switches nothing.
+    k = len(Manifest.load(mds_ds).domains)
+    first = math.floor(k * math.log(k)) + 1
+    assert [x["step"] for x in switches] == [2] + list(range(2 * first, steps, 2))
+    assert all(x["by"] == "odm" for x in switches)
+    assert len({json.dumps(x["target_share"]) for x in switches}) == len(switches)
+    assert all(a[s]["batch_sha"] == f[s]["batch_sha"] for s in range(1, 3))  # same until then
+    assert all(a[s]["batch_sha"] != f[s]["batch_sha"] for s in range(3, STEPS + 1))
+
+    def control(out: Path) -> dict:
+        return torch.load(out / "checkpoints" / f"step-{steps:08d}.pt", weights_only=True)[
+            "control"
+        ]
+
+    for at in (15, 20):
+        out = tmp / f"odm-{at}"
+        shutil.copytree(ref, out)
+        for ck in (out / "checkpoints").glob("step-*.pt"):  # as if the run had died after `at`
+            if int(ck.stem.split("-")[1]) > at:
+                ck.unlink()
+        said = _run(2, recipe(f"odm-{at}", out, data=data, **train))
+        assert f"restored from step {at}" in said and "as data.controller left them" in said
+        b = _steps(out)
+        assert sorted(b) == list(range(1, steps + 1))
+        for s in range(1, steps + 1):
+            assert b[s]["batch_sha"] == a[s]["batch_sha"], (at, s)
+            assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-5), (at, s)
+        assert control(out) == control(ref)

@@ -1,0 +1,65 @@
+"""Domain shares of the output tokens as a function of θ, and θ for target shares.
+
+In the multiplicative form of Eq. 3 a document's expected copies are η·g + ε (or ε past the
+cut-off), so scaling a domain's η and ε by the same factor f scales the expected copies of every
+document of that domain, and so its expected output tokens, by exactly f; the selection *within*
+the domain (α, λ, ω: which documents, in which proportions) is unchanged. That makes domain
+shares a separate knob on top of any θ: :func:`scale_to_shares` turns target shares into θ by
+one multiplication per domain, with no pass over the pool, given the base θ's per-domain
+expected tokens (``QuaDMixDataset.expected_mixture()``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from quadmix_stream.mixing.params import ParamsError, SamplingParams
+
+
+def token_shares(tokens: np.ndarray) -> np.ndarray:
+    """Per-domain token counts as shares summing to 1 (all zeros stay zeros)."""
+    t = np.asarray(tokens, dtype=np.float64)
+    total = t.sum()
+    return t / total if total > 0 else np.zeros_like(t)
+
+
+def scale_factors(
+    base_tokens: np.ndarray, target: np.ndarray, max_factor: float = np.inf
+) -> np.ndarray:
+    """Per-domain factors f that move the base shares to ``target`` at the same total tokens.
+
+    ``f_d = target_d / base_share_d``, so that Σ_d base_d·f_d equals the base total: the run
+    trains on as many tokens per epoch as the base θ gives. A domain the base θ selects nothing
+    from cannot be scaled up (f = 0). ``max_factor`` caps f (copies per document grow with it);
+    where it binds, the realised shares fall short of ``target`` for that domain.
+    """
+    s = token_shares(base_tokens)
+    t = np.asarray(target, dtype=np.float64)
+    if t.shape != s.shape:
+        raise ValueError(f"target shares: shape {t.shape}, expected {s.shape}")
+    f = np.divide(t, s, out=np.zeros_like(s), where=s > 0)
+    return np.minimum(f, max_factor)
+
+
+def scale_to_shares(
+    base: SamplingParams, base_tokens: np.ndarray, target: np.ndarray, max_factor: float = np.inf
+) -> SamplingParams:
+    """``base`` with each domain's η and ε scaled so its expected token share becomes ``target``.
+
+    Args:
+        base: the params whose selection within each domain is kept (multiplicative form).
+        base_tokens: per domain, the expected output tokens under ``base`` (same order).
+        target: per domain, the wanted share of the output tokens (summing to 1).
+        max_factor: at most this multiple of the base's η and ε for any domain.
+    """
+    if base.form != "multiplicative":
+        raise ParamsError(
+            f"form: domain shares scale only the multiplicative form of Eq. 3, got {base.form!r}"
+        )
+    f = scale_factors(base_tokens, target, max_factor)
+    return replace(base, eta=base.eta * f, eps=base.eps * f)
+
+
+__all__ = ["scale_factors", "scale_to_shares", "token_shares"]

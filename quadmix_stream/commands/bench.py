@@ -66,6 +66,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--no-spawn", action="store_true", help="skip the spawn-worker runs")
     sc.set_defaults(func=_bench_scale)
 
+    ct = bsub.add_parser(
+        "control",
+        help="what a params controller costs per update and per switch as the pool grows",
+        description=(
+            "On the labelled MDS pools of `bench scale` (built once under --work and reused), "
+            "with a 2-worker loader: the ODM controller's work per update, and the loader "
+            "reading the same batches without a switch and with a switch to new domain shares "
+            "every --every batches (interleaved, best of --repeat). Prints the cost of one "
+            "switch and the smallest controller period that keeps switches under 1%% of the "
+            "training time at --step-s seconds per step."
+        ),
+    )
+    ct.add_argument("--docs", default="100000,1000000", help="comma-separated pool sizes")
+    ct.add_argument("--work", required=True, help="folder for the pools (reused)")
+    ct.add_argument("--every", type=int, default=20, help="batches between switches")
+    ct.add_argument("--switches", type=int, default=3, help="switches per timed read")
+    ct.add_argument("--repeat", type=int, default=2, help="best of N timings")
+    ct.add_argument("--step-s", type=float, default=1.0, help="a training step's seconds")
+    ct.set_defaults(func=_bench_control)
+
     rm = bsub.add_parser(
         "remote",
         help="reading shards from an S3 endpoint: items/s and bytes per item vs StreamingDataset",
@@ -97,6 +117,13 @@ def _bench_remote(a: argparse.Namespace) -> int:
 
     lat = [float(x) / 1000 for x in a.latency_ms.split(",") if x.strip()]
     run(a.work, a.docs_per_domain, a.rows_per_shard, lat, a.corpus)
+    return 0
+
+
+def _bench_control(a: argparse.Namespace) -> int:
+    from quadmix_stream.benchmarks.control import run
+
+    run(_counts(a.docs), a.work, a.every, a.switches, a.repeat, a.step_s)
     return 0
 
 

@@ -17,6 +17,9 @@ import numpy as np
 
 from quadmix_stream.mixing.params import ParamsError, SamplingParams
 
+#: the most expected copies a scaled θ may give a document (realised copies: at most 255)
+MAX_EXPECTED = 254.0
+
 
 def token_shares(tokens: np.ndarray) -> np.ndarray:
     """Per-domain token counts as shares summing to 1 (all zeros stay zeros)."""
@@ -53,12 +56,18 @@ def scale_to_shares(
         base_tokens: per domain, the expected output tokens under ``base`` (same order).
         target: per domain, the wanted share of the output tokens (summing to 1).
         max_factor: at most this multiple of the base's η and ε for any domain.
+
+    A factor is also capped where it would let a document's expected copies exceed
+    :data:`MAX_EXPECTED` (the stream refuses more than 255 copies of a document).
     """
     if base.form != "multiplicative":
         raise ParamsError(
             f"form: domain shares scale only the multiplicative form of Eq. 3, got {base.form!r}"
         )
     f = scale_factors(base_tokens, target, max_factor)
+    # S ≤ 2η + ε: keep every document under the stream's 255 copies whatever the target
+    top = 2.0 * base.eta + base.eps
+    f = np.minimum(f, np.divide(MAX_EXPECTED, top, out=np.full_like(f, np.inf), where=top > 0))
     return replace(base, eta=base.eta * f, eps=base.eps * f)
 
 

@@ -80,7 +80,7 @@ class PoolTables:
         self._labels: OrderedDict[int, ShardLabels] = OrderedDict()
         self.keep_shards = 8  # shards whose labels stay in memory (LRU)
         self._counts: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._models: dict[str, RankModel] = {}
+        self._models: dict[bytes, RankModel] = {}
         self._totals: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._sizes: np.ndarray | None = None
 
@@ -211,13 +211,15 @@ class PoolTables:
         )
 
     def rank_model(self, params: SamplingParams) -> RankModel:
-        fp = params.fingerprint()
-        if fp not in self._models:
+        # Eq. 2 depends on α alone (the quality merge): params that differ only in λ, ω, η, ε
+        # (a controller's switches scale η and ε) share one model
+        key = params.alpha.tobytes()
+        if key not in self._models:
             if len(self._models) >= 4:
                 self._models.pop(next(iter(self._models)))
-            self._models[fp] = RankModel.build(self.reference(), params, self.config)
+            self._models[key] = RankModel.build(self.reference(), params, self.config)
             release_free_memory()  # the reference is transient: only the model stays
-        return self._models[fp]
+        return self._models[key]
 
     def totals(self, params: SamplingParams, seed: int, epoch: int) -> np.ndarray:
         """(n_shards,) items of each shard in ``epoch`` (one cached pool-wide pass per epoch)."""

@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("formats",),  # shard formats, label sidecars, the manifest, the dataset writer
     ("training", "synth"),  # tokenizer, model, LR schedule, evaluation sets; the synthetic corpus
     ("stream",),  # selection, order, state, the dataset, packing
+    ("control",),  # params controllers: per-domain training signals in, new params out
     ("labelling",),
     ("search",),
     ("loaders",),

@@ -62,6 +62,7 @@ from quadmix_stream.trainers.run_folder import checkpoints, claim_out, save_chec
 from quadmix_stream.trainers.runlog import LoggingConfig, RunLogger, truncate_log
 from quadmix_stream.training.evaluation import (
     autocast,
+    domain_loss_pairs,
     full_blocks,
     hf_batch_loss,
     mean_loss,
@@ -535,16 +536,6 @@ def train_step(
     opt.zero_grad(set_to_none=True)
     assert dom is not None and dom_loss is not None
     return StepResult(loss_sum, dom, dom_loss.cpu(), h.hexdigest(), docs)
-
-
-def domain_loss_pairs(nll: torch.Tensor, token_domains: torch.Tensor, m: int) -> torch.Tensor:
-    """``[m, 2]`` float64: per domain, the summed loss of its predicted tokens and their number
-    (position t of ``nll`` predicts token t + 1, whose domain it is counted in)."""
-    d = token_domains[..., 1:].reshape(-1)
-    out = torch.zeros(m, 2, dtype=torch.float64, device=nll.device)
-    out[:, 0].index_add_(0, d, nll.reshape(-1).double())
-    out[:, 1].index_add_(0, d, torch.ones_like(d, dtype=torch.float64))
-    return out
 
 
 def gather(r: StepResult, world: int) -> StepResult:

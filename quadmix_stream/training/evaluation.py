@@ -45,6 +45,16 @@ def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return nll.reshape(ids[..., 1:].shape)
 
 
+def domain_loss_pairs(nll: torch.Tensor, token_domains: torch.Tensor, m: int) -> torch.Tensor:
+    """``[m, 2]`` float64: per domain, the summed loss of its predicted tokens and their number
+    (position t of ``nll`` predicts token t + 1, whose domain it is counted in)."""
+    d = token_domains[..., 1:].reshape(-1)
+    out = torch.zeros(m, 2, dtype=torch.float64, device=nll.device)
+    out[:, 0].index_add_(0, d, nll.reshape(-1).double())
+    out[:, 1].index_add_(0, d, torch.ones_like(d, dtype=torch.float64))
+    return out
+
+
 def lm_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None):
     """Next-token cross-entropy in fp32: ``(sum, count)`` over predicted positions.
 

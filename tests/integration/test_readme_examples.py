@@ -31,6 +31,7 @@ NAMES = [
     "packed-loop",
     "stateful",
     "switch",
+    "controller",
     "hf-trainer",
     "lightning",
     "torchtitan",

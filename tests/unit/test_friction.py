@@ -224,7 +224,7 @@ def test_pretrain_logs_each_domains_training_loss(mds_ds, tmp_path):
 def test_domain_loss_pairs_count_each_predicted_token_in_its_domain():
     import torch
 
-    from quadmix_stream.trainers.pretrain import domain_loss_pairs
+    from quadmix_stream.training.evaluation import domain_loss_pairs
 
     nll = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5]])  # losses of tokens 1..3 of 2 blocks
     doms = torch.tensor([[0, 1, 1, 2], [2, 2, 0, 0]])

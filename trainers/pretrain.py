@@ -68,6 +68,7 @@ from quadmix_stream.training.evaluation import (
     mean_loss,
     token_nll,
 )
+from quadmix_stream.training.launch import cpu_threads
 from quadmix_stream.training.model import ModelConfig, build_causal_lm
 from quadmix_stream.training.runguard import exit_with_parent, under_torchrun
 from quadmix_stream.training.schedule import warmup_cosine
@@ -147,7 +148,7 @@ class TrainConfig:
     eval_doc_tokens: int = 0
     checkpoint_every: int = 50
     keep_last: int = 2
-    threads: int | None = None
+    threads: int | None = None  # torch threads per rank (None: its share of the node's cores)
 
     def __post_init__(self) -> None:
         sets = self.eval_sets
@@ -300,8 +301,7 @@ def init_distributed(cfg: PretrainConfig) -> tuple[int, int, torch.device]:
     # under torchrun even one rank gets a process group (the GPU smoke check runs NCCL this way)
     if world > 1 or under_torchrun():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    torch.set_num_threads(cpu_threads(cfg.train.threads))  # this rank's share of the cores
     return world, rank, device
 
 

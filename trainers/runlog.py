@@ -12,8 +12,9 @@ Resume rules (a killed run is run again with the same command):
 
 * records past the checkpoint's step are cut from ``log.jsonl`` (they are trained again), leaving
   one ``{"event": "truncated"}`` marker that keeps their last time, so
-* :func:`wall_time` counts every invocation: each ``start`` event opens a segment that ends at the
-  last ``time`` before the next ``start``.
+* :func:`wall_time` counts every invocation: each ``resume`` or ``start`` event opens a segment
+  that ends at the last ``time`` before the next invocation opens (the time a run spent killed,
+  or waiting to be resumed, is not counted).
 * W&B resumes the same run (its id is kept in ``OUT/wandb-run-id``); it drops steps it has
   already seen, so the redone steps keep their first values there. Offline, every invocation
   writes its own ``OUT/wandb/offline-run-*`` folder under that id (``wandb sync`` joins them).
@@ -36,6 +37,8 @@ from quadmix_stream.storage.redact import redact
 WANDB_KEYS = {"project", "entity", "name", "group", "tags", "mode", "notes"}
 #: events that mark an invocation, not a step: never cut by :func:`truncate_log`
 KEEP_EVENTS = {"start", "resume", "truncated"}
+#: events that open an invocation (a resumed one writes ``resume`` before ``start``)
+OPENERS = {"start", "resume"}
 
 
 @dataclass(frozen=True)
@@ -103,15 +106,24 @@ def truncate_log(path: Path, step: int) -> int:
 
 
 def wall_time(records: list[dict]) -> float:
-    """Seconds spent over every invocation of the run (see the module's docstring)."""
-    total, start, last = 0.0, None, None
+    """Seconds spent over every invocation of the run (see the module's docstring).
+
+    An invocation opens with ``resume`` (a resumed one writes it first) or ``start``; the time
+    between a killed invocation's last record and the next one's opening is not the run's.
+    """
+    total, start, last, prev = 0.0, None, None, None
     for r in records:
-        if r.get("event") == "start" and "time" in r:
+        if "time" not in r:
+            continue
+        t, event = float(r["time"]), r.get("event")
+        # a `start` right after its own invocation's `resume` continues that segment
+        if event in OPENERS and not (event == "start" and prev == "resume"):
             if start is not None and last is not None:
                 total += last - start
-            start = last = float(r["time"])
-        elif "time" in r and start is not None:
-            last = max(last or start, float(r["time"]))
+            start = last = t
+        elif start is not None:
+            last = max(last or start, t)
+        prev = event
     if start is not None and last is not None:
         total += last - start
     return total

@@ -105,7 +105,7 @@ class ProxyConfig:
     group: int = 1
     #: give up on a θ whose selection is so small that the budget needs more epochs than this
     max_epochs: int = 1000
-    #: torch intra-op threads (0: leave torch's default)
+    #: torch intra-op threads (0: this process's share of the cores it may run on)
     threads: int = 0
     #: at most this many tokens of each drawn document (a window at a seeded offset, re-drawn
     #: every epoch); 0 = whole documents. On long documents a small budget then covers many

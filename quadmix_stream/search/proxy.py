@@ -38,6 +38,7 @@ from quadmix_stream.search.data import (
 from quadmix_stream.search.tokenizer import TextTokenizer
 from quadmix_stream.storage.locations import dataset_location
 from quadmix_stream.training.evaluation import autocast, lm_loss, mean_loss
+from quadmix_stream.training.launch import cpu_threads
 from quadmix_stream.training.model import ModelConfig, build_causal_lm, count_params
 
 __all__ = [  # count_params: the report counts the proxy's parameters through this module
@@ -159,8 +160,7 @@ class ProxyContext:
         evals: dict[str, Path] | None = None,
     ) -> ProxyContext:
         device = resolve_device(cfg.device)
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(cpu_threads(cfg.threads))  # else every core in every process
 
         def blocks(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
             texts = load_target_texts(path)

@@ -231,3 +231,15 @@ def test_domain_loss_pairs_count_each_predicted_token_in_its_domain():
     got = domain_loss_pairs(nll, doms, 4)
     assert got.dtype == torch.float64
     assert got.tolist() == [[1.0, 2.0], [3.0, 2.0], [3.5, 2.0], [0.0, 0.0]]
+
+
+def test_torch_threads_follow_the_cores_a_process_gets(monkeypatch):
+    import os
+
+    from quadmix_stream.training.launch import cpu_threads
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert cpu_threads() == cores and cpu_threads(3) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cores))  # more ranks than cores: one each
+    assert cpu_threads() == 1 and cpu_threads(0) == 1

@@ -72,6 +72,22 @@ def test_truncate_log_keeps_invocations_and_one_record_per_step(tmp_path):
     assert wall_time(read_log(path)) == pytest.approx(6.0 + 2.0)
 
 
+def test_wall_time_leaves_out_the_time_between_a_kill_and_the_resume():
+    """A resumed trainer writes `resume` before `start`; the hour the run lay dead is not its."""
+    recs = [
+        {"event": "start", "step": 0, "time": 0.0},
+        {"step": 1, "loss": 1.0, "time": 10.0},
+        {"event": "checkpoint", "step": 1, "time": 11.0},
+        {"event": "truncated", "after_step": 1, "dropped": 1, "time": 12.0},
+        {"event": "resume", "step": 1, "time": 3600.0},
+        {"event": "start", "step": 1, "time": 3601.0},
+        {"step": 2, "loss": 1.0, "time": 3610.0},
+        {"event": "resume", "step": 2, "time": 7200.0},  # resumed again, at once finished
+        {"event": "start", "step": 2, "time": 7203.0},
+    ]
+    assert wall_time(recs) == pytest.approx(12.0 + 10.0 + 3.0)
+
+
 def test_logging_config_checks_wandb():
     assert LoggingConfig(wandb={"project": "p", "mode": "offline"}).wandb
     with pytest.raises(ValueError, match="project"):

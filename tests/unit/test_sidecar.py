@@ -296,3 +296,39 @@ def test_sidecars_read_from_many_threads_at_once(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(read_many, paths * 2))
     assert got == [50 * (3 + i) for i in range(4)] * 2
+
+
+@pytest.mark.parametrize("writer", [np.savez, np.savez_compressed])
+def test_npz_reader_gives_numpys_arrays_and_refuses_what_numpy_refuses(tmp_path, writer):
+    """``read_npz`` parses numpy's own headers without numpy's ``ast`` parse (thread-safe): every
+    dtype and layout comes back as ``np.load`` gives it, writable; object arrays are refused."""
+    import io
+
+    from quadmix_stream.storage.io import read_npz
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "f8": rng.normal(size=(50, 3)),
+        "u8": np.arange(7, dtype=np.uint64),
+        "scalar": np.array(3.5),
+        "empty": np.zeros((0, 2), np.float32),
+        "fortran": np.asfortranarray(rng.normal(size=(4, 5))),
+        "text": np.array(["x", "yz"]),
+        "bool": np.ones(3, bool),
+        "big_endian": np.arange(6, dtype=">i4").reshape(2, 3),
+    }
+    path = tmp_path / "a.npz"
+    writer(path, **arrays)
+    got = read_npz(path)
+    assert sorted(got) == sorted(arrays)
+    for k, v in arrays.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
+        assert np.array_equal(got[k], v) and got[k].flags.writeable, k
+    buf = io.BytesIO()
+    np.savez(buf, o=np.array([{}], dtype=object))
+    buf.seek(0)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        read_npz(buf)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises((ValueError, OSError)):
+        read_npz(tmp_path / "junk.npz")

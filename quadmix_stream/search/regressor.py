@@ -225,9 +225,12 @@ def learning_curve(
 
 
 def headline(metrics_: dict) -> dict:
-    """The chosen pair's k-fold (else held-out) metrics."""
+    """The chosen pair's k-fold (else held-out) metrics, with ``split`` naming which, in words
+    (``"out-of-fold (k-fold)"`` or ``"held-out split"``)."""
     score = metrics_["scores"][metrics_["chosen"]]
-    return score.get("kfold", score["holdout"])
+    if "kfold" in score:
+        return {**score["kfold"], "split": "out-of-fold (k-fold)"}
+    return {**score["holdout"], "split": "held-out split"}
 
 
 # ---------------------------------------------------------------- persistence

@@ -176,11 +176,11 @@ def _regressor(folder: RunFolder, out: Path) -> list[str]:
             _score_rows(metrics),
         ),
     ]
-    head = headline(metrics)["spearman"]
+    head, split = headline(metrics)["spearman"], headline(metrics)["split"]
     if not (head >= WEAK_SPEARMAN):
         md += [
             "",
-            f"**Weak regressor**: held-out Spearman {_f(head, 3)} < {WEAK_SPEARMAN}. At this "
+            f"**Weak regressor**: {split} Spearman {_f(head, 3)} < {WEAK_SPEARMAN}. At this "
             f"number of runs ({metrics['n_runs']}) the prediction ranks θ poorly; θ* is "
             "correspondingly uncertain (see the error-vs-runs curve: more proxies help).",
         ]

@@ -53,6 +53,10 @@ ROUND_BEST = "best-round-"
 EDGE = 0.05
 
 
+#: how the provenance of θ* shipped without verification begins (``evaluate: false``)
+UNVERIFIED = "not verified by a proxy (evaluate: false); "
+
+
 def load_predictor(folder: RunFolder, pool: Pool, model_dir: Path | None = None) -> Predictor:
     """The run folder's fitted regressor (``model/``, or ``model_dir``) with the features it
     was fitted on."""
@@ -354,7 +358,7 @@ def _star_info(
         f"quadmix-stream search ({cfg.space}): θ* = element-wise mean of the {k} best of "
         f"{n_cand} fresh proposals by {model} (chosen by k-fold Spearman) fitted on {len(y)} "
         f"proxy runs in {folder.path.resolve()}; predicted objective {star_pred:.4f} (best proxy "
-        f"run {y.min():.4f}, median {np.median(y):.4f}); regressor on held-out runs: Spearman "
+        f"run {y.min():.4f}, median {np.median(y):.4f}); regressor, {held['split']}: Spearman "
         f"{held['spearman']:.3f}, MAE {held['mae']:.4f}"
     )
     return (
@@ -607,7 +611,9 @@ def ship(folder: RunFolder) -> dict:
         },
     }
     src = measured[best]["params"]
-    provenance = f"{text}. {src.provenance}" if best != STAR else f"{text}. {star.provenance}"
+    # a baseline from a nested search that shipped unmeasured was measured here: say so once
+    own = (src if best != STAR else star).provenance.replace(UNVERIFIED, "")
+    provenance = f"{text}. {own}"
     save_params(replace(src, provenance=provenance, extra={"search": info}), folder.path)
     sel_path = folder.path / "selection.json"
     sel = json.loads(sel_path.read_text())
@@ -644,8 +650,7 @@ def write_star_only(folder: RunFolder) -> None:
     """``evaluate: false``: θ* ships unmeasured (its provenance says so)."""
     path: Path = folder.path / "candidates" / f"{STAR}.json"
     star = SamplingParams.load(path)
-    note = "not verified by a proxy (evaluate: false); "
-    save_params(replace(star, provenance=note + star.provenance), folder.path)
+    save_params(replace(star, provenance=UNVERIFIED + star.provenance), folder.path)
 
 
 def save_params(params: SamplingParams, run_dir: Path) -> None:

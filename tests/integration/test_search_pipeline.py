@@ -87,6 +87,10 @@ def test_pipeline_writes_params_report_and_plots(searched):
     assert math.isfinite(info["predicted_loss"]) and info["regressor"]["chosen"] == "lgbm/profile"
     star = SamplingParams.load(searched / "candidates" / "theta-star.json")
     assert "predicted objective" in star.provenance
+    # the regressor's figure is named by the split it was measured on
+    split = info["regressor"]["headline"]["split"]
+    assert split in ("out-of-fold (k-fold)", "held-out split")
+    assert f"regressor, {split}: Spearman" in star.provenance
     assert sorted(f.stem for f in (searched / "candidates").glob("*.json")) == [
         "best-round-0",
         "cand-01",
@@ -180,6 +184,7 @@ def test_params_json_is_the_best_measured(searched):
     assert info["objective"] == pytest.approx(best)
     assert info["margin_vs_theta_star"] == pytest.approx(measured["theta-star"] - best)
     assert "shipped: " in shipped.provenance and f"{best:.4f}" in shipped.provenance
+    assert "not verified" not in shipped.provenance  # it was measured, whatever it is
     src = info["name"]
     if src.startswith("run-"):
         ids, _, theta = folder.proposals()

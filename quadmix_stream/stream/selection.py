@@ -29,6 +29,7 @@ from quadmix_stream.mixing.choices import choose
 from quadmix_stream.mixing.hashing import SALT_SAMPLE, hash64
 from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.mixing.sampling import (
+    RankTable,
     apply_sigma,
     build_rank_table,
     expected_copies,
@@ -210,6 +211,24 @@ class RankModel:
             use = ~exact[ref.domain]
             table = build_rank_table(q_all[use], ref.domain[use], ref.tokens[use], m, config.grid)
         return cls(exact=exact, q=qs, cum=cums, table=table)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The model as named arrays (for the node cache); :meth:`from_arrays` inverts it."""
+        out = {"exact": self.exact}
+        for d in np.flatnonzero(self.exact):
+            out[f"q{d}"], out[f"cum{d}"] = self.q[d], self.cum[d]
+        if self.table is not None:
+            out.update(lo=self.table.lo, step=self.table.step, values=self.table.values)
+        return out
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> RankModel:
+        exact = a["exact"].astype(bool)
+        empty = np.zeros(0)
+        q = [a[f"q{d}"] if exact[d] else empty for d in range(exact.size)]
+        cum = [a[f"cum{d}"] if exact[d] else empty for d in range(exact.size)]
+        table = RankTable(a["lo"], a["step"], a["values"]) if "values" in a else None
+        return cls(exact=exact, q=q, cum=cum, table=table)
 
     def rank(self, quality: np.ndarray, domain: np.ndarray) -> np.ndarray:
         """r(x) in (0, 1] for documents with merged quality ``quality`` in ``domain``."""

@@ -11,6 +11,7 @@ epoch), so a start, an epoch boundary or a resume with warm caches reads a few s
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -211,13 +212,24 @@ class PoolTables:
         )
 
     def rank_model(self, params: SamplingParams) -> RankModel:
+        """Eq. 2's rank function under ``params``, built once per node and α (node cache)."""
         # Eq. 2 depends on α alone (the quality merge): params that differ only in λ, ω, η, ε
         # (a controller's switches scale η and ε) share one model
         key = params.alpha.tobytes()
         if key not in self._models:
             if len(self._models) >= 4:
                 self._models.pop(next(iter(self._models)))
-            self._models[key] = RankModel.build(self.reference(), params, self.config)
+            name = f"rank-model-{self.config.fingerprint()}-{hashlib.sha256(key).hexdigest()[:16]}"
+            # one chunk: the first process on the node builds it, the others (its ranks and
+            # DataLoader workers, and later runs) load it instead of sorting the reference
+            arrays = cooperative(
+                self.folder,
+                name,
+                1,
+                lambda _: RankModel.build(self.reference(), params, self.config).to_arrays(),
+                lambda parts: parts[0],
+            )
+            self._models[key] = RankModel.from_arrays(arrays)
             release_free_memory()  # the reference is transient: only the model stays
         return self._models[key]
 

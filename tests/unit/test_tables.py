@@ -225,3 +225,29 @@ def test_verify_shards_hashes_each_shard(mds_ds, pool, tmp_path):
         LabelError, match=rf"shard '{name}': field 'shard_sha256' does not match the file"
     ):
         strict.labels(2)
+
+
+def test_the_rank_model_is_built_once_per_node_and_alpha(mds_ds, pool, tmp_path, monkeypatch):
+    """A second process (here: a second PoolTables on the same cache) loads Eq. 2's rank model
+    from the node cache instead of sorting the reference again, and ranks the same; params that
+    differ only in λ, ω, η or ε share it."""
+    from quadmix_stream.mixing.params import SamplingParams
+    from quadmix_stream.stream.selection import RankModel
+
+    manifest = pool[0]
+    p = SamplingParams.propose(1, manifest.domains, manifest.scorer_names, seed=5)[0]
+    builds = []
+    real = RankModel.build.__func__
+    monkeypatch.setattr(
+        RankModel, "build", classmethod(lambda cls, *a: builds.append(1) or real(cls, *a))
+    )
+    a = PoolTables(mds_ds, manifest, cache_dir=tmp_path)
+    want = [a.expected(s, p) for s in range(a.n_shards)]
+    b = PoolTables(mds_ds, manifest, cache_dir=tmp_path)
+    scaled = dataclasses.replace(p, eta=p.eta * 2, eps=p.eps * 2, lam=p.lam + 1)
+    assert all(np.array_equal(b.expected(s, p), want[s]) for s in range(b.n_shards))
+    b.expected(0, scaled)
+    assert len(builds) == 1
+    other = dataclasses.replace(p, alpha=np.roll(p.alpha, 1, axis=1))
+    b.expected(0, other)
+    assert len(builds) == 2

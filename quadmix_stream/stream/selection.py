@@ -237,7 +237,7 @@ class RankModel:
         tab = ~self.exact[domain]
         if tab.any():
             out[tab] = rank_from_table(self.table, quality[tab], domain[tab])
-        for d in np.unique(domain[~tab]):
+        for d in np.flatnonzero(np.bincount(domain[~tab], minlength=self.exact.size)):
             sel = domain == d
             # ties share the top of their group: the last reference q̄ ≤ this q̄
             i = np.searchsorted(self.q[d], quality[sel], side="right") - 1

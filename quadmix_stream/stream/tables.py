@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -31,7 +33,7 @@ from quadmix_stream.mixing.hashing import SALT_SAMPLE, hash64
 from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.mixing.sampling import realize
 from quadmix_stream.storage.cache import Throttle, cooperative, release_free_memory
-from quadmix_stream.storage.io import default_cache_dir
+from quadmix_stream.storage.io import atomic_write_bytes, default_cache_dir
 from quadmix_stream.storage.store import Store, as_store
 from quadmix_stream.stream.order import MAX_COPIES
 from quadmix_stream.stream.selection import (
@@ -122,22 +124,68 @@ class PoolTables:
         return expected_of(sig, lab.domain, params, self.rank_model(params))
 
     def counts(self, shard: int, params: SamplingParams, seed: int, epoch: int) -> np.ndarray:
-        """Realised copies c(x) (uint8) of every document of a shard in ``epoch``."""
+        """Realised copies c(x) (uint8) of every document of a shard in ``epoch``.
+
+        From memory, else from the node cache that the epoch's totals pass wrote (no labels read,
+        no S(x) computed), else computed from the shard's labels.
+        """
         key = (shard, params.fingerprint(), seed, epoch)
         c = self._counts.get(key)
         if c is None:
-            lab = self.labels(shard)
-            c = realize(self.expected(shard, params), lab.key, seed, epoch)
-            if c.size and c.max() > MAX_COPIES:
-                raise UserError(
-                    f"shard {self.manifest.shards[shard].name!r}: a document gets {int(c.max())} "
-                    f"copies under these params; at most {MAX_COPIES} are supported (lower η)"
-                )
-            c = c.astype(np.uint8)
+            c = self._cached_counts(shard, params, seed, epoch)
+            if c is None:
+                c = self._compute_counts(shard, params, seed, epoch)
             self._counts[key] = c
             if len(self._counts) > 16:
                 self._counts.popitem(last=False)
         return c
+
+    def _compute_counts(self, shard: int, params: SamplingParams, seed: int, epoch: int):
+        lab = self.labels(shard)
+        c = realize(self.expected(shard, params), lab.key, seed, epoch)
+        if c.size and c.max() > MAX_COPIES:
+            raise UserError(
+                f"shard {self.manifest.shards[shard].name!r}: a document gets {int(c.max())} "
+                f"copies under these params; at most {MAX_COPIES} are supported (lower η)"
+            )
+        return c.astype(np.uint8)
+
+    # ------------------------------------------------------------ counts in the node cache
+    def _counts_dir(self, params: SamplingParams, seed: int, epoch: int) -> Path:
+        name = f"counts-{params.fingerprint()}-{self.config.fingerprint()}-s{seed}-e{epoch}"
+        return self.folder / name
+
+    def _cached_counts(self, shard: int, params: SamplingParams, seed: int, epoch: int):
+        """The shard's counts from its chunk's file (one byte per document), or None."""
+        i = int(np.searchsorted(self.chunk_bounds, shard, side="right") - 1)
+        path = self._counts_dir(params, seed, epoch) / f"{i}.u8"
+        first, last = self.chunk_bounds[i], self.chunk_bounds[i + 1]
+        offset = int(self.shard_start[shard] - self.shard_start[first])
+        rows = int(self.manifest.shards[shard].rows)
+        try:
+            with open(path, "rb") as f:
+                # a file of another length is not this chunk's counts (the cache was damaged)
+                if os.fstat(f.fileno()).st_size != self.shard_start[last] - self.shard_start[first]:
+                    return None
+                f.seek(offset)
+                data = f.read(rows)
+        except OSError:  # not written (yet), or pruned by another process: compute instead
+            return None
+        return np.frombuffer(data, np.uint8).copy() if len(data) == rows else None
+
+    def _write_counts(self, params, seed: int, epoch: int, i: int, parts: list[np.ndarray]):
+        folder = self._counts_dir(params, seed, epoch)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(folder / f"{i}.u8", b"".join(p.tobytes() for p in parts))
+        except OSError as e:  # a full disk, or the set pruned meanwhile: consumers compute them
+            log.debug("counts of chunk %d not cached: %s", i, e)
+
+    def _prune_counts(self, keep: int = 6) -> None:
+        """Keep the newest ``keep`` sets of cached counts (1 byte per pool document each)."""
+        sets = sorted(self.folder.glob("counts-*"), key=_mtime, reverse=True)
+        for old in sets[keep:]:
+            shutil.rmtree(old, ignore_errors=True)
 
     # ------------------------------------------------------------ global tables
     def _pass(self, name: str, compute, combine) -> dict[str, np.ndarray]:
@@ -241,15 +289,11 @@ class PoolTables:
             self.rank_model(params)  # the reference pass first (it has its own cache)
 
             def compute(i: int) -> dict[str, np.ndarray]:
-                return {
-                    "totals": np.array(
-                        [
-                            int(self.counts(s, params, seed, epoch).sum(dtype=np.int64))
-                            for s in self._chunk(i)
-                        ],
-                        dtype=np.int64,
-                    )
-                }
+                # the counts are a by-product: kept in the node cache, every consumer reads its
+                # shards' counts from there instead of recomputing them from the labels
+                parts = [self._compute_counts(s, params, seed, epoch) for s in self._chunk(i)]
+                self._write_counts(params, seed, epoch, i, parts)
+                return {"totals": np.array([int(p.sum(dtype=np.int64)) for p in parts])}
 
             def combine(parts: list[dict]) -> dict[str, np.ndarray]:
                 return {"totals": np.concatenate([p["totals"] for p in parts])}
@@ -261,6 +305,7 @@ class PoolTables:
                     f"{self.folder / name}.npz: wrong shape {t.shape}; delete it to recompute"
                 )
             self._totals[key] = t
+            self._prune_counts()
             if len(self._totals) > 4:
                 self._totals.popitem(last=False)
         return t
@@ -297,3 +342,10 @@ class PoolTables:
         """(shard, labels, expected, counts) for every shard in order, one shard in memory."""
         for s in range(self.n_shards):
             yield s, self.labels(s), self.expected(s, params), self.counts(s, params, seed, epoch)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0

@@ -17,7 +17,7 @@ import pytest
 import quadmix_stream.stream.tables as tables_mod
 from quadmix_stream.errors import UserError
 from quadmix_stream.formats.labels import LabelError, Manifest
-from quadmix_stream.mixing.params import domain_mixture
+from quadmix_stream.mixing.params import SamplingParams, domain_mixture
 from quadmix_stream.stream.tables import PoolTables
 
 pytestmark = pytest.mark.core
@@ -251,3 +251,34 @@ def test_the_rank_model_is_built_once_per_node_and_alpha(mds_ds, pool, tmp_path,
     other = dataclasses.replace(p, alpha=np.roll(p.alpha, 1, axis=1))
     b.expected(0, other)
     assert len(builds) == 2
+
+
+def test_counts_come_from_the_node_cache_the_totals_pass_wrote(mds_ds, pool, tmp_path):
+    """The totals pass keeps each chunk's counts (a byte per document): another process reads
+    its shards' counts from there, reading no labels; a damaged file is recomputed around."""
+    manifest = pool[0]
+    params = SamplingParams.propose(1, manifest.domains, manifest.scorer_names, seed=2)[0]
+    a = PoolTables(mds_ds, manifest, cache_dir=tmp_path)
+    a.totals(params, 0, 3)
+    want = [a._compute_counts(s, params, 0, 3) for s in range(a.n_shards)]
+    b = PoolTables(mds_ds, manifest, cache_dir=tmp_path)
+    b.labels = None  # a warm process reads no shard's labels for its counts
+    assert all(np.array_equal(b.counts(s, params, 0, 3), want[s]) for s in range(b.n_shards))
+    (chunk,) = list(a._counts_dir(params, 0, 3).glob("0.u8"))
+    chunk.write_bytes(chunk.read_bytes()[:-1])  # cut short: not taken for the chunk's counts
+    c = PoolTables(mds_ds, manifest, cache_dir=tmp_path)
+    assert c._cached_counts(0, params, 0, 3) is None
+    assert np.array_equal(c.counts(0, params, 0, 3), want[0])
+
+
+def test_cached_counts_are_pruned_to_the_newest_sets(mds_ds, pool, tmp_path):
+    manifest = pool[0]
+    t = PoolTables(mds_ds, manifest, cache_dir=tmp_path)
+    params = mixture_params(manifest)
+    for epoch in range(9):
+        t.totals(params, 0, epoch)
+    kept = sorted(p.name for p in tmp_path.rglob("counts-*"))
+    assert len(kept) == 6 and all(f"-e{e}" in " ".join(kept) for e in range(3, 9))
+    fresh = PoolTables(mds_ds, manifest, cache_dir=tmp_path)
+    assert fresh._cached_counts(0, params, 0, 0) is None  # pruned: computed again, the same
+    assert np.array_equal(fresh.counts(0, params, 0, 0), t._compute_counts(0, params, 0, 0))

@@ -140,7 +140,7 @@ def test_trainer_killed_and_resumed_on_s3_trains_each_document_once(s3, tmp_path
                 x.get("event") == "checkpoint" and x["step"] >= 4 for x in _log(out)
             ):
                 break
-            time.sleep(0.05)
+            time.sleep(0.02)
         kill_tree(proc.pid)  # torchrun and both ranks, mid-run
         proc.wait()
         first = sum(proxy.faults_injected.values())

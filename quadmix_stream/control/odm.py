@@ -31,7 +31,7 @@ import numpy as np
 from quadmix_stream.control.base import DomainSignals
 from quadmix_stream.errors import UserError
 from quadmix_stream.mixing.params import SamplingParams
-from quadmix_stream.mixing.shares import scale_factors, scale_to_shares, token_shares
+from quadmix_stream.mixing.shares import capped_factors, scale_to_shares, token_shares
 
 PRIORS = ("base", "uniform")
 
@@ -161,7 +161,9 @@ class ODMController:
 
     def describe(self) -> dict[str, Any]:
         """The target shares and the factors applied to the base's η and ε, per domain."""
-        f = scale_factors(self.base_tokens, self.target_shares(), self.config.max_factor)
+        f = capped_factors(
+            self.base, self.base_tokens, self.target_shares(), self.config.max_factor
+        )
         names = self.base.domains
         return {
             "updates": self.updates,

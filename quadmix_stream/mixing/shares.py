@@ -46,6 +46,16 @@ def scale_factors(
     return np.minimum(f, max_factor)
 
 
+def capped_factors(
+    base: SamplingParams, base_tokens: np.ndarray, target: np.ndarray, max_factor: float = np.inf
+) -> np.ndarray:
+    """:func:`scale_factors`, also capped where a document's expected copies would exceed
+    :data:`MAX_EXPECTED` (S ≤ 2η + ε; the stream refuses more than 255 copies of a document)."""
+    f = scale_factors(base_tokens, target, max_factor)
+    top = 2.0 * base.eta + base.eps
+    return np.minimum(f, np.divide(MAX_EXPECTED, top, out=np.full_like(f, np.inf), where=top > 0))
+
+
 def scale_to_shares(
     base: SamplingParams, base_tokens: np.ndarray, target: np.ndarray, max_factor: float = np.inf
 ) -> SamplingParams:
@@ -57,18 +67,14 @@ def scale_to_shares(
         target: per domain, the wanted share of the output tokens (summing to 1).
         max_factor: at most this multiple of the base's η and ε for any domain.
 
-    A factor is also capped where it would let a document's expected copies exceed
-    :data:`MAX_EXPECTED` (the stream refuses more than 255 copies of a document).
+    The factors are :func:`capped_factors`: where a cap binds, that domain's share falls short.
     """
     if base.form != "multiplicative":
         raise ParamsError(
             f"form: domain shares scale only the multiplicative form of Eq. 3, got {base.form!r}"
         )
-    f = scale_factors(base_tokens, target, max_factor)
-    # S ≤ 2η + ε: keep every document under the stream's 255 copies whatever the target
-    top = 2.0 * base.eta + base.eps
-    f = np.minimum(f, np.divide(MAX_EXPECTED, top, out=np.full_like(f, np.inf), where=top > 0))
+    f = capped_factors(base, base_tokens, target, max_factor)
     return replace(base, eta=base.eta * f, eps=base.eps * f)
 
 
-__all__ = ["scale_factors", "scale_to_shares", "token_shares"]
+__all__ = ["capped_factors", "scale_factors", "scale_to_shares", "token_shares"]

@@ -214,3 +214,27 @@ def test_a_recipe_with_a_schedule_and_a_controller_is_refused():
 
     with pytest.raises(UserError, match="one controller"):
         DataConfig(params_schedule={4: "a.json"}, controller={"name": "odm"})
+
+
+def test_shares_never_ask_for_more_copies_than_the_stream_takes(mds_ds):
+    """Whatever the target, a scaled θ keeps every document under 255 copies (S ≤ 2η + ε)."""
+    base = _params(mds_ds)
+    m = len(base.domains)
+    big = SamplingParams.from_dict(
+        {
+            **base.to_dict(),
+            "per_domain": {
+                d: {**base.to_dict()["per_domain"][d], "eta": 50.0} for d in base.domains
+            },
+        }
+    )
+    tokens = np.r_[1.0, np.full(m - 1, 1000.0)]  # domain 0: a tiny share of the base's output
+    target = np.r_[0.9, np.full(m - 1, 0.1 / (m - 1))]
+    p = scale_to_shares(big, tokens, target)  # asks domain 0 for ~9,000× its tokens
+    assert (2 * p.eta + p.eps <= 254.0 + 1e-9).all() and p.eta[0] > big.eta[0]
+    # the factors a controller logs are the ones it applies, caps included
+    ctl = ODMController(ODMConfig(every=1, prior="uniform", max_factor=1e9), big, tokens)
+    applied = ctl.observe(1, DomainSignals(np.ones(m), np.ones(m), np.ones(m)))
+    logged = ctl.describe()["factor"][base.domains[0]]
+    assert logged == pytest.approx(applied.eta[0] / big.eta[0], rel=1e-5)
+    assert logged < ctl.target_shares()[0] / token_shares(tokens)[0]  # the cap bound

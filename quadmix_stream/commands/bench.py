@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "--corpus, else the synthetic one), then measure in one run: (a) raw sequential "
             "StreamingDataset.get_item, (b) StreamingDataset in a 2-worker DataLoader, (c) plain "
             "WebDataset, (d) QuaDMixDataset keeping everything (2-worker DataLoader and in-process), "
-            "(e) QuaDMixDataset at ~10%% selection, (f) read everything then filter at 10%%."
+            "(e) QuaDMixDataset at ~10% selection, (f) read everything then filter at 10%."
         ),
     )
     lo.add_argument("--corpus", help="folder of *.jsonl.gz documents, e.g. ../shared/data/corpus")
@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "with a 2-worker loader: the ODM controller's work per update, and the loader "
             "reading the same batches without a switch and with a switch to new domain shares "
             "every --every batches (interleaved, best of --repeat). Prints the cost of one "
-            "switch and the smallest controller period that keeps switches under 1%% of the "
+            "switch and the smallest controller period that keeps switches under 1% of the "
             "training time at --step-s seconds per step."
         ),
     )
@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Start a real S3 API (moto) on the loopback interface behind a proxy that adds a "
             "per-request latency and counts bytes, upload the same uncompressed MDS shards, and "
             "read them with a fresh cache each time: (a) StreamingDataset(remote=…), (b) "
-            "QuaDMixDataset keeping everything, (c) QuaDMixDataset at ~10%% selection (with the default "
+            "QuaDMixDataset keeping everything, (c) QuaDMixDataset at ~10% selection (with the default "
             "request_bytes, then 8 KiB), all in a "
             "2-worker DataLoader. Prints items/s, bytes and requests per delivered item, and the "
             "ratios (b)/(a) items/s, (c)/(b) bytes, (c)/(b) items/s. Needs the dev extra (moto)."

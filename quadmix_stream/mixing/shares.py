@@ -56,6 +56,27 @@ def capped_factors(
     return np.minimum(f, np.divide(MAX_EXPECTED, top, out=np.full_like(f, np.inf), where=top > 0))
 
 
+def cap_shares(shares: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """Shares (rows) held at or below ``cap``, what a cap takes handed to the uncapped domains.
+
+    Water-filling: each round clips the domains above their cap and spreads the excess over the
+    domains still below theirs, in proportion to their shares, so uncapped domains keep their
+    ratios to each other (a domain at 0 stays at 0). When the caps of a row sum to less than its total, every domain ends
+    at its cap and the row sums to less (the caps win over the total).
+    """
+    w = np.array(np.atleast_2d(shares), dtype=np.float64)
+    cap = np.broadcast_to(np.asarray(cap, dtype=np.float64), w.shape)
+    for _ in range(w.shape[1]):
+        excess = np.clip(w - cap, 0.0, None).sum(axis=1, keepdims=True)
+        if not np.any(excess > 0):
+            break
+        w = np.minimum(w, cap)
+        free = np.where(w < cap, w, 0.0)
+        room = free.sum(axis=1, keepdims=True)
+        w = w + np.divide(excess * free, room, out=np.zeros_like(w), where=room > 0)
+    return np.minimum(w, cap)
+
+
 def scale_to_shares(
     base: SamplingParams, base_tokens: np.ndarray, target: np.ndarray, max_factor: float = np.inf
 ) -> SamplingParams:
@@ -77,4 +98,4 @@ def scale_to_shares(
     return replace(base, eta=base.eta * f, eps=base.eps * f)
 
 
-__all__ = ["capped_factors", "scale_factors", "scale_to_shares", "token_shares"]
+__all__ = ["cap_shares", "capped_factors", "scale_factors", "scale_to_shares", "token_shares"]

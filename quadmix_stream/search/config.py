@@ -29,7 +29,7 @@ from quadmix_stream.storage.locations import dataset_location, location_str
 from quadmix_stream.training.model import PROXY_MODEL, ModelConfig, model_section
 from quadmix_stream.training.schedule import warmup_cosine
 
-SPACES = ("quadmix", "domain_mixture")
+SPACES = ("quadmix", "domain_mixture", "shares")
 
 
 class SearchConfigError(UserError):
@@ -48,15 +48,24 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class ProposalConfig:
-    """How θ proposals are drawn (Algorithm 1 ranges, or Dirichlet mixtures)."""
+    """How proposals are drawn (Algorithm 1 ranges, Dirichlet shares; see search/space.py)."""
 
     n: int = 64
     seed: int = 1
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
-    #: domain_mixture space: Dirichlet concentration of the domain weights
+    #: domain_mixture and shares spaces: Dirichlet concentration of the domain shares
     dirichlet: float = 1.0
-    #: domain_mixture space: selected tokens per epoch as a multiple of the pool's tokens
+    #: domain_mixture and shares spaces: selected tokens per epoch as a multiple of the pool's
     scale: float = 1.0
+    #: shares space: labelled documents per domain that turn shares into η
+    share_sample: int = 2000
+    #: shares space: a domain's share at most this multiple of its share of the pool
+    max_share_ratio: float | None = None
+    #: shares space: at most this many expected copies of any document over ``final_tokens``
+    #: trained tokens (over one epoch of the proposal's stream when ``final_tokens`` is unset)
+    max_copies: float | None = None
+    #: shares space: the final run's token budget, for ``max_copies``
+    final_tokens: float | None = None
 
 
 @dataclass(frozen=True)
@@ -381,6 +390,7 @@ def _check(c: SearchConfig) -> None:
         "proposals.n": p.n,
         "proposals.dirichlet": p.dirichlet,
         "proposals.scale": p.scale,
+        "proposals.share_sample": p.share_sample,
         "tokenizer.vocab_size": c.tokenizer.vocab_size,
         "proxy.seq_len": x.seq_len,
         "proxy.batch_size": x.batch_size,
@@ -418,6 +428,21 @@ def _check(c: SearchConfig) -> None:
     if not 0 <= x.warmup_fraction < 1 or not 0 <= x.min_lr_ratio <= 1:
         raise SearchConfigError(
             "proxy.warmup_fraction must be in [0, 1) and proxy.min_lr_ratio in [0, 1]"
+        )
+    caps = {"max_share_ratio": p.max_share_ratio, "max_copies": p.max_copies}
+    for k, v in {**caps, "final_tokens": p.final_tokens}.items():
+        if v is not None and not v > 0:
+            raise SearchConfigError(f"proposals.{k}: must be > 0 (or left out), got {v}")
+    if c.space != "shares" and any(v is not None for v in caps.values()):
+        raise SearchConfigError(
+            "proposals.max_share_ratio and proposals.max_copies: only the shares space has caps"
+        )
+    if p.final_tokens is not None and p.max_copies is None:
+        raise SearchConfigError("proposals.final_tokens: set it with proposals.max_copies")
+    if p.max_share_ratio is not None and p.max_share_ratio < 1:
+        raise SearchConfigError(
+            f"proposals.max_share_ratio: {p.max_share_ratio} < 1 caps every domain below its "
+            "share of the pool, so the shares could not sum to 1; use a value ≥ 1"
         )
     if c.select.top_k > c.select.n:
         raise SearchConfigError(f"select.top_k ({c.select.top_k}) > select.n ({c.select.n})")

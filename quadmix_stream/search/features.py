@@ -1,6 +1,8 @@
 """Regressor inputs: θ itself (the paper), or the expected selection θ produces on the pool.
 
-``theta``: the flat θ vector, (N+4)·M numbers, as in the paper and RegMix.
+``theta``: the proposal space's own coordinates: the flat θ vector, (N+4)·M numbers, as in the
+paper and RegMix; in the ``shares`` space, each domain's share and quality parameters (see
+:mod:`.space`).
 
 ``profile``: what θ does to the pool, from the labels alone (no payload, no training): the
 expected share of selected tokens of each domain, the log of the selected tokens per epoch, and
@@ -8,7 +10,7 @@ per scorer the token-weighted mean σ (0 = best) of the selected tokens: M + 1 +
 θ → profile is a fixed, known function (Eqs. 1-3 on the labels); giving it to the regressor
 leaves it only profile → loss to learn, which needs far fewer proxy runs (on the planted corpus
 with 64 runs: k-fold Spearman ≈ 0.9 instead of ≈ 0.4 for θ). θ* is still the mean of the best
-k candidates *in θ space*, so selection works as in the paper.
+k candidates *in the space's coordinates*, so selection works as in the paper.
 
 ``theta+profile``: both.
 
@@ -24,6 +26,7 @@ import os
 import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +34,9 @@ from quadmix_stream.errors import UserError
 from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.mixing.sampling import expected_copies, sample_rows_per_domain
 from quadmix_stream.search.pool import Pool
+
+if TYPE_CHECKING:
+    from quadmix_stream.search.space import Space
 
 KINDS = ("theta", "profile", "theta+profile")
 
@@ -50,26 +56,29 @@ class Featurizer:
     memo = 32
 
     def __init__(
-        self, kind: str, pool: Pool, form: str = "multiplicative", sample_per_domain: int = 2000
+        self,
+        kind: str,
+        pool: Pool,
+        form: str = "multiplicative",
+        sample_per_domain: int = 2000,
+        space: Space | None = None,
     ) -> None:
         if kind not in KINDS:
             raise UserError(f"regressor.features: must be one of {KINDS}, got {kind!r}")
         self.kind, self.pool, self.form = kind, pool, form
+        #: the proposal space whose coordinates come in (None: θ itself)
+        self.space = space
         self.m, self.n = len(pool.domains), len(pool.scorers)
         if kind != "theta":
-            lab = pool.labels
-            rows = sample_rows_per_domain(lab.domain, lab.key, sample_per_domain)
-            self._dom = []
-            for d in range(self.m):
-                r = rows[lab.domain[rows] == d]
-                w = np.maximum(lab.tokens[r].astype(np.float64), 1.0)
-                scale = float(pool.domain_tokens[d] / w.sum()) if w.sum() > 0 else 0.0
-                self._dom.append((w, pool.sigma[r], scale))
+            self.sample = DomainSample(pool, sample_per_domain, form)
         self._memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
 
     @property
     def names(self) -> list[str]:
-        theta = SamplingParams.vector_names(self.pool.domains, self.pool.scorers)
+        if self.space is not None:
+            theta = self.space.names
+        else:
+            theta = SamplingParams.vector_names(self.pool.domains, self.pool.scorers)
         prof = profile_names(self.pool.domains, self.pool.scorers)
         return {"theta": theta, "profile": prof, "theta+profile": theta + prof}[self.kind]
 
@@ -98,6 +107,38 @@ class Featurizer:
         return prof.copy() if self.kind == "profile" else np.concatenate([v, prof], axis=1)
 
     def profile(self, v: np.ndarray) -> np.ndarray:
+        if self.space is not None:
+            v = self.space.theta(v)
+        tokens, sig_sum = self.sample.expected(v)
+        total = tokens.sum(axis=1, keepdims=True)
+        safe = np.where(total > 0, total, 1.0)
+        share = tokens / safe
+        sigma = np.where(total > 0, sig_sum / safe, 1.0)
+        return np.concatenate([share, np.log1p(total), sigma], axis=1)
+
+
+class DomainSample:
+    """A uniform sample of at most ``per_domain`` labelled documents per domain, and θ → the
+    expected selected tokens of every domain on it (vectorised over many θ).
+
+    Eq. 2 ranks each θ's documents within the sample (ties in q̄ broken arbitrarily); the
+    tokens are scaled to the pool's exact per-domain totals.
+    """
+
+    def __init__(self, pool: Pool, per_domain: int = 2000, form: str = "multiplicative") -> None:
+        self.m, self.n, self.form = len(pool.domains), len(pool.scorers), form
+        lab = pool.labels
+        rows = sample_rows_per_domain(lab.domain, lab.key, per_domain)
+        self._dom = []
+        for d in range(self.m):
+            r = rows[lab.domain[rows] == d]
+            w = np.maximum(lab.tokens[r].astype(np.float64), 1.0)
+            scale = float(pool.domain_tokens[d] / w.sum()) if w.sum() > 0 else 0.0
+            self._dom.append((w, pool.sigma[r], scale))
+
+    def expected(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per θ row: expected selected tokens per domain ``(c, M)``, and per scorer the
+        token-weighted sum of σ over the selected tokens ``(c, N)``."""
         m, n, c = self.m, self.n, len(v)
         alpha = v[:, : m * n].reshape(c, m, n)
         lam, omega, eta, eps = (v[:, m * n + k * m : m * n + (k + 1) * m] for k in range(4))
@@ -118,23 +159,23 @@ class Featurizer:
             np.put_along_axis(sw, order, s * ws * scale, axis=1)  # back to document order
             tokens[:, d] = sw.sum(axis=1)
             sig_sum += sw @ sig
-        total = tokens.sum(axis=1, keepdims=True)
-        safe = np.where(total > 0, total, 1.0)
-        share = tokens / safe
-        sigma = np.where(total > 0, sig_sum / safe, 1.0)
-        return np.concatenate([share, np.log1p(total), sigma], axis=1)
+        return tokens, sig_sum
 
 
 _SHARED: weakref.WeakKeyDictionary[Pool, dict[tuple, Featurizer]] = weakref.WeakKeyDictionary()
 
 
 def featurizer_for(
-    kind: str, pool: Pool, form: str = "multiplicative", sample_per_domain: int = 2000
+    kind: str,
+    pool: Pool,
+    form: str = "multiplicative",
+    sample_per_domain: int = 2000,
+    space: Space | None = None,
 ) -> Featurizer:
     """The one featurizer of these settings for ``pool`` (regressors that share it compute
     each candidate's profile once)."""
     mine = _SHARED.setdefault(pool, {})
-    key = (kind, form, sample_per_domain)
+    key = (kind, form, sample_per_domain, None if space is None else space.key)
     if key not in mine:
-        mine[key] = Featurizer(kind, pool, form, sample_per_domain)
+        mine[key] = Featurizer(kind, pool, form, sample_per_domain, space)
     return mine[key]

@@ -30,7 +30,7 @@ from quadmix_stream.search.config import (
 from quadmix_stream.search.data import load_target_texts
 from quadmix_stream.search.pool import Pool
 from quadmix_stream.search.runfolder import RunFolder, RunFolderError
-from quadmix_stream.search.space import batch_seed, propose
+from quadmix_stream.search.space import batch_seed
 from quadmix_stream.search.summaries import (
     Log,
     best_per_round,
@@ -105,15 +105,7 @@ def step_propose(
     have, want = int((rounds == 0).sum()), cfg.proposals.n
     if have < want:
         b = int(batches[rounds == 0].max()) + 1 if have else 0
-        new = propose(
-            cfg.space,
-            cfg.proposals,
-            want - have,
-            batch_seed(cfg.proposals.seed, b),
-            folder.domains,
-            folder.scorers,
-            pool.domain_tokens,
-        )
+        new = folder.space(pool).propose(want - have, batch_seed(cfg.proposals.seed, b))
         start = int(ids.max()) + 1 if len(ids) else 0
         theta = new if theta is None else np.concatenate([theta, new])
         ids = np.concatenate([ids, np.arange(start, start + want - have, dtype=np.int64)])
@@ -124,7 +116,7 @@ def step_propose(
     else:
         log(f"{path}: {have} proposals already drawn (recipe asks for {want})")
     folder.update_meta(target_docs=len(texts))
-    if cfg.regmix is not None and cfg.space == "quadmix":
+    if cfg.regmix is not None and cfg.space != "domain_mixture":
         step_propose(path / REGMIX, regmix_config(cfg, path), log=log)
     return folder
 
@@ -186,7 +178,7 @@ def step_fit(path: str | Path, dataset: str | Path | None = None, log: Log = pri
     kinds = ["theta", "profile"] if rc.features == "auto" else [rc.features]
     xs, names = {}, {}
     for kind in dict.fromkeys([*kinds, "theta", "profile"]):  # both always, for the report
-        feat = featurizer_for(kind, pool, folder.config.form, rc.profile_sample)
+        feat = featurizer_for(kind, pool, folder.config.form, rc.profile_sample, folder.space(pool))
         xs[kind], names[kind] = feat(x), feat.names
     res = regressor.fit(xs, y, names, rc, kinds)
     rep = res.report
@@ -343,7 +335,7 @@ def step_select(
         )
     for b in sel["boundary"]:
         log(f"WARNING: {b['message']}")
-    if folder.config.space == "quadmix":
+    if folder.config.space != "domain_mixture":
         bdir = folder.sub("baselines")
         b = folder.config.baselines
         for name, p in all_baselines(pool, b.topk_fraction, b.criteria_grid).items():

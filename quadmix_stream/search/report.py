@@ -298,8 +298,10 @@ def _theta_star(
         md += _shipped(sel["shipped"])
     elif not folder.config.evaluate:
         md += ["params.json is θ*, not verified by a proxy (`evaluate: false`).", ""]
-    profiles = _profiles(folder, star)
+    pool = Pool(folder.dataset)
+    profiles = _profiles(folder, star, pool)
     md += _comparison(folder, profiles, evals_ok)
+    md += _share_range(folder, pool, profiles)
     md += [
         "θ* per domain:",
         "",
@@ -405,15 +407,46 @@ def _shipped(shipped: dict) -> list[str]:
     return md
 
 
-def _profiles(folder: RunFolder, star: SamplingParams) -> dict[str, dict]:
-    """Expected selection profile of the pool (random), θ* and every other baseline."""
+def _profiles(folder: RunFolder, star: SamplingParams, pool: Pool) -> dict[str, dict]:
+    """Expected selection profile of the pool (random), θ*, what shipped (when it is not θ*)
+    and every other baseline."""
     domains, scorers = folder.domains, folder.scorers
     compare = {"pool (random)": SamplingParams.keep_all(domains, scorers), "θ*": star}
+    shipped = SamplingParams.load(folder.path / "params.json").reorder(domains, scorers)
+    if shipped.fingerprint() != star.fingerprint():
+        compare["shipped"] = shipped
     for f in sorted((folder.path / "baselines").glob("*.json")):
         if f.stem != "random":
             compare[f.stem] = SamplingParams.load(f).reorder(domains, scorers)
-    pool = Pool(folder.dataset)
     return {k: pool.profile(v) for k, v in compare.items()}
+
+
+def _share_range(folder: RunFolder, pool: Pool, profiles: dict[str, dict]) -> list[str]:
+    """Per domain: the pool's token share, the range of shares the proxies' proposals realised
+    (estimated on the label sample, as the profile features are), and θ*'s and what shipped."""
+    from quadmix_stream.search.features import featurizer_for
+
+    x, _, _ = folder.table()
+    if not len(x):
+        return []
+    m = len(folder.domains)
+    feat = featurizer_for("profile", pool, folder.config.form, space=folder.space(pool))
+    share = feat(x)[:, :m]
+    cols = [k for k in ("θ*", "shipped") if k in profiles]
+    rows = [
+        [d, _f(profiles["pool (random)"]["token_share"][d], 3)]
+        + [_f(float(q), 3) for q in np.quantile(share[:, i], [0.0, 0.5, 1.0])]
+        + [_f(profiles[k]["token_share"][d], 3) for k in cols]
+        for i, d in enumerate(folder.domains)
+    ]
+    return [
+        f"Domain shares of the selected tokens: the pool's, the range the {len(x)} proxied "
+        "proposals realised (a narrow range means the search could not learn that domain's "
+        "share), and θ*'s and what shipped:",
+        "",
+        _table(["domain", "pool", "proposals min", "median", "max", *cols], rows),
+        "",
+    ]
 
 
 def _comparison(

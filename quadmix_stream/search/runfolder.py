@@ -33,6 +33,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -40,10 +41,15 @@ from quadmix_stream.errors import UserError
 from quadmix_stream.formats.labels import Manifest
 from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.search.config import SearchConfig
+from quadmix_stream.search.space import coordinate_names, space_of
 from quadmix_stream.search.tokenizer import run_tokenizer_path
 from quadmix_stream.storage.io import atomic_write_bytes, atomic_write_text, sha256_file
 from quadmix_stream.storage.locations import dataset_location, location_str, read_location
 from quadmix_stream.storage.store import is_remote
+
+if TYPE_CHECKING:
+    from quadmix_stream.search.pool import Pool
+    from quadmix_stream.search.space import Space
 
 SCHEMA = "quadmix-stream/search"
 VERSION = 1
@@ -153,6 +159,7 @@ class RunFolder:
         if dataset is not None:
             self.config = self.config.replace(dataset=str(dataset))
         self.check_dataset(self.config.dataset)
+        self._pool: Pool | None = None
         self.domains: list[str] = self.meta["dataset"]["domains"]
         self.scorers: list[str] = self.meta["dataset"]["scorers"]
 
@@ -184,7 +191,7 @@ class RunFolder:
             },
             "target": target_meta,
             "evals": _eval_hashes(cfg, path),
-            "features": SamplingParams.vector_names(m.domains, m.scorer_names),
+            "features": coordinate_names(cfg.space, m.domains, m.scorer_names),
             **(extra or {}),
         }
         meta["config"]["dataset"] = meta["dataset"]["path"]
@@ -315,10 +322,20 @@ class RunFolder:
             ),
         )
 
-    def params_of(self, theta: np.ndarray, provenance: str = "") -> SamplingParams:
-        from quadmix_stream.search.space import to_params
+    def space(self, pool: Pool | None = None) -> Space:
+        """The search's proposal space (the ``shares`` space opens the pool if not given)."""
+        from quadmix_stream.search.pool import Pool
 
-        return to_params(theta, self.domains, self.scorers, self.config.form, provenance)
+        cfg = self.config
+        if pool is None and cfg.space == "shares":
+            if self._pool is None:
+                self._pool = Pool(self.dataset)
+            pool = self._pool
+        return space_of(cfg.space, cfg.proposals, self.domains, self.scorers, cfg.form, pool)
+
+    def params_of(self, point: np.ndarray, provenance: str = "") -> SamplingParams:
+        """The params of a proposal's point (its coordinates in the proposal space)."""
+        return self.space().params(point, provenance)
 
     # ------------------------------------------------------------ proxy results
     @staticmethod

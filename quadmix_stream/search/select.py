@@ -40,7 +40,7 @@ from quadmix_stream.search.pool import Pool
 from quadmix_stream.search.proxy import stream_fingerprint
 from quadmix_stream.search.regressor import Predictor, headline
 from quadmix_stream.search.runfolder import RunFolder, now, write_json
-from quadmix_stream.search.space import batch_seed, propose, to_params, toward
+from quadmix_stream.search.space import Space, batch_seed, toward
 
 #: proposal batch index of the selection candidates (proxy proposals use batches 0, 1, …)
 CANDIDATE_BATCH = 1_000_000
@@ -65,7 +65,7 @@ def load_predictor(folder: RunFolder, pool: Pool, model_dir: Path | None = None)
     pred = Predictor(model_dir or folder.path / "model", cfg=folder.config.regressor)
     kind = pred.metrics.get("features", "theta")
     sample = folder.config.regressor.profile_sample
-    pred.featurize = featurizer_for(kind, pool, folder.config.form, sample)
+    pred.featurize = featurizer_for(kind, pool, folder.config.form, sample, folder.space(pool))
     return pred
 
 
@@ -112,7 +112,8 @@ def load_constraints(folder: RunFolder, pool: Pool) -> tuple[list[Constraint], l
             if ref is None:
                 notes.append(f"constraint {name} ≤ {b}: no such baseline here; not steered")
                 continue
-            bound = float(pred.predict(ref.to_vector()[None])[0])
+            point = folder.space(pool).coords(ref.to_vector()[None])
+            bound = float(pred.predict(point)[0])
             out.append(Constraint(name, pred, bound, b, margin))
         else:
             out.append(Constraint(name, pred, float(b), f"{float(b):g}", margin))
@@ -161,15 +162,7 @@ def anchors(
     cfg = folder.config
     x, y, _ = folder.table()
     best = x[np.argsort(steer(constraints, x, y)[0], kind="stable")[:top]]
-    fresh = propose(
-        cfg.space,
-        cfg.proposals,
-        cfg.rounds.candidates,
-        seed,
-        folder.domains,
-        folder.scorers,
-        pool.domain_tokens,
-    )
+    fresh = folder.space(pool).propose(cfg.rounds.candidates, seed)
     key, _ = steer(constraints, fresh, predictor.predict(fresh))
     return np.concatenate([best, fresh[np.argsort(key, kind="stable")[:top]]])
 
@@ -187,15 +180,7 @@ def local_candidates(
     the index of each one's anchor."""
     cfg = folder.config
     a = anchors(folder, predictor, pool, cfg.rounds.top, batch_seed(seed, 0), constraints)
-    fresh = propose(
-        cfg.space,
-        cfg.proposals,
-        n,
-        batch_seed(seed, 1),
-        folder.domains,
-        folder.scorers,
-        pool.domain_tokens,
-    )
+    fresh = folder.space(pool).propose(n, batch_seed(seed, 1))
     return toward(a, fresh, reach, np.random.default_rng(batch_seed(seed, 2)))
 
 
@@ -207,13 +192,15 @@ def boundary(folder: RunFolder, best: np.ndarray) -> list[dict]:
     can be widened (ω is a rank fraction: its range ends at 1).
     """
     cfg = folder.config
-    if cfg.space != "quadmix":
+    if cfg.space == "domain_mixture":
         return []
     m, n = len(folder.domains), len(folder.scorers)
     rg = {**DEFAULT_RANGES, **cfg.proposals.ranges}
     out = []
     for j, k in enumerate(("lam", "omega", "eta", "eps")):
         lo, hi = rg[k]
+        if cfg.space == "shares" and k == "eta":
+            continue  # η's place holds the share: the simplex has no range to widen
         if hi <= lo or (k == "omega" and hi >= 1.0):
             continue
         vals = best[:, m * n + j * m : m * n + (j + 1) * m]
@@ -246,10 +233,12 @@ def select(folder: RunFolder, pool: Pool | None = None) -> dict:
     key, ok = steer(constraints, cand, pred)
     order = np.argsort(key, kind="stable")
     top = order[: cfg.select.top_k]
-    params = to_params(cand[top].mean(axis=0), folder.domains, folder.scorers, cfg.form)
-    provenance, model, info = _star_info(folder, predictor, params, len(cand), local, pred[top])
+    space = folder.space(pool)
+    point = cand[top].mean(axis=0)
+    params = space.params(point)
+    provenance, model, info = _star_info(folder, predictor, point, len(cand), local, pred[top])
     if constraints or notes:
-        info["steering"] = _steering(constraints, notes, params, int(ok.sum()))
+        info["steering"] = _steering(constraints, notes, point, int(ok.sum()))
     star = replace(params, provenance=provenance, extra={"search": info})
     cdir = folder.sub("candidates")
     for f in cdir.glob("*.json"):
@@ -258,8 +247,10 @@ def select(folder: RunFolder, pool: Pool | None = None) -> dict:
     sel = {
         **info,
         "theta": params.to_vector().tolist(),
-        "theta_names": folder.meta["features"],
-        "verify": _write_verified(folder, star, cand, order, pred, model),
+        "theta_names": SamplingParams.vector_names(folder.domains, folder.scorers),
+        "point": point.tolist(),
+        "point_names": space.names,
+        "verify": _write_verified(folder, space, star, cand, order, pred, model),
         "round_bests": _write_round_bests(folder, constraints),
         "candidate_prediction": {
             "min": float(pred.min()),
@@ -275,10 +266,11 @@ def select(folder: RunFolder, pool: Pool | None = None) -> dict:
 
 
 def _steering(
-    constraints: Sequence[Constraint], notes: list[str], star: SamplingParams, feasible: int
+    constraints: Sequence[Constraint], notes: list[str], star: np.ndarray, feasible: int
 ) -> dict:
-    """How the constraints steered the selection (``selection.json``, θ*'s ``extra``)."""
-    vec = star.to_vector()[None]
+    """How the constraints steered the selection (``selection.json``, θ*'s ``extra``); ``star``
+    is θ*'s point."""
+    vec = star[None]
     predicted = {c.name: float(c.predictor.predict(vec)[0]) for c in constraints}
     # θ* averages candidates predicted within the bounds, but the regressors are not convex in
     # θ, so the average itself can be predicted outside: say so (the verification decides)
@@ -312,15 +304,8 @@ def _candidates(
     """Fresh proposals, plus (with search rounds) points near the best runs; and how many of
     those local points there are."""
     cfg = folder.config
-    cand = propose(
-        cfg.space,
-        cfg.proposals,
-        cfg.select.n,
-        batch_seed(cfg.select.seed, CANDIDATE_BATCH),
-        folder.domains,
-        folder.scorers,
-        pool.domain_tokens,
-    )
+    seed = batch_seed(cfg.select.seed, CANDIDATE_BATCH)
+    cand = folder.space(pool).propose(cfg.select.n, seed)
     if cfg.rounds.k <= 0:
         return cand, 0
     reach = cfg.rounds.shrink**cfg.rounds.k
@@ -339,15 +324,14 @@ def _candidates(
 def _star_info(
     folder: RunFolder,
     predictor: Predictor,
-    params: SamplingParams,
+    vec: np.ndarray,
     n_cand: int,
     local: int,
     top_pred: np.ndarray,
 ) -> tuple[str, str, dict]:
     """θ*'s provenance, the regressor in words, and the selection facts saved with θ* and in
-    ``selection.json``."""
+    ``selection.json`` (``vec``: θ*'s point)."""
     cfg, k = folder.config, folder.config.select.top_k
-    vec = params.to_vector()
     star_pred = float(predictor.predict(vec[None])[0])
     star_lin = float(predictor.predict_linear(vec[None])[0])
     _, y, _ = folder.table()
@@ -388,6 +372,7 @@ def _star_info(
 
 def _write_verified(
     folder: RunFolder,
+    space: Space,
     star: SamplingParams,
     cand: np.ndarray,
     order: np.ndarray,
@@ -402,7 +387,7 @@ def _write_verified(
     for i in order:
         if len(verified) >= cfg.select.verify:
             break
-        p = to_params(cand[i], folder.domains, folder.scorers, cfg.form)
+        p = space.params(cand[i])
         if stream_fingerprint(p) in seen:
             continue
         seen.add(stream_fingerprint(p))

@@ -320,3 +320,45 @@ def test_retest_reproduces_its_own_seed_and_reports_another(searched, capsys):
     report = (searched / "report" / "report.md").read_text()
     assert "out-of-fold predictions) ranks" in report
     assert "## Test-retest" in report and (searched / "report" / "retest.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_search_in_the_shares_space_ships_params_the_loader_reads(mds_ds, tmp_path):
+    from quadmix_stream.stream.dataset import QuaDMixDataset
+
+    over = {
+        "space": "shares",
+        "proposals": {"n": 16, "max_share_ratio": 4.0},
+        "regressor": {"features": "theta"},
+        "select": {"n": 4000, "top_k": 5, "verify": 1, "seeds": 1},
+    }
+    cfg = tiny_config(mds_ds, **over).replace(regmix=None)
+    out = run_all(cfg, tmp_path / "run", log=lambda s: None)
+    folder = RunFolder(out)
+    pool = Pool(mds_ds)
+    m, a = len(pool.domains), len(pool.domains) * len(pool.scorers)
+    # the run folder holds points: shares on the simplex, capped at 4× the pool's share
+    _, _, pts = folder.proposals()
+    share = pool.domain_tokens / pool.domain_tokens.sum()
+    w = pts[:, a + 2 * m : a + 3 * m]
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)
+    assert np.all(w <= 4.0 * share + 1e-12)
+    sel = json.loads((out / "selection.json").read_text())
+    assert sel["point_names"][a + 2 * m] == f"share[{pool.domains[0]}]"
+    assert sel["theta_names"] == SamplingParams.vector_names(pool.domains, pool.scorers)
+    # θ* is the mean of points; its params realise the mean's shares
+    star = SamplingParams.load(out / "candidates" / "theta-star.json")
+    realised = pool.profile(star)
+    np.testing.assert_allclose(
+        list(realised["token_share"].values()),
+        np.array(sel["point"])[a + 2 * m : a + 3 * m],
+        atol=1e-9,
+    )
+    # the planted target domains get more than their share of the pool
+    assert _target_share(realised) > sum(share[pool.domains.index(d)] for d in TARGET_DOMAINS)
+    # what ships is ordinary params: the loader reads them unchanged
+    shipped = SamplingParams.load(out / "params.json")
+    items = list(zip(range(20), QuaDMixDataset(mds_ds, shipped, seed=0), strict=False))
+    assert len(items) == 20
+    report = (out / "report" / "report.md").read_text()
+    assert "| domain | pool | proposals min | median | max | θ*" in report

@@ -32,7 +32,7 @@ from quadmix_stream.search.select import (
     measured_within,
     steer,
 )
-from quadmix_stream.search.space import propose, spread_best
+from quadmix_stream.search.space import spread_best
 
 from .test_search_pipeline import tiny_config
 
@@ -142,9 +142,7 @@ def test_the_constraint_steers_rounds_and_selection(rounds_run):
     (c,) = constraints
     # the bound is the constraint regressor's prediction for Random's θ
     assert c.bound == pytest.approx(c.predictor.predict(random_params(pool).to_vector()[None])[0])
-    cfg = folder.config
-    args = (cfg.space, cfg.proposals, 3000, 7, folder.domains, folder.scorers, pool.domain_tokens)
-    cand = propose(*args)
+    cand = folder.space(pool).propose(3000, 7)
     pred = load_predictor(folder, pool).predict(cand)
     key, ok = steer(constraints, cand, pred)
     assert ok.tolist() == (c.predictor.predict(cand) <= c.bound).tolist()
@@ -169,7 +167,8 @@ def test_the_constraint_steers_rounds_and_selection(rounds_run):
     star = SamplingParams.load(out / "candidates" / "theta-star.json")
     p = float(c.predictor.predict(star.to_vector()[None])[0])
     for bound, said in ((p - 0.01, True), (p + 0.01, False)):
-        notes = _steering([dataclasses.replace(c, bound=bound)], [], star, 1)["notes"]
+        point = star.to_vector()  # a point of the quadmix space is θ
+        notes = _steering([dataclasses.replace(c, bound=bound)], [], point, 1)["notes"]
         assert bool(notes) == said and all(
             "outside constraint general ≤ random" in n for n in notes
         )

@@ -22,7 +22,12 @@ from quadmix_stream.errors import UserError
 from quadmix_stream.formats.labels import Manifest
 from quadmix_stream.mixing.params import ParamsError, SamplingParams
 from quadmix_stream.mixing.sampling import expected_copies
-from quadmix_stream.mixing.shares import scale_factors, scale_to_shares, token_shares
+from quadmix_stream.mixing.shares import (
+    cap_shares,
+    scale_factors,
+    scale_to_shares,
+    token_shares,
+)
 from quadmix_stream.stream.dataset import QuaDMixDataset
 
 pytestmark = pytest.mark.core
@@ -68,6 +73,26 @@ def test_scaled_params_give_the_target_shares_at_the_same_total(mds_ds, seed):
     f = scale_factors(tokens, target, max_factor=1.5)
     capped = _tokens(mds_ds, scale_to_shares(base, tokens, target, max_factor=1.5))
     assert capped == pytest.approx(tokens * f, rel=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(2, 9), st.integers(0, 2**31), st.floats(0.05, 3.0))
+def test_capped_shares_keep_the_caps_the_total_and_the_ratios(m, seed, tight):
+    rng = np.random.default_rng(seed)
+    w = rng.dirichlet(np.ones(m), size=4)
+    cap = rng.uniform(0.0, tight, size=(4, m))
+    got = cap_shares(w, cap)
+    assert np.all(got <= cap + 1e-12) and np.all(got >= 0)
+    for row, c, orig in zip(got, cap, w, strict=True):
+        if c.sum() >= 1.0:  # feasible: the total is kept…
+            assert row.sum() == pytest.approx(1.0, abs=1e-9)
+        else:  # …else every domain sits at its cap
+            np.testing.assert_allclose(row, c, atol=1e-12)
+        free = row < c - 1e-9  # domains below their caps keep their ratios to each other
+        if free.sum() >= 2:
+            ratio = row[free] / orig[free]
+            np.testing.assert_allclose(ratio, ratio[0], rtol=1e-9)
+    np.testing.assert_array_equal(cap_shares(w, np.ones_like(w)), w)  # no cap binds: unchanged
 
 
 def test_a_domain_the_base_leaves_out_stays_out():

@@ -31,7 +31,12 @@ from quadmix_stream.search.features import Featurizer, featurizer_for
 from quadmix_stream.search.pool import Pool
 from quadmix_stream.search.proxy import ProxyContext, ProxyJob, train_one
 from quadmix_stream.search.regressor import Predictor, fit, save
-from quadmix_stream.search.space import mixture_vectors, mixture_weights, propose, to_params
+from quadmix_stream.search.space import (
+    mixture_vectors,
+    mixture_weights,
+    space_of,
+    to_params,
+)
 from quadmix_stream.search.tokenizer import TextTokenizer, prepare_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,15 +130,8 @@ def test_config_errors_name_the_key(tmp_path):
 
 # ---------------------------------------------------------------- spaces, features, baselines
 def test_profile_features_match_the_exact_selection(pool):
-    vecs = propose(
-        "quadmix",
-        SearchConfig(dataset="x").proposals,
-        6,
-        3,
-        pool.domains,
-        pool.scorers,
-        pool.domain_tokens,
-    )
+    space = space_of("quadmix", SearchConfig(dataset="x").proposals, pool.domains, pool.scorers)
+    vecs = space.propose(6, 3)
     feats = Featurizer("profile", pool)(vecs)
     for v, f in zip(vecs, feats, strict=True):
         p = pool.profile(to_params(v, pool.domains, pool.scorers, "multiplicative"))
@@ -144,8 +142,8 @@ def test_profile_features_match_the_exact_selection(pool):
 
 
 def test_featurizer_chunks_threads_and_memo_change_nothing(pool):
-    args = (pool.domains, pool.scorers, pool.domain_tokens)
-    vecs = propose("quadmix", SearchConfig(dataset="x").proposals, 40, 5, *args)
+    space = space_of("quadmix", SearchConfig(dataset="x").proposals, pool.domains, pool.scorers)
+    vecs = space.propose(40, 5)
     feat = featurizer_for("profile", pool)
     assert featurizer_for("profile", pool) is feat  # one per pool and settings: shared
     assert featurizer_for("theta+profile", pool) is not feat
@@ -167,6 +165,73 @@ def test_domain_mixture_space_realises_the_weights(pool):
         prof = pool.profile(p)
         np.testing.assert_allclose(list(prof["token_share"].values()), wi, atol=1e-9)
         assert prof["tokens"] == pytest.approx(pool.domain_tokens.sum())
+
+
+def _shares_space(pool, **kw):
+    from quadmix_stream.search.config import ProposalConfig
+
+    cfg = ProposalConfig(ranges=RANGES, **kw)
+    return space_of("shares", cfg, pool.domains, pool.scorers, pool=pool)
+
+
+def test_shares_space_realises_its_shares_with_its_quality(pool):
+    space = _shares_space(pool)
+    assert _shares_space(pool) is space  # one per pool and settings
+    pts = space.propose(6, 11)
+    m, n = len(pool.domains), len(pool.scorers)
+    a = m * n
+    w, rho = pts[:, a + 2 * m : a + 3 * m], pts[:, a + 3 * m :]
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)
+    assert space.names[a + 2 * m] == f"share[{pool.domains[0]}]"
+    for pt, wi, ri in zip(pts, w, rho, strict=True):
+        p = space.params(pt)
+        prof = pool.profile(p)
+        # the small pool is its own label sample: the shares are exact, and so is the total
+        np.testing.assert_allclose(list(prof["token_share"].values()), wi, atol=1e-9)
+        assert prof["tokens"] == pytest.approx(pool.domain_tokens.sum(), rel=1e-9)
+        # the quality parameters are the point's own; ε is ρ·η
+        np.testing.assert_allclose(p.alpha.ravel(), pt[:a], rtol=1e-12)
+        np.testing.assert_array_equal(p.lam, pt[a : a + m])
+        np.testing.assert_array_equal(p.omega, pt[a + m : a + 2 * m])
+        np.testing.assert_allclose(p.eps, ri * p.eta, rtol=1e-12)
+    # θ → point → θ: the coordinates of a point's θ are the point
+    np.testing.assert_allclose(space.coords(space.theta(pts)), pts, rtol=1e-9, atol=1e-12)
+    # a θ outside the space (Random: η = 1, no quality) maps to the point of the same stream
+    keep = SamplingParams.keep_all(pool.domains, pool.scorers).to_vector()
+    back = space.theta(space.coords(keep[None]))[0]
+    got = pool.profile(to_params(back, pool.domains, pool.scorers, "multiplicative"))
+    np.testing.assert_allclose(
+        list(got["token_share"].values()), pool.domain_tokens / pool.domain_tokens.sum()
+    )
+    # the featurizer reads points: "theta" features are the points, profile shares are theirs
+    feat = featurizer_for("theta+profile", pool, space=space)
+    f = feat(pts)
+    np.testing.assert_array_equal(f[:, : pts.shape[1]], pts)
+    np.testing.assert_allclose(f[:, pts.shape[1] : pts.shape[1] + m], w, atol=1e-9)
+    assert feat.names[: pts.shape[1]] == space.names
+
+
+def test_shares_space_caps_shares_and_copies(pool):
+    share = pool.domain_tokens / pool.domain_tokens.sum()
+    capped = _shares_space(pool, max_share_ratio=1.2, dirichlet=0.3)
+    m, a = len(pool.domains), len(pool.domains) * len(pool.scorers)
+    pts = capped.propose(40, 2)
+    w = pts[:, a + 2 * m : a + 3 * m]
+    assert np.all(w <= 1.2 * share + 1e-12)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)
+    free = _shares_space(pool, dirichlet=0.3).propose(40, 2)
+    assert np.any(free[:, a + 2 * m : a + 3 * m] > 1.2 * share)  # the cap did something
+    np.testing.assert_array_equal(free[:, :a], pts[:, :a])  # same quality draws
+    # at most 3 expected copies of any document over a final run of 5 epochs' tokens
+    total = pool.domain_tokens.sum()
+    few = _shares_space(pool, max_copies=3.0, final_tokens=5 * total, dirichlet=0.3)
+    most = [pool.selection(few.params(p)).expected.max() for p in few.propose(20, 4)]
+    assert max(most) * 5 <= 3.0 + 1e-9 and max(most) * 5 > 2.0  # binds, and is kept
+    # a point off the caps (a mean, a round's step) is held to them when it becomes θ
+    wild = pts[:1].copy()
+    wild[0, a + 2 * m : a + 3 * m] = np.r_[0.9, np.full(m - 1, 0.1 / (m - 1))]
+    realised = capped.coords(capped.theta(wild))[0, a + 2 * m : a + 3 * m]
+    assert realised[0] == pytest.approx(1.2 * share[0]) and realised.sum() == pytest.approx(1.0)
 
 
 def test_baselines(pool):

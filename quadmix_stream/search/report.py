@@ -27,7 +27,7 @@ from quadmix_stream.search.pool import Pool
 from quadmix_stream.search.proxy import build_model, count_params
 from quadmix_stream.search.retest import verdict
 from quadmix_stream.search.runfolder import RunFolder
-from quadmix_stream.search.select import measured_contenders
+from quadmix_stream.search.select import LEVEL, measured_contenders
 from quadmix_stream.search.summaries import best_per_round, coverage_lines
 from quadmix_stream.storage.io import atomic_write_text
 
@@ -402,8 +402,47 @@ def _shipped(shipped: dict) -> list[str]:
         ),
         "",
     ]
+    md += _decisions(shipped)
     for note in shipped.get("notes", []):
         md += [f"**Note**: {note}.", ""]
+    return md
+
+
+def _decisions(shipped: dict) -> list[str]:
+    """The tests behind what shipped: constraints per contender, and the runner-up."""
+    checks = shipped.get("constraint_checks") or {}
+    runner = shipped.get("runner_up")
+    test = next((c["test"] for c in shipped.get("constraints", {}).values()), None)
+    md = []
+    if checks and test:
+        md += [f"Constraints ({test}): loss minus the bound, ± se, p that it is above:", ""]
+        sets = list(shipped["constraints"])
+        rows = [
+            [k]
+            + [
+                f"{c[s]['mean']:+.4f}"
+                + (f" ± {c[s]['se']:.4f}, p {c[s]['p']:.3f}" if c[s]["se"] == c[s]["se"] else "")
+                + (" **fails**" if c[s]["fails"] else "")
+                for s in sets
+            ]
+            for k, c in sorted(
+                checks.items(), key=lambda kv: shipped["measured"][kv[0]]["objective"]
+            )
+        ]
+        md += [
+            _table(
+                ["contender", *(f"{s} ≤ {shipped['constraints'][s]['from']}" for s in sets)], rows
+            ),
+            "",
+        ]
+    if runner and runner.get("separable") is not None:
+        verdict = "separable" if runner["separable"] else "**not separable**"
+        md += [
+            f"Runner-up {runner['name']}: {runner['mean']:+.4f} ± {runner['se']:.4f} worse than "
+            f"{shipped['name']} paired by seed (one-sided paired t-test, p {runner['p']:.3f}): "
+            f"{verdict} at {LEVEL:g}.",
+            "",
+        ]
     return md
 
 

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -494,11 +495,13 @@ def measured_contenders(folder: RunFolder) -> tuple[dict[str, dict], dict[str, s
             failed[name] = str(bad.get("reason", "a set's loss is missing"))
             continue
         per = [_losses(r) for r in recs]
+        seed_losses = {k: [float(d.get(k, math.nan)) for d in per] for k in per[0]}
         out[name] = {
             "params": p,
             "objective": float(np.mean(values)),
             "objectives": values,
-            "losses": {k: float(np.mean([d.get(k, math.nan) for d in per])) for k in per[0]},
+            "losses": {k: float(np.mean(v)) for k, v in seed_losses.items()},
+            "seed_losses": seed_losses,
         }
     return out, failed
 
@@ -508,9 +511,10 @@ def ship(folder: RunFolder) -> dict:
 
     Contenders: every evaluated params file (θ*, candidates, the round bests, baselines), each
     trained at every verification seed on exactly its stream. Constraints (``constraints:``)
-    drop contenders whose mean loss on a set exceeds the bound (a number, or a measured
-    baseline's mean loss on that set); when no contender meets them all, the best overall ships
-    with a warning.
+    drop contenders whose loss on a set is above the bound beyond the seeds' noise (a number,
+    or a measured baseline's losses paired by seed; :func:`above`); when no contender meets them
+    all, the best overall ships with a warning. Whether the winner is separable from the
+    runner-up by the same test is recorded and, when it is not, said.
     """
     cfg = folder.config
     measured, failed = measured_contenders(folder)
@@ -518,26 +522,26 @@ def ship(folder: RunFolder) -> dict:
         raise UserError(f"{folder.path}: θ* has no measured proxy yet (run `evaluate`)")
     if not measured:
         raise UserError(f"{folder.path}: no contender was measured at every seed (run `evaluate`)")
-    bounds, notes = {}, []
+    notes = []
     if STAR not in measured:
         notes.append(f"θ*'s proxy failed ({failed.get(STAR, 'not measured at every seed')})")
-    for s, b in cfg.constraints.items():
-        if isinstance(b, str):
-            if b not in measured:
-                notes.append(f"constraint {s} ≤ {b}: {b} was not measured; not applied")
-                continue
-            bounds[s] = (measured[b]["losses"].get(s, math.nan), b)
-        else:
-            bounds[s] = (float(b), f"{float(b):g}")
+    bounds, missing = constraint_bounds(cfg.constraints, measured)
+    notes += missing
+    checks = {k: check_constraints(w, bounds) for k, w in measured.items()}
     feasible = {
-        k: v
-        for k, v in measured.items()
-        if all(v["losses"].get(s, math.inf) <= ref + 1e-12 for s, (ref, _) in bounds.items())
+        k: v for k, v in measured.items() if not any(c["fails"] for c in checks[k].values())
     }
     if bounds and not feasible:
         notes.append("no measured contender meets every constraint; the best overall ships")
     pool_ = feasible or measured
     best = min(pool_, key=lambda k: (pool_[k]["objective"], k != STAR))
+    runner = runner_up(pool_, best)
+    if runner is not None and runner["separable"] is False:
+        notes.append(
+            f"{best} is not separable from the runner-up {runner['name']} at this many seeds: "
+            f"{runner['name']} is {runner['mean']:+.4f} ± {runner['se']:.4f} worse ({TEST_NAME}, "
+            f"p = {runner['p']:.3f})"
+        )
     v = measured[best]["objective"]
     sv = measured[STAR]["objective"] if STAR in measured else math.nan
     base = {
@@ -548,7 +552,7 @@ def ship(folder: RunFolder) -> dict:
     best_base = min(base, key=base.get) if base else None
     what = "θ* (mean of the top-k predicted)" if best == STAR else best
     scope = f", of the {len(feasible)} that meet the constraints" if bounds and feasible else ""
-    star_fails = _fails(measured[STAR]["losses"], bounds) if STAR in measured else []
+    star_fails = _fails(checks[STAR]) if STAR in measured else []
     if best == STAR:
         star_note = ""
     elif star_fails and feasible:  # θ* measured lower but is outside the constraints
@@ -571,7 +575,8 @@ def ship(folder: RunFolder) -> dict:
         + (f"; best baseline {best_base} {base[best_base]:.4f}" if best_base else "")
         + ")"
         + (
-            f"; constraints: {', '.join(f'{s} ≤ {lbl}' for s, (_, lbl) in bounds.items())}"
+            f"; constraints ({TEST_NAME}): "
+            + ", ".join(f"{s} ≤ {b['from']}" for s, b in bounds.items())
             if bounds
             else ""
         )
@@ -586,12 +591,22 @@ def ship(folder: RunFolder) -> dict:
         "margin_vs_theta_star": sv - v,
         "best_baseline": best_base,
         "best_baseline_objective": base.get(best_base) if best_base else None,
-        "constraints": {s: {"bound": ref, "from": lbl} for s, (ref, lbl) in bounds.items()},
+        "constraints": {
+            s: {"bound": b["bound"], "from": b["from"], "test": TEST_NAME}
+            for s, b in bounds.items()
+        },
+        "constraint_checks": checks,
+        "runner_up": runner,
         "notes": notes,
         "seeds": seeds,
         "theta_star_minus": paired_differences(measured, STAR),
         "measured": {
-            k: {"objective": w["objective"], "objectives": w["objectives"], "losses": w["losses"]}
+            k: {
+                "objective": w["objective"],
+                "objectives": w["objectives"],
+                "losses": w["losses"],
+                "seed_losses": w["seed_losses"],
+            }
             for k, w in measured.items()
         },
     }
@@ -622,13 +637,99 @@ def paired_differences(measured: dict[str, dict], ref: str) -> dict[str, dict[st
     return out
 
 
-def _fails(losses: dict[str, float], bounds: dict[str, tuple[float, str]]) -> list[str]:
-    """The constraints ``losses`` break, in words (``general 5.4554 > 5.4315 (random)``)."""
-    return [
-        f"{s} {losses.get(s, math.nan):.4f} > {ref:.4f} ({lbl})"
-        for s, (ref, lbl) in bounds.items()
-        if not losses.get(s, math.inf) <= ref + 1e-12
-    ]
+#: one-sided level of the paired tests that decide constraints and separability
+LEVEL = 0.05
+TEST_NAME = f"one-sided paired t-test over the verification seeds at {LEVEL:g}"
+
+
+def above(a: Sequence[float], b: Sequence[float] | float) -> dict[str, float | bool]:
+    """Whether ``a`` is above ``b`` (per seed, paired; or a number), beyond the seeds' noise.
+
+    The differences a − b have a mean and a standard error; a one-sided paired t-test (n − 1
+    degrees of freedom) gives p for "a is above b", and ``above`` is p < :data:`LEVEL`. With one
+    seed there is no noise estimate: ``above`` is then mean > 0 (se and p are NaN)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    mean = float(d.mean())
+    if len(d) < 2:
+        return {"mean": mean, "se": math.nan, "p": math.nan, "above": mean > 1e-12}
+    se = float(d.std(ddof=1) / math.sqrt(len(d)))
+    if se == 0.0:
+        return {"mean": mean, "se": 0.0, "p": 0.0 if mean > 0 else 1.0, "above": mean > 1e-12}
+    from scipy.stats import t as student_t
+
+    p = float(student_t.sf(mean / se, len(d) - 1))
+    return {"mean": mean, "se": se, "p": p, "above": p < LEVEL}
+
+
+def constraint_bounds(
+    constraints: Mapping[str, Any], measured: dict[str, dict]
+) -> tuple[dict[str, dict], list[str]]:
+    """Each constraint's bound: a number, or a measured baseline's per-seed losses on the set;
+    and why any is not applied."""
+    bounds, notes = {}, []
+    for s, b in constraints.items():
+        if isinstance(b, str):
+            if b not in measured:
+                notes.append(f"constraint {s} ≤ {b}: {b} was not measured; not applied")
+                continue
+            per = measured[b]["seed_losses"].get(s)
+            bounds[s] = {"bound": measured[b]["losses"].get(s, math.nan), "from": b, "per": per}
+        else:
+            bounds[s] = {"bound": float(b), "from": f"{float(b):g}", "per": float(b)}
+    return bounds, notes
+
+
+def check_constraints(contender: dict, bounds: dict[str, dict]) -> dict[str, dict]:
+    """Per constrained set: the contender's loss minus the bound (paired by seed with a
+    baseline), and whether it fails: above the bound beyond the noise (:func:`above`)."""
+    out = {}
+    for s, b in bounds.items():
+        mine = contender["seed_losses"].get(s)
+        if mine is None or b["per"] is None or not np.all(np.isfinite(mine)):
+            out[s] = {"mean": math.nan, "se": math.nan, "p": math.nan, "fails": True}
+            continue
+        r = above(mine, b["per"])
+        out[s] = {"mean": r["mean"], "se": r["se"], "p": r["p"], "fails": bool(r["above"])}
+        out[s]["loss"], out[s]["bound"], out[s]["from"] = (
+            float(np.mean(mine)),
+            b["bound"],
+            b["from"],
+        )
+    return out
+
+
+def runner_up(pool: dict[str, dict], best: str) -> dict | None:
+    """The contender next to ``best`` by mean objective, how much worse it is paired by seed,
+    and whether that is beyond the noise (``separable``; None with one seed: no noise estimate);
+    None when ``best`` stands alone."""
+    others = sorted((k for k in pool if k != best), key=lambda k: pool[k]["objective"])
+    if not others:
+        return None
+    r = above(pool[others[0]]["objectives"], pool[best]["objectives"])
+    if not math.isfinite(r["se"]):
+        r["above"] = None
+    return {
+        "name": others[0],
+        "mean": r["mean"],
+        "se": r["se"],
+        "p": r["p"],
+        "separable": r["above"],
+    }
+
+
+def _fails(checks: dict[str, dict]) -> list[str]:
+    """The constraints a contender breaks, in words
+    (``general 5.4554 > 5.4315 (random): +0.0239 ± 0.0051, p 0.000``)."""
+    out = []
+    for s, c in checks.items():
+        if not c["fails"]:
+            continue
+        if "loss" not in c:
+            out.append(f"{s}: no loss measured")
+            continue
+        noise = f" ± {c['se']:.4f}, p {c['p']:.3f}" if math.isfinite(c["se"]) else ""
+        out.append(f"{s} {c['loss']:.4f} > {c['bound']:.4f} ({c['from']}): {c['mean']:+.4f}{noise}")
+    return out
 
 
 def write_star_only(folder: RunFolder) -> None:

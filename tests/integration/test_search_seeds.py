@@ -99,6 +99,13 @@ def test_contenders_ship_by_their_mean_over_seeds(seeded_run):
     assert "(mean of 2 data seeds)" in text and "round bests on the same seeds: 0: " in text
     report = (out / "report" / "report.md").read_text()
     assert "trained with 2 data seeds (0, 1)" in report and "| sd | θ* − it" in report
+    # constraints and the runner-up decided by a paired test over the seeds, and said
+    assert set(shipped["constraint_checks"]) == set(shipped["measured"])
+    assert shipped["constraints"]["general"]["test"].startswith("one-sided paired t-test")
+    runner = shipped["runner_up"]
+    assert runner["name"] in shipped["measured"] and runner["separable"] in (True, False)
+    assert "Constraints (one-sided paired t-test" in report
+    assert f"Runner-up {runner['name']}: " in report
     # θ* against each contender, paired by seed
     star = shipped["measured"]["theta-star"]["objectives"]
     for name, d in shipped["theta_star_minus"].items():

@@ -529,9 +529,77 @@ def test_the_trainers_evaluation_can_spread_over_every_document(tok, tmp_path):
 
 
 def test_a_broken_constraint_is_said_in_numbers():
-    from quadmix_stream.search.select import _fails
+    from quadmix_stream.search.select import _fails, check_constraints, constraint_bounds
 
-    bounds = {"general": (5.4315, "random"), "code": (3.0, "3")}
-    assert _fails({"general": 5.4554, "code": 2.5}, bounds) == ["general 5.4554 > 5.4315 (random)"]
-    assert _fails({"general": 5.4315, "code": 3.0}, bounds) == []
-    assert _fails({"code": 2.0}, bounds) == ["general nan > 5.4315 (random)"]
+    measured = {
+        "random": _contender([7.0, 7.1], [5.4315, 5.4315]),
+        "a": _contender([6.9, 7.0], [5.4554, 5.4554]),
+        "b": _contender([6.9, 7.0], [5.4315, 5.4315]),
+    }
+    measured["b"]["seed_losses"] = {}  # no loss on the constrained set
+    bounds, _ = constraint_bounds({"general": "random"}, measured)
+    said = _fails(check_constraints(measured["a"], bounds))
+    assert said == ["general 5.4554 > 5.4315 (random): +0.0239 ± 0.0000, p 0.000"]
+    assert _fails(check_constraints(measured["random"], bounds)) == []
+    assert _fails(check_constraints(measured["b"], bounds)) == ["general: no loss measured"]
+
+
+# ---------------------------------------------------------------- noise-aware decisions
+def _contender(objectives, general):
+    return {
+        "objective": float(np.mean(objectives)),
+        "objectives": list(objectives),
+        "losses": {"general": float(np.mean(general))},
+        "seed_losses": {"general": list(general)},
+    }
+
+
+def _noise(sd: float, seed: int, n: int = 16) -> np.ndarray:
+    """``n`` values of mean exactly 0 and standard deviation exactly ``sd``."""
+    z = np.random.default_rng(seed).normal(size=n)
+    return sd * (z - z.mean()) / z.std(ddof=1)
+
+
+def test_constraints_and_the_runner_up_allow_for_the_seeds_noise():
+    from quadmix_stream.search.select import (
+        above,
+        check_constraints,
+        constraint_bounds,
+        runner_up,
+    )
+
+    general = 5.0 + _noise(0.03, 0)
+    measured = {
+        "random": _contender(7.0 + _noise(0.03, 1), general),
+        # 0.009 ± 0.0075 worse (sd 0.03 over 16 seeds): t = 1.2, within the noise, it passes
+        "close": _contender(6.9 + _noise(0.03, 1), general + 0.009 + _noise(0.03, 2)),
+        # 0.009 ± 0.00075 worse: t = 12, beyond the noise, it fails
+        "worse": _contender(6.8 + _noise(0.03, 1), general + 0.009 + _noise(0.003, 3)),
+    }
+    bounds, notes = constraint_bounds({"general": "random"}, measured)
+    assert notes == [] and bounds["general"]["from"] == "random"
+    close = check_constraints(measured["close"], bounds)["general"]
+    worse = check_constraints(measured["worse"], bounds)["general"]
+    assert not close["fails"] and close["mean"] == pytest.approx(0.009)
+    assert close["se"] == pytest.approx(0.0075) and close["p"] == pytest.approx(0.1244, abs=1e-3)
+    assert worse["fails"] and worse["se"] == pytest.approx(0.00075) and worse["p"] < 1e-6
+    # a number as the bound: the per-seed losses against it
+    fixed, _ = constraint_bounds({"general": 5.5}, measured)
+    assert not check_constraints(measured["worse"], fixed)["general"]["fails"]
+    # the runner-up 0.1 worse on every seed (the same noise) is separable; 0.02 worse in noise
+    # of sd 0.3 is not
+    sep = runner_up({"a": measured["close"], "b": measured["random"]}, "a")
+    assert sep["name"] == "b" and sep["separable"] and sep["mean"] == pytest.approx(0.1)
+    blur = _contender(6.92 + _noise(0.3, 4), general)
+    assert runner_up({"a": measured["close"], "b": blur}, "a")["separable"] is False
+    # one seed: no noise estimate, so the means decide and separability is not claimed
+    one = {
+        k: _contender(v["objectives"][:1], v["seed_losses"]["general"][:1])
+        for k, v in measured.items()
+    }
+    b1, _ = constraint_bounds({"general": "random"}, one)
+    assert check_constraints(one["worse"], b1)["general"]["fails"] == (
+        one["worse"]["losses"]["general"] > one["random"]["losses"]["general"]
+    )
+    assert runner_up({"a": one["close"], "b": one["random"]}, "a")["separable"] is None
+    assert above([1.0, 1.0], [1.0, 1.0]) == {"mean": 0.0, "se": 0.0, "p": 1.0, "above": False}

@@ -3,7 +3,7 @@
     python scripts/rank_check.py runs/table1_repeat [CONFIG ...]   # → runs/table1_repeat/rank_check/
 
 ``verification`` (first, and free) reads the search's own verification proxies (its
-``select.seeds`` data seeds; "quadmix" is the contender that shipped). For each other proxy
+``select.seeds`` data seeds; "quadmix" is the contender that shipped), as the flow's report does. For each other proxy
 configuration (below: the recipe's, 4× the tokens over half the pool, the
 full-size model's width), the flow's params files (its baselines and what shipped) are trained as
 proxies with data seeds 0-2 in a run folder of their own over the flow's labels, and their mean
@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
 
+from quadmix_stream.flow.report import rank_agreement, rank_table
 from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.search.pipeline import step_propose
 from quadmix_stream.search.proxy import ProxyJob
@@ -43,26 +43,6 @@ SEEDS = [0, 1, 2]
 VERIFICATION = "verification"
 
 
-def _compare(per: dict[str, float], full_objective) -> dict:
-    """Spearman of the methods' proxy objectives against their full-size ones, and both."""
-    methods = sorted(per)
-    proxy_mean = [per[m] for m in methods]
-    full_mean = [full_objective(m) for m in methods]
-    return {
-        "spearman_vs_full": float(spearmanr(proxy_mean, full_mean).statistic),
-        "proxy": dict(zip(methods, proxy_mean, strict=True)),
-        "full": dict(zip(methods, full_mean, strict=True)),
-    }
-
-
-def _verification(flow: Path, full: dict) -> dict[str, float]:
-    """Each method's mean objective over the search's verification seeds (selection.json)."""
-    shipped = json.loads((flow / "search" / "selection.json").read_text()).get("shipped") or {}
-    measured = shipped.get("measured", {})
-    names = {m: shipped.get("name") if m == "quadmix" else m for m in full}
-    return {m: measured[n]["objective"] for m, n in names.items() if n in measured}
-
-
 def main(flow: Path, names: list[str]) -> dict:
     base = RunFolder(flow / "search").config
     full = json.loads((flow / "results.json").read_text())
@@ -77,7 +57,7 @@ def main(flow: Path, names: list[str]) -> dict:
     out: dict = {}
     for name in names:
         if name == VERIFICATION:
-            out[name] = _compare(_verification(flow, full), full_objective)
+            out[name] = rank_agreement(flow / "search", full)
         else:
             out[name] = _train(flow, base, files, name, full_objective)
         _print(name, out[name])
@@ -109,7 +89,9 @@ def _train(flow: Path, base, files: dict[str, Path], name: str, full_objective) 
     per: dict[str, list[float]] = {}
     for job, rec in zip(jobs, recs, strict=True):
         per.setdefault(job.name.split(".s")[0], []).append(objective_of(rec, base.objective))
-    out = _compare({m: float(np.mean(v)) for m, v in per.items()}, full_objective)
+    out = rank_table(
+        {m: float(np.mean(v)) for m, v in per.items()}, {m: full_objective(m) for m in per}
+    )
     out["seed_sd"] = float(np.mean([np.std(v, ddof=1) for v in per.values()]))
     out["seconds_per_proxy"] = (time.time() - t0) / len(jobs)
     return out

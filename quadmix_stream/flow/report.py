@@ -1,8 +1,8 @@
 """The report of ``quadmix-stream run``: ``{out}/report.md``, ``results.json`` and the plots.
 
 Final losses per method (mean ± sd over seeds) with the tokens each params file selects, a
-figure of them, each params file's selection (:mod:`quadmix_stream.inspect`), and the wall time
-of every stage. :mod:`quadmix_stream.flow.run` runs the steps and calls :func:`write_report`.
+figure of them, whether the search's proxies ranked the methods as these trainings did, each
+params file's selection (:mod:`quadmix_stream.inspect`), and the wall time of every stage. :mod:`quadmix_stream.flow.run` runs the steps and calls :func:`write_report`.
 """
 
 from __future__ import annotations
@@ -125,6 +125,10 @@ def write_report(
     ]
     lines += _losses(results, out, ratio)
     atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=str))
+    ranks = rank_agreement(out / "search", results)
+    if ranks is not None:
+        atomic_write_text(out / "rank_agreement.json", json.dumps(ranks, indent=1))
+        lines += _ranks(ranks)
     lines += _selections(store, params, reports, out)
     lines += _wall_time(out, times)
     path = out / "report.md"
@@ -170,6 +174,74 @@ def _losses(results: dict[str, dict[str, Any]], out: Path, ratio: float | None) 
         ),
         "",
         f"![results]({plot_results(results, out / 'results.png').name})",
+    ]
+
+
+def rank_table(proxy: dict[str, float], full: dict[str, float]) -> dict:
+    """Spearman over the methods in both of ``proxy`` and ``full`` (objective per method, lower
+    is better), and each method's objective and rank in both."""
+    from scipy.stats import rankdata, spearmanr
+
+    methods = sorted(set(proxy) & set(full))
+    p, f = [proxy[m] for m in methods], [full[m] for m in methods]
+    rho = float(spearmanr(p, f).statistic) if len(methods) >= 3 else float("nan")
+    rp, rf = rankdata(p), rankdata(f)
+    return {
+        "spearman_vs_full": rho,
+        "methods": {
+            m: {"proxy": p[i], "full": f[i], "proxy_rank": float(rp[i]), "full_rank": float(rf[i])}
+            for i, m in enumerate(methods)
+        },
+        "proxy": dict(zip(methods, p, strict=True)),
+        "full": dict(zip(methods, f, strict=True)),
+    }
+
+
+def rank_agreement(search: Path, results: dict[str, dict[str, Any]]) -> dict | None:
+    """The search's verification proxies (each contender's mean objective over its seeds;
+    "quadmix" is the contender that shipped) against the flow's full-size trainings (the same
+    objective, mean over seeds), for the methods both measured; None without a verification or
+    with fewer than 3 such methods."""
+    sel, meta = search / "selection.json", search / "search.json"
+    if not (sel.exists() and meta.exists()):
+        return None
+    shipped = json.loads(sel.read_text()).get("shipped") or {}
+    measured = shipped.get("measured") or {}
+    weights = json.loads(meta.read_text())["config"]["objective"]
+    proxy, full = {}, {}
+    for m, r in results.items():
+        name = shipped.get("name") if m == "quadmix" else m
+        seeds = list(r["seeds"].values())
+        if name not in measured or not all(e in s for s in seeds for e in weights):
+            continue
+        proxy[m] = measured[name]["objective"]
+        full[m] = float(np.mean([sum(w * s[e] for e, w in weights.items()) for s in seeds]))
+    if len(proxy) < 3:
+        return None
+    out = rank_table(proxy, full)
+    out["objective"] = weights
+    return out
+
+
+def _ranks(ranks: dict) -> list[str]:
+    """The proxies' ranking of the methods beside the full-size one."""
+    obj = " + ".join(f"{w:g}·{e}" for e, w in ranks["objective"].items())
+    rows = sorted(ranks["methods"].items(), key=lambda kv: kv[1]["full"])
+    return [
+        "",
+        "## Do the search's proxies rank the methods as these trainings do?",
+        "",
+        f"The search's objective ({obj}): its verification proxies (mean over their data seeds; "
+        "`quadmix` is what shipped) beside the full-size trainings above (mean over seeds). "
+        f"Spearman over {len(rows)} methods: **{ranks['spearman_vs_full']:+.2f}**.",
+        "",
+        "| params | proxy objective | proxy rank | full-size objective | full-size rank |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {m} | {v['proxy']:.4f} | {v['proxy_rank']:g} | {v['full']:.4f} | "
+            f"{v['full_rank']:g} |"
+            for m, v in rows
+        ),
     ]
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from quadmix_stream.flow.report import rank_agreement, rank_table
+from quadmix_stream.flow.report import rank_agreement
 from quadmix_stream.mixing.params import SamplingParams
+from quadmix_stream.search.decide import rank_table
 from quadmix_stream.search.pipeline import step_propose
 from quadmix_stream.search.proxy import ProxyJob
 from quadmix_stream.search.runfolder import RunFolder, objective_of
@@ -57,7 +58,7 @@ def main(flow: Path, names: list[str]) -> dict:
     out: dict = {}
     for name in names:
         if name == VERIFICATION:
-            out[name] = rank_agreement(flow / "search", full)
+            out[name] = rank_agreement(flow / "search", full)["screening"]
         else:
             out[name] = _train(flow, base, files, name, full_objective)
         _print(name, out[name])

@@ -17,7 +17,10 @@ STEPS = {
     "proxies (resumable; `run` does rounds 1…rounds.k, this runs one, or one more)",
     "select": "predict fresh proposals, θ* = mean of the best k, the best candidates, baselines; "
     "then (evaluate: true) train their proxies and ship the best measured as params.json",
-    "evaluate": "train proxies on θ*, the candidates and the baselines; ship the best measured",
+    "evaluate": "train proxies on θ*, the candidates and the baselines; ship the best measured "
+    "(then, with `decide:` in the recipe, the deciding step)",
+    "decide": "train θ*, the best verified contenders, Random, RegMix and the best top-k again at "
+    "the recipe's `decide:` scale (a larger model, more tokens); ship the best there",
     "retest": "train some proposals again with another data seed: is a proxy's loss θ's, or its "
     "draw's? (test-retest Spearman → retest.json, shown in the report)",
     "report": "write report/report.md and its PNG plots",
@@ -52,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             s.add_argument("--recipe", help="recipe for a new run folder (or changed settings)")
         if step == "round":
             s.add_argument("round", type=int, help="the round (1 after the first batch, then 2 …)")
-        if step in ("proxies", "round", "select", "evaluate", "retest"):
+        if step in ("proxies", "round", "select", "evaluate", "decide", "retest"):
             _placement(s)
         if step == "retest":
             s.add_argument("--runs", type=int, default=48, help="proposals to retrain (default 48)")
@@ -146,8 +149,12 @@ def _step(a: argparse.Namespace) -> int:
         pipeline.step_round(
             a.run_dir, a.round, a.dataset, a.group, a.device, a.threads, executor=_executor(a)
         )
-    elif step in ("select", "evaluate"):
-        fn = pipeline.step_select if step == "select" else pipeline.step_evaluate
+    elif step in ("select", "evaluate", "decide"):
+        fn = {
+            "select": pipeline.step_select,
+            "evaluate": pipeline.step_evaluate,
+            "decide": pipeline.step_decide,
+        }[step]
         fn(a.run_dir, a.dataset, a.group, a.device, a.threads, executor=_executor(a))
     elif step == "retest":
         from quadmix_stream.search.retest import retest

@@ -177,72 +177,74 @@ def _losses(results: dict[str, dict[str, Any]], out: Path, ratio: float | None) 
     ]
 
 
-def rank_table(proxy: dict[str, float], full: dict[str, float]) -> dict:
-    """Spearman over the methods in both of ``proxy`` and ``full`` (objective per method, lower
-    is better), and each method's objective and rank in both."""
-    from scipy.stats import rankdata, spearmanr
-
-    methods = sorted(set(proxy) & set(full))
-    p, f = [proxy[m] for m in methods], [full[m] for m in methods]
-    rho = float(spearmanr(p, f).statistic) if len(methods) >= 3 else float("nan")
-    rp, rf = rankdata(p), rankdata(f)
-    return {
-        "spearman_vs_full": rho,
-        "methods": {
-            m: {"proxy": p[i], "full": f[i], "proxy_rank": float(rp[i]), "full_rank": float(rf[i])}
-            for i, m in enumerate(methods)
-        },
-        "proxy": dict(zip(methods, p, strict=True)),
-        "full": dict(zip(methods, f, strict=True)),
-    }
-
-
 def rank_agreement(search: Path, results: dict[str, dict[str, Any]]) -> dict | None:
-    """The search's verification proxies (each contender's mean objective over its seeds;
-    "quadmix" is the contender that shipped) against the flow's full-size trainings (the same
-    objective, mean over seeds), for the methods both measured; None without a verification or
-    with fewer than 3 such methods."""
+    """The search's measurements of the trained methods against the flow's full-size trainings
+    (the search's objective, mean over seeds): its verification proxies (``screening``) and,
+    with a deciding step, its deciding runs (``deciding``); "quadmix" is what shipped. None
+    without a verification, or with fewer than 3 methods measured by both."""
+    from quadmix_stream.search.decide import rank_table
+
     sel, meta = search / "selection.json", search / "search.json"
     if not (sel.exists() and meta.exists()):
         return None
     shipped = json.loads(sel.read_text()).get("shipped") or {}
-    measured = shipped.get("measured") or {}
     weights = json.loads(meta.read_text())["config"]["objective"]
-    proxy, full = {}, {}
+    screen = shipped.get("screened", {}).get("measured")
+    if screen is None:  # no deciding step: the verification shipped
+        screen = {k: w["objective"] for k, w in (shipped.get("measured") or {}).items()}
+        decide = {}
+    else:
+        decide = {k: w["objective"] for k, w in shipped["measured"].items()}
+    full: dict[str, float] = {}
     for m, r in results.items():
-        name = shipped.get("name") if m == "quadmix" else m
         seeds = list(r["seeds"].values())
-        if name not in measured or not all(e in s for s in seeds for e in weights):
-            continue
-        proxy[m] = measured[name]["objective"]
-        full[m] = float(np.mean([sum(w * s[e] for e, w in weights.items()) for s in seeds]))
-    if len(proxy) < 3:
-        return None
-    out = rank_table(proxy, full)
-    out["objective"] = weights
-    return out
+        if all(e in s for s in seeds for e in weights):
+            full[m] = float(np.mean([sum(w * s[e] for e, w in weights.items()) for s in seeds]))
+
+    def by_method(measured: dict[str, float]) -> dict[str, float]:
+        names = {m: shipped.get("name") if m == "quadmix" else m for m in full}
+        return {m: measured[n] for m, n in names.items() if n in measured}
+
+    out = {"objective": weights}
+    for stage, measured in (("screening", screen), ("deciding", decide)):
+        mine = by_method(measured)
+        if len(mine) >= 3:
+            out[stage] = rank_table(mine, {m: full[m] for m in mine})
+    return out if "screening" in out else None
 
 
 def _ranks(ranks: dict) -> list[str]:
-    """The proxies' ranking of the methods beside the full-size one."""
+    """The search's rankings of the methods beside the full-size one."""
     obj = " + ".join(f"{w:g}·{e}" for e, w in ranks["objective"].items())
-    rows = sorted(ranks["methods"].items(), key=lambda kv: kv[1]["full"])
-    return [
+    lines = [
         "",
-        "## Do the search's proxies rank the methods as these trainings do?",
+        "## Do the search's measurements rank the methods as these trainings do?",
         "",
-        f"The search's objective ({obj}): its verification proxies (mean over their data seeds; "
-        "`quadmix` is what shipped) beside the full-size trainings above (mean over seeds). "
-        f"Spearman over {len(rows)} methods: **{ranks['spearman_vs_full']:+.2f}**.",
-        "",
-        "| params | proxy objective | proxy rank | full-size objective | full-size rank |",
-        "|---|---:|---:|---:|---:|",
-        *(
-            f"| {m} | {v['proxy']:.4f} | {v['proxy_rank']:g} | {v['full']:.4f} | "
-            f"{v['full_rank']:g} |"
-            for m, v in rows
-        ),
+        f"The search's objective ({obj}), mean over each stage's data seeds (`quadmix` is what "
+        "shipped), beside the full-size trainings above (mean over seeds).",
     ]
+    for stage, what in (
+        ("screening", "its verification proxies"),
+        ("deciding", "its deciding runs (`decide:`)"),
+    ):
+        if stage not in ranks:
+            continue
+        r = ranks[stage]
+        rows = sorted(r["methods"].items(), key=lambda kv: kv[1]["full"])
+        lines += [
+            "",
+            f"{what[0].upper()}{what[1:]}: Spearman over {len(rows)} methods "
+            f"**{r['spearman_vs_full']:+.2f}**.",
+            "",
+            "| params | search objective | search rank | full-size objective | full-size rank |",
+            "|---|---:|---:|---:|---:|",
+            *(
+                f"| {m} | {v['proxy']:.4f} | {v['proxy_rank']:g} | {v['full']:.4f} | "
+                f"{v['full_rank']:g} |"
+                for m, v in rows
+            ),
+        ]
+    return lines
 
 
 def _coverage(cov: dict[str, dict] | None) -> str:

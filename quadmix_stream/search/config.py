@@ -221,6 +221,21 @@ class RegmixConfig:
 
 
 @dataclass(frozen=True)
+class DecideConfig:
+    """The last step: the few best contenders trained again closer to the final run's scale,
+    and the best there ships (see :mod:`quadmix_stream.search.decide`)."""
+
+    #: the best proxy-verified contenders (by mean objective, within the constraints) trained
+    #: here besides θ*, Random, RegMix and the best top-k baseline
+    contenders: int = 3
+    #: data seeds per contender (``proxy.data_seed + s``); a paired test needs at least 2
+    seeds: int = 3
+    #: the deciding runs' settings: keys left out are the search's ``proxy`` (its model's too),
+    #: so ``{model: {hidden_size: 128}, tokens: 1228800}`` is a wider model on more tokens
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     dataset: str
     target: str = "{dataset}/eval_sets/target.jsonl"
@@ -235,6 +250,9 @@ class SearchConfig:
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     regmix: RegmixConfig | None = None
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    #: train the best contenders again at a higher fidelity and ship the best there (None: what
+    #: the verification proxies measured best ships)
+    decide: DecideConfig | None = None
     #: more evaluation sets of every proxy, name → JSONL path (``{dataset}`` expands)
     evals: Mapping[str, str] = field(default_factory=dict)
     #: what the search minimises: a weighted sum of eval-set losses ("target" is ``target``)
@@ -283,7 +301,8 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any], where: str = "recipe") -> SearchConfig:
-        return build(cls, _with_proxy_model(obj, where), where, SearchConfigError, _CONVERT)
+        obj = _with_proxy_model(_with_decide_proxy(obj, where), where)
+        return build(cls, obj, where, SearchConfigError, _CONVERT)
 
     @classmethod
     def load(cls, path: str | Path) -> SearchConfig:
@@ -317,6 +336,25 @@ def _with_proxy_model(obj: Mapping[str, Any], where: str) -> Mapping[str, Any]:
         return obj
     model = model_section(proxy["model"], f"{where}.proxy.model", SearchConfigError, PROXY_MODEL)
     return {**obj, "proxy": {**proxy, "model": model}}
+
+
+def _with_decide_proxy(obj: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """``obj`` with ``decide.proxy`` completed by the search's ``proxy``: the keys it leaves out,
+    its model's included, are the screening proxies'."""
+    decide = obj.get("decide") if isinstance(obj, Mapping) else None
+    base, over = obj.get("proxy") or {}, (decide or {}).get("proxy") or {}
+    if not (
+        isinstance(decide, Mapping) and isinstance(base, Mapping) and isinstance(over, Mapping)
+    ):
+        return obj  # no decide step, or a section that is not a mapping: `build` says which
+    merged = {**base, **over}
+    model = model_section(base.get("model") or {}, f"{where}.proxy.model", SearchConfigError)
+    model = {**dataclasses.asdict(PROXY_MODEL), **model}
+    over_model = model_section(
+        over.get("model") or {}, f"{where}.decide.proxy.model", SearchConfigError
+    )
+    merged["model"] = {**model, **over_model}
+    return {**obj, "decide": {**decide, "proxy": merged}}
 
 
 def _list(value: Any, where: str, n: int) -> list:
@@ -380,30 +418,59 @@ _CONVERT = {
 }
 
 
+def _check_proxy(x: ProxyConfig, where: str) -> None:
+    positive = {
+        "seq_len": x.seq_len,
+        "batch_size": x.batch_size,
+        "tokens": x.tokens,
+        "lr": x.lr,
+        "group": x.group,
+        "max_epochs": x.max_epochs,
+        "eval_max_tokens": x.eval_max_tokens,
+        "eval_batch_size": x.eval_batch_size,
+        "model.hidden_size": x.model.hidden_size,
+        "model.num_hidden_layers": x.model.num_hidden_layers,
+        "model.num_attention_heads": x.model.num_attention_heads,
+        "model.intermediate_size": x.model.intermediate_size,
+    }
+    for k, v in positive.items():
+        if not v > 0:
+            raise SearchConfigError(f"{where}.{k}: must be > 0, got {v}")
+    if x.micro_batch_size < 0 or x.batch_size % x.micro:
+        raise SearchConfigError(
+            f"{where}.micro_batch_size: {x.micro_batch_size} must divide batch_size {x.batch_size}"
+        )
+    if x.seq_len < 2:
+        raise SearchConfigError(f"{where}.seq_len: must be at least 2")
+    if x.model.hidden_size % x.model.num_attention_heads:
+        raise SearchConfigError(
+            f"{where}.model: hidden_size {x.model.hidden_size} is not a multiple of "
+            f"num_attention_heads {x.model.num_attention_heads}"
+        )
+    if x.model.attn_implementation not in (None, "eager", "sdpa"):
+        raise SearchConfigError(f"{where}.model.attn_implementation: 'eager' or 'sdpa'")
+    if not 0 <= x.warmup_fraction < 1 or not 0 <= x.min_lr_ratio <= 1:
+        raise SearchConfigError(
+            f"{where}.warmup_fraction must be in [0, 1) and {where}.min_lr_ratio in [0, 1]"
+        )
+    if min(x.doc_tokens, x.eval_doc_tokens) < 0:
+        raise SearchConfigError(f"{where}.doc_tokens and {where}.eval_doc_tokens must be ≥ 0")
+    if not 0 < x.pool_fraction <= 1:
+        raise SearchConfigError(f"{where}.pool_fraction: must be in (0, 1], got {x.pool_fraction}")
+
+
 def _check(c: SearchConfig) -> None:
     if c.space not in SPACES:
         raise SearchConfigError(f"space: must be one of {SPACES}, got {c.space!r}")
     if c.form not in FORMS:
         raise SearchConfigError(f"form: must be one of {FORMS}, got {c.form!r}")
-    p, x = c.proposals, c.proxy
+    p = c.proposals
     positive = {
         "proposals.n": p.n,
         "proposals.dirichlet": p.dirichlet,
         "proposals.scale": p.scale,
         "proposals.share_sample": p.share_sample,
         "tokenizer.vocab_size": c.tokenizer.vocab_size,
-        "proxy.seq_len": x.seq_len,
-        "proxy.batch_size": x.batch_size,
-        "proxy.tokens": x.tokens,
-        "proxy.lr": x.lr,
-        "proxy.group": x.group,
-        "proxy.max_epochs": x.max_epochs,
-        "proxy.eval_max_tokens": x.eval_max_tokens,
-        "proxy.eval_batch_size": x.eval_batch_size,
-        "proxy.model.hidden_size": x.model.hidden_size,
-        "proxy.model.num_hidden_layers": x.model.num_hidden_layers,
-        "proxy.model.num_attention_heads": x.model.num_attention_heads,
-        "proxy.model.intermediate_size": x.model.intermediate_size,
         "select.n": c.select.n,
         "select.top_k": c.select.top_k,
         "select.seeds": c.select.seeds,
@@ -412,23 +479,9 @@ def _check(c: SearchConfig) -> None:
     for k, v in positive.items():
         if not v > 0:
             raise SearchConfigError(f"{k}: must be > 0, got {v}")
-    if x.micro_batch_size < 0 or x.batch_size % x.micro:
-        raise SearchConfigError(
-            f"proxy.micro_batch_size: {x.micro_batch_size} must divide batch_size {x.batch_size}"
-        )
-    if x.seq_len < 2:
-        raise SearchConfigError("proxy.seq_len: must be at least 2")
-    if x.model.hidden_size % x.model.num_attention_heads:
-        raise SearchConfigError(
-            f"proxy.model: hidden_size {x.model.hidden_size} is not a multiple of "
-            f"num_attention_heads {x.model.num_attention_heads}"
-        )
-    if x.model.attn_implementation not in (None, "eager", "sdpa"):
-        raise SearchConfigError("proxy.model.attn_implementation: 'eager' or 'sdpa'")
-    if not 0 <= x.warmup_fraction < 1 or not 0 <= x.min_lr_ratio <= 1:
-        raise SearchConfigError(
-            "proxy.warmup_fraction must be in [0, 1) and proxy.min_lr_ratio in [0, 1]"
-        )
+    _check_proxy(c.proxy, "proxy")
+    if c.decide is not None:
+        _check_proxy(c.decide.proxy, "decide.proxy")
     caps = {"max_share_ratio": p.max_share_ratio, "max_copies": p.max_copies}
     for k, v in {**caps, "final_tokens": p.final_tokens}.items():
         if v is not None and not v > 0:
@@ -444,6 +497,8 @@ def _check(c: SearchConfig) -> None:
             f"proposals.max_share_ratio: {p.max_share_ratio} < 1 caps every domain below its "
             "share of the pool, so the shares could not sum to 1; use a value ≥ 1"
         )
+    if c.decide is not None and (c.decide.contenders < 0 or c.decide.seeds < 1):
+        raise SearchConfigError("decide: need contenders ≥ 0 and seeds ≥ 1")
     if c.select.top_k > c.select.n:
         raise SearchConfigError(f"select.top_k ({c.select.top_k}) > select.n ({c.select.n})")
     if c.regressor.features not in ("theta", "profile", "theta+profile", "auto"):
@@ -476,15 +531,10 @@ def _check(c: SearchConfig) -> None:
         raise SearchConfigError(
             "rounds: need k ≥ 0, n ≥ 1, top ≥ 1, candidates ≥ n and 0 < shrink ≤ 1"
         )
-    if (
-        min(x.doc_tokens, x.eval_doc_tokens, c.select.verify, c.coverage_min_docs) < 0
-        or c.constraint_margin < 0
-    ):
+    if min(c.select.verify, c.coverage_min_docs) < 0 or c.constraint_margin < 0:
         raise SearchConfigError(
-            "proxy.doc_tokens, select.verify, coverage_min_docs and constraint_margin must be ≥ 0"
+            "select.verify, coverage_min_docs and constraint_margin must be ≥ 0"
         )
-    if not 0 < x.pool_fraction <= 1:
-        raise SearchConfigError(f"proxy.pool_fraction: must be in (0, 1], got {x.pool_fraction}")
     if not 0 < c.regressor.valid_fraction < 1:
         raise SearchConfigError("regressor.valid_fraction: must be in (0, 1)")
     if not 0 < c.baselines.topk_fraction <= 1:

@@ -432,7 +432,72 @@ def step_evaluate(
     log(f"proposals' proxy objective: min {y.min():.4f}, median {np.median(y):.4f}")
     shipped = ship(folder)
     log(f"{shipped['text']} → {folder.path / 'params.json'}")
+    if cfg.decide is not None:
+        shipped = step_decide(path, dataset, group, device, threads, executor, log)
     return {k: measured.get(k) for k in targets} | {"shipped": shipped}
+
+
+def step_decide(
+    path: str | Path,
+    dataset: str | Path | None = None,
+    group: int | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+    executor: ExecutorConfig | None = None,
+    log: Log = print,
+) -> dict:
+    """Train θ*, the best verified contenders and the main baselines again at the deciding
+    fidelity (``decide:``) at every deciding seed (skipping those already trained with the same
+    stream, seed and settings), then ship the best there as params.json (:mod:`.decide`)."""
+    from quadmix_stream.search.decide import DECIDE, decide_contenders, decide_seeds, fidelity
+    from quadmix_stream.search.proxy import ProxyJob
+    from quadmix_stream.search.runner import ProxySource, run_jobs
+    from quadmix_stream.search.select import eval_name, measured_contenders, measures, ship
+
+    folder = RunFolder(path, dataset)
+    cfg = folder.config
+    if cfg.decide is None:
+        raise RunFolderError(f"{path}: the recipe has no `decide:` section")
+    targets = decide_contenders(folder)
+    done, fid = folder.finished(DECIDE), fidelity(cfg)
+    jobs = [
+        ProxyJob(
+            eval_name(name, s),
+            p,
+            {"decide": name, "seed_index": s, "fidelity": fid},
+            seed,
+        )
+        for name, p in targets.items()
+        for s, seed in enumerate(decide_seeds(cfg))
+        if not measures(done.get(eval_name(name, s)), p, seed, cfg, fid)
+    ]
+    if jobs:
+        log(f"decide: training {len(jobs)} runs ({', '.join(targets)} × {cfg.decide.seeds} seeds)")
+        run_jobs(
+            jobs,
+            ProxySource.of(folder, device, threads, decide=True),
+            cfg.decide.proxy.group if group is None else group,
+            lambda r: folder.record(r, DECIDE),
+            log,
+            executor or cfg.executor,
+        )
+    else:
+        log(f"decide: all {len(targets)} contenders already measured at the deciding fidelity")
+    measured, failed = measured_contenders(folder, DECIDE)
+    for name in targets:
+        m = measured.get(name)
+        log(
+            f"{name:<16} deciding objective "
+            + (f"{m['objective']:.4f}" if m else f"failed: {failed.get(name)}")
+        )
+    shipped = ship(folder, DECIDE)
+    agree = shipped["rank_agreement"]
+    log(
+        f"decide: the proxies' ranking of these {len(agree['methods'])} against the deciding "
+        f"runs': Spearman {agree['spearman_vs_full']:+.2f}"
+    )
+    log(f"{shipped['text']} → {folder.path / 'params.json'}")
+    return shipped
 
 
 # ---------------------------------------------------------------- report
@@ -511,6 +576,7 @@ __all__ = [
     "step_round",
     "step_select",
     "step_evaluate",
+    "step_decide",
     "step_report",
     "summary",
 ]

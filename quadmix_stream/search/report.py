@@ -405,7 +405,32 @@ def _shipped(shipped: dict) -> list[str]:
     md += _decisions(shipped)
     for note in shipped.get("notes", []):
         md += [f"**Note**: {note}.", ""]
+    md += _decided(shipped)
     return md
+
+
+def _decided(shipped: dict) -> list[str]:
+    """The deciding step: the verification proxies' ranking beside the deciding runs'."""
+    agree = shipped.get("rank_agreement")
+    if shipped.get("stage") != "decide" or not agree:
+        return []
+    screen = shipped["screened"]
+    rows = sorted(agree["methods"].items(), key=lambda kv: kv[1]["full"])
+    return [
+        f"**Decided at a higher fidelity** ({shipped['fidelity']}): the contenders above were "
+        f"trained again there and the best there shipped. The verification proxies would have "
+        f"shipped {screen['name']} ({_f(screen['objective'])}). Their ranking against the "
+        f"deciding runs': Spearman {agree['spearman_vs_full']:+.2f} over {len(rows)} contenders.",
+        "",
+        _table(
+            ["contender", "proxy objective", "proxy rank", "deciding objective", "deciding rank"],
+            [
+                [m, _f(v["proxy"]), f"{v['proxy_rank']:g}", _f(v["full"]), f"{v['full_rank']:g}"]
+                for m, v in rows
+            ],
+        ),
+        "",
+    ]
 
 
 def _decisions(shipped: dict) -> list[str]:

@@ -39,7 +39,8 @@ class ProxySource:
     trains them (this one, or a Ray worker: it is small and picklable).
 
     ``data_seed`` replaces the recipe's data seed for training only (a retest): the evaluation
-    blocks stay those drawn with the recipe's seed.
+    blocks stay those drawn with the recipe's seed. ``decide``: train with the deciding runs'
+    settings (``decide.proxy``) instead of the proxies'.
     """
 
     run_dir: str
@@ -47,17 +48,24 @@ class ProxySource:
     device: str | None = None
     threads: int | None = None
     data_seed: int | None = None
+    decide: bool = False
 
     @classmethod
     def of(
-        cls, folder: RunFolder, device: str | None = None, threads: int | None = None
+        cls,
+        folder: RunFolder,
+        device: str | None = None,
+        threads: int | None = None,
+        decide: bool = False,
     ) -> ProxySource:
         ds = folder.dataset_override
-        return cls(str(folder.path), None if ds is None else str(ds), device, threads)
+        return cls(str(folder.path), None if ds is None else str(ds), device, threads, None, decide)
 
     def config(self, folder: RunFolder) -> ProxyConfig:
         changes = {k: v for k, v in (("device", self.device), ("threads", self.threads)) if v}
-        return dataclasses.replace(folder.config.proxy, **changes)
+        cfg = folder.config
+        base = cfg.decide.proxy if self.decide and cfg.decide is not None else cfg.proxy
+        return dataclasses.replace(base, **changes)
 
     def context(self) -> ProxyContext:
         folder = RunFolder(self.run_dir, self.dataset)

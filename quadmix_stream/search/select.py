@@ -452,13 +452,25 @@ def record_seed(rec: dict, cfg: SearchConfig) -> int:
     return int(rec.get("data_seed", cfg.proxy.data_seed))
 
 
-def measures(rec: dict | None, params: SamplingParams, seed: int, cfg: SearchConfig) -> bool:
-    """Whether ``rec`` is a proxy of exactly ``params``'s stream at ``seed``."""
+def measures(
+    rec: dict | None,
+    params: SamplingParams,
+    seed: int,
+    cfg: SearchConfig,
+    fidelity: str | None = None,
+) -> bool:
+    """Whether ``rec`` is a proxy of exactly ``params``'s stream at ``seed`` (and, for a
+    deciding run, of the deciding settings whose fingerprint is ``fidelity``)."""
     return (
         rec is not None
         and rec.get("stream_fingerprint") == stream_fingerprint(params)
         and record_seed(rec, cfg) == seed
+        and rec.get("fidelity") == fidelity
     )
+
+
+#: where the verification proxies' records are (``decide`` holds the deciding runs')
+EVALS = "evals"
 
 
 # ---------------------------------------------------------------- ship the best measured
@@ -477,17 +489,28 @@ def _losses(rec: dict) -> dict[str, float]:
     return losses
 
 
-def measured_contenders(folder: RunFolder) -> tuple[dict[str, dict], dict[str, str]]:
-    """Every contender measured at all verification seeds on its current stream: its params,
-    mean objective, per-seed objectives and mean loss per set; and why the others failed."""
+def measured_contenders(
+    folder: RunFolder, stage: str = EVALS
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """Every contender of ``stage`` measured at all its seeds on its current stream: its params,
+    mean objective, per-seed objectives and mean loss per set; and why the others failed.
+
+    ``stage``: ``evals`` (the verification proxies) or ``decide`` (the deciding runs,
+    :mod:`.decide`)."""
+    from quadmix_stream.search.decide import DECIDE, decide_contenders, decide_seeds, fidelity
+
     cfg = folder.config
-    evals = folder.finished("evals")
-    seeds = verify_seeds(cfg)
+    evals = folder.finished(stage)
+    if stage == DECIDE:
+        seeds, names, fid = decide_seeds(cfg), decide_contenders(folder), fidelity(cfg)
+    else:
+        seeds, names, fid = verify_seeds(cfg), contenders(folder), None
     out: dict[str, dict] = {}
     failed: dict[str, str] = {}
-    for name, p in contenders(folder).items():
+    for name, p in names.items():
         recs = [evals.get(eval_name(name, s)) for s in range(len(seeds))]
-        if not all(measures(r, p, seed, cfg) for r, seed in zip(recs, seeds, strict=True)):
+        ok = (measures(r, p, seed, cfg, fid) for r, seed in zip(recs, seeds, strict=True))
+        if not all(ok):
             continue  # not (yet) measured on this stream at every seed
         values = [folder.objective(r) for r in recs]
         if not all(math.isfinite(v) for v in values):
@@ -506,22 +529,45 @@ def measured_contenders(folder: RunFolder) -> tuple[dict[str, dict], dict[str, s
     return out, failed
 
 
-def ship(folder: RunFolder) -> dict:
+def ship(folder: RunFolder, stage: str = EVALS) -> dict:
     """Write as ``params.json`` the contender with the lowest mean measured objective.
 
     Contenders: every evaluated params file (θ*, candidates, the round bests, baselines), each
-    trained at every verification seed on exactly its stream. Constraints (``constraints:``)
-    drop contenders whose loss on a set is above the bound beyond the seeds' noise (a number,
-    or a measured baseline's losses paired by seed; :func:`above`); when no contender meets them
-    all, the best overall ships with a warning. Whether the winner is separable from the
-    runner-up by the same test is recorded and, when it is not, said.
+    trained at every verification seed on exactly its stream; with ``stage`` ``decide``, the
+    few of them trained again at the deciding fidelity (:mod:`.decide`). Constraints
+    (``constraints:``) drop contenders whose loss on a set is above the bound beyond the seeds'
+    noise (a number, or a measured baseline's losses paired by seed; :func:`above`); when no
+    contender meets them all, the best overall ships with a warning. Whether the winner is
+    separable from the runner-up by the same test is recorded and, when it is not, said.
     """
+    text, shipped, src = decision(folder, stage)
+    star = SamplingParams.load(folder.path / "candidates" / f"{STAR}.json")
+    info = dict(star.extra.get("search", {}))
+    if stage != EVALS:
+        from quadmix_stream.search.decide import screened
+
+        shipped.update(screened(folder, shipped))
+    info["shipped"] = shipped
+    # a baseline from a nested search that shipped unmeasured was measured here: say so once
+    own = (src if shipped["name"] != STAR else star).provenance.replace(UNVERIFIED, "")
+    provenance = f"{text}. {own}"
+    save_params(replace(src, provenance=provenance, extra={"search": info}), folder.path)
+    sel_path = folder.path / "selection.json"
+    sel = json.loads(sel_path.read_text())
+    sel["shipped"] = info["shipped"]
+    write_json(sel_path, sel)
+    return {"text": text, **info["shipped"]}
+
+
+def decision(folder: RunFolder, stage: str = EVALS) -> tuple[str, dict, SamplingParams]:
+    """What :func:`ship` ships at ``stage``: the sentence that says it, the record of the
+    decision (every contender's measurements, the tests) and the params."""
     cfg = folder.config
-    measured, failed = measured_contenders(folder)
-    if not (folder.path / "evals" / f"{STAR}.json").exists():
-        raise UserError(f"{folder.path}: θ* has no measured proxy yet (run `evaluate`)")
+    measured, failed = measured_contenders(folder, stage)
+    if not (folder.path / stage / f"{STAR}.json").exists():
+        raise UserError(f"{folder.path}: θ* has no measured {stage} run yet (run `{stage}`)")
     if not measured:
-        raise UserError(f"{folder.path}: no contender was measured at every seed (run `evaluate`)")
+        raise UserError(f"{folder.path}: no contender was measured at every seed (run `{stage}`)")
     notes = []
     if STAR not in measured:
         notes.append(f"θ*'s proxy failed ({failed.get(STAR, 'not measured at every seed')})")
@@ -559,12 +605,18 @@ def ship(folder: RunFolder) -> dict:
         star_note = f", fails {'; '.join(star_fails)}"
     else:
         star_note = f", {sv - v:.4f} worse than {best}"
-    seeds = verify_seeds(cfg)
+    if stage == EVALS:
+        seeds, scale = verify_seeds(cfg), "proxy objective"
+    else:
+        from quadmix_stream.search.decide import decide_seeds, describe
+
+        seeds = decide_seeds(cfg)
+        scale = f"objective at the deciding fidelity ({describe(cfg)})"
     over = f" (mean of {len(seeds)} data seeds)" if len(seeds) > 1 else ""
     rounds = {k: w["objective"] for k, w in measured.items() if k.startswith(ROUND_BEST)}
     text = (
         f"quadmix-stream search {folder.path.resolve()}: shipped: {what}, the lowest measured "
-        f"proxy objective{over} {v:.4f} of {len(measured)} measured{scope} (θ* {sv:.4f}"
+        f"{scale}{over} {v:.4f} of {len(measured)} measured{scope} (θ* {sv:.4f}"
         + star_note
         + (
             "; round bests on the same seeds: "
@@ -582,9 +634,8 @@ def ship(folder: RunFolder) -> dict:
         )
         + ("; " + "; ".join(notes) if notes else "")
     )
-    star = SamplingParams.load(folder.path / "candidates" / f"{STAR}.json")
-    info = dict(star.extra.get("search", {}))
-    info["shipped"] = {
+    shipped = {
+        "stage": stage,
         "name": best,
         "objective": v,
         "theta_star_objective": sv,
@@ -610,16 +661,7 @@ def ship(folder: RunFolder) -> dict:
             for k, w in measured.items()
         },
     }
-    src = measured[best]["params"]
-    # a baseline from a nested search that shipped unmeasured was measured here: say so once
-    own = (src if best != STAR else star).provenance.replace(UNVERIFIED, "")
-    provenance = f"{text}. {own}"
-    save_params(replace(src, provenance=provenance, extra={"search": info}), folder.path)
-    sel_path = folder.path / "selection.json"
-    sel = json.loads(sel_path.read_text())
-    sel["shipped"] = info["shipped"]
-    write_json(sel_path, sel)
-    return {"text": text, **info["shipped"]}
+    return text, shipped, measured[best]["params"]
 
 
 def paired_differences(measured: dict[str, dict], ref: str) -> dict[str, dict[str, float]]:

@@ -323,14 +323,24 @@ def test_retest_reproduces_its_own_seed_and_reports_another(searched, capsys):
 
 
 @pytest.mark.slow
-def test_a_search_in_the_shares_space_ships_params_the_loader_reads(mds_ds, tmp_path):
+def test_a_shares_space_search_decided_at_a_higher_fidelity_ships_params_the_loader_reads(
+    mds_ds, tmp_path
+):
+    from quadmix_stream.search.decide import DECIDE, decide_contenders
+    from quadmix_stream.search.pipeline import step_decide
     from quadmix_stream.stream.dataset import QuaDMixDataset
 
     over = {
         "space": "shares",
         "proposals": {"n": 16, "max_share_ratio": 4.0},
         "regressor": {"features": "theta"},
-        "select": {"n": 4000, "top_k": 5, "verify": 1, "seeds": 1},
+        "select": {"n": 4000, "top_k": 5, "verify": 2, "seeds": 1},
+        # the deciding runs: a model twice as wide on twice the tokens, 2 seeds
+        "decide": {
+            "contenders": 1,
+            "seeds": 2,
+            "proxy": {"model": {"hidden_size": 64}, "tokens": 8 * 64 * 64},
+        },
     }
     cfg = tiny_config(mds_ds, **over).replace(regmix=None)
     out = run_all(cfg, tmp_path / "run", log=lambda s: None)
@@ -362,3 +372,25 @@ def test_a_search_in_the_shares_space_ships_params_the_loader_reads(mds_ds, tmp_
     assert len(items) == 20
     report = (out / "report" / "report.md").read_text()
     assert "| domain | pool | proposals min | median | max | θ*" in report
+    # decided at a higher fidelity: θ*, the best other verified contender, Random and the best
+    # top-k, each at 2 seeds with the wider model; what ships is the best there
+    cfg = folder.config
+    assert cfg.decide.proxy.model.hidden_size == 64 and cfg.decide.proxy.seq_len == 64
+    names = decide_contenders(folder)
+    assert list(names)[0] == "theta-star" and "random" in names and len(names) == 4
+    assert any(k.startswith("topk-") for k in names)
+    recs = folder.finished(DECIDE)
+    assert set(recs) == {n if s == 0 else f"{n}.s1" for n in names for s in (0, 1)}
+    assert {r["data_seed"] for r in recs.values()} == {0, 1}
+    shipped = SamplingParams.load(out / "params.json").extra["search"]["shipped"]
+    assert shipped["stage"] == "decide" and set(shipped["measured"]) == set(names)
+    m = shipped["measured"]
+    assert shipped["name"] == min(m, key=lambda k: (m[k]["objective"], k != "theta-star"))
+    assert shipped["screened"]["name"] in shipped["screened"]["measured"]
+    agree = shipped["rank_agreement"]
+    assert set(agree["methods"]) == set(names) and -1 <= agree["spearman_vs_full"] <= 1
+    assert "**Decided at a higher fidelity** (2×64 model, 32,768 tokens" in report
+    # a second decide trains nothing
+    lines: list[str] = []
+    step_decide(out, log=lines.append)
+    assert any("already measured at the deciding fidelity" in x for x in lines)

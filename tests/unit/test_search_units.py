@@ -603,3 +603,29 @@ def test_constraints_and_the_runner_up_allow_for_the_seeds_noise():
     )
     assert runner_up({"a": one["close"], "b": one["random"]}, "a")["separable"] is None
     assert above([1.0, 1.0], [1.0, 1.0]) == {"mean": 0.0, "se": 0.0, "p": 1.0, "above": False}
+
+
+def test_deciding_settings_inherit_the_proxys_and_are_fingerprinted():
+    from quadmix_stream.search.decide import decide_seeds, fidelity
+
+    base = {
+        "dataset": "x",
+        "proxy": {"model": {"hidden_size": 32, "num_layers": 2}, "tokens": 1000, "seq_len": 64},
+    }
+    cfg = SearchConfig.from_dict({**base, "decide": {"proxy": {"model": {"hidden_size": 64}}}})
+    d = cfg.decide.proxy
+    assert (d.model.hidden_size, d.model.num_hidden_layers, d.tokens, d.seq_len) == (
+        64,
+        2,
+        1000,
+        64,
+    )
+    assert SearchConfig.from_dict(cfg.to_dict()) == cfg  # search.json reads back the same
+    assert decide_seeds(cfg) == [0, 1, 2]
+    more = SearchConfig.from_dict({**base, "decide": {"proxy": {"tokens": 4000}}})
+    moved = SearchConfig.from_dict(
+        {**base, "decide": {"proxy": {"model": {"hidden_size": 64}, "device": "cpu", "threads": 1}}}
+    )
+    assert fidelity(cfg) != fidelity(more) and fidelity(cfg) == fidelity(moved)
+    with pytest.raises(SearchConfigError, match="decide.proxy.model: hidden_size 30"):
+        SearchConfig.from_dict({**base, "decide": {"proxy": {"model": {"hidden_size": 30}}}})

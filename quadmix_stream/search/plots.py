@@ -1,7 +1,8 @@
 """The search report's PNG plots (matplotlib, Agg backend), each from the run folder's tables.
 
 Predicted vs actual loss on held-out runs; regressor error vs number of runs; feature
-importance; per-domain expected token shares and α of θ* against the pool; best objective per
+importance; the regressor's partial dependence on its strongest inputs; per-domain expected
+token shares and α of θ* against the pool; best objective per
 round; proxy losses with θ* and the baselines marked. Each function writes one PNG and returns
 its file name for the report's markdown.
 """
@@ -121,6 +122,26 @@ def plot_importance(metrics: dict, out: Path, top: int = 20) -> str:
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(imp) + 1))
     ax.barh([r["feature"] for r in imp], [r["gain"] for r in imp])
     ax.set(xlabel="share of LightGBM gain", title="Feature importance (inputs → objective)")
+    return _save(fig, out)
+
+
+def plot_partial_dependence(
+    names: list[str], values: np.ndarray, pred: np.ndarray, out: Path, top: int = 8
+) -> str:
+    """The predicted objective along each of the ``top`` inputs it moves most with."""
+    plt = _plt()
+    order = np.argsort(-np.ptp(pred, axis=1), kind="stable")[:top]
+    cols = min(4, len(order))
+    rows = -(-len(order) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.4 * rows), squeeze=False)
+    for ax, j in zip(axes.ravel(), order, strict=False):
+        ax.plot(values[j], pred[j], marker="o", ms=3)
+        ax.set_title(names[j], fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(order) :]:
+        ax.axis("off")
+    fig.suptitle("Predicted objective along one input, the others as the proxied points have them")
+    fig.tight_layout()
     return _save(fig, out)
 
 

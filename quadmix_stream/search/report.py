@@ -19,6 +19,7 @@ from quadmix_stream.search.plots import (
     plot_importance,
     plot_losses,
     plot_mixture,
+    plot_partial_dependence,
     plot_pred_vs_actual,
     plot_retest,
     plot_rounds,
@@ -64,6 +65,7 @@ def write_report(folder: RunFolder) -> Path:
     md += _setup(folder, len(done), len(y), failed)
     md += _coverage(folder, failed)
     md += _regressor(folder, out)
+    md += _shape(folder, out)
     md += _retest(folder)
     md += _rounds(folder, out, y, evals_ok)
     md += _theta_star(folder, out, y, evals_ok)
@@ -196,6 +198,45 @@ def _regressor(folder: RunFolder, out: Path) -> list[str]:
         _table(["feature", "gain", "splits"], top),
         "",
         f"![feature importance]({plot_importance(metrics, out / 'feature_importance.png')})",
+        "",
+    ]
+
+
+def _shape(folder: RunFolder, out: Path, top: int = 12) -> list[str]:
+    """The fitted regressor's partial dependence on each input of the proposal space: which
+    shares and quality parameters move its prediction, and which way."""
+    if not (folder.path / "model" / "metrics.json").exists():
+        return []
+    from quadmix_stream.search.regressor import partial_dependence
+    from quadmix_stream.search.select import load_predictor
+
+    x, _, _ = folder.table()
+    if len(x) < 3:
+        return []
+    pool = Pool(folder.dataset)
+    names = folder.space(pool).names
+    values, pred = partial_dependence(load_predictor(folder, pool).predict, x)
+    spread = np.ptp(pred, axis=1)
+    rows = [
+        [
+            names[j],
+            f"{values[j, 0]:.3g} → {values[j, -1]:.3g}",
+            f"{pred[j, 0]:.4f} → {pred[j, -1]:.4f}",
+            _f(float(spread[j])),
+        ]
+        for j in np.argsort(-spread, kind="stable")[:top]
+    ]
+    png = plot_partial_dependence(names, values, pred, out / "partial_dependence.png")
+    return [
+        "## What the regressor learned: partial dependence",
+        "",
+        "The predicted objective as one input moves from its 5th to its 95th percentile among "
+        "the proxied points, averaged over 32 of them (the inputs the prediction moves most "
+        "with; a flat input is one the proxies could not tell apart):",
+        "",
+        _table(["input", "from → to", "predicted objective", "range"], rows),
+        "",
+        f"![partial dependence]({png})",
         "",
     ]
 

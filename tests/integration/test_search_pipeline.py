@@ -372,6 +372,8 @@ def test_a_shares_space_search_decided_at_a_higher_fidelity_ships_params_the_loa
     assert len(items) == 20
     report = (out / "report" / "report.md").read_text()
     assert "| domain | pool | proposals min | median | max | θ*" in report
+    assert "## What the regressor learned: partial dependence" in report
+    assert (out / "report" / "partial_dependence.png").read_bytes()[:4] == b"\x89PNG"
     # decided at a higher fidelity: θ*, the best other verified contender, Random and the best
     # top-k, each at 2 seeds with the wider model; what ships is the best there
     cfg = folder.config

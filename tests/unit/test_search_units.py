@@ -629,3 +629,15 @@ def test_deciding_settings_inherit_the_proxys_and_are_fingerprinted():
     assert fidelity(cfg) != fidelity(more) and fidelity(cfg) == fidelity(moved)
     with pytest.raises(SearchConfigError, match="decide.proxy.model: hidden_size 30"):
         SearchConfig.from_dict({**base, "decide": {"proxy": {"model": {"hidden_size": 30}}}})
+
+
+def test_partial_dependence_finds_the_inputs_the_prediction_moves_with():
+    from quadmix_stream.search.regressor import partial_dependence
+
+    x = np.random.default_rng(0).uniform(size=(200, 4))
+    values, pred = partial_dependence(lambda v: 3 * v[:, 0] - v[:, 2] ** 2, x, grid=5)
+    assert values.shape == pred.shape == (4, 5)
+    np.testing.assert_allclose(values[:, 0], np.percentile(x, 5, axis=0))
+    np.testing.assert_allclose(np.diff(pred[0]), 3 * np.diff(values[0]))  # linear in x0
+    assert np.ptp(pred[1]) == 0 and np.ptp(pred[3]) == 0  # inputs it ignores are flat
+    assert np.all(np.diff(pred[2]) < 0)  # −x2² falls along x2

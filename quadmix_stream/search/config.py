@@ -418,6 +418,12 @@ _CONVERT = {
 }
 
 
+def _positive(values: Mapping[str, float]) -> None:
+    for k, v in values.items():
+        if not v > 0:
+            raise SearchConfigError(f"{k}: must be > 0, got {v}")
+
+
 def _check_proxy(x: ProxyConfig, where: str) -> None:
     positive = {
         "seq_len": x.seq_len,
@@ -433,9 +439,7 @@ def _check_proxy(x: ProxyConfig, where: str) -> None:
         "model.num_attention_heads": x.model.num_attention_heads,
         "model.intermediate_size": x.model.intermediate_size,
     }
-    for k, v in positive.items():
-        if not v > 0:
-            raise SearchConfigError(f"{where}.{k}: must be > 0, got {v}")
+    _positive({f"{where}.{k}": v for k, v in positive.items()})
     if x.micro_batch_size < 0 or x.batch_size % x.micro:
         raise SearchConfigError(
             f"{where}.micro_batch_size: {x.micro_batch_size} must divide batch_size {x.batch_size}"
@@ -476,9 +480,7 @@ def _check(c: SearchConfig) -> None:
         "select.seeds": c.select.seeds,
         "regressor.kfold": c.regressor.kfold,
     }
-    for k, v in positive.items():
-        if not v > 0:
-            raise SearchConfigError(f"{k}: must be > 0, got {v}")
+    _positive(positive)
     _check_proxy(c.proxy, "proxy")
     if c.decide is not None:
         _check_proxy(c.decide.proxy, "decide.proxy")

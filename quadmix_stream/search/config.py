@@ -492,6 +492,11 @@ def _check(c: SearchConfig) -> None:
         raise SearchConfigError(
             "proposals.max_share_ratio and proposals.max_copies: only the shares space has caps"
         )
+    if c.space == "shares" and c.form != "multiplicative":
+        raise SearchConfigError(
+            "space: shares turns each domain's share into η, which needs form: multiplicative "
+            f"(expected copies linear in η and ε), got form {c.form!r}"
+        )
     if p.final_tokens is not None and p.max_copies is None:
         raise SearchConfigError("proposals.final_tokens: set it with proposals.max_copies")
     if p.max_share_ratio is not None and p.max_share_ratio < 1:

@@ -141,13 +141,17 @@ class SharesSpace(Space):
         a = self.m * self.n
         return (v[:, :a], *(v[:, a + k * self.m : a + (k + 1) * self.m] for k in range(4)))
 
+    def _tokens(self, theta: np.ndarray) -> np.ndarray:
+        """Per θ row and domain: expected selected tokens (in chunks: a row holds every sampled
+        document's copies while it is computed)."""
+        return np.concatenate(
+            [self.sample.expected(theta[i : i + 256])[0] for i in range(0, len(theta), 256)]
+        )
+
     def _unit_tokens(self, v: np.ndarray) -> np.ndarray:
         """Per point and domain: expected selected tokens at η = 1, ε = ρ."""
         alpha, lam, omega, _, rho = self._split(v)
-        unit = np.concatenate([alpha, lam, omega, np.ones_like(lam), rho], axis=1)
-        return np.concatenate(
-            [self.sample.expected(unit[i : i + 256])[0] for i in range(0, len(unit), 256)]
-        )
+        return self._tokens(np.concatenate([alpha, lam, omega, np.ones_like(lam), rho], axis=1))
 
     def _caps(self, v: np.ndarray, unit: np.ndarray | None) -> np.ndarray:
         """Per point and domain: the largest share the caps allow (``unit`` None: the share cap
@@ -195,7 +199,7 @@ class SharesSpace(Space):
         eta, eps = np.where(flat, eps, eta), np.where(flat, 0.0, eps)
         rho = np.divide(eps, eta, out=np.zeros_like(eta), where=eta > 0)
         same = np.concatenate([alpha, lam, omega, eta, eps], axis=1)
-        w = self.sample.expected(same)[0] / self.total
+        w = self._tokens(same) / self.total
         return np.concatenate([alpha, lam, omega, w, rho], axis=1)
 
 

@@ -211,6 +211,21 @@ def test_shares_space_realises_its_shares_with_its_quality(pool):
     assert feat.names[: pts.shape[1]] == space.names
 
 
+def test_shares_space_settings_are_checked():
+    with pytest.raises(SearchConfigError, match="only the shares space has caps"):
+        SearchConfig.from_dict({"dataset": "x", "proposals": {"max_copies": 2}})
+    with pytest.raises(SearchConfigError, match="final_tokens: set it with proposals.max_copies"):
+        SearchConfig.from_dict(
+            {"dataset": "x", "space": "shares", "proposals": {"final_tokens": 9}}
+        )
+    with pytest.raises(SearchConfigError, match="max_share_ratio: 0.5 < 1"):
+        SearchConfig.from_dict(
+            {"dataset": "x", "space": "shares", "proposals": {"max_share_ratio": 0.5}}
+        )
+    with pytest.raises(SearchConfigError, match="needs form: multiplicative"):
+        SearchConfig.from_dict({"dataset": "x", "space": "shares", "form": "exponent"})
+
+
 def test_shares_space_caps_shares_and_copies(pool):
     share = pool.domain_tokens / pool.domain_tokens.sum()
     capped = _shares_space(pool, max_share_ratio=1.2, dirichlet=0.3)

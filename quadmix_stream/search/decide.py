@@ -18,7 +18,7 @@ import hashlib
 import json
 
 from quadmix_stream.mixing.params import SamplingParams
-from quadmix_stream.search.config import SearchConfig
+from quadmix_stream.search.config import ProxyConfig, SearchConfig
 from quadmix_stream.search.runfolder import RunFolder
 
 #: where the deciding runs' records are (beside ``evals/``)
@@ -45,7 +45,7 @@ def describe(cfg: SearchConfig) -> str:
     assert cfg.decide is not None
     x, p = cfg.decide.proxy, cfg.proxy
 
-    def one(c) -> str:  # noqa: ANN001 (a ProxyConfig)
+    def one(c: ProxyConfig) -> str:
         m = c.model
         return f"{m.num_hidden_layers}×{m.hidden_size} model, {c.tokens:,} tokens"
 

@@ -43,6 +43,7 @@ from quadmix_stream.mixing.shares import MAX_EXPECTED, cap_shares
 from quadmix_stream.search.config import ProposalConfig
 
 if TYPE_CHECKING:
+    from quadmix_stream.search.features import DomainSample
     from quadmix_stream.search.pool import Pool
 
 
@@ -131,8 +132,8 @@ class SharesSpace(Space):
         return ("shares", c.scale, c.share_sample, c.max_share_ratio, c.max_copies, c.final_tokens)
 
     @cached_property
-    def sample(self):  # noqa: ANN201 (a DomainSample; imported late: features imports us)
-        from quadmix_stream.search.features import DomainSample
+    def sample(self) -> DomainSample:
+        from quadmix_stream.search.features import DomainSample  # features imports this module
 
         return DomainSample(self.pool, self.cfg.share_sample, self.form)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quadmix_stream.flow.report import rank_agreement
+from quadmix_stream.flow.report import full_objective, rank_agreement
 from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.search.decide import rank_table
 from quadmix_stream.search.pipeline import step_propose
@@ -51,23 +51,22 @@ def main(flow: Path, names: list[str]) -> dict:
     files["quadmix"] = flow / "search" / "params.json"
     files = {k: v for k, v in files.items() if k in full}
 
-    def full_objective(name: str) -> float:
-        seeds = full[name]["seeds"].values()
-        return float(np.mean([sum(w * s[e] for e, w in base.objective.items()) for s in seeds]))
+    def objective(name: str) -> float:
+        return full_objective(full[name], dict(base.objective))
 
     out: dict = {}
     for name in names:
         if name == VERIFICATION:
             out[name] = rank_agreement(flow / "search", full)["screening"]
         else:
-            out[name] = _train(flow, base, files, name, full_objective)
+            out[name] = _train(flow, base, files, name, objective)
         _print(name, out[name])
         (flow / "rank_check").mkdir(exist_ok=True)
         (flow / "rank_check" / "rank_check.json").write_text(json.dumps(out, indent=1))
     return out
 
 
-def _train(flow: Path, base, files: dict[str, Path], name: str, full_objective) -> dict:
+def _train(flow: Path, base, files: dict[str, Path], name: str, objective) -> dict:
     """Train every method's params as proxies of configuration ``name`` with seeds 0-2."""
     change = dict(CONFIGS[name])
     model = change.pop("model", None)
@@ -90,9 +89,7 @@ def _train(flow: Path, base, files: dict[str, Path], name: str, full_objective) 
     per: dict[str, list[float]] = {}
     for job, rec in zip(jobs, recs, strict=True):
         per.setdefault(job.name.split(".s")[0], []).append(objective_of(rec, base.objective))
-    out = rank_table(
-        {m: float(np.mean(v)) for m, v in per.items()}, {m: full_objective(m) for m in per}
-    )
+    out = rank_table({m: float(np.mean(v)) for m, v in per.items()}, {m: objective(m) for m in per})
     out["seed_sd"] = float(np.mean([np.std(v, ddof=1) for v in per.values()]))
     out["seconds_per_proxy"] = (time.time() - t0) / len(jobs)
     return out

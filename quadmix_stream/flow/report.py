@@ -2,7 +2,8 @@
 
 Final losses per method (mean ± sd over seeds) with the tokens each params file selects, a
 figure of them, whether the search's proxies ranked the methods as these trainings did, each
-params file's selection (:mod:`quadmix_stream.inspect`), and the wall time of every stage. :mod:`quadmix_stream.flow.run` runs the steps and calls :func:`write_report`.
+params file's selection (:mod:`quadmix_stream.inspect`), and the wall time of every stage.
+:mod:`quadmix_stream.flow.run` runs the steps and calls :func:`write_report`.
 """
 
 from __future__ import annotations
@@ -177,6 +178,15 @@ def _losses(results: dict[str, dict[str, Any]], out: Path, ratio: float | None) 
     ]
 
 
+def full_objective(result: dict[str, Any], weights: dict[str, float]) -> float | None:
+    """A trained method's value of a search objective: the weighted sum of its final losses,
+    mean over seeds (None when a seed lacks one of the sets)."""
+    seeds = list(result["seeds"].values())
+    if not all(e in s for s in seeds for e in weights):
+        return None
+    return float(np.mean([sum(w * s[e] for e, w in weights.items()) for s in seeds]))
+
+
 def rank_agreement(search: Path, results: dict[str, dict[str, Any]]) -> dict | None:
     """The search's measurements of the trained methods against the flow's full-size trainings
     (the search's objective, mean over seeds): its verification proxies (``screening``) and,
@@ -195,11 +205,7 @@ def rank_agreement(search: Path, results: dict[str, dict[str, Any]]) -> dict | N
         decide = {}
     else:
         decide = {k: w["objective"] for k, w in shipped["measured"].items()}
-    full: dict[str, float] = {}
-    for m, r in results.items():
-        seeds = list(r["seeds"].values())
-        if all(e in s for s in seeds for e in weights):
-            full[m] = float(np.mean([sum(w * s[e] for e, w in weights.items()) for s in seeds]))
+    full = {m: v for m in results if (v := full_objective(results[m], weights)) is not None}
 
     def by_method(measured: dict[str, float]) -> dict[str, float]:
         names = {m: shipped.get("name") if m == "quadmix" else m for m in full}

@@ -17,9 +17,11 @@ For a fair comparison (``recipes/table1.yaml``), hold the evaluation sets out of
 first and train every method with several seeds::
 
     split: {corpus: "data/*.jsonl.gz", seed: 0, sets: {target: {docs: 400, domains: [wiki]},
-                                                       general: {docs: 400, exclude_domains: [wiki]}}}
+                                                       general: {docs: 400, exclude_domains: [wiki]},
+                                                       target_search: {docs: 300, domains: [wiki]}}}
     target: {heldout: target}        # {out}/heldout/target.jsonl; the pool is {out}/heldout/pool
     evals: {general: {heldout: general}}   # more sets every trained model is evaluated on
+    search_target: {heldout: target_search} # the search's own target, so `target` stays unseen
     seeds: [0, 1, 2]                 # model init and data order; the report gives mean ± sd
 
 The dataset is ``{out}/data``, unless the labelling recipe labels shards in place
@@ -190,6 +192,18 @@ def _target(spec: dict[str, Any], base: Path, out: Path) -> Path:
     return path
 
 
+def _search_target(spec: Any, base: Path, out: Path) -> Path | None:
+    """``search_target: {heldout: NAME} | {path: FILE}``: the set the search's objective calls
+    ``target`` when it must not be the one the trained models are judged on (None: the same)."""
+    if spec is None:
+        return None
+    if isinstance(spec, dict) and "heldout" in spec:
+        return _heldout(spec["heldout"], out, "search_target.heldout")
+    if isinstance(spec, dict) and "path" in spec and (base / spec["path"]).exists():
+        return (base / spec["path"]).resolve()
+    raise RecipeError("search_target: give {heldout: NAME} or {path: EXISTING.jsonl}")
+
+
 def _search_config(path: Path, evals: dict[str, str]) -> SearchConfig:
     """The search recipe, given the flow's evaluation sets its objective or constraints name."""
     from quadmix_stream.search.config import SearchConfig
@@ -210,6 +224,7 @@ FLOW_KEYS = {
     "dataset",
     "split",
     "target",
+    "search_target",
     "evals",
     "search",
     "train",
@@ -280,7 +295,10 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
         target = _target(raw.get("target") or {"synthetic": {}}, base, out)
         evals = _evals(raw.get("evals"), base, out)
         cfg = _search_config(base / raw["search"], evals).replace(
-            dataset=str(data), target=str(target), out=str(out / "search"), synth=None
+            dataset=str(data),
+            target=str(_search_target(raw.get("search_target"), base, out) or target),
+            out=str(out / "search"),
+            synth=None,
         )
         _log(f"search: {base / raw['search']} → {out / 'search'}")
         run_all(cfg, out / "search")

@@ -78,10 +78,12 @@ def _flow(tmp: Path) -> Path:
             "sets": {
                 "target": {"docs": 20, "domains": ["arith", "facts"]},
                 "general": {"docs": 20, "exclude_domains": ["arith", "facts"]},
+                "target_search": {"docs": 20, "domains": ["arith", "facts"]},
             },
         },
         "label": "label.yaml",
         "target": {"heldout": "target"},
+        "search_target": {"heldout": "target_search"},  # the search never sees `target`
         "evals": {"general": {"heldout": "general"}},
         "search": "search.yaml",
         "train": {
@@ -114,11 +116,13 @@ def test_flow_holds_out_evaluates_every_set_and_reports_seeds(tmp_path):
     out = run_flow(_flow(tmp_path))
     held = [
         json.loads(x)["id"]
-        for name in ("target", "general")
+        for name in ("target", "general", "target_search")
         for x in (out / "heldout" / f"{name}.jsonl").read_text().splitlines()
     ]
     lab = load_labels(out / "data", Manifest.load(out / "data"))
-    assert len(lab.key) == 300 - 40  # the pool is the corpus minus both held-out sets
+    assert len(lab.key) == 300 - 60  # the pool is the corpus minus the held-out sets
+    searched = json.loads((out / "search" / "search.json").read_text())
+    assert searched["target"]["path"] == str(out / "heldout" / "target_search.jsonl")
     assert not np.isin(np.array([doc_key(i) for i in held], dtype=np.uint64), lab.key).any()
     res = json.loads((out / "results.json").read_text())
     assert set(res) == {"quadmix", "random", "theta-star"}
@@ -202,7 +206,7 @@ def test_flow_holds_out_evaluates_every_set_and_reports_seeds(tmp_path):
 
 
 def test_flow_recipe_errors_name_the_key(tmp_path):
-    from quadmix_stream.flow.run import _evals, _seeds
+    from quadmix_stream.flow.run import _evals, _search_target, _seeds
 
     with pytest.raises(RecipeError, match="seeds"):
         _seeds(["a"])
@@ -212,6 +216,11 @@ def test_flow_recipe_errors_name_the_key(tmp_path):
     assert _evals({"e": {"path": "e.jsonl"}}, tmp_path, tmp_path / "out") == {
         "e": str(tmp_path / "e.jsonl")
     }
+    assert _search_target(None, tmp_path, tmp_path) is None
+    with pytest.raises(RecipeError, match="search_target.heldout: no held-out set 'x'"):
+        _search_target({"heldout": "x"}, tmp_path, tmp_path)
+    with pytest.raises(RecipeError, match="search_target: give"):
+        _search_target("x.jsonl", tmp_path, tmp_path)
     (tmp_path / "f.yaml").write_text("label: l.yaml\nsplits: {}\n")
     with pytest.raises(RecipeError, match=r"unknown key\(s\) \['splits'\]"):
         run_flow(tmp_path / "f.yaml")

@@ -75,7 +75,15 @@ def decide_contenders(folder: RunFolder) -> dict[str, SamplingParams]:
     ]
     by_objective = sorted(within or measured, key=lambda k: measured[k]["objective"])
     baseline = {k for k in files if (folder.path / "baselines" / f"{k}.json").exists()}
-    best = [k for k in by_objective if k not in baseline and k != STAR][: cfg.decide.contenders]
+    # a contender on another's stream (identical measurements at every seed) adds no contender
+    seen = {tuple(measured[STAR]["objectives"])} if STAR in measured else set()
+    best = []
+    for k in by_objective:
+        objs = tuple(measured[k]["objectives"])
+        if k in baseline or k == STAR or objs in seen or len(best) == cfg.decide.contenders:
+            continue
+        seen.add(objs)
+        best.append(k)
     topk = sorted(
         (k for k in measured if k.startswith("topk-")), key=lambda k: measured[k]["objective"]
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,6 +40,9 @@ from quadmix_stream.search.summaries import (
     summary,
 )
 from quadmix_stream.search.tokenizer import run_tokenizer_path
+
+if TYPE_CHECKING:
+    from quadmix_stream.search.runner import ProxySource
 
 REGMIX = "regmix"
 #: proposal batch of search round r is ROUND_BATCH + r (its seed; round-0 batches are 0, 1, …)
@@ -367,7 +371,7 @@ def step_evaluate(
     verification seed (skipping those already trained on the same stream and seed; a proposal's
     record of the same stream and seed is copied), then ship the best measured as params.json."""
     from quadmix_stream.search.proxy import ProxyJob, stream_fingerprint
-    from quadmix_stream.search.runner import ProxySource, run_jobs
+    from quadmix_stream.search.runner import ProxySource
     from quadmix_stream.search.select import (
         contenders,
         eval_name,
@@ -407,13 +411,14 @@ def step_evaluate(
         log(f"evaluate: {copied} contender proxies are proposals' records (same stream and seed)")
     if jobs:
         log(f"evaluate: training {len(jobs)} proxies ({', '.join(j.name for j in jobs)})")
-        run_jobs(
+        _train_once(
             jobs,
+            folder,
+            "evals",
             ProxySource.of(folder, device, threads),
             cfg.proxy.group if group is None else group,
-            lambda r: folder.record(r, "evals"),
-            log,
             executor or cfg.executor,
+            log,
         )
     else:
         log(f"evaluate: all {len(targets)} contenders already measured on their streams")
@@ -437,6 +442,43 @@ def step_evaluate(
     return {k: measured.get(k) for k in targets} | {"shipped": shipped}
 
 
+def _train_once(
+    jobs: list,
+    folder: RunFolder,
+    stage: str,
+    source: ProxySource,
+    group: int,
+    executor: ExecutorConfig | None,
+    log: Log,
+) -> None:
+    """Train ``jobs`` into ``stage``, each stream once: a job whose stream is an earlier job's
+    at the same seed gets that job's record (:mod:`.twins`)."""
+    from quadmix_stream.search.runner import run_jobs
+    from quadmix_stream.search.twins import find_twins, twin_record
+
+    proxy = source.config(folder)
+    twins = find_twins(jobs, folder.dataset, proxy)
+    if twins:
+        log(f"{stage}: {len(twins)} of {len(jobs)} runs read another run's stream; trained once")
+
+    def record(r: dict) -> None:
+        folder.record(r, stage)
+
+    run_jobs([j for j in jobs if j.name not in twins], source, group, record, log, executor)
+    done, again = folder.finished(stage), []
+    for job in jobs:
+        if job.name in twins:
+            first, epochs = twins[job.name]
+            rec = twin_record(job, done.get(first), epochs)
+            if rec is None:
+                again.append(job)
+            else:
+                record(rec)
+    if again:
+        log(f"{stage}: {len(again)} runs read further than their twins were compared; training")
+        run_jobs(again, source, group, record, log, executor)
+
+
 def step_decide(
     path: str | Path,
     dataset: str | Path | None = None,
@@ -451,7 +493,7 @@ def step_decide(
     stream, seed and settings), then ship the best there as params.json (:mod:`.decide`)."""
     from quadmix_stream.search.decide import DECIDE, decide_contenders, decide_seeds, fidelity
     from quadmix_stream.search.proxy import ProxyJob
-    from quadmix_stream.search.runner import ProxySource, run_jobs
+    from quadmix_stream.search.runner import ProxySource
     from quadmix_stream.search.select import eval_name, measured_contenders, measures, ship
 
     folder = RunFolder(path, dataset)
@@ -473,13 +515,14 @@ def step_decide(
     ]
     if jobs:
         log(f"decide: training {len(jobs)} runs ({', '.join(targets)} × {cfg.decide.seeds} seeds)")
-        run_jobs(
+        _train_once(
             jobs,
+            folder,
+            DECIDE,
             ProxySource.of(folder, device, threads, decide=True),
             cfg.decide.proxy.group if group is None else group,
-            lambda r: folder.record(r, DECIDE),
-            log,
             executor or cfg.executor,
+            log,
         )
     else:
         log(f"decide: all {len(targets)} contenders already measured at the deciding fidelity")

@@ -744,7 +744,11 @@ def runner_up(pool: dict[str, dict], best: str) -> dict | None:
     """The contender next to ``best`` by mean objective, how much worse it is paired by seed,
     and whether that is beyond the noise (``separable``; None with one seed: no noise estimate);
     None when ``best`` stands alone."""
-    others = sorted((k for k in pool if k != best), key=lambda k: pool[k]["objective"])
+    # a contender measured identically at every seed read ``best``'s stream: not a rival
+    others = sorted(
+        (k for k in pool if k != best and pool[k]["objectives"] != pool[best]["objectives"]),
+        key=lambda k: pool[k]["objective"],
+    )
     if not others:
         return None
     r = above(pool[others[0]]["objectives"], pool[best]["objectives"])

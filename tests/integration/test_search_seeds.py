@@ -124,6 +124,20 @@ def test_contenders_ship_by_their_mean_over_seeds(seeded_run):
     assert resumed["measured"]["theta-star"]["objectives"] == pytest.approx(
         shipped["measured"]["theta-star"]["objectives"], abs=1e-6
     )
+    # a contender whose stream is θ*'s (θ equal to the 7th digit) is trained once
+    star_p = SamplingParams.load(out / "candidates" / "theta-star.json")
+    nudged = dataclasses.replace(star_p, eta=star_p.eta * (1 + 1e-7), lam=star_p.lam * (1 + 1e-7))
+    nudged.save(out / "candidates" / "zz-twin.json")
+    for s in range(2):
+        (out / "evals" / f"{eval_name('theta-star', s)}.json").unlink()
+    lines.clear()
+    step_evaluate(out, log=lines.append)
+    assert "evals: 2 of 4 runs read another run's stream; trained once" in lines
+    evals = RunFolder(out).finished("evals")
+    for s in range(2):
+        twin, star = evals[eval_name("zz-twin", s)], evals[eval_name("theta-star", s)]
+        assert twin["same_stream_as"] == star["name"] and twin["losses"] == star["losses"]
+        assert twin["stream_fingerprint"] != star["stream_fingerprint"]
 
 
 def test_a_moved_run_folder_resumes_and_a_changed_tokenizer_is_refused(mds_ds, tmp_path):

@@ -391,6 +391,43 @@ def test_group_with_an_empty_selection(ctx, pool):
         assert out[i]["loss"] == pytest.approx(train_one(jobs[i], ctx)["loss"], rel=1e-4)
 
 
+def test_contenders_on_the_same_stream_are_found_and_read_the_same_documents(ctx, pool, mds_ds):
+    from quadmix_stream.search.twins import close, find_twins, twin_record
+
+    base = jobs_for(pool, 2)
+    a = base[0].params
+    nudged = dataclasses.replace(a, eta=a.eta * (1 + 1e-7), lam=a.lam * (1 + 1e-7))
+    moved = dataclasses.replace(a, eta=a.eta * 1.005)  # close, but other copies
+    assert close(a, nudged) and close(a, moved) and not close(a, base[1].params)
+    jobs = [
+        ProxyJob("a", a, data_seed=3),
+        ProxyJob("other", base[1].params, data_seed=3),
+        ProxyJob("nudged", nudged, data_seed=3),
+        ProxyJob("moved", moved, data_seed=3),
+        ProxyJob("a-seed4", nudged, data_seed=4),  # another seed: another stream
+    ]
+    twins = find_twins(jobs, mds_ds, ctx.cfg)
+    assert set(twins) == {"nudged"} and twins["nudged"][0] == "a"
+    epochs = twins["nudged"][1]
+
+    # what makes them twins: the same documents in the same order, epoch after epoch
+    def keys(p: SamplingParams, seed: int) -> list[int]:
+        ds, out = open_stream(mds_ds, p, seed), []
+        for e in range(epochs):
+            ds.set_epoch(e)
+            out += [int(d["key"]) for d in ds]
+        return out
+
+    assert keys(a, 3) == keys(nudged, 3) != keys(moved, 3)
+    first, second = train_one(jobs[0], ctx), train_one(jobs[2], ctx)
+    assert first["loss"] == second["loss"] and first["epochs"] <= epochs
+    copy = twin_record(jobs[2], first, epochs)
+    assert copy["name"] == "nudged" and copy["same_stream_as"] == "a"
+    assert copy["stream_fingerprint"] == second["stream_fingerprint"] != first["stream_fingerprint"]
+    # a twin that read further than was compared is trained after all
+    assert twin_record(jobs[2], {**first, "epochs": epochs + 1}, epochs) is None
+
+
 def test_divergence_is_a_failed_proxy_not_a_crash(mds_ds, tok, pool):
     hot = ProxyContext.create(
         mds_ds, tok, tiny_proxy(lr=1e6, warmup_fraction=0.0), mds_ds / "eval_sets" / "target.jsonl"
@@ -607,6 +644,12 @@ def test_constraints_and_the_runner_up_allow_for_the_seeds_noise():
     assert sep["name"] == "b" and sep["separable"] and sep["mean"] == pytest.approx(0.1)
     blur = _contender(6.92 + _noise(0.3, 4), general)
     assert runner_up({"a": measured["close"], "b": blur}, "a")["separable"] is False
+    # a contender on the winner's stream (the same measurements) is not its runner-up
+    twin = {"a": measured["close"], "t": measured["close"], "b": measured["random"]}
+    assert (
+        runner_up(twin, "a")["name"] == "b"
+        and runner_up({"a": twin["a"], "t": twin["t"]}, "a") is None
+    )
     # one seed: no noise estimate, so the means decide and separability is not claimed
     one = {
         k: _contender(v["objectives"][:1], v["seed_losses"]["general"][:1])

@@ -1,0 +1,117 @@
+"""Contenders whose proxies would read the same stream are trained once.
+
+Copies per document are integers, so two θ that differ in the 4th decimal (θ\\* beside a
+candidate it was averaged from, a round's best beside a near copy) often realise exactly the same
+copies of every document at a seed. Their proxies then read the same documents in the same order
+and measure the same loss: training both spends a proxy on a duplicate. Pairs are compared only
+when their parameters are close (cheap), and then exactly, by the copies they realise at the
+job's seed in every shard over the epochs a proxy may read (the stream's order is a function of
+the seed and these copies, not of θ). A copy is taken only when the trained twin read no more
+epochs than were compared; otherwise the job is trained after all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from quadmix_stream.mixing.params import SamplingParams
+from quadmix_stream.search.config import ProxyConfig
+from quadmix_stream.search.data import expected_selection, open_stream
+from quadmix_stream.search.proxy import ProxyJob, stream_fingerprint
+
+#: parameters this close (relative) are compared by their realised copies
+CLOSE = 1e-2
+
+
+def close(a: SamplingParams, b: SamplingParams, rtol: float = CLOSE) -> bool:
+    """Whether ``a`` and ``b`` have the same names and form and parameters within ``rtol``."""
+    if (a.domains, a.scorers, a.form) != (b.domains, b.scorers, b.form):
+        return False
+    return all(
+        np.allclose(getattr(a, k), getattr(b, k), rtol=rtol, atol=1e-9)
+        for k in ("alpha", "lam", "omega", "eta", "eps")
+    )
+
+
+def epochs_read(ds, proxy: ProxyConfig) -> int:
+    """Epochs of θ's stream a proxy may read: twice the label-token estimate, plus one (the
+    proxy's tokenizer differs from the labels'); at most ``max_epochs``."""
+    sel = expected_selection(ds)
+    per_epoch = (
+        sel["tokens"]
+        if not proxy.doc_tokens
+        else min(sel["tokens"], sel["docs"] * proxy.doc_tokens)
+    )
+    per_epoch *= proxy.pool_fraction
+    if per_epoch <= 0:
+        return 0
+    return min(proxy.max_epochs, 2 * math.ceil(proxy.tokens / per_epoch) + 1)
+
+
+def copies_digest(dataset: str | Path, params: SamplingParams, seed: int, epochs: int) -> str:
+    """A hash of the copies θ realises at ``seed`` of every document in epochs ``< epochs``."""
+    ds = open_stream(dataset, params, seed)
+    h = hashlib.sha256()
+    for e in range(epochs):
+        for s in range(len(ds.manifest.shards)):
+            h.update(np.ascontiguousarray(ds.counts(s, e)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def find_twins(
+    jobs: Sequence[ProxyJob], dataset: str | Path, proxy: ProxyConfig
+) -> dict[str, tuple[str, int]]:
+    """``{job name: (name of an earlier job with the same stream, epochs compared)}``.
+
+    Jobs at different seeds are never twins; within a seed, only jobs whose θ are
+    :func:`close` are compared, so a batch of distinct contenders costs nothing here."""
+    twins: dict[str, tuple[str, int]] = {}
+    digests: dict[tuple[str, int], tuple[str, int]] = {}
+
+    def seed(job: ProxyJob) -> int:
+        return proxy.data_seed if job.data_seed is None else int(job.data_seed)
+
+    def digest(job: ProxyJob, epochs: int) -> str:
+        key = (job.name, epochs)
+        if key not in digests:
+            digests[key] = (copies_digest(dataset, job.params, seed(job), epochs), epochs)
+        return digests[key][0]
+
+    for i, job in enumerate(jobs):
+        for first in jobs[:i]:
+            if first.name in twins or seed(first) != seed(job):
+                continue
+            if not close(first.params, job.params):
+                continue
+            if stream_fingerprint(first.params) != stream_fingerprint(job.params):
+                ds = open_stream(dataset, first.params, 0)
+                n = epochs_read(ds, proxy)
+                if n == 0 or digest(first, n) != digest(job, n):
+                    continue
+            else:
+                n = proxy.max_epochs
+            twins[job.name] = (first.name, n)
+            break
+    return twins
+
+
+def twin_record(job: ProxyJob, trained: dict | None, epochs: int) -> dict | None:
+    """The record of ``job`` copied from its twin's, or None when the twin failed or read more
+    epochs than were compared (then ``job`` is trained itself)."""
+    if trained is None or trained.get("status") != "ok":
+        return None
+    if int(trained.get("epochs", epochs + 1)) > epochs:
+        return None
+    return {
+        **trained,
+        **job.info,
+        "name": job.name,
+        "params_fingerprint": job.params.fingerprint(),
+        "stream_fingerprint": stream_fingerprint(job.params),
+        "same_stream_as": trained["name"],
+    }

@@ -75,20 +75,30 @@ def decide_contenders(folder: RunFolder) -> dict[str, SamplingParams]:
     ]
     by_objective = sorted(within or measured, key=lambda k: measured[k]["objective"])
     baseline = {k for k in files if (folder.path / "baselines" / f"{k}.json").exists()}
-    # a contender on another's stream (identical measurements at every seed) adds no contender
-    seen = {tuple(measured[STAR]["objectives"])} if STAR in measured else set()
-    best = []
-    for k in by_objective:
-        objs = tuple(measured[k]["objectives"])
-        if k in baseline or k == STAR or objs in seen or len(best) == cfg.decide.contenders:
-            continue
-        seen.add(objs)
-        best.append(k)
+    objectives = {k: measured[k]["objectives"] for k in measured}
+    others = [k for k in by_objective if k not in baseline and k != STAR]
+    best = distinct(others, objectives, cfg.decide.contenders, [STAR] if STAR in measured else [])
     topk = sorted(
         (k for k in measured if k.startswith("topk-")), key=lambda k: measured[k]["objective"]
     )
     pick = [STAR, *best, "random", "regmix", *topk[:1]]
     return {k: files[k] for k in dict.fromkeys(pick) if k in files}
+
+
+def distinct(
+    names: list[str], objectives: dict[str, list[float]], n: int, taken: list[str]
+) -> list[str]:
+    """The first ``n`` of ``names`` measured unlike each other and unlike ``taken`` at some seed:
+    identical per-seed objectives mean the same stream (:mod:`.twins`), not another contender."""
+    seen = {tuple(objectives[k]) for k in taken}
+    out: list[str] = []
+    for k in names:
+        if len(out) == n:
+            break
+        if tuple(objectives[k]) not in seen:
+            seen.add(tuple(objectives[k]))
+            out.append(k)
+    return out
 
 
 def rank_table(first: dict[str, float], second: dict[str, float]) -> dict:

@@ -644,6 +644,12 @@ def test_constraints_and_the_runner_up_allow_for_the_seeds_noise():
     assert sep["name"] == "b" and sep["separable"] and sep["mean"] == pytest.approx(0.1)
     blur = _contender(6.92 + _noise(0.3, 4), general)
     assert runner_up({"a": measured["close"], "b": blur}, "a")["separable"] is False
+    # a contender on another's stream (the same measurements) is not another contender
+    from quadmix_stream.search.decide import distinct
+
+    objs = {"s": [1.0, 2.0], "t": [1.0, 2.0], "a": [1.5, 2.0], "b": [1.5, 2.0], "c": [3.0, 1.0]}
+    assert distinct(["t", "a", "b", "c"], objs, 2, ["s"]) == ["a", "c"]
+    assert distinct(["t", "a", "b", "c"], objs, 5, []) == ["t", "a", "c"]
     # a contender on the winner's stream (the same measurements) is not its runner-up
     twin = {"a": measured["close"], "t": measured["close"], "b": measured["random"]}
     assert (

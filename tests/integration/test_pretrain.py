@@ -243,6 +243,39 @@ def test_params_schedule_switches_in_the_running_job_and_resumes_exactly(setup, 
             assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-5), (at, s)
 
 
+def test_a_scheduled_run_resumed_on_three_ranks_switches_there(setup, mds_ds):
+    """The 2-rank scheduled run's checkpoint at step 4 resumed on 3 ranks: the switch at step 8
+    then happens on 3 ranks; across the resume and the switch no document copy is started twice,
+    and from shortly after the switch only the new params' documents come."""
+    tmp, recipe, full = setup
+    ref = tmp / "sched"
+    if not ref.exists():
+        pytest.skip("needs the scheduled run of the previous test")
+    out = tmp / "sched-3"
+    shutil.copytree(ref, out)
+    for ck in (out / "checkpoints").glob("step-*.pt"):
+        if int(ck.stem.split("-")[1]) > 4:
+            ck.unlink()
+    data = {"params_schedule": {8: str(tmp / "anneal.json")}}
+    _run(3, recipe("sched-3", out, data=data, keep_last=10, batch_size=12))  # 3 ranks × 4
+    resumed = [x for x in _log(out) if x.get("event") == "resume"][-1]
+    assert resumed["step"] == 4 and resumed["switch"]["to_world"] == 3
+    assert resumed["switch"]["from_world"] == 2
+    assert [x["step"] for x in _log(out) if x.get("event") == "switch"][-1] == 8
+    a, b = _steps(ref), _steps(out)
+    assert sorted(b) == list(range(1, STEPS + 1))
+    started = [d for s in range(1, 5) for d in a[s]["docs"]]
+    started += [d for s in range(5, STEPS + 1) for d in b[s]["docs"]]
+    assert max(Counter(started).values()) == 1  # across the resume and the switch
+    m = Manifest.load(mds_ds)
+    code_rows = set(
+        np.flatnonzero(load_labels(mds_ds, m).domain == m.domains.index("code")).tolist()
+    )
+    assert all(
+        {decode_doc_id(d)[1] for d in b[s]["docs"]} <= code_rows for s in range(11, STEPS + 1)
+    )
+
+
 def test_odm_controller_switches_as_it_goes_and_resumes_exactly(setup, mds_ds):
     """``data.controller: {name: odm}`` re-weights the domains every 2 steps from their training
     losses, on 2 ranks × 2 DataLoader workers, in the running job. SIGKILLed after a checkpoint

@@ -12,7 +12,6 @@ epochs than were compared; otherwise the job is trained after all.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,14 +52,18 @@ def epochs_read(ds, proxy: ProxyConfig) -> int:
     return min(proxy.max_epochs, 2 * math.ceil(proxy.tokens / per_epoch) + 1)
 
 
-def copies_digest(dataset: str | Path, params: SamplingParams, seed: int, epochs: int) -> str:
-    """A hash of the copies θ realises at ``seed`` of every document in epochs ``< epochs``."""
-    ds = open_stream(dataset, params, seed)
-    h = hashlib.sha256()
-    for e in range(epochs):
-        for s in range(len(ds.manifest.shards)):
-            h.update(np.ascontiguousarray(ds.counts(s, e)).tobytes())
-    return h.hexdigest()[:16]
+def same_copies(
+    dataset: str | Path, a: SamplingParams, b: SamplingParams, seed: int, epochs: int
+) -> bool:
+    """Whether ``a`` and ``b`` realise the same copies of every document at ``seed`` in epochs
+    ``< epochs`` (shard by shard, stopping at the first difference: most close pairs differ in
+    the first shard compared, and twins cost what the proxies' own count passes cost)."""
+    da, db = open_stream(dataset, a, seed), open_stream(dataset, b, seed)
+    return all(
+        np.array_equal(da.counts(s, e), db.counts(s, e))
+        for e in range(epochs)
+        for s in range(len(da.manifest.shards))
+    )
 
 
 def find_twins(
@@ -71,16 +74,9 @@ def find_twins(
     Jobs at different seeds are never twins; within a seed, only jobs whose θ are
     :func:`close` are compared, so a batch of distinct contenders costs nothing here."""
     twins: dict[str, tuple[str, int]] = {}
-    digests: dict[tuple[str, int], tuple[str, int]] = {}
 
     def seed(job: ProxyJob) -> int:
         return proxy.data_seed if job.data_seed is None else int(job.data_seed)
-
-    def digest(job: ProxyJob, epochs: int) -> str:
-        key = (job.name, epochs)
-        if key not in digests:
-            digests[key] = (copies_digest(dataset, job.params, seed(job), epochs), epochs)
-        return digests[key][0]
 
     for i, job in enumerate(jobs):
         for first in jobs[:i]:
@@ -88,13 +84,12 @@ def find_twins(
                 continue
             if not close(first.params, job.params):
                 continue
-            if stream_fingerprint(first.params) != stream_fingerprint(job.params):
-                ds = open_stream(dataset, first.params, 0)
-                n = epochs_read(ds, proxy)
-                if n == 0 or digest(first, n) != digest(job, n):
-                    continue
+            if stream_fingerprint(first.params) == stream_fingerprint(job.params):
+                n = proxy.max_epochs  # the same θ: the same stream, however far it is read
             else:
-                n = proxy.max_epochs
+                n = epochs_read(open_stream(dataset, first.params, seed(first)), proxy)
+                if n == 0 or not same_copies(dataset, first.params, job.params, seed(job), n):
+                    continue
             twins[job.name] = (first.name, n)
             break
     return twins

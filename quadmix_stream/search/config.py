@@ -66,6 +66,9 @@ class ProposalConfig:
     max_copies: float | None = None
     #: shares space: the final run's token budget, for ``max_copies``
     final_tokens: float | None = None
+    #: shares space: search the shares first (the first batch selects every document of a
+    #: domain alike), then round 1 pairs the best shares with fresh quality parameters
+    staged: bool = False
 
 
 @dataclass(frozen=True)
@@ -503,6 +506,11 @@ def _check(c: SearchConfig) -> None:
         raise SearchConfigError(
             f"proposals.max_share_ratio: {p.max_share_ratio} < 1 caps every domain below its "
             "share of the pool, so the shares could not sum to 1; use a value ≥ 1"
+        )
+    if p.staged and (c.space != "shares" or c.rounds.k < 1):
+        raise SearchConfigError(
+            "proposals.staged: a staged search needs space: shares (its first stage searches the "
+            "domain shares) and rounds.k ≥ 1 (round 1 is its second stage, the quality)"
         )
     if c.decide is not None and (c.decide.contenders < 0 or c.decide.seeds < 1):
         raise SearchConfigError("decide: need contenders ≥ 0 and seeds ≥ 1")

@@ -109,7 +109,7 @@ def step_propose(
     have, want = int((rounds == 0).sum()), cfg.proposals.n
     if have < want:
         b = int(batches[rounds == 0].max()) + 1 if have else 0
-        new = folder.space(pool).propose(want - have, batch_seed(cfg.proposals.seed, b))
+        new = folder.space(pool).first_batch(want - have, batch_seed(cfg.proposals.seed, b))
         start = int(ids.max()) + 1 if len(ids) else 0
         theta = new if theta is None else np.concatenate([theta, new])
         ids = np.concatenate([ids, np.arange(start, start + want - have, dtype=np.int64)])
@@ -241,6 +241,7 @@ def step_round(
         load_constraints,
         load_predictor,
         local_candidates,
+        staged_candidates,
         steer,
     )
     from quadmix_stream.search.space import spread_best
@@ -260,12 +261,21 @@ def step_round(
         for note in notes:
             log(f"WARNING: {note}")
         reach = rc.shrink ** (r - 1)
-        cand, anchor = local_candidates(
-            folder, pred, pool, rc.candidates, reach, batch_seed(rc.seed, r), constraints
-        )
-        p = pred.predict(cand)
-        key, ok = steer(constraints, cand, p)
-        pick = spread_best(key, anchor, rc.n)
+        staged = r == 1 and folder.config.proposals.staged
+        if staged:  # the second stage: the best shares with fresh quality parameters
+            cand, anchor = staged_candidates(
+                folder, pred, pool, rc.n, batch_seed(rc.seed, r), constraints
+            )
+            p = pred.predict(cand)
+            _, ok = steer(constraints, cand, p)
+            pick = np.arange(rc.n)
+        else:
+            cand, anchor = local_candidates(
+                folder, pred, pool, rc.candidates, reach, batch_seed(rc.seed, r), constraints
+            )
+            p = pred.predict(cand)
+            key, ok = steer(constraints, cand, p)
+            pick = spread_best(key, anchor, rc.n)
         new = cand[pick]
         ids, batches, theta = folder.proposals()
         start = int(ids.max()) + 1
@@ -275,8 +285,13 @@ def step_round(
             np.concatenate([theta, new]),
             np.concatenate([rounds, np.full(len(new), r)]),
         )
+        how = (
+            "pairing the best shares with fresh quality ("
+            if staged
+            else f"near the best (reach {reach:.3g}, "
+        )
         log(
-            f"round {r}: {len(new)} θ near the best (reach {reach:.3g}, from "
+            f"round {r}: {len(new)} θ {how}from "
             f"{len(np.unique(anchor[pick]))} anchors), predicted {p[pick].min():.4f}–"
             f"{p[pick].max():.4f} by {pred.metrics['chosen']}"
             + (

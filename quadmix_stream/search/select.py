@@ -157,13 +157,17 @@ def anchors(
     top: int,
     seed: int,
     constraints: Sequence[Constraint] = (),
+    first_stage: bool = False,
 ) -> np.ndarray:
     """The ``top`` best runs by actual objective and the ``top`` best predicted of fresh
-    proposals, those predicted to meet the constraints first: where a local search starts."""
+    proposals, those predicted to meet the constraints first: where a local search starts.
+    ``first_stage``: fresh proposals like the first batch's (a staged search's shares alone)."""
     cfg = folder.config
     x, y, _ = folder.table()
     best = x[np.argsort(steer(constraints, x, y)[0], kind="stable")[:top]]
-    fresh = folder.space(pool).propose(cfg.rounds.candidates, seed)
+    space = folder.space(pool)
+    draw = space.first_batch if first_stage else space.propose
+    fresh = draw(cfg.rounds.candidates, seed)
     key, _ = steer(constraints, fresh, predictor.predict(fresh))
     return np.concatenate([best, fresh[np.argsort(key, kind="stable")[:top]]])
 
@@ -183,6 +187,26 @@ def local_candidates(
     a = anchors(folder, predictor, pool, cfg.rounds.top, batch_seed(seed, 0), constraints)
     fresh = folder.space(pool).propose(n, batch_seed(seed, 1))
     return toward(a, fresh, reach, np.random.default_rng(batch_seed(seed, 2)))
+
+
+def staged_candidates(
+    folder: RunFolder,
+    predictor: Predictor,
+    pool: Pool,
+    n: int,
+    seed: int,
+    constraints: Sequence[Constraint] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """A staged search's second stage: ``n`` points pairing the best shares (the best runs and
+    the best predicted of fresh shares-only proposals, dealt in turn) with fresh quality
+    parameters from the whole ranges, and the index of each one's anchor. The first stage's
+    regressor saw no quality varied, so it does not rank these: each anchor gets its turn."""
+    cfg = folder.config
+    a = anchors(folder, predictor, pool, cfg.rounds.top, batch_seed(seed, 0), constraints, True)
+    space = folder.space(pool)
+    fresh = space.propose(n, batch_seed(seed, 1))
+    which = np.arange(n) % len(a)
+    return space.with_shares(fresh, space.shares(a)[which]), which
 
 
 def boundary(folder: RunFolder, best: np.ndarray) -> list[dict]:

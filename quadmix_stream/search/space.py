@@ -103,6 +103,10 @@ class Space:
         w = np.random.default_rng(seed).dirichlet(np.full(self.m, self.cfg.dirichlet), size=n)
         return mixture_vectors(w, self.pool.domain_tokens, self.n, self.cfg.scale)
 
+    def first_batch(self, n: int, seed: int) -> np.ndarray:
+        """The search's first ``n`` proposals (a staged search's first stage)."""
+        return self.propose(n, seed)
+
     def theta(self, points: np.ndarray) -> np.ndarray:
         """θ vectors of ``points``."""
         return np.atleast_2d(np.asarray(points, dtype=np.float64))
@@ -181,6 +185,31 @@ class SharesSpace(Space):
         unit = self._unit_tokens(v) if self.cfg.max_copies is not None else None
         v[:, a + 2 * self.m : a + 3 * self.m] = cap_shares(w, self._caps(v, unit))
         return v
+
+    def shares(self, points: np.ndarray) -> np.ndarray:
+        """Each point's domain shares."""
+        return self._split(np.atleast_2d(points))[3]
+
+    def with_shares(self, points: np.ndarray, shares: np.ndarray) -> np.ndarray:
+        """``points`` with these domain shares (held to the caps), their quality kept."""
+        v = np.array(np.atleast_2d(points), dtype=np.float64)
+        a = self.m * self.n
+        unit = self._unit_tokens(v) if self.cfg.max_copies is not None else None
+        v[:, a + 2 * self.m : a + 3 * self.m] = cap_shares(shares, self._caps(v, unit))
+        return v
+
+    def first_batch(self, n: int, seed: int) -> np.ndarray:
+        """Proposals; in a staged search, shares alone: every document of a domain selected
+        alike (α uniform, λ = 0, ω = 1, ρ = 0, so 2σ(0) = 1 at every rank), as RegMix draws."""
+        v = self.propose(n, seed)
+        if not self.cfg.staged:
+            return v
+        a = self.m * self.n
+        v[:, :a] = 1.0 / self.n
+        v[:, a : a + self.m] = 0.0
+        v[:, a + self.m : a + 2 * self.m] = 1.0
+        v[:, a + 3 * self.m :] = 0.0
+        return self.with_shares(v, self.shares(v))
 
     def theta(self, points: np.ndarray) -> np.ndarray:
         v = np.clip(np.atleast_2d(np.asarray(points, dtype=np.float64)), 0.0, None)

@@ -332,7 +332,9 @@ def test_a_shares_space_search_decided_at_a_higher_fidelity_ships_params_the_loa
 
     over = {
         "space": "shares",
-        "proposals": {"n": 16, "max_share_ratio": 4.0},
+        # staged: the first 16 search the shares alone, round 1 pairs the best with quality
+        "proposals": {"n": 16, "max_share_ratio": 4.0, "staged": True},
+        "rounds": {"k": 1, "n": 4, "top": 2, "candidates": 500},
         "regressor": {"features": "theta"},
         "select": {"n": 4000, "top_k": 5, "verify": 2, "seeds": 1},
         # the deciding runs: a model twice as wide on twice the tokens, 2 seeds
@@ -353,6 +355,17 @@ def test_a_shares_space_search_decided_at_a_higher_fidelity_ships_params_the_loa
     w = pts[:, a + 2 * m : a + 3 * m]
     np.testing.assert_allclose(w.sum(axis=1), 1.0)
     assert np.all(w <= 4.0 * share + 1e-12)
+    # staged: the first batch selects every document of a domain alike; round 1 keeps shares
+    # of the first stage's best and draws the quality parameters afresh
+    rounds = folder.rounds()
+    lam, omega = pts[:, a : a + m], pts[:, a + m : a + 2 * m]
+    assert np.all(lam[rounds == 0] == 0) and np.all(omega[rounds == 0] == 1)
+    assert (rounds == 1).sum() == 4 and np.all(lam[rounds == 1] > 0)
+    x, y, _ = folder.table()
+    stage1 = np.all(x[:, a : a + m] == 0, axis=1)  # the first batch's points (λ = 0)
+    best = x[stage1][np.argsort(y[stage1], kind="stable")[:2]]  # the measured best: anchors
+    measured_best = {tuple(np.round(v, 9)) for v in best[:, a + 2 * m : a + 3 * m]}
+    assert any(tuple(np.round(x, 9)) in measured_best for x in w[rounds == 1])
     sel = json.loads((out / "selection.json").read_text())
     assert sel["point_names"][a + 2 * m] == f"share[{pool.domains[0]}]"
     assert sel["theta_names"] == SamplingParams.vector_names(pool.domains, pool.scorers)

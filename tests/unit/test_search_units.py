@@ -249,6 +249,44 @@ def test_shares_space_caps_shares_and_copies(pool):
     assert realised[0] == pytest.approx(1.2 * share[0]) and realised.sum() == pytest.approx(1.0)
 
 
+def test_a_staged_search_proposes_shares_first_then_quality_with_the_best_shares(pool):
+    share = pool.domain_tokens / pool.domain_tokens.sum()
+    staged = _shares_space(pool, staged=True, max_share_ratio=3.0, dirichlet=0.3)
+    m, n = len(pool.domains), len(pool.scorers)
+    a = m * n
+    first = staged.first_batch(12, 5)
+    # stage 1: the shares vary (the same Dirichlet draws as an unstaged search, capped), every
+    # document of a domain is selected alike (domain weights, as RegMix draws them)
+    np.testing.assert_allclose(
+        first[:, a + 2 * m : a + 3 * m], staged.propose(12, 5)[:, a + 2 * m : a + 3 * m]
+    )
+    for pt in first:
+        p = staged.params(pt)
+        sel = pool.selection(p).expected
+        for d in range(m):
+            rows = pool.labels.domain == d
+            np.testing.assert_allclose(sel[rows], sel[rows][0])  # alike within the domain
+        np.testing.assert_allclose(
+            list(pool.profile(p)["token_share"].values()), staged.shares(pt)[0], atol=1e-9
+        )
+        assert np.all(staged.shares(pt) <= 3.0 * share + 1e-12)
+    assert len({tuple(np.round(x, 6)) for x in first[:, a + 2 * m : a + 3 * m]}) == 12
+    # stage 2: chosen shares with other quality parameters, held to the caps
+    quality = staged.propose(3, 9)
+    paired = staged.with_shares(quality, staged.shares(first[:3]))
+    np.testing.assert_array_equal(paired[:, : a + 2 * m], quality[:, : a + 2 * m])
+    np.testing.assert_array_equal(paired[:, a + 3 * m :], quality[:, a + 3 * m :])
+    np.testing.assert_allclose(staged.shares(paired), staged.shares(first[:3]))
+    # not staged: the first batch is the proposals
+    np.testing.assert_array_equal(
+        _shares_space(pool).first_batch(4, 5), _shares_space(pool).propose(4, 5)
+    )
+    with pytest.raises(SearchConfigError, match="staged search needs space: shares"):
+        SearchConfig.from_dict({"dataset": "x", "proposals": {"staged": True}, "rounds": {"k": 1}})
+    with pytest.raises(SearchConfigError, match=r"rounds.k ≥ 1"):
+        SearchConfig.from_dict({"dataset": "x", "space": "shares", "proposals": {"staged": True}})
+
+
 def test_baselines(pool):
     b = all_baselines(pool, fraction=0.3, grid=6)
     assert set(b) == {"random", "topk-clean", "topk-noise_rate", "topk-length", "criteria-mix"}

@@ -42,6 +42,7 @@ from quadmix_stream.search.summaries import (
 from quadmix_stream.search.tokenizer import run_tokenizer_path
 
 if TYPE_CHECKING:
+    from quadmix_stream.search.proxy import ProxyJob
     from quadmix_stream.search.runner import ProxySource
 
 REGMIX = "regmix"
@@ -458,7 +459,7 @@ def step_evaluate(
 
 
 def _train_once(
-    jobs: list,
+    jobs: list[ProxyJob],
     folder: RunFolder,
     stage: str,
     source: ProxySource,

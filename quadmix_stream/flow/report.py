@@ -198,7 +198,8 @@ def rank_agreement(search: Path, results: dict[str, dict[str, Any]]) -> dict | N
     if not (sel.exists() and meta.exists()):
         return None
     shipped = json.loads(sel.read_text()).get("shipped") or {}
-    weights = json.loads(meta.read_text())["config"]["objective"]
+    info = json.loads(meta.read_text())
+    weights = info["config"]["objective"]
     screen = shipped.get("screened", {}).get("measured")
     if screen is None:  # no deciding step: the verification shipped
         screen = {k: w["objective"] for k, w in (shipped.get("measured") or {}).items()}
@@ -211,7 +212,7 @@ def rank_agreement(search: Path, results: dict[str, dict[str, Any]]) -> dict | N
         names = {m: shipped.get("name") if m == "quadmix" else m for m in full}
         return {m: measured[n] for m, n in names.items() if n in measured}
 
-    out = {"objective": weights}
+    out = {"objective": weights, "search_target": Path(info["target"]["path"]).name}
     for stage, measured in (("screening", screen), ("deciding", decide)):
         mine = by_method(measured)
         if len(mine) >= 3:
@@ -229,6 +230,12 @@ def _ranks(ranks: dict) -> list[str]:
         f"The search's objective ({obj}), mean over each stage's data seeds (`quadmix` is what "
         "shipped), beside the full-size trainings above (mean over seeds).",
     ]
+    if ranks.get("search_target", "target.jsonl") != "target.jsonl":
+        lines[-1] += (
+            f" The search's `target` is `{ranks['search_target']}` (`search_target:`); the "
+            "full-size objective uses the trained models' `target`, other documents of the same "
+            "domains."
+        )
     for stage, what in (
         ("screening", "its verification proxies"),
         ("deciding", "its deciding runs (`decide:`)"),

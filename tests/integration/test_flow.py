@@ -147,7 +147,10 @@ def test_flow_holds_out_evaluates_every_set_and_reports_seeds(tmp_path):
     assert row.endswith(f" {passes:.1f} |") and 0.5 < ratio < 10
     assert (out / "train-quadmix-seed1" / "log.jsonl").exists()
     # the search's verification proxies ranked beside the full-size trainings
-    ranks = json.loads((out / "rank_agreement.json").read_text())["screening"]
+    agreement = json.loads((out / "rank_agreement.json").read_text())
+    assert agreement["search_target"] == "target_search.jsonl"
+    assert "The search's `target` is `target_search.jsonl`" in report
+    ranks = agreement["screening"]
     shipped = json.loads((out / "search" / "selection.json").read_text())["shipped"]
     assert set(ranks["methods"]) == {"quadmix", "random", "theta-star"}
     assert ranks["proxy"]["quadmix"] == shipped["measured"][shipped["name"]]["objective"]

@@ -6,8 +6,8 @@ OUT keeps WITHIN's choice of documents inside every domain (α, λ, ω: e.g. a t
 best 30% by one scorer) and scales each domain's η and ε so that its expected share of the
 output tokens is BASE's (e.g. what a search shipped), at WITHIN's total tokens per epoch
 (:func:`quadmix_stream.mixing.shares.scale_to_shares`). Used as ``data.params_schedule`` for the
-last part of a run, it trains on the best documents of the same mixture (docs/results.md,
-"Changing the mixture while training runs").
+last part of a run, it trains on the best documents of the same mixture
+(``scripts/mixing_schedules.py`` compares such an anneal with the static θ).
 """
 
 from __future__ import annotations

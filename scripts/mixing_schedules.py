@@ -13,7 +13,7 @@ For every seed of a finished flow, trains two more runs with the flow's own trai
 
 Then prints each method minus the static shipped θ and minus Random, paired by seed, per
 evaluation set, and writes ``{flow}/schedules.json``. Runs resume: rerunning trains only what is
-missing. An experiment (docs/results.md, "Changing the mixture while training runs").
+missing. An experiment, not a step of the flow.
 """
 
 from __future__ import annotations

@@ -45,6 +45,20 @@ def _steps(out: Path) -> dict[int, dict]:
     }  # a redone step overwrites its first try
 
 
+def _copy_until(ref: Path, out: Path, at: int) -> None:
+    """``ref`` copied to ``out`` as if the run had died after its checkpoint at step ``at``."""
+    shutil.copytree(ref, out)
+    for ck in (out / "checkpoints").glob("step-*.pt"):
+        if int(ck.stem.split("-")[1]) > at:
+            ck.unlink()
+
+
+def _rows_of(ds: Path, domain: str) -> set[int]:
+    """Global rows of ``domain``'s documents."""
+    m = Manifest.load(ds)
+    return set(np.flatnonzero(load_labels(ds, m).domain == m.domains.index(domain)).tolist())
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, mds_ds):
     tmp = tmp_path_factory.mktemp("pretrain")
@@ -172,7 +186,6 @@ def test_resume_with_new_params_follows_them(setup, mds_ds):
     tmp, recipe, full = setup
     out = tmp / "newp"
     shutil.copytree(full, out)
-    m = Manifest.load(mds_ds)
     new = favouring(mds_ds, "code", others=0.0, this=1.0)
     new.save(tmp / "code.json")
     r = recipe("newp", out)
@@ -184,9 +197,7 @@ def test_resume_with_new_params_follows_them(setup, mds_ds):
     assert "keeps its plan of 14 steps" in said
     again = [x for x in _log(out) if x.get("event") == "resume"][-1]
     assert again["step"] == STEPS + 8 and again["exact"]
-    code_rows = set(
-        np.flatnonzero(load_labels(mds_ds, m).domain == m.domains.index("code")).tolist()
-    )
+    code_rows = _rows_of(mds_ds, "code")
     steps = _steps(out)
     after = [x for s, x in steps.items() if s > STEPS + 2]  # past the carried-over tokens
     assert sorted(steps) == list(range(1, STEPS + 13))
@@ -219,19 +230,13 @@ def test_params_schedule_switches_in_the_running_job_and_resumes_exactly(setup, 
     a, f = _steps(ref), _steps(full)
     assert [x["step"] for x in _log(ref) if x.get("event") == "switch"] == [8]
     assert all(a[s]["batch_sha"] == f[s]["batch_sha"] for s in range(1, 9))  # same until then
-    m = Manifest.load(mds_ds)
-    code_rows = set(
-        np.flatnonzero(load_labels(mds_ds, m).domain == m.domains.index("code")).tolist()
-    )
+    code_rows = _rows_of(mds_ds, "code")
     assert all(
         {decode_doc_id(d)[1] for d in a[s]["docs"]} <= code_rows for s in range(11, STEPS + 1)
     )
     for at in (4, 8):
         out = tmp / f"sched-{at}"
-        shutil.copytree(ref, out)
-        for ck in (out / "checkpoints").glob("step-*.pt"):  # as if the run had died after `at`
-            if int(ck.stem.split("-")[1]) > at:
-                ck.unlink()
+        _copy_until(ref, out, at)
         said = _run(2, recipe(f"sched-{at}", out, data=data, keep_last=10))
         if at == 8:
             assert "scheduled from step 8" in said
@@ -252,10 +257,7 @@ def test_a_scheduled_run_resumed_on_three_ranks_switches_there(setup, mds_ds):
     if not ref.exists():
         pytest.skip("needs the scheduled run of the previous test")
     out = tmp / "sched-3"
-    shutil.copytree(ref, out)
-    for ck in (out / "checkpoints").glob("step-*.pt"):
-        if int(ck.stem.split("-")[1]) > 4:
-            ck.unlink()
+    _copy_until(ref, out, 4)
     data = {"params_schedule": {8: str(tmp / "anneal.json")}}
     _run(3, recipe("sched-3", out, data=data, keep_last=10, batch_size=12))  # 3 ranks × 4
     resumed = [x for x in _log(out) if x.get("event") == "resume"][-1]
@@ -267,10 +269,7 @@ def test_a_scheduled_run_resumed_on_three_ranks_switches_there(setup, mds_ds):
     started = [d for s in range(1, 5) for d in a[s]["docs"]]
     started += [d for s in range(5, STEPS + 1) for d in b[s]["docs"]]
     assert max(Counter(started).values()) == 1  # across the resume and the switch
-    m = Manifest.load(mds_ds)
-    code_rows = set(
-        np.flatnonzero(load_labels(mds_ds, m).domain == m.domains.index("code")).tolist()
-    )
+    code_rows = _rows_of(mds_ds, "code")
     assert all(
         {decode_doc_id(d)[1] for d in b[s]["docs"]} <= code_rows for s in range(11, STEPS + 1)
     )
@@ -319,10 +318,7 @@ def test_odm_controller_switches_as_it_goes_and_resumes_exactly(setup, mds_ds):
     assert control(out) == control(ref)
 
     one = tmp / "odm-one"  # the checkpoint at step 20 has the switch of step 20 pending
-    shutil.copytree(ref, one)
-    for ck in (one / "checkpoints").glob("step-*.pt"):
-        if int(ck.stem.split("-")[1]) > 20:
-            ck.unlink()
+    _copy_until(ref, one, 20)
     _run(1, recipe("odm-one", one, data=data, **train))
     resumed = [x for x in _log(one) if x.get("event") == "resume"][-1]
     assert resumed["step"] == 20 and resumed["switch"]["to_world"] == 1

@@ -161,7 +161,8 @@ def _losses(results: dict[str, dict[str, Any]], out: Path, ratio: float | None) 
         ]
         if ratio:
             cells.append(f"{r['tokens'] / max(sel['unique'] * ratio, 1):.1f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        label = f"{name} (= {r['same_stream_as']})" if r.get("same_stream_as") else name
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines + [
         "",
         "Losses: mean ± sample sd over seeds (model init and data order)"
@@ -206,7 +207,12 @@ def rank_agreement(search: Path, results: dict[str, dict[str, Any]]) -> dict | N
         decide = {}
     else:
         decide = {k: w["objective"] for k, w in shipped["measured"].items()}
-    full = {m: v for m in results if (v := full_objective(results[m], weights)) is not None}
+    full = {
+        m: v
+        for m in results
+        if not results[m].get("same_stream_as")  # a stream ranked once
+        and (v := full_objective(results[m], weights)) is not None
+    }
 
     def by_method(measured: dict[str, float]) -> dict[str, float]:
         names = {m: shipped.get("name") if m == "quadmix" else m for m in full}

@@ -40,6 +40,7 @@ This module runs the steps; the report (text, tables, plots) is :mod:`quadmix_st
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -319,6 +320,22 @@ def run_flow(recipe: str | Path, out: str | Path | None = None) -> Path:
     return out
 
 
+def same_streams(runs: dict[str, Path]) -> dict[str, str]:
+    """``{name: the earlier name whose params make the same stream}``: e.g. ``theta-star`` in
+    ``compare:`` when θ* is what shipped. Compared by what changes the stream, not provenance."""
+    from quadmix_stream.search.proxy import stream_fingerprint
+
+    first: dict[str, str] = {}
+    out = {}
+    for name, path in runs.items():
+        fp = stream_fingerprint(SamplingParams.load(path))
+        if fp in first:
+            out[name] = first[fp]
+        else:
+            first[fp] = name
+    return out
+
+
 def _train_all(
     train_body: dict[str, Any],
     out: Path,
@@ -351,8 +368,16 @@ def _train_all(
             train_tokenizer(texts, int(data_body.get("vocab_size", 512)), tok)
         data_body["tokenizer"] = str(tok)
     results: dict[str, dict[str, Any]] = {}
-    n_runs, i_run = len(runs) * len(seeds), 0
+    twins = same_streams(runs)
+    n_runs, i_run = (len(runs) - len(twins)) * len(seeds), 0
     for name, params in runs.items():
+        if name in twins:  # one training per stream: the same batches would give the same losses
+            _log(f"{name}: the same stream as {twins[name]}; its trainings are {twins[name]}'s")
+            results[name] = {
+                **copy.deepcopy(results[twins[name]]),
+                "same_stream_as": twins[name],
+            }
+            continue
         for seed in seeds:
             i_run += 1
             folder = out / (f"train-{name}" if seeds == [0] else f"train-{name}-seed{seed}")

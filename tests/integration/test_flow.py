@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -16,8 +17,10 @@ import yaml
 from quadmix_stream.flow.run import run_flow
 from quadmix_stream.formats.labels import Manifest, load_labels
 from quadmix_stream.mixing.hashing import doc_key
+from quadmix_stream.mixing.params import SamplingParams, domain_mixture
 from quadmix_stream.recipe import RecipeError
 from quadmix_stream.search.runfolder import RunFolder
+from quadmix_stream.search.select import STAR
 from quadmix_stream.synth import iter_docs
 
 
@@ -146,6 +149,13 @@ def test_flow_holds_out_evaluates_every_set_and_reports_seeds(tmp_path):
     passes = res["random"]["tokens"] / (res["random"]["selected"]["unique"] * ratio)
     assert row.endswith(f" {passes:.1f} |") and 0.5 < ratio < 10
     assert (out / "train-quadmix-seed1" / "log.jsonl").exists()
+    # θ* trained once when it is what shipped (the same stream), else beside it
+    if json.loads((out / "search" / "selection.json").read_text())["shipped"]["name"] == STAR:
+        assert res["theta-star"]["same_stream_as"] == "quadmix"
+        assert res["theta-star"]["seeds"] == res["quadmix"]["seeds"]
+        assert not (out / "train-theta-star-seed0").exists() and "theta-star (= quadmix)" in report
+    else:
+        assert (out / "train-theta-star-seed0" / "log.jsonl").exists()
     # the search's verification proxies ranked beside the full-size trainings
     agreement = json.loads((out / "rank_agreement.json").read_text())
     assert agreement["search_target"] == "target_search.jsonl"
@@ -206,6 +216,19 @@ def test_flow_holds_out_evaluates_every_set_and_reports_seeds(tmp_path):
         run_flow(recipe)
     again = json.loads((out / "times.json").read_text())  # the failed re-run's time counts too
     assert all(again[k] > first[k] for k in ("split", "label", "search"))
+
+
+def test_params_of_the_same_stream_are_trained_once(tmp_path):
+    from quadmix_stream.flow.run import same_streams
+
+    d, sc = ["a", "b"], ["q"]
+    SamplingParams.keep_all(d, sc).save(tmp_path / "x.json")
+    dataclasses.replace(SamplingParams.keep_all(d, sc), provenance="other words").save(
+        tmp_path / "y.json"
+    )
+    domain_mixture(d, sc, [2.0, 1.0], "more of a").save(tmp_path / "z.json")
+    runs = {k: tmp_path / f"{k}.json" for k in "xzy"}
+    assert same_streams(runs) == {"y": "x"}
 
 
 def test_flow_recipe_errors_name_the_key(tmp_path):

@@ -127,13 +127,19 @@ def _evals(spec: Any, base: Path, out: Path) -> dict[str, str]:
         raise RecipeError("evals: a mapping {name: {heldout: NAME} or {path: FILE.jsonl}}")
     found = {}
     for k, v in spec.items():
-        if isinstance(v, dict) and "heldout" in v:
-            found[str(k)] = str(_heldout(v["heldout"], out, f"evals.{k}"))
-        elif isinstance(v, dict) and "path" in v and (base / v["path"]).exists():
-            found[str(k)] = str((base / v["path"]).resolve())
-        else:
-            raise RecipeError(f"evals.{k}: give {{heldout: NAME}} or {{path: EXISTING.jsonl}}")
+        found[str(k)] = str(_eval_set(v, base, out, f"evals.{k}"))
     return found
+
+
+def _eval_set(
+    spec: Any, base: Path, out: Path, where: str, heldout_where: str | None = None
+) -> Path:
+    """``{heldout: NAME}`` (a set of ``split:``) or ``{path: FILE}`` (relative to the recipe)."""
+    if isinstance(spec, dict) and "heldout" in spec:
+        return _heldout(spec["heldout"], out, heldout_where or where)
+    if isinstance(spec, dict) and "path" in spec and (base / spec["path"]).exists():
+        return (base / spec["path"]).resolve()
+    raise RecipeError(f"{where}: give {{heldout: NAME}} or {{path: EXISTING.jsonl}}")
 
 
 def _seeds(spec: Any) -> list[int]:
@@ -196,13 +202,11 @@ def _target(spec: dict[str, Any], base: Path, out: Path) -> Path:
 def _search_target(spec: Any, base: Path, out: Path) -> Path | None:
     """``search_target: {heldout: NAME} | {path: FILE}``: the set the search's objective calls
     ``target`` when it must not be the one the trained models are judged on (None: the same)."""
-    if spec is None:
-        return None
-    if isinstance(spec, dict) and "heldout" in spec:
-        return _heldout(spec["heldout"], out, "search_target.heldout")
-    if isinstance(spec, dict) and "path" in spec and (base / spec["path"]).exists():
-        return (base / spec["path"]).resolve()
-    raise RecipeError("search_target: give {heldout: NAME} or {path: EXISTING.jsonl}")
+    return (
+        None
+        if spec is None
+        else _eval_set(spec, base, out, "search_target", "search_target.heldout")
+    )
 
 
 def _search_config(path: Path, evals: dict[str, str]) -> SearchConfig:

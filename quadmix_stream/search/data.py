@@ -77,6 +77,13 @@ def in_proxy_pool(key: int, pool_fraction: float) -> bool:
     return bool(uniform(k, SALT_PROXY_POOL)[0] < pool_fraction)
 
 
+def epoch_tokens(sel: dict, doc_tokens: int = 0, pool_fraction: float = 1.0) -> float:
+    """Label tokens a proxy reads from one epoch of a selection (:func:`expected_selection`):
+    at most ``doc_tokens`` per document, from ``pool_fraction`` of the pool (in expectation)."""
+    per_epoch = sel["tokens"] if not doc_tokens else min(sel["tokens"], sel["docs"] * doc_tokens)
+    return per_epoch * pool_fraction
+
+
 def check_selection(
     ds, budget_tokens: int, max_epochs: int, doc_tokens: int = 0, pool_fraction: float = 1.0
 ) -> dict:
@@ -91,8 +98,7 @@ def check_selection(
     sel = expected_selection(ds)
     if sel["tokens"] <= 0 or sel["docs"] <= 0:
         raise SelectionError("θ selects nothing (0 expected tokens per epoch)")
-    per_epoch = sel["tokens"] if not doc_tokens else min(sel["tokens"], sel["docs"] * doc_tokens)
-    per_epoch *= pool_fraction
+    per_epoch = epoch_tokens(sel, doc_tokens, pool_fraction)
     need = budget_tokens / per_epoch
     if need > max_epochs:
         raise SelectionError(

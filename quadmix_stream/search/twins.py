@@ -20,7 +20,7 @@ import numpy as np
 
 from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.search.config import ProxyConfig
-from quadmix_stream.search.data import expected_selection, open_stream
+from quadmix_stream.search.data import epoch_tokens, expected_selection, open_stream
 from quadmix_stream.search.proxy import ProxyJob, stream_fingerprint
 
 #: parameters this close (relative) are compared by their realised copies
@@ -40,13 +40,7 @@ def close(a: SamplingParams, b: SamplingParams, rtol: float = CLOSE) -> bool:
 def epochs_read(ds, proxy: ProxyConfig) -> int:
     """Epochs of θ's stream a proxy may read: twice the label-token estimate, plus one (the
     proxy's tokenizer differs from the labels'); at most ``max_epochs``."""
-    sel = expected_selection(ds)
-    per_epoch = (
-        sel["tokens"]
-        if not proxy.doc_tokens
-        else min(sel["tokens"], sel["docs"] * proxy.doc_tokens)
-    )
-    per_epoch *= proxy.pool_fraction
+    per_epoch = epoch_tokens(expected_selection(ds), proxy.doc_tokens, proxy.pool_fraction)
     if per_epoch <= 0:
         return 0
     return min(proxy.max_epochs, 2 * math.ceil(proxy.tokens / per_epoch) + 1)

@@ -20,7 +20,6 @@ from quadmix_stream.mixing.hashing import doc_key
 from quadmix_stream.mixing.params import SamplingParams, domain_mixture
 from quadmix_stream.recipe import RecipeError
 from quadmix_stream.search.runfolder import RunFolder
-from quadmix_stream.search.select import STAR
 from quadmix_stream.synth import iter_docs
 
 
@@ -150,6 +149,8 @@ def test_flow_holds_out_evaluates_every_set_and_reports_seeds(tmp_path):
     assert row.endswith(f" {passes:.1f} |") and 0.5 < ratio < 10
     assert (out / "train-quadmix-seed1" / "log.jsonl").exists()
     # θ* trained once when it is what shipped (the same stream), else beside it
+    from quadmix_stream.search.select import STAR  # the search extra: imported where it is used
+
     if json.loads((out / "search" / "selection.json").read_text())["shipped"]["name"] == STAR:
         assert res["theta-star"]["same_stream_as"] == "quadmix"
         assert res["theta-star"]["seeds"] == res["quadmix"]["seeds"]

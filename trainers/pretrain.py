@@ -39,7 +39,9 @@ import dataclasses
 import gc
 import hashlib
 import logging
+import math
 import os
+import re
 import sys
 import time
 from contextlib import nullcontext
@@ -95,8 +97,9 @@ class DataConfig:
     # a remote dataset (s3://…): bytes its node-local cache may hold, e.g. "64gb" (None: no limit)
     cache_limit: str | None = None
     # {step: params file}: those params are in force from that step on (an anneal, say), on
-    # every rank and worker at the same point, switched in the running job
-    params_schedule: dict[int, str] | None = None
+    # every rank and worker at the same point, switched in the running job; a key may be a
+    # token count instead ("1.2M tokens": after the first step that ends at or past it)
+    params_schedule: dict[int | str, str] | None = None
     # a controller that adapts the params as training goes, from per-domain training losses:
     # {name: odm, every: 20, …} (quadmix_stream.control); not together with params_schedule
     controller: dict[str, Any] | None = None
@@ -111,18 +114,52 @@ class DataConfig:
         if sched is not None and (
             not isinstance(sched, dict)
             or not all(
-                isinstance(k, int) and not isinstance(k, bool) and k >= 1 and isinstance(v, str)
-                for k, v in sched.items()
+                _schedule_key(k) is not None and isinstance(v, str) for k, v in sched.items()
             )
         ):
             raise UserError(
-                f"params_schedule: a mapping {{step ≥ 1: params file}}, got {short_repr(sched)}"
+                "params_schedule: a mapping {step ≥ 1 or 'N tokens': params file}, got "
+                f"{short_repr(sched)}"
             )
         if self.controller is not None and sched:
             raise UserError(
                 "controller: a run has one controller; params_schedule is one already (drop "
                 "one of data.controller and data.params_schedule)"
             )
+
+
+_TOKENS = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kKMB]?)\s*tokens\s*")
+
+
+def _schedule_key(key: Any) -> tuple[str, float] | None:
+    """A schedule key as ``("step", n)`` or ``("tokens", n)``; ``None`` if it is neither."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return ("step", key) if key >= 1 else None
+    m = _TOKENS.fullmatch(key) if isinstance(key, str) else None
+    if m is None:
+        return None
+    n = float(m.group(1)) * 1000 ** " kMB".index(m.group(2).replace("K", "k") or " ")
+    return ("tokens", n) if n > 0 else None
+
+
+def schedule_steps(cfg: PretrainConfig) -> dict[int, tuple[str, str]]:
+    """``data.params_schedule`` keyed by step: ``{step: (the recipe's key, params file)}``.
+
+    A ``"N tokens"`` key switches once the first step that ends at or past N tokens is done
+    (every step trains ``train.batch_size × data.seq_len`` tokens).
+    """
+    per_step = cfg.train.batch_size * cfg.data.seq_len
+    out: dict[int, tuple[str, str]] = {}
+    for key, path in (cfg.data.params_schedule or {}).items():
+        kind, n = _schedule_key(key)  # type: ignore[misc]  # checked in DataConfig
+        step = int(n) if kind == "step" else max(1, math.ceil(n / per_step))
+        if step in out:
+            raise UserError(
+                f"data.params_schedule: {key!r} and {out[step][0]!r} both switch after step "
+                f"{step} ({per_step:,} tokens per step)"
+            )
+        out[step] = (str(key), path)
+    return dict(sorted(out.items()))
 
 
 @dataclass(frozen=True)
@@ -235,8 +272,8 @@ def check_inputs(cfg: PretrainConfig) -> tuple[Any, dict[int, Any]]:
 
     manifest = Manifest.load(as_store(cfg.data.dataset))
     loaded = {}
-    for step, path in {0: cfg.data.params, **(cfg.data.params_schedule or {})}.items():
-        where = "data.params" if step == 0 else f"data.params_schedule.{step}"
+    for step, (key, path) in {0: ("", cfg.data.params), **schedule_steps(cfg)}.items():
+        where = "data.params" if step == 0 else f"data.params_schedule.{key}"
         try:
             loaded[step] = SamplingParams.load(path)
             loaded[step].check_names(manifest.domains, manifest.scorer_names)
@@ -367,7 +404,7 @@ def params_in_force(
     """
     from quadmix_stream.loaders.stateful import loader_params
 
-    paths = {0: cfg.data.params, **(cfg.data.params_schedule or {})}
+    paths = {0: cfg.data.params, **{s: p for s, (_, p) in schedule_steps(cfg).items()}}
     by_step = {0: params, **schedule}
 
     def named(p, path: str) -> str:
@@ -614,6 +651,10 @@ def train(
     lr_steps, lr_note = planned_lr_steps(tc, ck, replan_lr)
     say("[pretrain] %d rank(s) on %s; dataset %s", world, device, d.dataset)
     say("[pretrain] params in force: %s", params_note)
+    for s, (key, path) in schedule_steps(cfg).items():
+        say(
+            "[pretrain] params schedule: %s after step %d%s", path, s, f" ({key})" * (key != str(s))
+        )
     if lr_note:
         say("[pretrain] %s", lr_note)
     # a local folder or an object-storage URL (s3://…): never wrapped in Path, which would
@@ -706,7 +747,7 @@ def train(
             it = iter(loader)
             meter = MixtureMeter(domains, ds.expected_mixture())
             why = (
-                f"data.params_schedule: {d.params_schedule[step]}"
+                f"data.params_schedule: {schedule_steps(cfg)[step][1]}"
                 if d.params_schedule
                 else f"controller {controller.name}"
             )

@@ -13,7 +13,7 @@ mosaicml-streaming's ``StreamingDataset`` on the same shards:
 It prints the slope of PSS against N (bytes per pool document per rank, workers included) and
 the extrapolation to 1B documents.
 
-How the pools are built fast: one 16,384-row shard is encoded with fixed-width ids by the MDS
+How the pools are built fast: one 16,384-row shard (``--rows-per-shard``) is encoded with fixed-width ids by the MDS
 encoder of the format layer (:func:`quadmix_stream.formats.mds.encode_shard`, ``MDSWriter``'s
 bytes); every other shard is a byte copy with its ids rewritten in place (numpy), so each shard
 is a valid MDS shard with distinct ids. Labels are random (12 domains, 3 scorers, token counts
@@ -42,7 +42,7 @@ ID_START = "d"  # ids are "d" + 13 digits
 
 
 # ---------------------------------------------------------------- building a pool
-def build_pool(root: Path, n_docs: int, seed: int = 0) -> Path:
+def build_pool(root: Path, n_docs: int, seed: int = 0, per_shard: int = ROWS) -> Path:
     """A labelled MDS dataset of ``n_docs`` tiny documents (reused when already complete)."""
     from quadmix_stream.formats import sidecar_name
     from quadmix_stream.formats.labels import (
@@ -58,38 +58,44 @@ def build_pool(root: Path, n_docs: int, seed: int = 0) -> Path:
     from quadmix_stream.storage.io import sha256_file
 
     done = root / "bench-pool.json"
-    spec = {"n_docs": n_docs, "rows": ROWS, "domains": DOMAINS, "scorers": SCORERS, "seed": seed}
+    spec = {
+        "n_docs": n_docs,
+        "rows": per_shard,
+        "domains": DOMAINS,
+        "scorers": SCORERS,
+        "seed": seed,
+    }
     spec["keys"] = "doc_key(id)"  # pools from before the stream checked keys are rebuilt
     if done.exists() and json.loads(done.read_text()) == spec:
         return root
     shutil.rmtree(root, ignore_errors=True)
     # one template shard (the bytes MDSWriter writes); every shard is it with other ids
     raw, _stored, entry = encode_shard(
-        [(f"{ID_START}{i:0{ID_WIDTH}d}", "tiny document text", {}) for i in range(ROWS)]
+        [(f"{ID_START}{i:0{ID_WIDTH}d}", "tiny document text", {}) for i in range(per_shard)]
     )
     data = np.frombuffer(raw, dtype=np.uint8)
-    offsets = np.frombuffer(data, np.uint32, count=ROWS + 1, offset=4).astype(np.int64)
+    offsets = np.frombuffer(data, np.uint32, count=per_shard + 1, offset=4).astype(np.int64)
     first = bytes(data[offsets[0] : offsets[1]])
     rel = first.index(f"{ID_START}{0:0{ID_WIDTH}d}".encode()) + len(ID_START)
     pos = (offsets[:-1] + rel)[:, None] + np.arange(ID_WIDTH)[None, :]
     powers = 10 ** np.arange(ID_WIDTH - 1, -1, -1, dtype=np.int64)
 
     rng = np.random.default_rng(seed)
-    n_shards = -(-n_docs // ROWS)
+    n_shards = -(-n_docs // per_shard)
     scorers = [ScorerInfo(f"s{j}", True) for j in range(SCORERS)]
     names = [s.name for s in scorers]
     index, entries, sigma = [], [], {}
     t0 = time.monotonic()
     for s in range(n_shards):
-        rows = min(ROWS, n_docs - s * ROWS)
-        g = s * ROWS + np.arange(rows, dtype=np.int64)
+        rows = min(per_shard, n_docs - s * per_shard)
+        g = s * per_shard + np.arange(rows, dtype=np.int64)
         buf = data.copy()
         buf[pos[:rows]] = ((g[:, None] // powers) % 10 + 48).astype(np.uint8)
-        if rows < ROWS:  # a short last shard: cut the offsets table and the samples
-            head = np.concatenate([[rows], offsets[: rows + 1] - 4 * (ROWS - rows)]).astype(
+        if rows < per_shard:  # a short last shard: cut the offsets table and the samples
+            head = np.concatenate([[rows], offsets[: rows + 1] - 4 * (per_shard - rows)]).astype(
                 np.uint32
             )
-            config = buf[4 + 4 * (ROWS + 1) : offsets[0]]  # MDS column config between the two
+            config = buf[4 + 4 * (per_shard + 1) : offsets[0]]  # MDS column config between the two
             buf = np.concatenate([head.view(np.uint8), config, buf[offsets[0] : offsets[rows]]])
         name = f"shard.{s:05d}.mds"
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -234,13 +240,20 @@ def _run_child(lib: str, root: Path, method: str, steps: int, cache: Path) -> di
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def run(sizes: list[int], work: str | Path, steps: int = 300, spawn: bool = True) -> list[dict]:
+def run(
+    sizes: list[int],
+    work: str | Path,
+    steps: int = 300,
+    spawn: bool = True,
+    rows_per_shard: int = ROWS,
+) -> list[dict]:
     """Build pools of ``sizes`` documents under ``work`` and measure both libraries on each."""
     work = Path(work)
     rows: list[dict] = []
+    tag = "" if rows_per_shard == ROWS else f"-r{rows_per_shard}"
     for n in sizes:
-        root = build_pool(work / f"pool-{n}", n)
-        cache = work / f"cache-{n}"
+        root = build_pool(work / f"pool-{n}{tag}", n, per_shard=rows_per_shard)
+        cache = work / f"cache-{n}{tag}"
         shutil.rmtree(cache, ignore_errors=True)  # the first QuaDMix run starts cold
         cold = _run_child("quadmix", root, "fork", steps, cache)
         runs = [

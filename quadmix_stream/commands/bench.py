@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     lo.add_argument("--work", help="folder for the written shards (reused when present)")
     lo.add_argument("--docs-per-domain", type=int, default=4000, help="synthetic corpus size")
     lo.add_argument("--repeat", type=int, default=2, help="best of N timings")
+    lo.add_argument(
+        "--rows-per-shard", type=int, default=2000, help="documents per written shard (2,000)"
+    )
     lo.set_defaults(func=_bench_loader)
 
     sc = bsub.add_parser(
@@ -64,6 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--work", required=True, help="folder for the pools and caches (reused)")
     sc.add_argument("--steps", type=int, default=300, help="batches before the steady PSS")
     sc.add_argument("--no-spawn", action="store_true", help="skip the spawn-worker runs")
+    sc.add_argument(
+        "--rows-per-shard",
+        type=int,
+        default=16_384,
+        help="documents per shard (16,384; ~111,000 is a 4 MiB MDS shard of short documents)",
+    )
     sc.set_defaults(func=_bench_scale)
 
     ct = bsub.add_parser(
@@ -130,7 +139,7 @@ def _bench_control(a: argparse.Namespace) -> int:
 def _bench_scale(a: argparse.Namespace) -> int:
     from quadmix_stream.benchmarks.scale import run
 
-    run(_counts(a.docs), a.work, a.steps, spawn=not a.no_spawn)
+    run(_counts(a.docs), a.work, a.steps, spawn=not a.no_spawn, rows_per_shard=a.rows_per_shard)
     return 0
 
 
@@ -151,7 +160,7 @@ def _counts(text: str) -> list[int]:
 def _bench_loader(a: argparse.Namespace) -> int:
     from quadmix_stream.benchmarks.loader import run
 
-    run(a.corpus, a.work, a.docs_per_domain, a.repeat)
+    run(a.corpus, a.work, a.docs_per_domain, a.repeat, a.rows_per_shard)
     return 0
 
 

@@ -43,6 +43,7 @@ from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.storage.store import StorageConfig, StorageError, Store
 from quadmix_stream.stream.dockey import DocKey
 from quadmix_stream.stream.order import (
+    COPY_BITS,
     EpochSequence,
     Piece,
     balanced_length,
@@ -67,7 +68,13 @@ from quadmix_stream.stream.state import (
     validate_state,
 )
 from quadmix_stream.stream.tables import PoolTables
-from quadmix_stream.stream.window import auto_window, is_window
+from quadmix_stream.stream.window import (
+    IN_FLIGHT,
+    WINDOW_DOCS,
+    auto_window,
+    bound_window,
+    is_window,
+)
 
 READ_CHUNK = 4096  # items turned into Python objects at a time
 
@@ -116,7 +123,11 @@ class QuaDMixDataset(IterableDataset):
             (memory ∝ its share of the pool: small pools only). ``"auto"``: 256 shards, or from
             object storage the largest window whose shards in flight (two windows per
             consumer) fit ``storage.cache_limit`` (see :mod:`quadmix_stream.stream.window`; the choice
-            is in :attr:`window_note`).
+            is in :attr:`window_note`). A number or ``"auto"`` is lowered to fit
+            ``max_window_docs``.
+        max_window_docs: the most documents a window holds (per consumer, ~50 bytes each),
+            as far as whole shards allow: with large shards a window is fewer shards. ``None``:
+            no bound.
         consumers_per_node: with ``"auto"``: readers sharing this node's cache (ranks on the
             node × DataLoader workers); default ``LOCAL_WORLD_SIZE`` (else 1) × 1 worker.
         rank, world_size: explicit distributed position (default: torch.distributed, else the
@@ -147,6 +158,7 @@ class QuaDMixDataset(IterableDataset):
         infinite: bool = False,
         balance: str | None = "drop",
         shuffle_block_shards: int | str | None = 16,
+        max_window_docs: int | None = WINDOW_DOCS,
         consumers_per_node: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
@@ -167,7 +179,7 @@ class QuaDMixDataset(IterableDataset):
         self.root = self.store.url  # for messages
         self.manifest = Manifest.load(self.store)
         get_format(self.manifest.format).prepare()
-        #: why ``"auto"`` chose a window other than 256 (``None``: it did not, or no ``"auto"``)
+        #: why the window is not what was asked (``"auto"``: not 256 shards); ``None``: it is
         self.window_note: str | None = None
         if shuffle_block_shards == "auto":
             node = consumers_per_node or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -182,6 +194,11 @@ class QuaDMixDataset(IterableDataset):
         self.seed, self.infinite, self.balance = int(seed), bool(infinite), balance
         # None: a consumer's whole range is one window (memory ∝ its share: small pools only)
         self.block_shards = int(shuffle_block_shards or len(self.manifest.shards) or 1)
+        if shuffle_block_shards is not None:
+            self.block_shards, bounded = bound_window(
+                self.block_shards, [s.rows for s in self.manifest.shards], max_window_docs
+            )
+            self.window_note = bounded or self.window_note
         self.rank, self.world_size = _resolve_world(rank, world_size)
         self.resume_with_new_params = resume_with_new_params
         self.rank_config = rank_config
@@ -189,8 +206,9 @@ class QuaDMixDataset(IterableDataset):
         self.epoch = 0
         self.fingerprint = self.manifest.fingerprint()
         self.tables = PoolTables(self.store, self.manifest, rank_config, cache_dir, verify_shards)
-        # the labels of the window being read and of the next one
-        self.tables.keep_shards = max(8, 2 * min(self.block_shards, 32) + 4)
+        # the labels of the window being read (and from object storage of the next one): the
+        # window's reads hold them anyway; more would grow memory with large shards
+        self.tables.keep_shards = (IN_FLIGHT if self.store.remote else 1) * self.block_shards + 2
         self._resume: dict | None = None
         self._rebased: tuple[int, dict[str, list]] | None = None
         self._mds: dict[str, dict] | None = None  # MDS index.json entries, read once per process
@@ -495,35 +513,39 @@ class QuaDMixDataset(IterableDataset):
         live: dict,
         fetching: dict[int, Future] | None = None,
     ) -> Iterator[dict[str, Any]]:
-        tables = self.tables
-        rows, ks, shards, local = self._shard_rows(ids)
-        dom = np.empty(ids.size, dtype=np.int64)
-        tok = np.empty(ids.size, dtype=np.int64)
-        key = np.empty(ids.size, dtype=np.uint64)
-        digest = np.full(ids.size, -1, dtype=np.int64)  # -1: not checked
-        for s in np.unique(shards).tolist():
-            m = shards == s
-            lab = tables.labels(s)
-            dom[m], tok[m], key[m] = lab.domain[local[m]], lab.tokens[local[m]], lab.key[local[m]]
-            if self.verify_documents and lab.digest is not None:
-                digest[m] = lab.digest[local[m]]
         names = self.manifest.domains
         readers: dict[int, ShardReader] = {}
         if self.store.remote and fetching is None:  # the first window: fetched here, in parallel
             fetching = self._fetch_window(ids)
+        # the window's labels, held while it streams; per-item arrays are built a chunk at a time
+        # (a window can hold millions of items: its ids are all it keeps per item)
+        start = self.tables.shard_start
+        in_window = np.unique(np.searchsorted(start, ids >> COPY_BITS, side="right") - 1)
+        labs = {s: self.tables.labels(s) for s in in_window.tolist()}
         try:
-            # Python objects for a chunk at a time: a window can hold millions of items
             for c in range(0, ids.size, READ_CHUNK):
-                sl = slice(c, c + READ_CHUNK)
+                rows, ks, shards, local = self._shard_rows(ids[c : c + READ_CHUNK])
+                dom = np.empty(rows.size, dtype=np.int64)
+                tok = np.empty(rows.size, dtype=np.int64)
+                key = np.empty(rows.size, dtype=np.uint64)
+                digest = np.full(rows.size, -1, dtype=np.int64)  # -1: not checked
+                # the chunk's items grouped by shard: one slice of labels per shard
+                o = np.argsort(shards, kind="stable")
+                cut = np.flatnonzero(np.diff(shards[o])) + 1
+                for g in np.split(o, cut):
+                    lab, lm = labs[int(shards[g[0]])], local[g]
+                    dom[g], tok[g], key[g] = lab.domain[lm], lab.tokens[lm], lab.key[lm]
+                    if self.verify_documents and lab.digest is not None:
+                        digest[g] = lab.digest[lm]
                 for row, k, shard, lrow, d, t, kk, dg in zip(
-                    rows[sl].tolist(),
-                    ks[sl].tolist(),
-                    shards[sl].tolist(),
-                    local[sl].tolist(),
-                    dom[sl].tolist(),
-                    tok[sl].tolist(),
-                    key[sl].tolist(),
-                    digest[sl].tolist(),
+                    rows.tolist(),
+                    ks.tolist(),
+                    shards.tolist(),
+                    local.tolist(),
+                    dom.tolist(),
+                    tok.tolist(),
+                    key.tolist(),
+                    digest.tolist(),
                     strict=True,
                 ):
                     reader = readers.get(shard)

@@ -1,13 +1,20 @@
-"""How many shards a consumer reads at a time (``shuffle_block_shards``) when a recipe says
-``"auto"``.
+"""How many shards a consumer reads at a time (``shuffle_block_shards``).
 
 A consumer (rank × worker) emits its shards one window at a time, interleaved, and fetches the
 next window's shards while it emits this one: from object storage up to two windows of whole
 shards per consumer sit in the node-local cache at once. Larger windows mix documents more, so
 ``"auto"`` takes :data:`MIX_WINDOW` shards, unless that many would not fit the cache: then the
-largest window that does. A pure function of the manifest's shard sizes, the cache limit and the
-consumers on the node, so every rank of a launch computes the same window (a different launch
-may compute another: a resume re-deals the remainder exactly, see :mod:`quadmix_stream.stream.state`).
+largest window that does.
+
+Whatever the spec, a window holds at most ``max_docs`` documents (:data:`WINDOW_DOCS` by
+default) as far as whole shards allow: a consumer holds its window's item ids and labels
+(~50 bytes per document), so a window of 16 shards of 100k-row shards would cost ~80 MB per
+consumer while 16 shards of 500 rows cost 0.4 MB. Shard counts are what a window is dealt in,
+so the bound is on the mean shard's rows.
+
+A pure function of the manifest's shard sizes and rows, the cache limit and the consumers on
+the node, so every rank of a launch computes the same window (a different launch may compute
+another: a resume re-deals the remainder exactly, see :mod:`quadmix_stream.stream.state`).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from collections.abc import Sequence
 MIX_WINDOW = 256
 #: windows in flight per consumer: the one being emitted and the one being prefetched
 IN_FLIGHT = 2
+#: documents a window holds at most by default (~25 MB per consumer)
+WINDOW_DOCS = 1 << 19
 
 
 def is_window(x: object) -> bool:
@@ -78,3 +87,20 @@ def auto_window(
             "workers or smaller shards"
         )
     return w, line
+
+
+def bound_window(
+    window: int, shard_rows: Sequence[int], max_docs: int | None
+) -> tuple[int, str | None]:
+    """``window`` shards, or fewer so that a window of mean-sized shards holds at most
+    ``max_docs`` documents (``None``: no bound); with a line saying so when it lowers it."""
+    if max_docs is None or not shard_rows:
+        return window, None
+    mean = max(1.0, sum(shard_rows) / len(shard_rows))
+    w = int(max(1, min(window, max_docs // mean)))
+    if w == window:
+        return w, None
+    return w, (
+        f"shuffle_block_shards: {w} shards per window (not {window}) so that a window holds at "
+        f"most {max_docs:,} documents ({mean:,.0f} per shard; max_window_docs sets it)"
+    )

@@ -218,15 +218,18 @@ def test_resume_with_new_params_follows_them(setup, mds_ds):
 
 
 def test_params_schedule_switches_in_the_running_job_and_resumes_exactly(setup, mds_ds):
-    """``data.params_schedule`` switches every rank and worker at step 8 without a restart; the
-    run resumed from its checkpoint before the switch (it then switches live) and from the one
-    at it (it resumes under the new params) trains the same batches as the uninterrupted run.
+    """``data.params_schedule`` (keyed in tokens) switches every rank and worker at step 8
+    without a restart; the run resumed from its checkpoint before the switch (it then switches
+    live) and from the one at it (it resumes under the new params) trains the same batches as
+    the uninterrupted run.
     (A SIGKILLed run resumes from its last checkpoint the same way: see the first test.)"""
     tmp, recipe, full = setup
     favouring(mds_ds, "code", others=0.0, this=1.0).save(tmp / "anneal.json")
-    data = {"params_schedule": {8: str(tmp / "anneal.json")}}
+    # keyed by tokens: 256 per step (8 × 32), so 2,000 tokens are reached by step 8
+    data = {"params_schedule": {"2000 tokens": str(tmp / "anneal.json")}}
     ref = tmp / "sched"
-    _run(2, recipe("sched", ref, data=data, keep_last=10))  # checkpoints 4, 8, 12, 14
+    said = _run(2, recipe("sched", ref, data=data, keep_last=10))  # checkpoints 4, 8, 12, 14
+    assert "anneal.json after step 8 (2000 tokens)" in said
     a, f = _steps(ref), _steps(full)
     assert [x["step"] for x in _log(ref) if x.get("event") == "switch"] == [8]
     assert all(a[s]["batch_sha"] == f[s]["batch_sha"] for s in range(1, 9))  # same until then

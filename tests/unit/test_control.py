@@ -241,6 +241,34 @@ def test_a_recipe_with_a_schedule_and_a_controller_is_refused():
         DataConfig(params_schedule={4: "a.json"}, controller={"name": "odm"})
 
 
+def test_a_schedule_keyed_by_tokens_switches_after_the_step_that_reaches_them():
+    from quadmix_stream.trainers.pretrain import (
+        DataConfig,
+        PretrainConfig,
+        TrainConfig,
+        schedule_steps,
+    )
+
+    def steps(sched: dict, batch: int = 8, seq_len: int = 32) -> dict:
+        data = DataConfig(seq_len=seq_len, params_schedule=sched)
+        return schedule_steps(PretrainConfig(data=data, train=TrainConfig(batch_size=batch)))
+
+    # 256 tokens per step: 2,000 tokens are reached by step 8 (2,048), 2,048 exactly by step 8
+    assert steps({"2000 tokens": "a.json", 12: "b.json"}) == {
+        8: ("2000 tokens", "a.json"),
+        12: ("12", "b.json"),
+    }
+    assert list(steps({"2048 tokens": "a"})) == [8] and list(steps({"2049 tokens": "a"})) == [9]
+    assert list(steps({"1.5k tokens": "a"})) == [6]  # 1,500 / 256
+    assert list(steps({"1.5k tokens": "a"}, batch=1024, seq_len=1024)) == [1]
+    assert list(steps({"3M tokens": "a"}, batch=64, seq_len=1024)) == [46]  # 3e6 / 65,536
+    with pytest.raises(UserError, match="both switch after step 8"):
+        steps({"2000 tokens": "a", 8: "b"})
+    for bad in ({0: "a"}, {"0 tokens": "a"}, {"ten tokens": "a"}, {"5 steps": "a"}, {True: "a"}):
+        with pytest.raises(UserError, match="'N tokens'"):
+            DataConfig(params_schedule=bad)
+
+
 def test_shares_never_ask_for_more_copies_than_the_stream_takes(mds_ds):
     """Whatever the target, a scaled θ keeps every document under 255 copies (S ≤ 2η + ε)."""
     base = _params(mds_ds)

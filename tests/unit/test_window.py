@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quadmix_stream.stream.window import IN_FLIGHT, MIX_WINDOW, auto_window, fit_window
+from quadmix_stream.stream.window import (
+    IN_FLIGHT,
+    MIX_WINDOW,
+    auto_window,
+    bound_window,
+    fit_window,
+)
 
 pytestmark = pytest.mark.core
 
@@ -44,6 +50,47 @@ def test_auto_window_from_object_storage_fits_the_cache():
     assert "does not fit" not in note
     w, note = auto_window([64 * 2**20] * 100, True, 2**30, 64)  # below one shard each
     assert w == 1 and "raise data.cache_limit" in note
+
+
+@given(
+    st.integers(1, 512),
+    st.lists(st.integers(0, 10**6), min_size=1, max_size=50),
+    st.integers(1, 10**8),
+)
+def test_a_window_holds_at_most_max_docs_as_far_as_whole_shards_allow(window, rows, max_docs):
+    w, note = bound_window(window, rows, max_docs)
+    mean = max(1.0, sum(rows) / len(rows))
+    assert 1 <= w <= window and (note is None) == (w == window)
+    assert w == 1 or w * mean <= max_docs  # fits, unless one shard alone is over
+    assert w == window or (w + 1) * mean > max_docs  # and is the largest that does
+    assert bound_window(window, rows, None) == (window, None)
+
+
+def test_large_shards_make_a_window_of_fewer_shards():
+    # 4 MiB MDS shards of short documents: ~111k rows; 16 of them would be 1.8M items
+    w, note = bound_window(16, [111_000] * 100, 1 << 19)
+    assert w == 4 and "4 shards per window (not 16)" in note and "max_window_docs" in note
+    assert bound_window(256, [500] * 100, 1 << 19) == (256, None)
+
+
+def test_a_bounded_window_streams_every_item_once(mds_ds):
+    from quadmix_stream.formats.labels import Manifest
+    from quadmix_stream.mixing.params import SamplingParams
+    from quadmix_stream.stream.dataset import QuaDMixDataset
+
+    m = Manifest.load(mds_ds)
+    p = SamplingParams.keep_all(m.domains, m.scorer_names)
+    small = QuaDMixDataset(mds_ds, p, balance=None, shuffle_block_shards=16, max_window_docs=250)
+    whole = QuaDMixDataset(mds_ds, p, balance=None, shuffle_block_shards=16, max_window_docs=None)
+    assert small.block_shards == 2 and "2 shards per window" in small.window_note  # 100 rows each
+    assert whole.block_shards == 16 and whole.window_note is None
+    got = [(d["row"], d["copy"]) for d in small]
+    assert sorted(got) == sorted((d["row"], d["copy"]) for d in whole)
+    assert (
+        len(set(got))
+        == len(got)
+        == sum(int(small.counts(s, 0).sum()) for s in range(small.tables.n_shards))
+    )
 
 
 def test_dataset_auto_window(mds_ds):

@@ -9,7 +9,10 @@ For every seed of a finished flow, trains two more runs with the flow's own trai
   anneal params of ``scripts/anneal_params.py``: the shipped domain shares with the selection of
   the baseline ``--within`` inside each domain (default: the best top-k by the search's
   verification proxies), through ``data.params_schedule``;
-* ``odm``: what shipped, re-weighted every 20 steps by the ODM controller (``data.controller``).
+* ``odm``: what shipped, re-weighted every ``--odm-every`` steps (default 20; the run is named
+  ``odm-everyN`` for another N) by the ODM controller (``data.controller``). ODM's exploration
+  floor keeps the shares uniform for its first K·ln K updates (K domains): with 12 domains
+  and every 20 steps that is 600 steps.
 
 Then prints each method minus the static shipped θ and minus Random, paired by seed, per
 evaluation set, and writes ``{flow}/schedules.json``. Runs resume: rerunning trains only what is
@@ -69,6 +72,7 @@ def main() -> None:
     ap.add_argument("flow", type=Path)
     ap.add_argument("--anneal-from", type=int, default=None)
     ap.add_argument("--within", default=None)
+    ap.add_argument("--odm-every", type=int, default=20)
     a = ap.parse_args()
     flow = a.flow.resolve()
     results = json.loads((flow / "results.json").read_text())
@@ -85,16 +89,17 @@ def main() -> None:
         str(flow / "search" / "baselines" / f"{within}.json"),
         str(anneal),
     )
+    odm = "odm" if a.odm_every == 20 else f"odm-every{a.odm_every}"
     runs = {
         "anneal": {"params_schedule": {start: str(anneal)}},
-        "odm": {"controller": {"name": "odm", "every": 20}},
+        odm: {"controller": {"name": "odm", "every": a.odm_every}},
     }
     losses = {m: {s: results[m]["seeds"][s] for s in seeds} for m in ("quadmix", "random")}
     for name, data in runs.items():
         losses[name] = {s: final_losses(train(flow, s, name, data)) for s in seeds}
     sets = list(losses["quadmix"][seeds[0]])
     out = {"anneal_from": start, "within": within, "seeds": seeds, "losses": losses, "diff": {}}
-    for m in ("anneal", "odm", "quadmix"):
+    for m in ("anneal", odm, "quadmix"):
         for ref in ("quadmix", "random"):
             if m == ref:
                 continue
@@ -107,12 +112,13 @@ def main() -> None:
                     "se": se,
                 }
                 print(
-                    f"{m:>8} − {ref:<8} {s_:<15} "
+                    f"{m:>12} − {ref:<8} {s_:<15} "
                     + " / ".join(f"{x:+.3f}" for x in d)
                     + f"   mean {d.mean():+.3f} ± {se:.3f}"
                 )
-    (flow / "schedules.json").write_text(json.dumps(out, indent=1, default=float))
-    print(f"→ {flow / 'schedules.json'}")
+    path = flow / ("schedules.json" if odm == "odm" else f"schedules-{odm}.json")
+    path.write_text(json.dumps(out, indent=1, default=float))
+    print(f"→ {path}")
 
 
 if __name__ == "__main__":

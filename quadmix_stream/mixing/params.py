@@ -249,9 +249,14 @@ class SamplingParams:
         another search, or saved with another note, selects the same documents, so a resume with
         it must be accepted.
         """
-        d = self.to_dict()
-        ident = {k: d[k] for k in ("schema", "version", "form", "domains", "scorers", "per_domain")}
-        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+        fp = self.__dict__.get("_fingerprint")
+        if fp is None:  # computed once: every field is immutable (a frozen class, read-only arrays)
+            d = self.to_dict()
+            keys = ("schema", "version", "form", "domains", "scorers", "per_domain")
+            ident = {k: d[k] for k in keys}
+            fp = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+            object.__setattr__(self, "_fingerprint", fp)
+        return fp
 
     # ------------------------------------------------------------ vectors
     def to_vector(self) -> np.ndarray:

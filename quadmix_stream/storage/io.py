@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import secrets
+import struct
 import threading
 import zipfile
+import zlib
 from pathlib import Path
 from typing import IO
 
@@ -50,23 +53,61 @@ def _npy(data: bytes) -> np.ndarray | None:
     return arr.reshape(shape, order="F" if m.group(2) == "True" else "C").copy()
 
 
+_LOCAL = struct.Struct("<4sHHHHHIIIHH")  # a zip member's local header
+
+
+def _stored_members(data: bytes) -> dict[str, bytes] | None:
+    """The members of a zip of stored (uncompressed) members, as ``np.savez`` and the sidecar
+    writer make it, walked by their local headers with each CRC-32 checked; ``None`` for
+    anything else (compressed members, data descriptors, a damaged file): ``zipfile`` reads
+    those. A sidecar has 5-8 members: this is ~10× faster than ``zipfile``'s directory and
+    per-member objects, which were most of reading one."""
+    out, off = {}, 0
+    while data[off : off + 4] == b"PK\x03\x04":
+        if off + _LOCAL.size > len(data):
+            return None
+        _, _, flag, method, _, _, crc, csize, usize, nlen, xlen = _LOCAL.unpack_from(data, off)
+        if flag & 0x08 or method != 0:
+            return None
+        name_at = off + _LOCAL.size
+        extra = data[name_at + nlen : name_at + nlen + xlen]
+        if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF:  # the sizes are in the zip64 extra field
+            i, csize = 0, None
+            while i + 4 <= len(extra):
+                tag, size = struct.unpack_from("<HH", extra, i)
+                if tag == 1 and size >= 16:
+                    usize, csize = struct.unpack_from("<QQ", extra, i + 4)
+                i += 4 + size
+            if csize is None:
+                return None
+        start = name_at + nlen + xlen
+        member = data[start : start + csize]
+        if len(member) != csize or csize != usize or zlib.crc32(member) != crc:
+            return None
+        out[data[name_at : name_at + nlen].decode("utf-8", "replace")] = member
+        off = start + csize
+    return out if out and data[off : off + 4] in (b"PK\x01\x02", b"PK\x05\x06") else None
+
+
 def read_npz(source: str | Path | IO[bytes]) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` file, read whole (never unpickles; safe from any thread)."""
+    data = Path(source).read_bytes() if isinstance(source, str | Path) else source.read()
+    members = _stored_members(data)
     try:
-        with zipfile.ZipFile(source) as z:
-            out = {}
-            for info in z.infolist():
-                arr = _npy(z.read(info)) if info.filename.endswith(".npy") else None
-                if arr is None:
-                    break
-                out[info.filename[:-4]] = arr
-            else:
-                return out
+        if members is None:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                members = {info.filename: z.read(info) for info in z.infolist()}
+        out = {}
+        for name, member in members.items():
+            arr = _npy(member) if name.endswith(".npy") else None
+            if arr is None:
+                break
+            out[name[:-4]] = arr
+        else:
+            return out
     except (zipfile.BadZipFile, ValueError, EOFError):
         pass  # numpy's reader below gives its own error for what it cannot read either
-    if hasattr(source, "seek"):
-        source.seek(0)
-    with _NPZ_LOCK, np.load(source, allow_pickle=False) as z:
+    with _NPZ_LOCK, np.load(io.BytesIO(data), allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 

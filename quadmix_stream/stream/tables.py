@@ -83,6 +83,7 @@ class PoolTables:
         self._labels: OrderedDict[int, ShardLabels] = OrderedDict()
         self.keep_shards = 8  # shards whose labels stay in memory (LRU)
         self._counts: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._count_files: OrderedDict[Path, np.ndarray] = OrderedDict()
         self._models: dict[bytes, RankModel] = {}
         self._totals: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._sizes: np.ndarray | None = None
@@ -96,7 +97,7 @@ class PoolTables:
 
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)  # spawn workers: ship the small tables, not the shard caches
-        d["_labels"], d["_counts"] = OrderedDict(), OrderedDict()
+        d["_labels"], d["_counts"], d["_count_files"] = OrderedDict(), OrderedDict(), OrderedDict()
         return d
 
     # ------------------------------------------------------------ one shard
@@ -160,18 +161,20 @@ class PoolTables:
         i = int(np.searchsorted(self.chunk_bounds, shard, side="right") - 1)
         path = self._counts_dir(params, seed, epoch) / f"{i}.u8"
         first, last = self.chunk_bounds[i], self.chunk_bounds[i + 1]
+        chunk = self._count_files.get(path)
+        if chunk is None:
+            try:  # mapped once per chunk: the page cache is shared by the node's processes
+                chunk = np.memmap(path, np.uint8, mode="r")
+            except (OSError, ValueError):  # not written (yet), pruned, or empty: compute instead
+                return None
+            # a file of another length is not this chunk's counts (the cache was damaged)
+            if chunk.size != self.shard_start[last] - self.shard_start[first]:
+                return None
+            self._count_files[path] = chunk
+            if len(self._count_files) > 2:
+                self._count_files.popitem(last=False)
         offset = int(self.shard_start[shard] - self.shard_start[first])
-        rows = int(self.manifest.shards[shard].rows)
-        try:
-            with open(path, "rb") as f:
-                # a file of another length is not this chunk's counts (the cache was damaged)
-                if os.fstat(f.fileno()).st_size != self.shard_start[last] - self.shard_start[first]:
-                    return None
-                f.seek(offset)
-                data = f.read(rows)
-        except OSError:  # not written (yet), or pruned by another process: compute instead
-            return None
-        return np.frombuffer(data, np.uint8).copy() if len(data) == rows else None
+        return np.array(chunk[offset : offset + int(self.manifest.shards[shard].rows)])
 
     def _write_counts(self, params, seed: int, epoch: int, i: int, parts: list[np.ndarray]):
         folder = self._counts_dir(params, seed, epoch)

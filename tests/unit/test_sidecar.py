@@ -332,3 +332,39 @@ def test_npz_reader_gives_numpys_arrays_and_refuses_what_numpy_refuses(tmp_path,
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises((ValueError, OSError)):
         read_npz(tmp_path / "junk.npz")
+
+
+@pytest.mark.parametrize("writer", ["sidecar", "savez", "savez_compressed"])
+def test_stored_zips_are_walked_by_their_local_headers_and_a_flipped_byte_is_caught(
+    tmp_path, writer
+):
+    """Sidecars (and ``np.savez`` files) are read by walking their local headers, each member's
+    CRC-32 checked; compressed zips go to ``zipfile``; a flipped byte is an error either way."""
+    from quadmix_stream.storage.io import _stored_members, read_npz
+
+    path = tmp_path / "a.npz"
+    if writer == "sidecar":
+        write_sidecar(path, labels(50, tar=True), ["s0", "s1"])
+    else:
+        getattr(np, writer)(path, key=np.arange(50, dtype=np.uint64), scores=np.ones((50, 2)))
+    data = path.read_bytes()
+    members = _stored_members(data)
+    assert (members is None) == (writer == "savez_compressed")
+    if members is not None:
+        with zipfile.ZipFile(path) as z:
+            assert members == {i.filename: z.read(i) for i in z.infolist()}
+    with zipfile.ZipFile(path) as z:  # the middle of the key member's (stored or packed) bytes
+        info = z.getinfo("key.npy")
+    head = data[info.header_offset + 26 : info.header_offset + 30]
+    start = (
+        info.header_offset
+        + 30
+        + int.from_bytes(head[:2], "little")
+        + int.from_bytes(head[2:], "little")
+    )
+    at = start + info.compress_size // 2
+    bad = data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+    assert _stored_members(bad) is None
+    path.write_bytes(bad)
+    with pytest.raises(Exception, match="CRC|crc|Error|error"):
+        read_npz(path)

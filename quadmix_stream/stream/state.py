@@ -6,7 +6,10 @@ them. The state is tiny and independent of the pool's size:
 * ``pieces``: per epoch that was re-dealt, what of it was left then (key ranges, see
   :mod:`quadmix_stream.stream.order`); an epoch not listed is whole;
 * ``progress``: per consumer, ``[epoch, items consumed]`` of its own range;
-* the params, seed, consumer count, balance policy and window the ranges were dealt under.
+* the params, seed, consumer count, balance policy and window the ranges were dealt under;
+* ``history`` (only with ``count_consumed_copies``): per epoch, its earlier switches of params,
+  each the params in force until it and the pieces left at it (:mod:`.consumed`). It grows by
+  one entry per switch within an epoch and is dropped with the epoch.
 
 Same topology, params and window → each consumer skips exactly its consumed items (exact resume).
 Anything else → :func:`rebase` turns "who consumed what" into the pieces still left and the
@@ -71,6 +74,7 @@ _SHARED = (
     "balance",
     "infinite",
     "block_shards",
+    "count_consumed",
 )
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "dataset": str,
@@ -120,6 +124,12 @@ def validate_state(st: Mapping) -> None:
                 Piece.from_dict(p)
         except (ValueError, TypeError, KeyError, IndexError):
             raise StateError(f"loader state: field 'pieces' of epoch {e!r} is malformed") from None
+    if not isinstance(st.get("count_consumed", False), bool):
+        raise StateError("loader state: field 'count_consumed' has the wrong type")
+    try:
+        switches_of(st)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        raise StateError("loader state: field 'history' is malformed") from None
 
 
 def merge_states(states: Iterable[Mapping]) -> dict:
@@ -137,6 +147,7 @@ def merge_states(states: Iterable[Mapping]) -> dict:
     out.pop("consumer", None)
     progress: dict[str, list[int]] = {}
     pieces: dict[str, list] = {}
+    history: dict[str, list] = {}
     for s in states:
         for k in _SHARED:
             if s.get(k) != out.get(k):
@@ -148,8 +159,12 @@ def merge_states(states: Iterable[Mapping]) -> dict:
             progress[c] = max(progress.get(c, list(p)), list(p))
         for e, ps in s["pieces"].items():
             pieces.setdefault(e, ps)
+        for e, sw in (s.get("history") or {}).items():
+            history.setdefault(e, sw)
     out["progress"] = progress
     out["pieces"] = pieces
+    if history:
+        out["history"] = history
     out["epoch"] = min(s["epoch"] for s in states)
     return out
 
@@ -246,6 +261,18 @@ def rebase(state: Mapping, old_sequence: SequenceFactory) -> tuple[int, dict[str
         if left and first is None:
             first = e
     return (hi + 1 if first is None else first), out
+
+
+def switches_of(state: Mapping) -> dict[int, list[tuple[dict, list[Piece]]]]:
+    """Per epoch, its earlier switches: (params dict in force until it, pieces left at it)."""
+    out = {}
+    for e, switches in (state.get("history") or {}).items():
+        if int(e) < 0 or not isinstance(switches, list):
+            raise ValueError(e)
+        out[int(e)] = [
+            (dict(sw["params"]), [Piece.from_dict(p) for p in sw["pieces"]]) for sw in switches
+        ]
+    return out
 
 
 def pieces_of(state: Mapping, epoch: int) -> list[Piece] | None:

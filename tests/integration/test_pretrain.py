@@ -225,8 +225,12 @@ def test_params_schedule_switches_in_the_running_job_and_resumes_exactly(setup, 
     (A SIGKILLed run resumes from its last checkpoint the same way: see the first test.)"""
     tmp, recipe, full = setup
     favouring(mds_ds, "code", others=0.0, this=1.0).save(tmp / "anneal.json")
-    # keyed by tokens: 256 per step (8 × 32), so 2,000 tokens are reached by step 8
-    data = {"params_schedule": {"2000 tokens": str(tmp / "anneal.json")}}
+    # keyed by tokens: 256 per step (8 × 32), so 2,000 tokens are reached by step 8; the
+    # copies consumed before the switch count against the anneal's counts
+    data = {
+        "params_schedule": {"2000 tokens": str(tmp / "anneal.json")},
+        "count_consumed_copies": True,
+    }
     ref = tmp / "sched"
     said = _run(2, recipe("sched", ref, data=data, keep_last=10))  # checkpoints 4, 8, 12, 14
     assert "anneal.json after step 8 (2000 tokens)" in said
@@ -261,7 +265,7 @@ def test_a_scheduled_run_resumed_on_three_ranks_switches_there(setup, mds_ds):
         pytest.skip("needs the scheduled run of the previous test")
     out = tmp / "sched-3"
     _copy_until(ref, out, 4)
-    data = {"params_schedule": {8: str(tmp / "anneal.json")}}
+    data = {"params_schedule": {8: str(tmp / "anneal.json")}, "count_consumed_copies": True}
     _run(3, recipe("sched-3", out, data=data, keep_last=10, batch_size=12))  # 3 ranks × 4
     resumed = [x for x in _log(out) if x.get("event") == "resume"][-1]
     assert resumed["step"] == 4 and resumed["switch"]["to_world"] == 3
@@ -276,6 +280,16 @@ def test_a_scheduled_run_resumed_on_three_ranks_switches_there(setup, mds_ds):
     assert all(
         {decode_doc_id(d)[1] for d in b[s]["docs"]} <= code_rows for s in range(11, STEPS + 1)
     )
+    # no document of epoch 0 gets more copies than the anneal allows, counting earlier ones
+    anneal = QuaDMixDataset(mds_ds, tmp / "anneal.json", seed=0)
+    allowed = np.concatenate([anneal.counts(s, 0) for s in range(anneal.tables.n_shards)])
+    rows = [decode_doc_id(d)[:2] for d in started]
+    had = Counter(r for e, r in rows[: sum(len(a[s]["docs"]) for s in range(1, 5))] if e == 0)
+    had.update(r for s in range(5, 9) for e, r, _ in map(decode_doc_id, b[s]["docs"]) if e == 0)
+    after = Counter(
+        r for s in range(9, STEPS + 1) for e, r, _ in map(decode_doc_id, b[s]["docs"]) if e == 0
+    )
+    assert all(n <= max(0, int(allowed[r]) - had[r]) for r, n in after.items())
 
 
 def test_odm_controller_switches_as_it_goes_and_resumes_exactly(setup, mds_ds):

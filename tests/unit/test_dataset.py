@@ -255,6 +255,109 @@ def test_resume_with_new_params(mds_ds):
     assert abs(mix[code] - want_code) < 0.05 and mix[code] > 0.6 > mix[arith]
 
 
+def _switched(root, before, after, stop, count, consumers=2, state=None):
+    """Consume ``stop[c]`` items per consumer under ``before`` (or from ``state``), switch to
+    ``after``; returns (consumed, the rest of the epoch per consumer, the merged state)."""
+    consumed, states = [], []
+    for rank in range(consumers):
+        ds = make(
+            root,
+            before,
+            balance=None,
+            rank=rank,
+            world_size=consumers,
+            resume_with_new_params=True,
+            count_consumed_copies=count,
+        )
+        if state is not None:
+            ds.load_state_dict(state)
+        it = iter(ds)
+        consumed += ids([next(it) for _ in range(stop[rank])])
+        states.append(ds.state_dict())
+    merged = merge_states(states)
+    rest = []
+    for rank in range(consumers):
+        ds = make(
+            root,
+            after,
+            balance=None,
+            rank=rank,
+            world_size=consumers,
+            resume_with_new_params=True,
+            count_consumed_copies=count,
+        )
+        ds.load_state_dict(merged)
+        rest.append(ids(ds))
+    return consumed, rest, merged
+
+
+def _counts_by_key(root, params) -> dict[int, int]:
+    ds = make(root, params, balance=None)
+    keys = all_labels(ds).key.tolist()
+    return dict(zip(keys, all_counts(ds, 0).tolist(), strict=True))
+
+
+def test_counting_consumed_copies_caps_each_document_at_the_new_count(mds_ds):
+    """With ``count_consumed_copies`` a document gets after a switch at most its new count
+    minus the copies it already had, and exactly the first of the copies the re-deal would
+    give it without the option: nothing else changes."""
+    many = favouring(mds_ds, "code", others=1.2, this=3.0)
+    few = favouring(mds_ds, "code", others=0.4, this=1.0)
+    stop = [130, 171]  # part-way through a window of each consumer
+    consumed, plain, _ = _switched(mds_ds, many, few, stop, count=False)
+    consumed2, capped, state = _switched(mds_ds, many, few, stop, count=True)
+    assert consumed == consumed2
+    plain, capped = sum(plain, []), sum(capped, [])
+    assert not set(consumed) & set(capped) and len(set(capped)) == len(capped)
+    had, new = Counter(k for k, _ in consumed), _counts_by_key(mds_ds, few)
+    over = [k for k, n in Counter(k for k, _ in plain).items() if had[k] + n > max(had[k], new[k])]
+    assert len(over) > 10, "the switch must lower counts of consumed documents to test anything"
+    copies: dict[int, list[int]] = {}
+    for k, c in plain:
+        copies.setdefault(k, []).append(c)
+    want = {(k, c) for k, cs in copies.items() for c in sorted(cs)[: max(0, new[k] - had[k])]}
+    assert set(capped) == want
+    assert state["count_consumed"] is True and "history" not in state  # taken before the switch
+    after = make(mds_ds, few, rank=0, world_size=2, count_consumed_copies=False)
+    with_history = merge_states(_switched(mds_ds, few, few, [5, 5], True, state=state)[2:3])
+    assert with_history["history"]
+    with pytest.raises(StateError, match="count_consumed_copies=True"):
+        after.load_state_dict(with_history)
+
+
+def test_counted_switches_resume_exactly_and_hold_across_two_switches(mds_ds):
+    many = favouring(mds_ds, "code", others=1.2, this=3.0)
+    few = favouring(mds_ds, "code", others=0.4, this=1.0)
+    mid = favouring(mds_ds, "arith", others=0.8, this=2.0)
+    consumed, rest, state = _switched(mds_ds, many, few, [130, 171], count=True)
+    # an exact resume under the switched params continues item for item
+    consumed_b, rest_b, state_b = _switched(mds_ds, few, mid, [40, 25], True, state=state)
+    assert [consumed_b[:40], consumed_b[40:]] == [rest[0][:40], rest[1][:25]]
+    # the second switch counts what both layers dealt
+    had = Counter(k for k, _ in consumed + consumed_b)
+    new = _counts_by_key(mds_ds, mid)
+    after = Counter(k for r in rest_b for k, _ in r)
+    assert all(n <= max(0, new[k] - had[k]) for k, n in after.items())
+    assert not set(consumed + consumed_b) & {x for r in rest_b for x in r}
+    assert len(state_b["history"]["0"]) == 1  # taken before the second switch
+    # on three consumers: the same items, none twice
+    three = []
+    for rank in range(3):
+        ds = make(
+            mds_ds,
+            mid,
+            balance=None,
+            rank=rank,
+            world_size=3,
+            resume_with_new_params=True,
+            count_consumed_copies=True,
+        )
+        ds.load_state_dict(state_b)
+        assert len(ds.state_dict()["history"]["0"]) == 2
+        three += ids(ds)
+    assert sorted(three) == sorted(x for r in rest_b for x in r)
+
+
 # ---------------------------------------------------------------- 6. decide before decode
 def test_unselected_rows_are_never_read_or_decoded(tmp_path):
     from quadmix_stream.synth import synth

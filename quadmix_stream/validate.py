@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 #: How much of a bad value an error message shows.
 _SHOW = 80
 
@@ -166,7 +168,10 @@ def expect_number(
     """``x`` as a finite number (booleans, strings and NaN/inf refused), ≥ ``minimum``."""
     if isinstance(x, bool) or not isinstance(x, int | float):
         raise error(f"{where}: expected a number, got {type_name(x)} {show(x)}")
-    v = float(x)
+    try:
+        v = float(x)
+    except OverflowError:  # an int beyond any float
+        raise error(f"{where}: expected a finite number, got {show(x)}") from None
     if not math.isfinite(v):
         raise error(f"{where}: expected a finite number, got {v}")
     if minimum is not None and v < minimum:
@@ -179,6 +184,15 @@ def expect_numbers(
 ) -> list[float]:
     """``x`` as an array of finite numbers; a bad element is named by its index."""
     items = expect_list(x, where, error, non_empty=non_empty)
+    # σ tables hold thousands of knots: check a list of plain numbers in one go, and walk it
+    # element by element only to name what is wrong
+    if all(type(v) is float or type(v) is int for v in items):
+        try:
+            values = np.asarray(items, dtype=np.float64)
+        except OverflowError:  # an int too large for a float: named below
+            values = None
+        if values is not None and np.isfinite(values).all():
+            return values.tolist()
     return [expect_number(v, f"{where}[{i}]", error) for i, v in enumerate(items)]
 
 

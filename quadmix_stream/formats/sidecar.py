@@ -115,11 +115,11 @@ def read_sidecar(path: str | Path, shard: str, scorers: Sequence[str]) -> ShardL
         raise LabelError(
             f"shard {shard!r}: sidecar field 'scores' has shape {cols['scores'].shape}, expected ({n}, {len(scorers)})"
         )
-    return ShardLabels(
-        key=cols["key"].astype(np.uint64),
-        domain=cols["domain"].astype(np.int32),
-        tokens=cols["tokens"].astype(np.int64),
-        scores=cols["scores"].astype(np.float64),
+    return ShardLabels(  # the writer's dtypes already: no copies
+        key=cols["key"].astype(np.uint64, copy=False),
+        domain=cols["domain"].astype(np.int32, copy=False),
+        tokens=cols["tokens"].astype(np.int64, copy=False),
+        scores=cols["scores"].astype(np.float64, copy=False),
         offset=cols.get("offset"),
         length=cols.get("length"),
         digest=cols.get("digest"),

@@ -245,6 +245,15 @@ def test_expect_numbers_names_the_bad_index():
         expect_numbers([1, 2, None], "eta", MyError)
     with pytest.raises(MyError, match=r"^eta: expected a non-empty array$"):
         expect_numbers([], "eta", MyError)
+    # the one-go check of plain numbers names the same element as the walk
+    for bad, said in (
+        ([1.0] * 500 + [float("nan")], r"^eta\[500\]: expected a finite number, got nan$"),
+        ([1.0, True], r"^eta\[1\]: expected a number, got boolean True$"),
+        ([1.0, 10**400], r"^eta\[1\]: expected a finite number, got 1000"),
+    ):
+        with pytest.raises(MyError, match=said):
+            expect_numbers(bad, "eta", MyError)
+    assert expect_numbers([0.25] * 1000 + [3], "eta", MyError) == [0.25] * 1000 + [3.0]
 
 
 def test_expect_names():

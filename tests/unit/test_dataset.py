@@ -226,19 +226,7 @@ def test_resume_with_new_params(mds_ds):
     strict = make(mds_ds, new, rank=0, world_size=2)
     with pytest.raises(StateError, match="resume_with_new_params"):
         strict.load_state_dict(state)
-    rest = []
-    for rank in range(2):
-        ds = make(
-            mds_ds,
-            new,
-            balance=None,
-            rank=rank,
-            world_size=2,
-            resume_with_new_params=True,
-            shuffle_block_shards=None,
-        )
-        ds.load_state_dict(state)
-        rest += ids(ds)
+    rest = sum(_rest(mds_ds, new, state, 2, shuffle_block_shards=None), [])
     assert not set(consumed) & set(rest)  # consumed stays consumed
     new_full = make(mds_ds, new, balance=None, shuffle_block_shards=None)
     new_items = ids(new_full)
@@ -255,40 +243,42 @@ def test_resume_with_new_params(mds_ds):
     assert abs(mix[code] - want_code) < 0.05 and mix[code] > 0.6 > mix[arith]
 
 
+def _consumer(root, params, rank, consumers, **kw) -> QuaDMixDataset:
+    """Consumer ``rank`` of ``consumers``, ready to load a state saved under other params."""
+    return make(
+        root,
+        params,
+        balance=None,
+        rank=rank,
+        world_size=consumers,
+        resume_with_new_params=True,
+        **kw,
+    )
+
+
 def _switched(root, before, after, stop, count, consumers=2, state=None):
     """Consume ``stop[c]`` items per consumer under ``before`` (or from ``state``), switch to
     ``after``; returns (consumed, the rest of the epoch per consumer, the merged state)."""
     consumed, states = [], []
     for rank in range(consumers):
-        ds = make(
-            root,
-            before,
-            balance=None,
-            rank=rank,
-            world_size=consumers,
-            resume_with_new_params=True,
-            count_consumed_copies=count,
-        )
+        ds = _consumer(root, before, rank, consumers, count_consumed_copies=count)
         if state is not None:
             ds.load_state_dict(state)
         it = iter(ds)
         consumed += ids([next(it) for _ in range(stop[rank])])
         states.append(ds.state_dict())
     merged = merge_states(states)
-    rest = []
+    return consumed, _rest(root, after, merged, consumers, count_consumed_copies=count), merged
+
+
+def _rest(root, params, state, consumers, **kw) -> list[list[tuple[int, int]]]:
+    """Each of ``consumers``' items of the rest of the epoch after loading ``state``."""
+    out = []
     for rank in range(consumers):
-        ds = make(
-            root,
-            after,
-            balance=None,
-            rank=rank,
-            world_size=consumers,
-            resume_with_new_params=True,
-            count_consumed_copies=count,
-        )
-        ds.load_state_dict(merged)
-        rest.append(ids(ds))
-    return consumed, rest, merged
+        ds = _consumer(root, params, rank, consumers, **kw)
+        ds.load_state_dict(state)
+        out.append(ids(ds))
+    return out
 
 
 def _counts_by_key(root, params) -> dict[int, int]:
@@ -341,21 +331,11 @@ def test_counted_switches_resume_exactly_and_hold_across_two_switches(mds_ds):
     assert not set(consumed + consumed_b) & {x for r in rest_b for x in r}
     assert len(state_b["history"]["0"]) == 1  # taken before the second switch
     # on three consumers: the same items, none twice
-    three = []
-    for rank in range(3):
-        ds = make(
-            mds_ds,
-            mid,
-            balance=None,
-            rank=rank,
-            world_size=3,
-            resume_with_new_params=True,
-            count_consumed_copies=True,
-        )
-        ds.load_state_dict(state_b)
-        assert len(ds.state_dict()["history"]["0"]) == 2
-        three += ids(ds)
+    three = sum(_rest(mds_ds, mid, state_b, 3, count_consumed_copies=True), [])
     assert sorted(three) == sorted(x for r in rest_b for x in r)
+    ds = _consumer(mds_ds, mid, 0, 3, count_consumed_copies=True)
+    ds.load_state_dict(state_b)
+    assert len(ds.state_dict()["history"]["0"]) == 2
 
 
 # ---------------------------------------------------------------- 6. decide before decode

@@ -23,8 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from quadmix_stream.mixing.hashing import SALT_ORDER, hash64
-from quadmix_stream.stream.order import Piece, item_ids
+from quadmix_stream.stream.order import Piece, shard_copies
 
 
 def inside(pieces: Sequence[Piece], position: int, pri: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -67,12 +66,9 @@ def capped_counts(
         raise ValueError(f"{len(c)} layers of counts for {len(cuts)} switches")
     most = np.max(np.stack(c), axis=0)
     n = most.size
-    # every copy any layer deals, in (row, copy) order, with its key as order.shard_items gives
-    rows = np.repeat(np.arange(n, dtype=np.int64), most)
+    # every copy any layer deals, in (row, copy) order, with the keys the stream gives them
+    rows, k, pri, ids = shard_copies(row0, keys, most, seed, epoch)
     first = np.cumsum(most) - most
-    k = np.arange(rows.size, dtype=np.int64) - first[rows]
-    ids = item_ids(rows + row0, k)
-    pri = hash64(np.asarray(keys)[rows], seed, epoch, k, SALT_ORDER).view(np.int64)
 
     dealt = c[0]
     left = np.ones(rows.size, dtype=bool)  # layer 0 is the whole epoch

@@ -56,15 +56,24 @@ def shard_order(n_shards: int, seed: int, epoch: int) -> np.ndarray:
     )
 
 
-def shard_items(
+def shard_copies(
     row0: int, keys: np.ndarray, counts: np.ndarray, seed: int, epoch: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(priorities, item ids) of one shard's items, sorted by (priority, id)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(row in the shard, copy, priority, item id) of each of one shard's items, in (row, copy)
+    order."""
     c = np.asarray(counts, dtype=np.int64)
     local = np.repeat(np.arange(c.size, dtype=np.int64), c)
     k = np.arange(local.size, dtype=np.int64) - np.repeat(np.cumsum(c) - c, c)
     ids = item_ids(local + row0, k)
     pri = hash64(np.asarray(keys)[local], seed, epoch, k, SALT_ORDER).view(np.int64)
+    return local, k, pri, ids
+
+
+def shard_items(
+    row0: int, keys: np.ndarray, counts: np.ndarray, seed: int, epoch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(priorities, item ids) of one shard's items, sorted by (priority, id)."""
+    _, _, pri, ids = shard_copies(row0, keys, counts, seed, epoch)
     o = np.lexsort((ids, pri))
     return pri[o], ids[o]
 

@@ -95,11 +95,20 @@ def shard_spec(
     offset: np.ndarray | None = None,
     length: np.ndarray | None = None,
     mds_entry: dict | None = None,
+    reads: int | None = None,
 ) -> ShardSpec:
     """What the readers need of shard ``shard_index`` of a labelled dataset."""
     e = manifest.shards[shard_index]
     return ShardSpec(
-        e.name, e.rows, e.shard_sha256, e.shard_bytes, offset, length, manifest.extra, mds_entry
+        e.name,
+        e.rows,
+        e.shard_sha256,
+        e.shard_bytes,
+        offset,
+        length,
+        manifest.extra,
+        mds_entry,
+        reads,
     )
 
 
@@ -116,11 +125,12 @@ def open_shard(
     length: np.ndarray | None = None,
     _mds_index: dict[str, dict] | None = None,
     rows: np.ndarray | None = None,
+    reads: int | None = None,
 ) -> ShardReader:
     """A row reader for shard ``shard_index`` of a labelled dataset.
 
-    On object storage, ``rows`` (the rows about to be read) lets a sparse selection fetch only
-    their bytes (MDS without compression, tar) when that costs less than the whole shard, a
+    ``rows`` (the rows about to be read) lets a local reader of a few rows read just those, and
+    on object storage lets a sparse selection fetch only their bytes (MDS without compression, tar) when that costs less than the whole shard, a
     request counted as the store's ``request_bytes``; otherwise the shard is fetched whole into
     the node's cache.
 
@@ -130,7 +140,8 @@ def open_shard(
         shard_index: which shard.
         offset, length: tar: the sidecar's byte offset and length of each row's sample.
         _mds_index: MDS: the parsed ``index.json`` (:func:`.mds.mds_index`), to avoid re-reading.
-        rows: the rows about to be read (remote shards only).
+        rows: the rows about to be read, when known.
+        reads: how many rows are about to be read (default: those of ``rows``).
     """
     store = as_store(root)
     entry = manifest.shards[shard_index]
@@ -142,7 +153,9 @@ def open_shard(
         if name not in idx:
             raise LabelError(f"shard {name!r}: not listed in {store.where('index.json')}")
         mds_entry = idx[name]
-    spec = shard_spec(manifest, shard_index, offset, length, mds_entry)
+    if reads is None and rows is not None:
+        reads = len(rows)
+    spec = shard_spec(manifest, shard_index, offset, length, mds_entry, reads)
     if not store.remote:
         path = store.path(name)
         if not path.exists():

@@ -118,6 +118,8 @@ class ShardSpec:
         length: tar: byte length of each row's sample.
         extra: the manifest's ``extra`` (``tar_members``, Parquet/Arrow ``columns``).
         mds_entry: MDS: the shard's entry in ``index.json``.
+        reads: how many of its rows are about to be read, when known (a reader may read a few
+            rows by positioned reads instead of mapping the whole file).
     """
 
     name: str
@@ -128,6 +130,7 @@ class ShardSpec:
     length: np.ndarray | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     mds_entry: dict[str, Any] | None = None
+    reads: int | None = None
 
 
 @dataclass

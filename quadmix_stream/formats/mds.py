@@ -17,6 +17,7 @@ columns; the stream's row reader (:class:`MDSShardReader`) returns what ``stream
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +51,7 @@ from quadmix_stream.validate import expect_list, expect_object
 MDS_COLUMNS = {"id": "str", "text": "str", "meta": "json"}
 SIZE_LIMIT = 1 << 31  # the size_limit recorded in the config (what we used to pass MDSWriter)
 ZSTD_LEVEL = 3  # streaming's default zstd level
+FEW_READS = 4  # positioned reads when at most one row in FEW_READS of a shard is read
 
 _FIXED = {"int": np.int64, **mds_encodings.SCALARS}  # numeric encodings, as numpy dtypes
 
@@ -349,9 +351,11 @@ def mds_sample_doc(columns: MDSColumns, raw: bytes, name: str, row: int) -> dict
 
 
 class MDSShardReader(ShardReader):
-    """Random access into one MDS shard file via its offsets table (memory-mapped).
+    """Random access into one MDS shard file via its offsets table.
 
-    zstd shards are decompressed once into a local cache (:mod:`.decompress`).
+    The file is memory-mapped, or with ``few_reads`` read by one positioned read per sample: a
+    sparse selection touches one page per sample it reads, and a fault costs more than the
+    read. zstd shards are decompressed once into a local cache (:mod:`.decompress`).
     """
 
     def __init__(
@@ -361,6 +365,7 @@ class MDSShardReader(ShardReader):
         index_entry: dict,
         sha256: str = "",
         cache_dir: Path | None = None,
+        few_reads: bool = False,
     ) -> None:
         super().__init__()
         import mmap
@@ -369,20 +374,30 @@ class MDSShardReader(ShardReader):
         self.name = name
         if name.endswith(".zstd"):
             path = zstd_copy(path, sha256 or sha256_file(path), cache_dir or default_cache_dir())
-        self.file = open(path, "rb")  # noqa: SIM115 (closed in close())
-        self.buf = memoryview(mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ))
-        n = int(np.frombuffer(self.buf, np.uint32, count=1)[0])
-        self.offsets = np.frombuffer(self.buf, np.uint32, count=n + 1, offset=4).astype(np.int64)
+        self.file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
+        self.buf: memoryview | None = None
+        if few_reads:
+            head = os.pread(self.file.fileno(), 4, 0)
+            n = int.from_bytes(head, "little") if len(head) == 4 else 0
+            table = os.pread(self.file.fileno(), 4 * (n + 1), 4)
+        else:
+            self.buf = memoryview(mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ))
+            n = int(np.frombuffer(self.buf, np.uint32, count=1)[0])
+            table = self.buf[4 : 4 * (n + 2)]
+        self.offsets = np.frombuffer(table, np.uint32, count=n + 1).astype(np.int64)
 
     def read(self, row: int) -> dict[str, Any]:
         self.rows_read += 1
-        return mds_sample_doc(
-            self.decoder, bytes(self.buf[self.offsets[row] : self.offsets[row + 1]]), self.name, row
+        a, b = int(self.offsets[row]), int(self.offsets[row + 1])
+        raw = (
+            bytes(self.buf[a:b]) if self.buf is not None else os.pread(self.file.fileno(), b - a, a)
         )
+        return mds_sample_doc(self.decoder, raw, self.name, row)
 
     def close(self) -> None:
         self.offsets = None  # drop views of the map before closing it
-        self.buf.release()
+        if self.buf is not None:
+            self.buf.release()
         self.file.close()
 
 
@@ -396,7 +411,9 @@ class MDSFormat(ShardFormat):
 
     def open_local(self, path: Path, spec: ShardSpec) -> ShardReader:
         assert spec.mds_entry is not None
-        return MDSShardReader(path, spec.name, spec.mds_entry, spec.sha256)
+        # a few rows of a large shard: positioned reads (a sparse selection's shards)
+        few = spec.reads is not None and spec.reads * FEW_READS < spec.rows
+        return MDSShardReader(path, spec.name, spec.mds_entry, spec.sha256, few_reads=few)
 
     def scan(self, path: Path, spec: ShardSpec, cache_dir: Path | None = None) -> ScannedShard:
         """Every sample through :func:`read_shard` (lenient decoding, no ``streaming``)."""

@@ -36,15 +36,15 @@ from quadmix_stream.formats import (
     open_shard,
     read_error,
 )
-from quadmix_stream.formats.labels import LabelError, Manifest, ShardLabels
+from quadmix_stream.formats.labels import LabelError, Manifest
 from quadmix_stream.formats.mds import mds_index
 from quadmix_stream.mixing.hashing import doc_key, text_digest
 from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.storage.store import StorageConfig, StorageError, Store
 from quadmix_stream.stream.consumed import capped_counts, untouched
 from quadmix_stream.stream.dockey import DocKey
+from quadmix_stream.stream.kept import RowLabels
 from quadmix_stream.stream.order import (
-    COPY_BITS,
     EpochSequence,
     Piece,
     balanced_length,
@@ -290,13 +290,18 @@ class QuaDMixDataset(IterableDataset):
             def items(shard: int) -> tuple[np.ndarray, np.ndarray]:
                 counts = tables.counts(shard, params, seed, epoch)
                 row0 = int(tables.shard_start[shard])
-                keys = tables.labels(shard).key
                 q = int(position[shard])
                 if history and not untouched(history[-1][1], q):
+                    # earlier layers dealt rows these params drop: every row's key is needed
+                    keys = tables.labels(shard).key
                     layers = [tables.counts(shard, p, seed, epoch) for p, _ in history]
                     cuts = [cut for _, cut in history]
                     counts = capped_counts(q, keys, row0, seed, epoch, [*layers, counts], cuts)
-                return shard_items(row0, keys, counts, seed, epoch)
+                    return shard_items(row0, keys, counts, seed, epoch)
+                lab = tables.read_labels(shard, params, seed, epoch)
+                if lab.row is not None:  # only the kept rows' labels
+                    counts = counts[lab.row]
+                return shard_items(row0, lab.key, counts, seed, epoch, lab.row)
 
             seq = EpochSequence(
                 full_epoch(tables.n_shards) if pieces is None else pieces,
@@ -539,9 +544,9 @@ class QuaDMixDataset(IterableDataset):
             ids, readers = ahead if ahead is not None else (s.window_items(win)[1][first:], None)
             ahead = None
             if self.store.remote and i + 1 < len(todo):
-                ns, nwin, nfirst, _ = todo[i + 1]
+                ns, nwin, nfirst, ne = todo[i + 1]
                 nids = ns.window_items(nwin)[1][nfirst:]
-                ahead = (nids, self._fetch_window(nids))
+                ahead = (nids, self._fetch_window(nids, ne))
             yield from self._read(ids, e, live, readers)
 
     def _prefetch_totals(self, epoch: int) -> None:
@@ -566,7 +571,7 @@ class QuaDMixDataset(IterableDataset):
         shards = np.searchsorted(self.tables.shard_start, rows, side="right") - 1
         return rows, ks, shards, rows - self.tables.shard_start[shards]
 
-    def _fetch_window(self, ids: np.ndarray) -> dict[int, Future]:
+    def _fetch_window(self, ids: np.ndarray, epoch: int) -> dict[int, Future]:
         """Start opening (fetching) every shard of a window's items in background threads."""
         if self._fetcher is None:
             self._fetcher = ThreadPoolExecutor(
@@ -578,7 +583,7 @@ class QuaDMixDataset(IterableDataset):
         for s in np.unique(shards).tolist():
             rows = local[shards == s]
             # labels here, in this thread: the tables' caches are not shared with the fetchers
-            lab = self.tables.labels(s)
+            lab = self.tables.read_labels(s, self.params, self.seed, epoch)
             out[s] = self._fetcher.submit(self._open, s, int(rows[0]), rows, lab)
         return out
 
@@ -592,12 +597,12 @@ class QuaDMixDataset(IterableDataset):
         names = self.manifest.domains
         readers: dict[int, ShardReader] = {}
         if self.store.remote and fetching is None:  # the first window: fetched here, in parallel
-            fetching = self._fetch_window(ids)
+            fetching = self._fetch_window(ids, epoch)
         # the window's labels, held while it streams; per-item arrays are built a chunk at a time
         # (a window can hold millions of items: its ids are all it keeps per item)
-        start = self.tables.shard_start
-        in_window = np.unique(np.searchsorted(start, ids >> COPY_BITS, side="right") - 1)
-        labs = {s: self.tables.labels(s) for s in in_window.tolist()}
+        in_window, n_reads = np.unique(self._shard_rows(ids)[2], return_counts=True)
+        reads = dict(zip(in_window.tolist(), n_reads.tolist(), strict=True))
+        labs = {s: self.tables.read_labels(s, self.params, self.seed, epoch) for s in reads}
         try:
             for c in range(0, ids.size, READ_CHUNK):
                 rows, ks, shards, local = self._shard_rows(ids[c : c + READ_CHUNK])
@@ -609,10 +614,11 @@ class QuaDMixDataset(IterableDataset):
                 o = np.argsort(shards, kind="stable")
                 cut = np.flatnonzero(np.diff(shards[o])) + 1
                 for g in np.split(o, cut):
-                    lab, lm = labs[int(shards[g[0]])], local[g]
-                    dom[g], tok[g], key[g] = lab.domain[lm], lab.tokens[lm], lab.key[lm]
+                    lab = labs[int(shards[g[0]])]
+                    at = lab.at(local[g])
+                    dom[g], tok[g], key[g] = lab.domain[at], lab.tokens[at], lab.key[at]
                     if self.verify_documents and lab.digest is not None:
-                        digest[g] = lab.digest[lm]
+                        digest[g] = lab.digest[at]
                 for row, k, shard, lrow, d, t, kk, dg in zip(
                     rows.tolist(),
                     ks.tolist(),
@@ -629,7 +635,9 @@ class QuaDMixDataset(IterableDataset):
                         if fetching is not None:
                             reader = readers[shard] = fetching.pop(shard).result()
                         else:
-                            reader = readers[shard] = self._open(shard, lrow)
+                            reader = readers[shard] = self._open(
+                                shard, lrow, lab=labs[shard], reads=reads[shard]
+                            )
                     doc = self._read_one(reader, shard, lrow)
                     self._check_doc(doc, kk, dg, shard, lrow)
                     self.reads += 1
@@ -677,14 +685,23 @@ class QuaDMixDataset(IterableDataset):
         shard: int,
         row: int,
         rows: np.ndarray | None = None,
-        lab: ShardLabels | None = None,
+        lab: RowLabels | None = None,
+        reads: int | None = None,
     ) -> ShardReader:
-        """A reader of one shard (``rows``: the rows about to be read, for range reads)."""
+        """A reader of one shard (``rows``: the rows about to be read, for range reads;
+        ``reads``: how many, when only that is known)."""
         self._mds_index()
-        lab = lab if lab is not None else self.tables.labels(shard)
+        lab = lab if lab is not None else RowLabels.of(self.tables.labels(shard))
         try:
             return open_shard(
-                self.store, self.manifest, shard, lab.offset, lab.length, self._mds, rows
+                self.store,
+                self.manifest,
+                shard,
+                lab.dense("offset"),
+                lab.dense("length"),
+                self._mds,
+                rows,
+                reads,
             )
         except (LabelError, StorageError):  # already name the shard or its URL
             raise

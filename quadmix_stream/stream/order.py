@@ -57,23 +57,38 @@ def shard_order(n_shards: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def shard_copies(
-    row0: int, keys: np.ndarray, counts: np.ndarray, seed: int, epoch: int
+    row0: int,
+    keys: np.ndarray,
+    counts: np.ndarray,
+    seed: int,
+    epoch: int,
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(row in the shard, copy, priority, item id) of each of one shard's items, in (row, copy)
-    order."""
+    order.
+
+    ``keys`` and ``counts`` are per row; ``rows``: which rows they are (ascending), when not
+    every row of the shard in order (a sparse selection's kept rows).
+    """
     c = np.asarray(counts, dtype=np.int64)
-    local = np.repeat(np.arange(c.size, dtype=np.int64), c)
-    k = np.arange(local.size, dtype=np.int64) - np.repeat(np.cumsum(c) - c, c)
+    at = np.repeat(np.arange(c.size, dtype=np.int64), c)
+    local = at if rows is None else np.asarray(rows, dtype=np.int64)[at]
+    k = np.arange(at.size, dtype=np.int64) - np.repeat(np.cumsum(c) - c, c)
     ids = item_ids(local + row0, k)
-    pri = hash64(np.asarray(keys)[local], seed, epoch, k, SALT_ORDER).view(np.int64)
+    pri = hash64(np.asarray(keys)[at], seed, epoch, k, SALT_ORDER).view(np.int64)
     return local, k, pri, ids
 
 
 def shard_items(
-    row0: int, keys: np.ndarray, counts: np.ndarray, seed: int, epoch: int
+    row0: int,
+    keys: np.ndarray,
+    counts: np.ndarray,
+    seed: int,
+    epoch: int,
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(priorities, item ids) of one shard's items, sorted by (priority, id)."""
-    _, _, pri, ids = shard_copies(row0, keys, counts, seed, epoch)
+    _, _, pri, ids = shard_copies(row0, keys, counts, seed, epoch, rows)
     o = np.lexsort((ids, pri))
     return pri[o], ids[o]
 

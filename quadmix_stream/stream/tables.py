@@ -35,6 +35,7 @@ from quadmix_stream.mixing.sampling import realize
 from quadmix_stream.storage.cache import Throttle, cooperative, release_free_memory
 from quadmix_stream.storage.io import atomic_write_bytes, default_cache_dir
 from quadmix_stream.storage.store import Store, as_store
+from quadmix_stream.stream.kept import SPARSE, KeptFile, RowLabels, records, write_kept
 from quadmix_stream.stream.order import MAX_COPIES
 from quadmix_stream.stream.selection import (
     RankConfig,
@@ -84,6 +85,8 @@ class PoolTables:
         self.keep_shards = 8  # shards whose labels stay in memory (LRU)
         self._counts: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._count_files: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self._kept_files: OrderedDict[Path, KeptFile | None] = OrderedDict()
+        self._read_labels: OrderedDict[tuple, RowLabels] = OrderedDict()
         self._models: dict[bytes, RankModel] = {}
         self._totals: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._sizes: np.ndarray | None = None
@@ -97,7 +100,8 @@ class PoolTables:
 
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)  # spawn workers: ship the small tables, not the shard caches
-        d["_labels"], d["_counts"], d["_count_files"] = OrderedDict(), OrderedDict(), OrderedDict()
+        for name in ("_labels", "_counts", "_count_files", "_kept_files", "_read_labels"):
+            d[name] = OrderedDict()
         return d
 
     # ------------------------------------------------------------ one shard
@@ -117,6 +121,41 @@ class PoolTables:
         else:
             self._labels.move_to_end(shard)
         return lab
+
+    def read_labels(self, shard: int, params: SamplingParams, seed: int, epoch: int) -> RowLabels:
+        """The labels the stream reads of one shard's documents with items in ``epoch``.
+
+        A sparse selection's come from the node cache's kept labels (:mod:`.kept`), written by
+        the epoch's totals pass, so the sidecar is not read again; otherwise, or with
+        ``verify_shards``, from the sidecar. A few recent shards are kept.
+        """
+        key = (shard, params.fingerprint(), seed, epoch)
+        lab = self._read_labels.get(key)
+        if lab is None:
+            lab = None if self.verify_shards else self._kept(shard, params, seed, epoch)
+            if lab is None:
+                lab = RowLabels.of(self.labels(shard))
+            self._read_labels[key] = lab
+            if len(self._read_labels) > self.keep_shards:
+                self._read_labels.popitem(last=False)
+        else:
+            self._read_labels.move_to_end(key)
+        return lab
+
+    def _kept(self, shard: int, params: SamplingParams, seed: int, epoch: int) -> RowLabels | None:
+        i = int(np.searchsorted(self.chunk_bounds, shard, side="right") - 1)
+        path = self._counts_dir(params, seed, epoch) / f"{i}.kept"
+        if path not in self._kept_files:
+            try:
+                self._kept_files[path] = KeptFile(path, len(self._chunk(i)))
+            except (OSError, ValueError):  # not sparse, not written (yet), pruned, or damaged
+                self._kept_files[path] = None
+            if len(self._kept_files) > 2:
+                self._kept_files.popitem(last=False)
+        kept = self._kept_files[path]
+        if kept is None:
+            return None
+        return kept.labels(shard - self.chunk_bounds[i], self.counts(shard, params, seed, epoch))
 
     def expected(self, shard: int, params: SamplingParams) -> np.ndarray:
         """S(x) of every document of a shard."""
@@ -206,6 +245,11 @@ class PoolTables:
     def _chunk(self, i: int) -> range:
         return range(self.chunk_bounds[i], self.chunk_bounds[i + 1])
 
+    def _chunk_rows(self, i: int) -> int:
+        return int(
+            self.shard_start[self.chunk_bounds[i + 1]] - self.shard_start[self.chunk_bounds[i]]
+        )
+
     def domain_sizes(self) -> np.ndarray:
         """(M,) documents per domain in the pool (one cached pool-wide pass)."""
         if self._sizes is None:
@@ -289,13 +333,20 @@ class PoolTables:
         key = (params.fingerprint(), seed, epoch)
         t = self._totals.get(key)
         if t is None:
-            self.rank_model(params)  # the reference pass first (it has its own cache)
 
             def compute(i: int) -> dict[str, np.ndarray]:
                 # the counts are a by-product: kept in the node cache, every consumer reads its
-                # shards' counts from there instead of recomputing them from the labels
-                parts = [self._compute_counts(s, params, seed, epoch) for s in self._chunk(i)]
+                # shards' counts from there instead of recomputing them from the labels; so are
+                # a sparse selection's kept labels (.kept), while the chunk stays sparse
+                parts, kept, room = [], [], self._chunk_rows(i) // SPARSE
+                for s in self._chunk(i):
+                    parts.append(self._compute_counts(s, params, seed, epoch))
+                    room -= np.count_nonzero(parts[-1])
+                    if room >= 0:
+                        kept.append(records(self.labels(s), parts[-1]))
                 self._write_counts(params, seed, epoch, i, parts)
+                if room >= 0:
+                    write_kept(self._counts_dir(params, seed, epoch) / f"{i}.kept", kept)
                 return {"totals": np.array([int(p.sum(dtype=np.int64)) for p in parts])}
 
             def combine(parts: list[dict]) -> dict[str, np.ndarray]:

@@ -389,6 +389,56 @@ def test_tar_reads_seek_past_unselected_samples(tar_ds, tmp_path):
     assert Counter(ids(make(root, p, balance=None))) == expected_items(ds, 0)
 
 
+@pytest.mark.parametrize("fmt", ["mds", "tar"])
+def test_a_sparse_selection_reads_the_kept_labels_not_the_sidecars(fmt, mds_ds, tar_ds, tmp_path):
+    """A selection keeping about one document in 12: the totals pass caches the kept rows'
+    labels, and a warm process deals and reads from them without opening a sidecar. Items,
+    labels and texts are those the sidecars give (``verify_shards`` reads the sidecars), tar
+    offsets included; a damaged kept-labels file is read around."""
+    import dataclasses
+
+    from quadmix_stream.stream import tables as tables_mod
+
+    root = {"mds": mds_ds, "tar": tar_ds}[fmt]
+    m = Manifest.load(root)
+    keep_all = SamplingParams.keep_all(m.domains, m.scorer_names)
+    p = dataclasses.replace(keep_all, eta=np.full(len(m.domains), 0.08))
+    cache = tmp_path / "cache"
+
+    def walk(**kw) -> list[tuple]:
+        ds = make(root, p, balance=None, cache_dir=cache, **kw)
+        return [(d["key"], d["row"], d["copy"], d["domain"], d["tokens"], d["text"]) for d in ds]
+
+    want = walk(verify_shards=True)
+    assert len(want) > 50 and list(cache.rglob("*.kept"))
+    real = tables_mod.read_shard_labels
+    tables_mod.read_shard_labels = None  # a warm process reads no sidecar
+    try:
+        assert walk() == want
+    finally:
+        tables_mod.read_shard_labels = real
+    for f in cache.rglob("*.kept"):
+        f.write_bytes(f.read_bytes()[:-3])  # damaged: the sidecars are read instead
+    assert walk() == want
+    make(root, keep_all, cache_dir=cache).epoch_total(0)  # keep-all caches no kept labels
+    assert list(cache.rglob(f"counts-{keep_all.fingerprint()}-*/*.u8"))
+    assert not list(cache.rglob(f"counts-{keep_all.fingerprint()}-*/*.kept"))
+
+
+def test_a_few_rows_are_read_without_mapping_the_shard(mds_ds):
+    """The positioned-read MDS reader (a few rows of a shard) gives what the mapped one does."""
+    from quadmix_stream.formats import open_shard
+
+    m = Manifest.load(mds_ds)
+    for s in (0, len(m.shards) - 1):
+        rows = m.shards[s].rows
+        mapped, few = open_shard(mds_ds, m, s), open_shard(mds_ds, m, s, reads=1)
+        assert few.buf is None and mapped.buf is not None
+        assert [few.read(r) for r in range(rows)] == [mapped.read(r) for r in range(rows)]
+        few.close()
+        mapped.close()
+
+
 # ---------------------------------------------------------------- 7. equal counts, no DDP hang
 @pytest.mark.parametrize("balance", ["drop", "pad"])
 def test_every_consumer_yields_the_same_count(mds_ds, balance):

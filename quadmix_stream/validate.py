@@ -186,7 +186,7 @@ def expect_numbers(
     items = expect_list(x, where, error, non_empty=non_empty)
     # σ tables hold thousands of knots: check a list of plain numbers in one go, and walk it
     # element by element only to name what is wrong
-    if all(type(v) is float or type(v) is int for v in items):
+    if set(map(type, items)) <= {float, int}:
         try:
             values = np.asarray(items, dtype=np.float64)
         except OverflowError:  # an int too large for a float: named below

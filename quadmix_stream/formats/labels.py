@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -278,8 +279,8 @@ class DatasetLabels:
 _VERIFIED: set[tuple] = set()  # (path, size, mtime, inode, sha256) of sidecars hashed here
 
 
-def _identity(path: Path, sha256: str) -> tuple:
-    st = path.stat()
+def _identity(path: Path, sha256: str, st: os.stat_result | None = None) -> tuple:
+    st = st or path.stat()
     return (str(path), st.st_size, st.st_mtime_ns, st.st_ino, sha256)
 
 
@@ -315,9 +316,10 @@ def _read_local_labels(
     root: Path, entry: ShardEntry, names: list[str], verify_shard: bool
 ) -> ShardLabels:
     shard_path = root / entry.name
-    if not shard_path.exists():
-        raise LabelError(f"shard {entry.name!r}: shard file is missing")
-    size = shard_path.stat().st_size
+    try:
+        size = os.stat(shard_path).st_size
+    except FileNotFoundError:
+        raise LabelError(f"shard {entry.name!r}: shard file is missing") from None
     if size != entry.shard_bytes:
         raise LabelError(
             f"shard {entry.name!r}: field 'shard_bytes' is {entry.shard_bytes} in the manifest but the file has {size} bytes (shard changed after labelling?)"
@@ -329,8 +331,12 @@ def _read_local_labels(
             )
         _VERIFIED.add(_identity(shard_path, entry.shard_sha256))
     side = root / entry.sidecar
-    if side.exists():
-        ident = _identity(side, entry.sidecar_sha256)
+    try:
+        st = os.stat(side)
+    except FileNotFoundError:
+        st = None  # read_sidecar names it
+    if st is not None:
+        ident = _identity(side, entry.sidecar_sha256, st)
         if ident not in _VERIFIED:
             if sha256_file(side) != entry.sidecar_sha256:
                 raise LabelError(

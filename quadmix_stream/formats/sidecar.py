@@ -74,10 +74,10 @@ def write_sidecar(path: str | Path, labels: ShardLabels, scorers: Sequence[str])
 def read_sidecar(path: str | Path, shard: str, scorers: Sequence[str]) -> ShardLabels:
     """Read one sidecar (never unpickles) and check its columns; errors name shard and field."""
     path = Path(path)
-    if not path.exists():
-        raise LabelError(f"shard {shard!r}: label sidecar {path.name} is missing")
     try:
         cols = read_npz(path)
+    except FileNotFoundError:
+        raise LabelError(f"shard {shard!r}: label sidecar {path.name} is missing") from None
     except Exception as e:  # zip/npy parse errors of a corrupted file
         raise LabelError(
             f"shard {shard!r}: label sidecar {path.name} is unreadable ({e})"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import math
 import os
 import re
 import secrets
@@ -41,16 +43,26 @@ def _npy(data: bytes) -> np.ndarray | None:
         if data[6] == 1
         else (int.from_bytes(data[8:12], "little"), 12)
     )
-    m = _NPY_HEADER.fullmatch(data[start : start + size].decode("latin1"))
+    head = _npy_header(data[start : start + size])
+    if head is None:
+        return None
+    dtype, shape, order = head
+    arr = np.frombuffer(data, dtype, count=math.prod(shape), offset=start + size)
+    return arr.reshape(shape, order=order).copy()
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], str] | None:
+    """(dtype, shape, order) of a ``.npy`` header numpy writes, or None (shards of one size
+    share their headers: each is parsed once)."""
+    m = _NPY_HEADER.fullmatch(header.decode("latin1"))
     if m is None:
         return None
     dtype = np.dtype(m.group(1))
     if dtype.hasobject:
         return None  # np.load(allow_pickle=False) refuses it with its own message
     shape = tuple(int(x) for x in m.group(3).replace(" ", "").split(",") if x)
-    count = int(np.prod(shape, dtype=np.int64))
-    arr = np.frombuffer(data, dtype, count=count, offset=start + size)
-    return arr.reshape(shape, order="F" if m.group(2) == "True" else "C").copy()
+    return dtype, shape, "F" if m.group(2) == "True" else "C"
 
 
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")  # a zip member's local header

@@ -117,7 +117,8 @@ class KeptFile:
     """One chunk's kept labels, memory-mapped (the page cache is shared by the node's processes)."""
 
     def __init__(self, path: Path, shards: int) -> None:
-        data = np.memmap(path, np.uint8, mode="r")
+        # a plain array over the map: slicing a np.memmap costs more than reading a shard's slice
+        data = np.memmap(path, np.uint8, mode="r").view(np.ndarray)
         head = 16 + 8 * (shards + 1)
         if data.size < head or bytes(data[:8]) != MAGIC:
             raise ValueError("not a kept-labels file")

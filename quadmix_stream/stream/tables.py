@@ -203,7 +203,7 @@ class PoolTables:
         chunk = self._count_files.get(path)
         if chunk is None:
             try:  # mapped once per chunk: the page cache is shared by the node's processes
-                chunk = np.memmap(path, np.uint8, mode="r")
+                chunk = np.memmap(path, np.uint8, mode="r").view(np.ndarray)
             except (OSError, ValueError):  # not written (yet), pruned, or empty: compute instead
                 return None
             # a file of another length is not this chunk's counts (the cache was damaged)

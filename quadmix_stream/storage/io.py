@@ -6,6 +6,7 @@ import functools
 import hashlib
 import io
 import math
+import mmap
 import os
 import re
 import secrets
@@ -121,6 +122,13 @@ def read_npz(source: str | Path | IO[bytes]) -> dict[str, np.ndarray]:
         pass  # numpy's reader below gives its own error for what it cannot read either
     with _NPZ_LOCK, np.load(io.BytesIO(data), allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+def map_bytes(path: str | Path) -> np.ndarray:
+    """A read-only uint8 array over a memory-mapped file (OSError if missing, ValueError if
+    empty). Cheaper than ``np.memmap``, whose construction and slicing run Python code."""
+    with open(path, "rb") as f:
+        return np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
 
 
 def default_cache_dir() -> Path:

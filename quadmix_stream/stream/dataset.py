@@ -45,6 +45,7 @@ from quadmix_stream.stream.consumed import capped_counts, untouched
 from quadmix_stream.stream.dockey import DocKey
 from quadmix_stream.stream.kept import RowLabels
 from quadmix_stream.stream.order import (
+    COPY_BITS,
     EpochSequence,
     Piece,
     balanced_length,
@@ -600,7 +601,9 @@ class QuaDMixDataset(IterableDataset):
             fetching = self._fetch_window(ids, epoch)
         # the window's labels, held while it streams; per-item arrays are built a chunk at a time
         # (a window can hold millions of items: its ids are all it keeps per item)
-        in_window, n_reads = np.unique(self._shard_rows(ids)[2], return_counts=True)
+        in_shard = np.searchsorted(self.tables.shard_start, ids >> COPY_BITS, side="right") - 1
+        in_window, n_reads = np.unique(in_shard, return_counts=True)
+        del in_shard
         reads = dict(zip(in_window.tolist(), n_reads.tolist(), strict=True))
         labs = {s: self.tables.read_labels(s, self.params, self.seed, epoch) for s in reads}
         try:

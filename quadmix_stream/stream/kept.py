@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from quadmix_stream.formats.labels import ShardLabels
-from quadmix_stream.storage.io import atomic_write_bytes
+from quadmix_stream.storage.io import atomic_write_bytes, map_bytes
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,7 @@ class KeptFile:
     """One chunk's kept labels, memory-mapped (the page cache is shared by the node's processes)."""
 
     def __init__(self, path: Path, shards: int) -> None:
-        # a plain array over the map: slicing a np.memmap costs more than reading a shard's slice
-        data = np.memmap(path, np.uint8, mode="r").view(np.ndarray)
+        data = map_bytes(path)
         head = 16 + 8 * (shards + 1)
         if data.size < head or bytes(data[:8]) != MAGIC:
             raise ValueError("not a kept-labels file")

@@ -33,7 +33,7 @@ from quadmix_stream.mixing.hashing import SALT_SAMPLE, hash64
 from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.mixing.sampling import realize
 from quadmix_stream.storage.cache import Throttle, cooperative, release_free_memory
-from quadmix_stream.storage.io import atomic_write_bytes, default_cache_dir
+from quadmix_stream.storage.io import atomic_write_bytes, default_cache_dir, map_bytes
 from quadmix_stream.storage.store import Store, as_store
 from quadmix_stream.stream.kept import SPARSE, KeptFile, RowLabels, records, write_kept
 from quadmix_stream.stream.order import MAX_COPIES
@@ -203,7 +203,7 @@ class PoolTables:
         chunk = self._count_files.get(path)
         if chunk is None:
             try:  # mapped once per chunk: the page cache is shared by the node's processes
-                chunk = np.memmap(path, np.uint8, mode="r").view(np.ndarray)
+                chunk = map_bytes(path)
             except (OSError, ValueError):  # not written (yet), pruned, or empty: compute instead
                 return None
             # a file of another length is not this chunk's counts (the cache was damaged)

@@ -17,7 +17,9 @@ import os
 import shutil
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -112,15 +114,12 @@ class PoolTables:
 
     def labels(self, shard: int) -> ShardLabels:
         """The validated labels of one shard (a few recent shards are kept)."""
-        lab = self._labels.get(shard)
-        if lab is None:
-            lab = read_shard_labels(self.root, self.manifest, shard, self.verify_shards)
-            self._labels[shard] = lab
-            if len(self._labels) > self.keep_shards:
-                self._labels.popitem(last=False)
-        else:
-            self._labels.move_to_end(shard)
-        return lab
+        return _lru(
+            self._labels,
+            shard,
+            self.keep_shards,
+            lambda: read_shard_labels(self.root, self.manifest, shard, self.verify_shards),
+        )
 
     def read_labels(self, shard: int, params: SamplingParams, seed: int, epoch: int) -> RowLabels:
         """The labels the stream reads of one shard's documents with items in ``epoch``.
@@ -129,30 +128,25 @@ class PoolTables:
         the epoch's totals pass, so the sidecar is not read again; otherwise, or with
         ``verify_shards``, from the sidecar. A few recent shards are kept.
         """
+
+        def load() -> RowLabels:
+            kept = None if self.verify_shards else self._kept(shard, params, seed, epoch)
+            return kept or RowLabels.of(self.labels(shard))
+
         key = (shard, params.fingerprint(), seed, epoch)
-        lab = self._read_labels.get(key)
-        if lab is None:
-            lab = None if self.verify_shards else self._kept(shard, params, seed, epoch)
-            if lab is None:
-                lab = RowLabels.of(self.labels(shard))
-            self._read_labels[key] = lab
-            if len(self._read_labels) > self.keep_shards:
-                self._read_labels.popitem(last=False)
-        else:
-            self._read_labels.move_to_end(key)
-        return lab
+        return _lru(self._read_labels, key, self.keep_shards, load)
 
     def _kept(self, shard: int, params: SamplingParams, seed: int, epoch: int) -> RowLabels | None:
         i = int(np.searchsorted(self.chunk_bounds, shard, side="right") - 1)
         path = self._counts_dir(params, seed, epoch) / f"{i}.kept"
-        if path not in self._kept_files:
+
+        def load() -> KeptFile | None:
             try:
-                self._kept_files[path] = KeptFile(path, len(self._chunk(i)))
+                return KeptFile(path, len(self._chunk(i)))
             except (OSError, ValueError):  # not sparse, not written (yet), pruned, or damaged
-                self._kept_files[path] = None
-            if len(self._kept_files) > 2:
-                self._kept_files.popitem(last=False)
-        kept = self._kept_files[path]
+                return None
+
+        kept = _lru(self._kept_files, path, 2, load)
         if kept is None:
             return None
         return kept.labels(shard - self.chunk_bounds[i], self.counts(shard, params, seed, epoch))
@@ -169,16 +163,12 @@ class PoolTables:
         From memory, else from the node cache that the epoch's totals pass wrote (no labels read,
         no S(x) computed), else computed from the shard's labels.
         """
-        key = (shard, params.fingerprint(), seed, epoch)
-        c = self._counts.get(key)
-        if c is None:
+
+        def load() -> np.ndarray:
             c = self._cached_counts(shard, params, seed, epoch)
-            if c is None:
-                c = self._compute_counts(shard, params, seed, epoch)
-            self._counts[key] = c
-            if len(self._counts) > 16:
-                self._counts.popitem(last=False)
-        return c
+            return c if c is not None else self._compute_counts(shard, params, seed, epoch)
+
+        return _lru(self._counts, (shard, params.fingerprint(), seed, epoch), 16, load)
 
     def _compute_counts(self, shard: int, params: SamplingParams, seed: int, epoch: int):
         lab = self.labels(shard)
@@ -396,6 +386,17 @@ class PoolTables:
         """(shard, labels, expected, counts) for every shard in order, one shard in memory."""
         for s in range(self.n_shards):
             yield s, self.labels(s), self.expected(s, params), self.counts(s, params, seed, epoch)
+
+
+def _lru(cache: OrderedDict, key: Any, size: int, load: Callable[[], Any]) -> Any:
+    """``cache[key]``, loaded on a miss; beyond ``size`` entries the least recently used go."""
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = cache[key] = load()
+    while len(cache) > size:
+        cache.popitem(last=False)
+    return value
 
 
 def _mtime(path: Path) -> float:

@@ -338,6 +338,32 @@ def test_counted_switches_resume_exactly_and_hold_across_two_switches(mds_ds):
     assert len(ds.state_dict()["history"]["0"]) == 2
 
 
+def test_a_counted_switch_to_a_sparse_selection_reads_the_same_from_kept_labels(mds_ds, tmp_path):
+    """After a counted switch to params keeping one document in 12, the rest of the epoch is the
+    same whether the shards are dealt and read from the kept labels or from the sidecars."""
+    import dataclasses
+
+    many = favouring(mds_ds, "code", others=1.2, this=3.0)
+    m = Manifest.load(mds_ds)
+    keep_all = SamplingParams.keep_all(m.domains, m.scorer_names)
+    sparse = dataclasses.replace(keep_all, eta=np.full(len(m.domains), 0.08))
+    consumed, states = [], []
+    for rank in range(2):
+        ds = _consumer(mds_ds, many, rank, 2, count_consumed_copies=True)
+        it = iter(ds)
+        consumed += ids([next(it) for _ in range((130, 171)[rank])])
+        states.append(ds.state_dict())
+    state = merge_states(states)
+
+    def rest(**kw):
+        return _rest(mds_ds, sparse, state, 2, count_consumed_copies=True, **kw)
+
+    kept = rest(cache_dir=tmp_path / "a")
+    assert list((tmp_path / "a").rglob("*.kept"))
+    assert kept == rest(cache_dir=tmp_path / "b", verify_shards=True)
+    assert sum(map(len, kept)) > 20 and not set(consumed) & {x for r in kept for x in r}
+
+
 # ---------------------------------------------------------------- 6. decide before decode
 def test_unselected_rows_are_never_read_or_decoded(tmp_path):
     from quadmix_stream.synth import synth

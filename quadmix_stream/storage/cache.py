@@ -45,6 +45,11 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
         raise OSError(f"cache file {path} is unreadable ({e}); delete it to recompute") from None
 
 
+def result_path(folder: Path, name: str) -> Path:
+    """Where :func:`cooperative` keeps the combined result ``name`` (it exists once final)."""
+    return folder / f"{name}.npz"
+
+
 def cooperative(
     folder: Path,
     name: str,
@@ -63,7 +68,7 @@ def cooperative(
         combine: the parts, in chunk order → the result.
         on_progress: called with (chunks done here, n_chunks) after each chunk this process computed.
     """
-    final = folder / f"{name}.npz"
+    final = result_path(folder, name)
     if final.exists():
         return load_arrays(final)  # (the caller releases what it frees)
     parts = folder / f"{name}.parts"

@@ -555,6 +555,8 @@ class QuaDMixDataset(IterableDataset):
         other processes of the node), so the epoch boundary finds them cached."""
         if self._prefetch is not None and self._prefetch.is_alive():
             return
+        if self.tables.has_totals(self.params, self.seed, epoch):  # a warm cache: nothing to do
+            return
         tables, params, seed = self.tables.fork(), self.params, self.seed
 
         def work() -> None:

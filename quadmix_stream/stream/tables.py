@@ -34,7 +34,12 @@ from quadmix_stream.formats.labels import (
 from quadmix_stream.mixing.hashing import SALT_SAMPLE, hash64
 from quadmix_stream.mixing.params import SamplingParams
 from quadmix_stream.mixing.sampling import realize
-from quadmix_stream.storage.cache import Throttle, cooperative, release_free_memory
+from quadmix_stream.storage.cache import (
+    Throttle,
+    cooperative,
+    release_free_memory,
+    result_path,
+)
 from quadmix_stream.storage.io import atomic_write_bytes, default_cache_dir, map_bytes
 from quadmix_stream.storage.store import Store, as_store
 from quadmix_stream.stream.kept import SPARSE, KeptFile, RowLabels, records, write_kept
@@ -342,7 +347,7 @@ class PoolTables:
             def combine(parts: list[dict]) -> dict[str, np.ndarray]:
                 return {"totals": np.concatenate([p["totals"] for p in parts])}
 
-            name = f"totals-{params.fingerprint()}-{self.config.fingerprint()}-s{seed}-e{epoch}"
+            name = self._totals_name(params, seed, epoch)
             t = self._pass(name, compute, combine)["totals"]
             if t.shape != (self.n_shards,):
                 raise OSError(
@@ -353,6 +358,15 @@ class PoolTables:
             if len(self._totals) > 4:
                 self._totals.popitem(last=False)
         return t
+
+    def _totals_name(self, params: SamplingParams, seed: int, epoch: int) -> str:
+        return f"totals-{params.fingerprint()}-{self.config.fingerprint()}-s{seed}-e{epoch}"
+
+    def has_totals(self, params: SamplingParams, seed: int, epoch: int) -> bool:
+        """Whether ``epoch``'s totals are in memory or in the node cache already."""
+        if (params.fingerprint(), seed, epoch) in self._totals:
+            return True
+        return result_path(self.folder, self._totals_name(params, seed, epoch)).exists()
 
     def mixture(
         self, params: SamplingParams, seed: int, epoch: int | None

@@ -465,6 +465,18 @@ def test_a_few_rows_are_read_without_mapping_the_shard(mds_ds):
         mapped.close()
 
 
+def test_the_next_epochs_totals_are_prefetched_once_per_node(mds_ds, tmp_path):
+    """The first pass computes the next epoch's totals in the background; a later pass finds
+    them in the node cache and starts no thread."""
+    first = make(mds_ds, balance=None, cache_dir=tmp_path)
+    list(first)
+    first._prefetch.join()
+    assert first.tables.has_totals(first.params, first.seed, 1)
+    again = make(mds_ds, balance=None, cache_dir=tmp_path)
+    list(again)
+    assert again._prefetch is None
+
+
 # ---------------------------------------------------------------- 7. equal counts, no DDP hang
 @pytest.mark.parametrize("balance", ["drop", "pad"])
 def test_every_consumer_yields_the_same_count(mds_ds, balance):

@@ -145,6 +145,16 @@ def test_totals_come_from_the_node_cache(mds_ds, pool, tmp_path):
     assert b.totals(params, 0, 0).tolist() == want
 
 
+def test_cached_totals_are_known_without_reading_them(mds_ds, pool, tmp_path):
+    params = mixture_params(pool[0])
+    a = PoolTables(mds_ds, pool[0], cache_dir=tmp_path)
+    assert not a.has_totals(params, 0, 2)
+    a.totals(params, 0, 2)
+    b = PoolTables(mds_ds, pool[0], cache_dir=tmp_path)
+    assert a.has_totals(params, 0, 2) and b.has_totals(params, 0, 2)
+    assert not b.has_totals(params, 0, 3) and not b.has_totals(params, 1, 2)
+
+
 def test_totals_of_a_wrong_shape_in_the_cache(tables, pool):
     params = mixture_params(pool[0])
     tables.domain_sizes()  # creates the cache folder

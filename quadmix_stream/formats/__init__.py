@@ -129,10 +129,10 @@ def open_shard(
 ) -> ShardReader:
     """A row reader for shard ``shard_index`` of a labelled dataset.
 
-    ``rows`` (the rows about to be read) lets a local reader of a few rows read just those, and
-    on object storage lets a sparse selection fetch only their bytes (MDS without compression, tar) when that costs less than the whole shard, a
-    request counted as the store's ``request_bytes``; otherwise the shard is fetched whole into
-    the node's cache.
+    ``rows`` (the rows about to be read) lets a local reader of a few rows read just those. On
+    object storage it lets a sparse selection fetch only their bytes (MDS without compression,
+    tar) when that costs less than the whole shard, a request counted as the store's
+    ``request_bytes``; otherwise the shard is fetched whole into the node's cache.
 
     Args:
         root: the dataset's folder or URL (or its :class:`Store`).

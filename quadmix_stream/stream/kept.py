@@ -74,8 +74,8 @@ class RowLabels:
         return out
 
 
-def flags_of(lab: ShardLabels) -> int:
-    return (_DIGEST if lab.digest is not None else 0) | (_OFFSETS if lab.offset is not None else 0)
+def _flags(digest: bool, offsets: bool) -> int:
+    return (_DIGEST if digest else 0) | (_OFFSETS if offsets else 0)
 
 
 def record_dtype(flags: int) -> np.dtype:
@@ -90,7 +90,8 @@ def record_dtype(flags: int) -> np.dtype:
 def records(lab: ShardLabels, counts: np.ndarray) -> np.ndarray:
     """The kept rows' labels of one shard (rows with ``counts > 0``), as records."""
     rows = np.flatnonzero(counts)
-    rec = np.empty(rows.size, dtype=record_dtype(flags_of(lab)))
+    flags = _flags(lab.digest is not None, lab.offset is not None)
+    rec = np.empty(rows.size, dtype=record_dtype(flags))
     rec["row"] = rows
     for name in rec.dtype.names[1:]:
         rec[name] = getattr(lab, name)[rows]
@@ -101,10 +102,8 @@ def write_kept(path: Path, parts: list[np.ndarray]) -> None:
     """Write one chunk's records (one array per shard, all of one dtype) atomically."""
     if len({p.dtype for p in parts}) != 1:  # shards with different optional columns: skip
         return
-    dtype = parts[0].dtype
-    flag = (_DIGEST if "digest" in dtype.names else 0) | (
-        _OFFSETS if "offset" in dtype.names else 0
-    )
+    names = parts[0].dtype.names
+    flag = _flags("digest" in names, "offset" in names)
     starts = np.concatenate([[0], np.cumsum([p.size for p in parts])]).astype("<i8")
     head = MAGIC + np.array([flag, len(parts)], "<u4").tobytes() + starts.tobytes()
     try:
